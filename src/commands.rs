@@ -1,0 +1,282 @@
+//! What each command does: load the configuration, open the store, call the library, print.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use mbg_provision::config::{Config, LogFormat};
+use mbg_provision::credentials;
+use mbg_provision::import;
+use mbg_provision::store::{Extension, ExtensionKind, ExtensionSpec, NewNode, Node, Store};
+use secrecy::SecretString;
+use serde::Serialize;
+
+use crate::cli::{Cli, Command, ExtensionCommand, Kind, NodeCommand, Switch};
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    init_tracing(config.log.format);
+    let store = Store::open(&config.database.url)
+        .await
+        .with_context(|| format!("cannot open the database {}", config.database.url))?;
+    let code = match cli.command {
+        Command::Migrate => {
+            println!("database schema is up to date ({})", config.database.url);
+            ExitCode::SUCCESS
+        }
+        Command::Node(command) => node(&store, command).await?,
+        Command::Extension(command) => extension(&store, &config, command).await?,
+    };
+    store.close().await;
+    Ok(code)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn print_json(value: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn node(store: &Store, command: NodeCommand) -> Result<ExitCode> {
+    match command {
+        NodeCommand::Add {
+            name,
+            address,
+            nat_address,
+            nat_sip_port,
+            output,
+        } => {
+            check_address("--address", &address)?;
+            if let Some(nat) = &nat_address {
+                check_address("--nat-address", nat)?;
+            }
+            let node = store
+                .add_node(&NewNode {
+                    name,
+                    address,
+                    nat_address,
+                    nat_sip_port,
+                })
+                .await?;
+            if output.json {
+                print_json(&node)?;
+            } else {
+                println!("added node {} ({})", node.name, node.address);
+            }
+        }
+        NodeCommand::List { output } => {
+            let nodes = store.nodes().await?;
+            if output.json {
+                print_json(&nodes)?;
+            } else {
+                print_nodes(&nodes);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An IP address or a DNS host name, as the MBG's ICP page accepts.
+fn check_address(option: &str, address: &str) -> Result<()> {
+    let is_host_name = !address.is_empty()
+        && address.len() <= 253
+        && address.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && !address.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if address.parse::<std::net::IpAddr>().is_ok() || is_host_name {
+        Ok(())
+    } else {
+        bail!("{option} \"{address}\" is not an IP address or host name")
+    }
+}
+
+fn print_nodes(nodes: &[Node]) {
+    if nodes.is_empty() {
+        println!("no nodes yet: add one with `mbg-provision node add NAME --address IP`");
+        return;
+    }
+    println!(
+        "{:<20} {:<40} {:<40} NAT SIP PORT",
+        "NAME", "ADDRESS", "NAT ADDRESS"
+    );
+    for node in nodes {
+        println!(
+            "{:<20} {:<40} {:<40} {}",
+            node.name,
+            node.address,
+            node.nat_address.as_deref().unwrap_or("-"),
+            node.nat_sip_port.map_or("-".to_string(), |p| p.to_string())
+        );
+    }
+}
+
+/// What `extension list --json` prints: everything but the secrets.
+#[derive(Serialize)]
+struct ExtensionView<'a> {
+    number: &'a str,
+    node: &'a str,
+    node_address: &'a str,
+    kind: ExtensionKind,
+    use_remote_auth: bool,
+    remote_auth_name: Option<&'a str>,
+    has_remote_auth_password: bool,
+    mbg_device_id: Option<&'a str>,
+    provisioned_by_us: bool,
+    state: &'a str,
+    last_error: Option<&'a str>,
+    attempts: u32,
+    next_attempt_at: Option<i64>,
+}
+
+impl<'a> From<&'a Extension> for ExtensionView<'a> {
+    fn from(e: &'a Extension) -> Self {
+        ExtensionView {
+            number: &e.number,
+            node: &e.node_name,
+            node_address: &e.node_address,
+            kind: e.kind,
+            use_remote_auth: e.use_remote_auth,
+            remote_auth_name: e.remote_auth_name.as_deref(),
+            has_remote_auth_password: e.remote_auth_password.is_some(),
+            mbg_device_id: e.mbg_device_id.as_deref(),
+            provisioned_by_us: e.provisioned_by_us,
+            state: e.state.as_str(),
+            last_error: e.last_error.as_deref(),
+            attempts: e.attempts,
+            next_attempt_at: e.next_attempt_at,
+        }
+    }
+}
+
+async fn extension(store: &Store, config: &Config, command: ExtensionCommand) -> Result<ExitCode> {
+    let new_password = || credentials::random_password(config.credentials.password_length);
+    match command {
+        ExtensionCommand::Set {
+            number,
+            node,
+            kind,
+            remote,
+            sip_password_file,
+            output,
+        } => {
+            let spec = ExtensionSpec {
+                number,
+                node,
+                kind: kind.map(|k| match k {
+                    Kind::Sip => ExtensionKind::Sip,
+                    Kind::SipHotDesk => ExtensionKind::SipHotDesk,
+                }),
+                use_remote_auth: remote.map(|s| matches!(s, Switch::On)),
+                sip_password: sip_password_file
+                    .as_deref()
+                    .map(read_secret_file)
+                    .transpose()?,
+            };
+            let (extension, created) = store.set_extension(&spec, &new_password()).await?;
+            if output.json {
+                print_json(&ExtensionView::from(&extension))?;
+            } else {
+                println!(
+                    "{} extension {} on node {} (remote credentials {})",
+                    if created { "created" } else { "updated" },
+                    extension.number,
+                    extension.node_name,
+                    if extension.use_remote_auth {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                );
+            }
+        }
+        ExtensionCommand::List { output } => {
+            let extensions = store.extensions().await?;
+            if output.json {
+                let views: Vec<ExtensionView> = extensions.iter().map(Into::into).collect();
+                print_json(&views)?;
+            } else {
+                print_extensions(&extensions);
+            }
+        }
+        ExtensionCommand::Import { file, output } => {
+            let reader = std::fs::File::open(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let nodes: HashSet<String> = store.nodes().await?.into_iter().map(|n| n.name).collect();
+            let rows = import::parse(reader, &nodes)
+                .with_context(|| format!("cannot import {}", file.display()))?;
+            let specs: Vec<ExtensionSpec> = rows.iter().map(|r| r.spec.clone()).collect();
+            let created = store
+                .set_extensions(&specs, new_password)
+                .await
+                .map_err(|(index, error)| import::ImportError::Store {
+                    line: rows.get(index).map_or(0, |r| r.line),
+                    error,
+                })
+                .with_context(|| format!("cannot import {}", file.display()))?;
+            let updated = specs.len() - created;
+            if output.json {
+                print_json(&serde_json::json!({ "created": created, "updated": updated }))?;
+            } else {
+                println!(
+                    "imported {}: {created} created, {updated} updated",
+                    file.display()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_secret_file(path: &Path) -> Result<SecretString> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    Ok(SecretString::from(secret))
+}
+
+fn print_extensions(extensions: &[Extension]) {
+    if extensions.is_empty() {
+        println!(
+            "no extensions yet: add one with `mbg-provision extension set NUMBER --node NAME`"
+        );
+        return;
+    }
+    println!(
+        "{:<11} {:<16} {:<13} {:<7} {:<16} {:<38} STATE",
+        "NUMBER", "NODE", "KIND", "REMOTE", "REMOTE NAME", "MBG DEVICE"
+    );
+    for e in extensions {
+        println!(
+            "{:<11} {:<16} {:<13} {:<7} {:<16} {:<38} {}",
+            e.number,
+            e.node_name,
+            e.kind.as_str(),
+            if e.use_remote_auth { "on" } else { "off" },
+            e.remote_auth_name.as_deref().unwrap_or("-"),
+            e.mbg_device_id.as_deref().unwrap_or("-"),
+            e.state
+        );
+    }
+}

@@ -1,0 +1,603 @@
+//! Configuration: built-in defaults, then a TOML file, then `MBG_PROVISION_<SECTION>__<KEY>`
+//! environment variables.
+//!
+//! Every value is validated while it is deserialized, so that figment can tell which key and which
+//! source (file or variable) a bad value came from: an admin who mistypes one line in a
+//! configuration file must be told that line, not a generic "invalid configuration".
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::credentials;
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "MBG_PROVISION_";
+/// Variables under [`ENV_PREFIX`] that are not configuration keys.
+const NON_CONFIG_VARS: &[&str] = &["consumer_secret"];
+/// The file read when `--config` is not given, if it exists in the working folder.
+pub const DEFAULT_FILE: &str = "config.toml";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub mbg: MbgConfig,
+    pub watch: WatchConfig,
+    pub reconcile: ReconcileConfig,
+    pub token: TokenConfig,
+    pub credentials: CredentialsConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: DatabaseUrl,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: DatabaseUrl("sqlite://mbg-provision.db".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MbgConfig {
+    /// `None` until the administrator points us at an MBG; commands that need it say so.
+    pub base_url: Option<MbgUrl>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(deserialize_with = "de_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(with = "human_duration")]
+    pub timeout: Duration,
+    /// Upper bound on a `Retry-After` we obey, so a misbehaving MBG cannot park us for a day.
+    #[serde(with = "human_duration")]
+    pub max_retry_after: Duration,
+    pub teleworker_licences: Option<u32>,
+}
+
+impl Default for MbgConfig {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            ca_file: None,
+            max_in_flight: 8,
+            timeout: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(300),
+            teleworker_licences: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    #[serde(with = "human_duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    #[serde(with = "human_duration")]
+    pub interval: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    pub renew_schedule: CronSchedule,
+    pub renew_within_days: u32,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            renew_schedule: "0 0 3 * * *".parse().expect("default schedule parses"),
+            renew_within_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    #[serde(deserialize_with = "de_name_length")]
+    pub name_length: usize,
+    #[serde(deserialize_with = "de_password_length")]
+    pub password_length: usize,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        Self {
+            name_length: 12,
+            password_length: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One thing wrong with the configuration, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key, e.g. `mbg.timeout`.
+    pub key: String,
+    /// `config file /etc/mbg-provision/config.toml`, `environment variable MBG_PROVISION_MBG__TIMEOUT`.
+    pub origin: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "`{}` in {}: {}", self.key, self.origin, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {} does not exist", .0.display())]
+    MissingFile(PathBuf),
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Loads `file` (which must exist) or, without it, `config.toml` in the working folder when
+    /// there is one, then applies the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.is_file() => return Err(ConfigError::MissingFile(path.into())),
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_FILE).is_file() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_FILE))
+            }
+            None => {}
+        }
+        let env = Env::prefixed(ENV_PREFIX)
+            .split("__")
+            .ignore(NON_CONFIG_VARS);
+        figment = figment.merge(env);
+        figment
+            .extract()
+            .map_err(|error| ConfigError::Invalid(problems(&figment, error)))
+    }
+}
+
+/// Turns figment's errors into problems that name the key and its source the way a user wrote
+/// them (figment would print an environment variable as `MBG.TIMEOUT`).
+fn problems(figment: &Figment, error: figment::Error) -> Vec<ConfigProblem> {
+    error
+        .into_iter()
+        .map(|e| {
+            let mut path = e.path.clone();
+            let message = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    path.push(field.clone());
+                    format!("unknown key; expected one of: {}", expected.join(", "))
+                }
+                kind => kind.to_string(),
+            };
+            let metadata = e.metadata.clone().or_else(|| {
+                // An unknown field error carries no tag; find who supplied the key.
+                figment.find_metadata(&path.join(".")).cloned()
+            });
+            let origin = match metadata {
+                Some(md) if md.name.contains("environment") => format!(
+                    "environment variable {ENV_PREFIX}{}",
+                    path.join("__").to_ascii_uppercase()
+                ),
+                Some(md) => match &md.source {
+                    Some(figment::Source::File(file)) => format!("config file {}", file.display()),
+                    _ => md.name.to_string(),
+                },
+                None => "configuration".to_string(),
+            };
+            ConfigProblem {
+                key: path.join("."),
+                origin,
+                message,
+            }
+        })
+        .collect()
+}
+
+fn de_max_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if !(1..=256).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "{n} is out of range: allow between 1 and 256 MBG calls in flight"
+        )));
+    }
+    Ok(n)
+}
+
+fn de_name_length<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if !(6..=32).contains(&n) {
+        return Err(serde::de::Error::custom(format!(
+            "{n} is out of range: remote auth names are 6 to 32 characters"
+        )));
+    }
+    Ok(n)
+}
+
+fn de_password_length<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    let min = credentials::min_password_length();
+    if n < min || n > 64 {
+        return Err(serde::de::Error::custom(format!(
+            "{n} is out of range: passwords need {min} to 64 characters ({min} gives at least {} bits of entropy)",
+            credentials::MIN_PASSWORD_BITS
+        )));
+    }
+    Ok(n)
+}
+
+/// Durations written as a number and a unit: `500ms`, `30s`, `5m`, `2h`, `1d`.
+pub mod human_duration {
+    use super::*;
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("\"{text}\" has no unit: write e.g. \"30s\", \"5m\", \"2h\""))?;
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().map_err(|_| {
+            format!("\"{text}\" is not a duration: write e.g. \"30s\", \"5m\", \"2h\"")
+        })?;
+        let millis = match unit.trim() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            other => {
+                return Err(format!(
+                    "\"{text}\": unknown unit \"{other}\"; use ms, s, m, h or d"
+                ));
+            }
+        };
+        Ok(Duration::from_millis(number.saturating_mul(millis)))
+    }
+
+    pub fn format(duration: &Duration) -> String {
+        let ms = duration.as_millis();
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms > 0 && ms % size == 0 {
+                return format!("{}{unit}", ms / size);
+            }
+        }
+        format!("{ms}ms")
+    }
+
+    pub fn serialize<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(duration))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"5m\" or \"2h\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse(v).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+                Err(E::custom(format!(
+                    "{v} has no unit: write e.g. \"{v}s\" or \"{v}m\""
+                )))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+                self.visit_u64(v.unsigned_abs())
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A database URL; its `Debug` and `Display` hide the password a PostgreSQL URL may carry.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL with its password, for the database driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("sqlite:") {
+            return Ok(Self(s.to_string()));
+        }
+        let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+        match url.scheme() {
+            "postgres" | "postgresql" if url.host_str().is_some_and(|h| !h.is_empty()) => {
+                Ok(Self(s.to_string()))
+            }
+            "postgres" | "postgresql" => Err("a PostgreSQL URL needs a host".into()),
+            other => Err(format!(
+                "unsupported database \"{other}\": use sqlite://FILE or postgres://USER@HOST/DB"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                f.write_str(url.as_str())
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The MBG's web-services base URL, e.g. `https://10.0.0.5/mslrest`, without a trailing `/`.
+/// Plain `http://` is accepted only for loopback hosts (a simulator), because the OAuth token
+/// and every SIP password would otherwise cross the network in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct MbgUrl(String);
+
+impl MbgUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `base_url` joined with a resource path such as `mbg/v1/icps/all/`.
+    pub fn join(&self, path: &str) -> String {
+        format!("{}/{}", self.0, path.trim_start_matches('/'))
+    }
+}
+
+impl fmt::Display for MbgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
+impl FromStr for MbgUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("\"{s}\" is not a URL ({e})"))?;
+        let host = url.host().ok_or_else(|| format!("\"{s}\" has no host"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&host) => {}
+            "http" => {
+                return Err(format!(
+                    "\"{s}\" is plain http to a non-loopback host; use https (trust a private CA with mbg.ca_file)"
+                ));
+            }
+            other => return Err(format!("\"{s}\": scheme \"{other}\" is not http(s)")),
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("\"{s}\" must not have a query or fragment"));
+        }
+        Ok(Self(url.as_str().trim_end_matches('/').to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for MbgUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A cron schedule in the `cron` crate's six- or seven-field syntax, evaluated in UTC.
+#[derive(Clone)]
+pub struct CronSchedule {
+    expression: String,
+    schedule: cron::Schedule,
+}
+
+impl CronSchedule {
+    pub fn expression(&self) -> &str {
+        &self.expression
+    }
+
+    pub fn schedule(&self) -> &cron::Schedule {
+        &self.schedule
+    }
+}
+
+impl fmt::Debug for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CronSchedule({:?})", self.expression)
+    }
+}
+
+impl FromStr for CronSchedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let fields = s.split_whitespace().count();
+        if fields == 5 {
+            return Err(format!(
+                "\"{s}\" has 5 fields, but 6 fields are needed: seconds first (sec min hour day-of-month month day-of-week), e.g. \"0 {s}\""
+            ));
+        }
+        let schedule = cron::Schedule::from_str(s).map_err(|e| {
+            format!(
+                "\"{s}\" is not a cron expression ({e}); 6 fields are needed: sec min hour day-of-month month day-of-week, e.g. \"0 0 3 * * *\""
+            )
+        })?;
+        Ok(Self {
+            expression: s.to_string(),
+            schedule,
+        })
+    }
+}
+
+impl Serialize for CronSchedule {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.expression)
+    }
+}
+
+impl<'de> Deserialize<'de> for CronSchedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_round_trip() {
+        assert_eq!(
+            human_duration::parse("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(human_duration::parse("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(human_duration::parse("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(human_duration::parse("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(human_duration::parse("5").unwrap_err().contains("no unit"));
+        assert!(
+            human_duration::parse("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        for d in ["1500ms", "90s", "5m", "2h", "1d"] {
+            assert_eq!(
+                human_duration::format(&human_duration::parse(d).unwrap()),
+                d
+            );
+        }
+    }
+
+    #[test]
+    fn mbg_urls_refuse_clear_text_to_remote_hosts() {
+        assert!("https://10.0.0.5/mslrest/".parse::<MbgUrl>().is_ok());
+        assert!("http://127.0.0.1:8080/mslrest".parse::<MbgUrl>().is_ok());
+        assert!("http://[::1]:8080/mslrest".parse::<MbgUrl>().is_ok());
+        assert!("http://localhost/mslrest".parse::<MbgUrl>().is_ok());
+        let err = "http://10.0.0.5/mslrest".parse::<MbgUrl>().unwrap_err();
+        assert!(err.contains("non-loopback"), "{err}");
+        let url: MbgUrl = "https://mbg.example.com/mslrest/".parse().unwrap();
+        assert_eq!(url.join("/ping/"), "https://mbg.example.com/mslrest/ping/");
+    }
+
+    #[test]
+    fn database_url_hides_its_password() {
+        let url: DatabaseUrl = "postgres://prov:hunter22@db.example.com/pbx"
+            .parse()
+            .unwrap();
+        assert!(!format!("{url:?} {url}").contains("hunter22"));
+        assert!(url.expose().contains("hunter22"));
+        assert!("mysql://x@y/z".parse::<DatabaseUrl>().is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! Random credentials, always from the operating system's CSPRNG.
+//!
+//! Remote auth names and passwords are typed into phones and softphone config files, and travel
+//! in SIP digest headers and provisioning URLs, so their alphabets avoid anything that needs
+//! quoting or escaping there (no `"`, `'`, `\`, `&`, `%`, `#`, `?`, `/`, `:`, `@`, space).
+//! Strength comes from length, checked against [`MIN_PASSWORD_BITS`] when the config loads.
+
+use rand::RngExt;
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use secrecy::SecretString;
+
+const LOWERCASE: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+const NAME_TAIL: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+/// Letters, digits and the symbols SIP phones accept in config files and URLs unescaped.
+pub const PASSWORD_ALPHABET: &[u8] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.!*+=";
+
+/// The least entropy we accept for a generated password; below this an online guessing attack
+/// against a public-facing MBG becomes thinkable.
+pub const MIN_PASSWORD_BITS: f64 = 64.0;
+
+/// Bits of entropy of a password of `length` characters drawn uniformly from [`PASSWORD_ALPHABET`].
+pub fn password_bits(length: usize) -> f64 {
+    length as f64 * (PASSWORD_ALPHABET.len() as f64).log2()
+}
+
+/// The shortest password length that reaches [`MIN_PASSWORD_BITS`].
+pub fn min_password_length() -> usize {
+    (MIN_PASSWORD_BITS / (PASSWORD_ALPHABET.len() as f64).log2()).ceil() as usize
+}
+
+fn pick(alphabet: &[u8], length: usize) -> String {
+    let mut rng = UnwrapErr(SysRng);
+    (0..length)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+        .collect()
+}
+
+/// A password of `length` characters from [`PASSWORD_ALPHABET`].
+pub fn random_password(length: usize) -> SecretString {
+    SecretString::from(pick(PASSWORD_ALPHABET, length))
+}
+
+/// A set-side user name: lowercase letters and digits, starting with a letter because some
+/// phones' config parsers treat a leading digit as an extension number.
+pub fn random_auth_name(length: usize) -> String {
+    let length = length.max(1);
+    let mut name = pick(LOWERCASE, 1);
+    name.push_str(&pick(NAME_TAIL, length - 1));
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashSet;
+
+    #[test]
+    fn passwords_have_the_length_and_alphabet_asked_for() {
+        for length in [12, 20, 40] {
+            let password = random_password(length);
+            let password = password.expose_secret();
+            assert_eq!(password.len(), length);
+            assert!(password.bytes().all(|b| PASSWORD_ALPHABET.contains(&b)));
+        }
+    }
+
+    #[test]
+    fn auth_names_start_with_a_letter_and_are_lowercase_alphanumeric() {
+        for _ in 0..200 {
+            let name = random_auth_name(12);
+            assert_eq!(name.len(), 12);
+            assert!(name.as_bytes()[0].is_ascii_lowercase());
+            assert!(name.bytes().all(|b| NAME_TAIL.contains(&b)));
+        }
+    }
+
+    #[test]
+    fn draws_do_not_repeat() {
+        let names: HashSet<String> = (0..1000).map(|_| random_auth_name(12)).collect();
+        assert_eq!(names.len(), 1000);
+    }
+
+    #[test]
+    fn default_password_length_clears_the_entropy_floor() {
+        assert!(password_bits(20) >= MIN_PASSWORD_BITS);
+        assert!(password_bits(min_password_length()) >= MIN_PASSWORD_BITS);
+        assert!(password_bits(min_password_length() - 1) < MIN_PASSWORD_BITS);
+    }
+}

@@ -1,0 +1,7 @@
+//! mbg-provision: keeps the SIP users of a MiVoice Border Gateway in step with the extension
+//! database of a MiVoice Office phone system.
+
+pub mod config;
+pub mod credentials;
+pub mod import;
+pub mod store;

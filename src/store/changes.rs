@@ -1,0 +1,76 @@
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Change, ReleasedDevice, Result, Store, StoreError};
+
+impl Store {
+    /// The oldest `limit` recorded changes, in `seq` order.
+    pub async fn pending_changes(&self, limit: u32) -> Result<Vec<Change>> {
+        let rows = sqlx::query(
+            "SELECT seq, extension_id, changed_at FROM extension_changes ORDER BY seq LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Change {
+                    seq: row.try_get("seq")?,
+                    extension_id: row.try_get("extension_id")?,
+                    changed_at: row.try_get("changed_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::Database)
+    }
+
+    /// Removes exactly the changes handled. Never "everything up to seq N": on PostgreSQL a
+    /// lower seq can commit after a higher one, and it must not be lost.
+    pub async fn acknowledge_changes(&self, seqs: &[i64]) -> Result<()> {
+        for chunk in seqs.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM extension_changes WHERE seq IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for seq in chunk {
+                query = query.bind(*seq);
+            }
+            query
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::Database)?;
+        }
+        Ok(())
+    }
+
+    pub async fn released_devices(&self) -> Result<Vec<ReleasedDevice>> {
+        let rows = sqlx::query(
+            "SELECT mbg_device_id, number, released_at FROM released_devices ORDER BY released_at",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReleasedDevice {
+                    mbg_device_id: row.try_get("mbg_device_id")?,
+                    number: row.try_get("number")?,
+                    released_at: row.try_get("released_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::Database)
+    }
+
+    /// Called once the released SIP user is gone from the MBG.
+    pub async fn forget_released_device(&self, mbg_device_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM released_devices WHERE mbg_device_id = $1")
+            .bind(mbg_device_id)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+        Ok(())
+    }
+}

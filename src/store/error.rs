@@ -1,0 +1,160 @@
+//! Store errors, with database constraint violations turned into the field they are about, so that
+//! a CLI user or an import report can be told "extension number: must be 1 to 10 digits" instead of
+//! a driver message.
+
+use std::fmt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{field} {value} already exists")]
+    Duplicate { field: &'static str, value: String },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("{0}")]
+    NotFound(NotFound),
+    #[error("{field} is still in use: {reason}")]
+    InUse { field: &'static str, reason: String },
+    // Not `#[source]`: sqlx's messages already include their causes, and anyhow would repeat them.
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// What was looked for and not found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotFound {
+    Node(String),
+    Extension(String),
+}
+
+impl fmt::Display for NotFound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotFound::Node(name) => write!(f, "no node named \"{name}\" (see `node list`)"),
+            NotFound::Extension(number) => write!(f, "no extension {number}"),
+        }
+    }
+}
+
+impl StoreError {
+    /// The field a constraint violation is about, if this is one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Duplicate { field, .. }
+            | StoreError::Invalid { field, .. }
+            | StoreError::InUse { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+enum Violation {
+    Duplicate,
+    Invalid(&'static str),
+    InUse(&'static str),
+}
+
+/// Constraint name, the text SQLite puts in its message for it, the field, and what went wrong.
+/// SQLite names CHECK constraints in its messages but describes UNIQUE ones by their columns.
+const CONSTRAINTS: &[(&str, &str, &str, Violation)] = &[
+    (
+        "nodes_name_unique",
+        "nodes.name",
+        "node name",
+        Violation::Duplicate,
+    ),
+    (
+        "nodes_name_valid",
+        "nodes_name_valid",
+        "node name",
+        Violation::Invalid("must be 1 to 64 characters"),
+    ),
+    (
+        "nodes_address_unique",
+        "nodes.address",
+        "node address",
+        Violation::Duplicate,
+    ),
+    (
+        "nodes_address_valid",
+        "nodes_address_valid",
+        "node address",
+        Violation::Invalid("must be an IP address or host name"),
+    ),
+    (
+        "nodes_nat_address_valid",
+        "nodes_nat_address_valid",
+        "node NAT address",
+        Violation::Invalid("must be an IP address or host name"),
+    ),
+    (
+        "nodes_nat_sip_port_valid",
+        "nodes_nat_sip_port_valid",
+        "node NAT SIP port",
+        Violation::Invalid("must be 1 to 65535"),
+    ),
+    (
+        "extensions_number_unique",
+        "extensions.node_id, extensions.number",
+        "extension number",
+        Violation::Duplicate,
+    ),
+    (
+        "extensions_number_valid",
+        "extensions_number_valid",
+        "extension number",
+        Violation::Invalid("must be 1 to 10 digits"),
+    ),
+    (
+        "extensions_kind_valid",
+        "extensions_kind_valid",
+        "extension kind",
+        Violation::Invalid("must be sip or sip_hot_desk"),
+    ),
+    (
+        "extensions_sip_password_valid",
+        "extensions_sip_password_valid",
+        "SIP password",
+        Violation::Invalid("must not be empty"),
+    ),
+    (
+        "extensions_node_id_fkey",
+        "FOREIGN KEY constraint failed",
+        "node",
+        Violation::InUse("extensions still refer to it, or it does not exist"),
+    ),
+    (
+        "extensions_use_remote_auth_valid",
+        "extensions_use_remote_auth_valid",
+        "use_remote_auth",
+        Violation::Invalid("must be 0 or 1"),
+    ),
+];
+
+/// Maps a driver error to a typed one; `value_of` gives what the caller tried to write into a
+/// field, for the message.
+pub(crate) fn classify(error: sqlx::Error, value_of: impl Fn(&str) -> String) -> StoreError {
+    let sqlx::Error::Database(db) = &error else {
+        return StoreError::Database(error);
+    };
+    let message = db.message();
+    let found = CONSTRAINTS.iter().find(|(name, sqlite_text, ..)| {
+        db.constraint() == Some(*name) || message.ends_with(sqlite_text)
+    });
+    match found {
+        Some((_, _, field, Violation::Duplicate)) => StoreError::Duplicate {
+            field,
+            value: format!("\"{}\"", value_of(field)),
+        },
+        Some((_, _, field, Violation::Invalid(reason))) => StoreError::Invalid {
+            field,
+            reason: (*reason).to_string(),
+        },
+        Some((_, _, field, Violation::InUse(reason))) => StoreError::InUse {
+            field,
+            reason: (*reason).to_string(),
+        },
+        None => StoreError::Database(error),
+    }
+}

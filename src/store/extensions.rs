@@ -1,0 +1,305 @@
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+
+use super::error::classify;
+use super::{
+    Extension, ExtensionKind, ExtensionSpec, NotFound, Result, StateUpdate, Store, StoreError,
+    get_bool, get_parsed, get_secret, now,
+};
+
+const EXTENSION_SELECT: &str =
+    "SELECT e.id, e.node_id, n.name AS node_name, n.address AS node_address,
+        e.number, e.kind, e.sip_password, e.use_remote_auth, e.remote_auth_name,
+        e.remote_auth_password, e.mbg_device_id, e.provisioned_by_us, e.state, e.last_error,
+        e.attempts, e.next_attempt_at, e.version, e.updated_at
+    FROM extensions e JOIN nodes n ON n.id = e.node_id";
+
+fn extension_from_row(row: &AnyRow) -> Result<Extension, sqlx::Error> {
+    Ok(Extension {
+        id: row.try_get("id")?,
+        node_id: row.try_get("node_id")?,
+        node_name: row.try_get("node_name")?,
+        node_address: row.try_get("node_address")?,
+        number: row.try_get("number")?,
+        kind: get_parsed(row, "kind")?,
+        sip_password: get_secret(row, "sip_password")?.unwrap_or_default(),
+        use_remote_auth: get_bool(row, "use_remote_auth")?,
+        remote_auth_name: row
+            .try_get::<Option<String>, _>("remote_auth_name")?
+            .filter(|s| !s.is_empty()),
+        remote_auth_password: get_secret(row, "remote_auth_password")?,
+        mbg_device_id: row
+            .try_get::<Option<String>, _>("mbg_device_id")?
+            .filter(|s| !s.is_empty()),
+        provisioned_by_us: get_bool(row, "provisioned_by_us")?,
+        state: get_parsed(row, "state")?,
+        last_error: row.try_get("last_error")?,
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        version: row.try_get("version")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn extensions_from_rows(rows: &[AnyRow]) -> Result<Vec<Extension>> {
+    rows.iter()
+        .map(extension_from_row)
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::Database)
+}
+
+/// The number as the database stores it; checked here too so that a bad number is reported the
+/// same way on both backends and before any SQL runs.
+pub fn validate_number(number: &str) -> Result<()> {
+    if (1..=10).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            field: "extension number",
+            reason: format!("\"{number}\" must be 1 to 10 digits"),
+        })
+    }
+}
+
+impl Store {
+    /// Creates the extension or changes the one with this number (moving it to `spec.node` if it
+    /// lives elsewhere). `new_sip_password` is used only when the extension is created and the
+    /// spec brings none. Returns the extension and whether it was created.
+    pub async fn set_extension(
+        &self,
+        spec: &ExtensionSpec,
+        new_sip_password: &SecretString,
+    ) -> Result<(Extension, bool)> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
+        let (id, created) = set_extension_in(&mut tx, spec, new_sip_password).await?;
+        tx.commit().await.map_err(StoreError::Database)?;
+        Ok((self.extension(id).await?, created))
+    }
+
+    /// Applies every spec in one transaction: all rows or none. An error carries the 0-based
+    /// index of the spec that failed.
+    pub async fn set_extensions(
+        &self,
+        specs: &[ExtensionSpec],
+        mut new_sip_password: impl FnMut() -> SecretString,
+    ) -> Result<usize, (usize, StoreError)> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| (0, StoreError::Database(e)))?;
+        let mut created = 0;
+        for (index, spec) in specs.iter().enumerate() {
+            let (_, new) = set_extension_in(&mut tx, spec, &new_sip_password())
+                .await
+                .map_err(|e| (index, e))?;
+            created += usize::from(new);
+        }
+        tx.commit()
+            .await
+            .map_err(|e| (specs.len(), StoreError::Database(e)))?;
+        Ok(created)
+    }
+
+    pub async fn extension(&self, id: i64) -> Result<Extension> {
+        self.extension_where("e.id = $1", id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(NotFound::Extension(format!("with id {id}"))))
+    }
+
+    /// `None` when the row is gone (deleted since a change was recorded).
+    pub async fn find_extension(&self, id: i64) -> Result<Option<Extension>> {
+        self.extension_where("e.id = $1", id).await
+    }
+
+    pub async fn extension_by_number(&self, number: &str) -> Result<Extension> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{EXTENSION_SELECT} WHERE e.number = $1 ORDER BY n.name"
+        )))
+        .bind(number)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        extensions_from_rows(&rows)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::NotFound(NotFound::Extension(number.to_string())))
+    }
+
+    async fn extension_where(&self, condition: &str, id: i64) -> Result<Option<Extension>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "{EXTENSION_SELECT} WHERE {condition}"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        row.as_ref()
+            .map(extension_from_row)
+            .transpose()
+            .map_err(StoreError::Database)
+    }
+
+    pub async fn extensions(&self) -> Result<Vec<Extension>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{EXTENSION_SELECT} ORDER BY n.name, length(e.number), e.number"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        extensions_from_rows(&rows)
+    }
+
+    pub async fn delete_extension(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM extensions WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+        Ok(())
+    }
+
+    /// Write-ahead for provisioning: stores generated remote credentials before any MBG call, but
+    /// only into fields that are empty, so credentials already in the database (typed by an
+    /// admin, or from an earlier attempt) are never replaced. Returns the row as stored.
+    pub async fn fill_remote_credentials(
+        &self,
+        id: i64,
+        name: &str,
+        password: &SecretString,
+    ) -> Result<Extension> {
+        sqlx::query(
+            "UPDATE extensions
+                SET remote_auth_name = COALESCE(NULLIF(remote_auth_name, ''), $2),
+                    remote_auth_password = COALESCE(NULLIF(remote_auth_password, ''), $3)
+              WHERE id = $1",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(password.expose_secret())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        self.extension(id).await
+    }
+
+    /// Records the SIP user now holding this extension (`None`: there is none any more).
+    pub async fn record_device(
+        &self,
+        id: i64,
+        mbg_device_id: Option<&str>,
+        provisioned_by_us: bool,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE extensions SET mbg_device_id = $2, provisioned_by_us = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(mbg_device_id)
+        .bind(provisioned_by_us && mbg_device_id.is_some())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        Ok(())
+    }
+
+    pub async fn set_state(&self, id: i64, update: &StateUpdate) -> Result<()> {
+        sqlx::query(
+            "UPDATE extensions SET state = $2, last_error = $3, attempts = $4, next_attempt_at = $5
+              WHERE id = $1",
+        )
+        .bind(id)
+        .bind(update.state.as_str())
+        .bind(update.last_error.as_deref())
+        .bind(i64::from(update.attempts))
+        .bind(update.next_attempt_at)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        Ok(())
+    }
+}
+
+async fn set_extension_in(
+    tx: &mut Transaction<'static, Any>,
+    spec: &ExtensionSpec,
+    new_sip_password: &SecretString,
+) -> Result<(i64, bool)> {
+    validate_number(&spec.number)?;
+    if let Some(password) = &spec.sip_password
+        && password.expose_secret().is_empty()
+    {
+        return Err(StoreError::Invalid {
+            field: "SIP password",
+            reason: "must not be empty".into(),
+        });
+    }
+    let node_id: i64 = sqlx::query_scalar("SELECT id FROM nodes WHERE name = $1")
+        .bind(spec.node.trim())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::Database)?
+        .ok_or_else(|| StoreError::NotFound(NotFound::Node(spec.node.clone())))?;
+    // Prefer the row on the requested node; otherwise the number's only row is moved there.
+    let existing: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT id, node_id FROM extensions WHERE number = $1 ORDER BY id")
+            .bind(&spec.number)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::Database)?;
+    let target = match existing.as_slice() {
+        [] => None,
+        [(id, _)] => Some(*id),
+        many => match many.iter().find(|(_, node)| *node == node_id) {
+            Some((id, _)) => Some(*id),
+            None => {
+                return Err(StoreError::Invalid {
+                    field: "extension number",
+                    reason: format!(
+                        "{} exists on several nodes; give the node it is on",
+                        spec.number
+                    ),
+                });
+            }
+        },
+    };
+    let kind = spec.kind.map(ExtensionKind::as_str);
+    let password = spec.sip_password.as_ref().map(|p| p.expose_secret());
+    match target {
+        Some(id) => {
+            sqlx::query(
+                "UPDATE extensions
+                    SET node_id = $2,
+                        kind = COALESCE($3, kind),
+                        use_remote_auth = COALESCE($4, use_remote_auth),
+                        sip_password = COALESCE($5, sip_password)
+                  WHERE id = $1",
+            )
+            .bind(id)
+            .bind(node_id)
+            .bind(kind)
+            .bind(spec.use_remote_auth)
+            .bind(password)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| classify(e, |_| spec.number.clone()))?;
+            Ok((id, false))
+        }
+        None => {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO extensions (node_id, number, kind, sip_password, use_remote_auth, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+            .bind(node_id)
+            .bind(&spec.number)
+            .bind(kind.unwrap_or(ExtensionKind::Sip.as_str()))
+            .bind(password.unwrap_or(new_sip_password.expose_secret()))
+            .bind(spec.use_remote_auth.unwrap_or(false))
+            .bind(now())
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| classify(e, |_| spec.number.clone()))?;
+            Ok((id, true))
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The extension database, on SQLite (embedded default) or PostgreSQL, behind one type.
+//!
+//! All queries are runtime queries with `$N` placeholders on sqlx's `Any` driver, which both
+//! backends accept, so there is one implementation of every query rather than one per backend.
+//! What differs (schema, triggers, `LISTEN`) lives in `migrations/<backend>` and [`Backend`].
+//! Times are epoch seconds (`i64`) because `Any` carries no date types.
+
+mod changes;
+mod error;
+mod extensions;
+mod model;
+mod nodes;
+mod settings;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
+
+use crate::config::DatabaseUrl;
+
+pub use error::{NotFound, StoreError};
+pub use model::*;
+
+/// Each schema version in both dialects: a version cannot be added for one backend only.
+/// Embedded with `include_str!` so the binary carries its schema (no `macros` feature needed).
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
+    1,
+    "schema",
+    include_str!("../../migrations/sqlite/0001_schema.sql"),
+    include_str!("../../migrations/postgres/0001_schema.sql"),
+)];
+
+fn migrator(backend: Backend) -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sqlite, postgres)| {
+                let sql = match backend {
+                    Backend::Sqlite => sqlite,
+                    Backend::Postgres => postgres,
+                };
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    url: DatabaseUrl,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl Store {
+    /// Opens the database (creating a SQLite file if needed) and brings its schema up to date.
+    pub async fn open(url: &DatabaseUrl) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, connect_url) = if url.is_postgres() {
+            (Backend::Postgres, url.expose().to_string())
+        } else {
+            (Backend::Sqlite, sqlite_url(url.expose()))
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&connect_url)
+            .await
+            .map_err(StoreError::Database)?;
+        let store = Store {
+            pool,
+            backend,
+            url: url.clone(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            // WAL lets the phone system's tools and `sqlite3` read while we write.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::Database)?;
+        }
+        migrator(self.backend).run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Adds `mode=rwc` so a missing SQLite file is created, as an embedded default should.
+fn sqlite_url(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+pub(crate) fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// SQLite hands booleans back as integers through `Any`, PostgreSQL as booleans.
+fn get_bool(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
+    row.try_get::<bool, _>(column)
+        .or_else(|_| row.try_get::<i64, _>(column).map(|v| v != 0))
+}
+
+fn get_secret(row: &AnyRow, column: &str) -> Result<Option<SecretString>, sqlx::Error> {
+    Ok(row
+        .try_get::<Option<String>, _>(column)?
+        .filter(|s| !s.is_empty())
+        .map(SecretString::from))
+}
+
+fn get_parsed<T: FromStr<Err = String>>(row: &AnyRow, column: &str) -> Result<T, sqlx::Error> {
+    row.try_get::<String, _>(column)?
+        .parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))
+}
+
+fn expose(secret: &Option<SecretString>) -> Option<&str> {
+    secret.as_ref().map(|s| s.expose_secret())
+}

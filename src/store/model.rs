@@ -1,0 +1,233 @@
+//! The rows of the extension database as Rust types. Secrets are `SecretString`, whose `Debug`
+//! prints `[REDACTED]`, so deriving `Debug` here is safe.
+
+use std::fmt;
+use std::str::FromStr;
+
+use secrecy::SecretString;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    pub id: i64,
+    pub name: String,
+    pub address: String,
+    pub nat_address: Option<String>,
+    pub nat_sip_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNode {
+    pub name: String,
+    pub address: String,
+    pub nat_address: Option<String>,
+    pub nat_sip_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtensionKind {
+    Sip,
+    SipHotDesk,
+}
+
+impl ExtensionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtensionKind::Sip => "sip",
+            ExtensionKind::SipHotDesk => "sip_hot_desk",
+        }
+    }
+}
+
+impl fmt::Display for ExtensionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExtensionKind {
+    type Err = String;
+    /// Accepts the database spelling and the CLI's (`sip-hot-desk`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "sip" => Ok(ExtensionKind::Sip),
+            "sip_hot_desk" | "hot_desk" => Ok(ExtensionKind::SipHotDesk),
+            other => Err(format!("unknown kind \"{other}\": use sip or sip-hot-desk")),
+        }
+    }
+}
+
+/// Where an extension stands with the MBG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtensionState {
+    /// Not wanted on the MBG and nothing of ours there.
+    Idle,
+    /// A change is waiting to be applied.
+    Pending,
+    Provisioned,
+    /// The last attempt failed; it is retried at `next_attempt_at`.
+    Failed,
+    /// Retrying cannot help: a human must fix something (see `last_error`).
+    NeedsAttention,
+}
+
+impl ExtensionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtensionState::Idle => "idle",
+            ExtensionState::Pending => "pending",
+            ExtensionState::Provisioned => "provisioned",
+            ExtensionState::Failed => "failed",
+            ExtensionState::NeedsAttention => "needs_attention",
+        }
+    }
+}
+
+impl fmt::Display for ExtensionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExtensionState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "idle" => ExtensionState::Idle,
+            "pending" => ExtensionState::Pending,
+            "provisioned" => ExtensionState::Provisioned,
+            "failed" => ExtensionState::Failed,
+            "needs_attention" => ExtensionState::NeedsAttention,
+            other => return Err(format!("unknown extension state \"{other}\"")),
+        })
+    }
+}
+
+/// An extension with the node it lives on.
+#[derive(Debug, Clone)]
+pub struct Extension {
+    pub id: i64,
+    pub node_id: i64,
+    pub node_name: String,
+    pub node_address: String,
+    pub number: String,
+    pub kind: ExtensionKind,
+    /// ICP-side password; the ICP-side auth name is always `number`.
+    pub sip_password: SecretString,
+    pub use_remote_auth: bool,
+    pub remote_auth_name: Option<String>,
+    pub remote_auth_password: Option<SecretString>,
+    pub mbg_device_id: Option<String>,
+    pub provisioned_by_us: bool,
+    pub state: ExtensionState,
+    pub last_error: Option<String>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<i64>,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+/// What `extension set` and `extension import` write: only the database, as the phone system's
+/// own page would. `None` leaves a field as it is (or at its default for a new extension).
+#[derive(Debug, Clone)]
+pub struct ExtensionSpec {
+    pub number: String,
+    pub node: String,
+    pub kind: Option<ExtensionKind>,
+    pub use_remote_auth: Option<bool>,
+    pub sip_password: Option<SecretString>,
+}
+
+/// A row of `extension_changes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    pub extension_id: i64,
+    pub changed_at: i64,
+}
+
+/// A SIP user we created whose extension row has since been deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasedDevice {
+    pub mbg_device_id: String,
+    pub number: String,
+    pub released_at: i64,
+}
+
+/// The outcome of an MBG call, written to the extension row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateUpdate {
+    pub state: ExtensionState,
+    pub last_error: Option<String>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    #[default]
+    None,
+    /// A temporary token waits for an administrator's approval on the MBG.
+    Pending,
+    Valid,
+    Expired,
+    /// The MBG refused the token (revoked, or the verifier was wrong).
+    Rejected,
+}
+
+impl TokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::None => "none",
+            TokenState::Pending => "pending",
+            TokenState::Valid => "valid",
+            TokenState::Expired => "expired",
+            TokenState::Rejected => "rejected",
+        }
+    }
+}
+
+impl FromStr for TokenState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "none" => TokenState::None,
+            "pending" => TokenState::Pending,
+            "valid" => TokenState::Valid,
+            "expired" => TokenState::Expired,
+            "rejected" => TokenState::Rejected,
+            other => return Err(format!("unknown token state \"{other}\"")),
+        })
+    }
+}
+
+/// The one row of `mbg_settings` for the MBG we talk to.
+#[derive(Debug, Clone, Default)]
+pub struct MbgSettings {
+    pub base_url: Option<String>,
+    pub internal_address: Option<String>,
+    pub ca_certificate: Option<String>,
+    pub consumer_name: Option<String>,
+    pub consumer_id: Option<String>,
+    pub consumer_secret: Option<SecretString>,
+    pub temp_token: Option<SecretString>,
+    pub temp_token_secret: Option<SecretString>,
+    pub temp_token_created_at: Option<i64>,
+    pub access_token: Option<SecretString>,
+    pub access_token_secret: Option<SecretString>,
+    pub token_issued_at: Option<i64>,
+    pub token_expires_at: Option<i64>,
+    pub token_state: TokenState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub extension: Option<String>,
+    pub action: String,
+    pub outcome: String,
+    pub detail: Option<String>,
+}

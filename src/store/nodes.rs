@@ -1,0 +1,81 @@
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::error::classify;
+use super::{NewNode, Node, NotFound, Result, Store, StoreError};
+
+const NODE_COLUMNS: &str = "id, name, address, nat_address, nat_sip_port";
+
+fn node_from_row(row: &AnyRow) -> Result<Node, sqlx::Error> {
+    Ok(Node {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        address: row.try_get("address")?,
+        nat_address: row.try_get("nat_address")?,
+        nat_sip_port: row
+            .try_get::<Option<i64>, _>("nat_sip_port")?
+            .and_then(|p| u16::try_from(p).ok()),
+    })
+}
+
+impl Store {
+    pub async fn add_node(&self, node: &NewNode) -> Result<Node> {
+        let row = sqlx::query(
+            "INSERT INTO nodes (name, address, nat_address, nat_sip_port) VALUES ($1, $2, $3, $4)
+             RETURNING id, name, address, nat_address, nat_sip_port",
+        )
+        .bind(node.name.trim())
+        .bind(node.address.trim())
+        .bind(node.nat_address.as_deref())
+        .bind(node.nat_sip_port.map(i64::from))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            classify(e, |field| match field {
+                "node address" => node.address.clone(),
+                _ => node.name.clone(),
+            })
+        })?;
+        node_from_row(&row).map_err(StoreError::Database)
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        rows.iter()
+            .map(node_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::Database)
+    }
+
+    pub async fn node_by_name(&self, name: &str) -> Result<Node> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE name = $1"
+        )))
+        .bind(name.trim())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        match row {
+            Some(row) => node_from_row(&row).map_err(StoreError::Database),
+            None => Err(StoreError::NotFound(NotFound::Node(name.to_string()))),
+        }
+    }
+
+    /// Deletes a node; refused while extensions still live on it.
+    pub async fn delete_node(&self, name: &str) -> Result<()> {
+        let done = sqlx::query("DELETE FROM nodes WHERE name = $1")
+            .bind(name.trim())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify(e, |_| name.to_string()))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(NotFound::Node(name.to_string())));
+        }
+        Ok(())
+    }
+}
