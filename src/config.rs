@@ -215,9 +215,10 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(path) if !path.is_file() => return Err(ConfigError::MissingFile(path.into())),
-            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            // Absolute, so that an error names the file that was read, whatever the working folder.
+            Some(path) => figment = figment.merge(Toml::file_exact(absolute(path))),
             None if Path::new(DEFAULT_FILE).is_file() => {
-                figment = figment.merge(Toml::file_exact(DEFAULT_FILE))
+                figment = figment.merge(Toml::file_exact(absolute(Path::new(DEFAULT_FILE))))
             }
             None => {}
         }
@@ -225,22 +226,54 @@ impl Config {
             .split("__")
             .ignore(NON_CONFIG_VARS);
         figment = figment.merge(env);
+        // Section by section, so that every bad section is reported at once, not only the first.
+        let mut found = Vec::new();
+        check_section::<DatabaseConfig>(&figment, "database", &mut found);
+        check_section::<MbgConfig>(&figment, "mbg", &mut found);
+        check_section::<WatchConfig>(&figment, "watch", &mut found);
+        check_section::<ReconcileConfig>(&figment, "reconcile", &mut found);
+        check_section::<TokenConfig>(&figment, "token", &mut found);
+        check_section::<CredentialsConfig>(&figment, "credentials", &mut found);
+        check_section::<HttpConfig>(&figment, "http", &mut found);
+        check_section::<LogConfig>(&figment, "log", &mut found);
+        if !found.is_empty() {
+            return Err(ConfigError::Invalid(found));
+        }
         figment
             .extract()
-            .map_err(|error| ConfigError::Invalid(problems(&figment, error)))
+            .map_err(|error| ConfigError::Invalid(problems(&figment, error, &[])))
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn check_section<T: serde::de::DeserializeOwned>(
+    figment: &Figment,
+    section: &str,
+    found: &mut Vec<ConfigProblem>,
+) {
+    if let Err(error) = figment.extract_inner::<T>(section) {
+        found.extend(problems(figment, error, &[section]));
     }
 }
 
 /// Turns figment's errors into problems that name the key and its source the way a user wrote
 /// them (figment would print an environment variable as `MBG.TIMEOUT`).
-fn problems(figment: &Figment, error: figment::Error) -> Vec<ConfigProblem> {
+fn problems(figment: &Figment, error: figment::Error, prefix: &[&str]) -> Vec<ConfigProblem> {
     error
         .into_iter()
         .map(|e| {
-            let mut path = e.path.clone();
+            // `extract_inner` appends the section to the error's path instead of prepending it.
+            let mut path: Vec<String> = prefix.iter().map(|p| p.to_string()).collect();
+            let relative = e.path.strip_suffix(path.as_slice()).unwrap_or(&e.path);
+            path.extend(relative.iter().cloned());
             let message = match &e.kind {
                 figment::error::Kind::UnknownField(field, expected) => {
-                    path.push(field.clone());
+                    if path.last() != Some(field) {
+                        path.push(field.clone());
+                    }
                     format!("unknown key; expected one of: {}", expected.join(", "))
                 }
                 kind => kind.to_string(),
@@ -337,7 +370,7 @@ pub mod human_duration {
             ("m", 60_000),
             ("s", 1_000),
         ] {
-            if ms > 0 && ms % size == 0 {
+            if ms > 0 && ms.is_multiple_of(size) {
                 return format!("{}{unit}", ms / size);
             }
         }

@@ -1,0 +1,8 @@
+//! Integration tests: real SQLite files, a real PostgreSQL (`TEST_POSTGRES_URL`), the real binary.
+
+mod support;
+
+mod cli;
+mod config;
+mod secrets;
+mod store;

@@ -1,0 +1,131 @@
+//! Real databases for tests: a SQLite file in a temp folder, or a fresh PostgreSQL database
+//! created on the server named by `TEST_POSTGRES_URL` and dropped when the test ends.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use mbg_provision::config::DatabaseUrl;
+use mbg_provision::store::{Backend, Store};
+use sqlx::{Connection, Executor};
+
+pub const POSTGRES_ENV: &str = "TEST_POSTGRES_URL";
+
+pub struct TestDb {
+    pub store: Store,
+    /// The URL a second, independent connection can use.
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<PostgresDb>,
+}
+
+struct PostgresDb {
+    admin_url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let store = Store::open(&url.parse::<DatabaseUrl>().unwrap())
+            .await
+            .expect("open SQLite store");
+        TestDb {
+            store,
+            url,
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// A fresh database on the test server, or `None` (said loudly) when none is configured.
+    pub async fn postgres(test: &str) -> Option<TestDb> {
+        let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
+            eprintln!(
+                "SKIPPED {test} on PostgreSQL: {POSTGRES_ENV} is not set \
+                 (e.g. postgres://postgres@127.0.0.1:5432/test); CI always sets it"
+            );
+            return None;
+        };
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "mbgp_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            chrono::Utc::now().timestamp_subsec_nanos()
+        );
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("{POSTGRES_ENV} is set but unreachable: {e}"));
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let mut url = url::Url::parse(&admin_url).expect("TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        let url = url.to_string();
+        let store = Store::open(&url.parse::<DatabaseUrl>().unwrap())
+            .await
+            .expect("open PostgreSQL store");
+        assert_eq!(store.backend(), Backend::Postgres);
+        Some(TestDb {
+            store,
+            url,
+            _dir: None,
+            postgres: Some(PostgresDb { admin_url, name }),
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(db) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime; a helper thread with its own runtime can block.
+        // `WITH (FORCE)` ends the pool's connections, which belong to the test's runtime.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    if let Ok(mut admin) = sqlx::PgConnection::connect(&db.admin_url).await {
+                        let _ = admin
+                            .execute(sqlx::AssertSqlSafe(format!(
+                                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                                db.name
+                            )))
+                            .await;
+                    }
+                })
+        })
+        .join();
+    }
+}
+
+/// Generates one `#[tokio::test]` per backend for each named `async fn(TestDb)` in scope, so
+/// every store test body runs on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($crate::support::TestDb::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    if let Some(db) = $crate::support::TestDb::postgres(stringify!($test)).await {
+                        super::$test(db).await;
+                    }
+                }
+            )*
+        }
+    };
+}
