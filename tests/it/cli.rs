@@ -42,17 +42,34 @@ fn list(dir: &Path, url: &str) -> serde_json::Value {
     serde_json::from_str(&ok(run(dir, url, &["extension", "list", "--json"]))).unwrap()
 }
 
-crate::on_both_backends!(nodes_and_extensions_from_the_command_line, import_is_all_or_nothing);
+crate::on_both_backends!(
+    nodes_and_extensions_from_the_command_line,
+    import_is_all_or_nothing
+);
 
 async fn nodes_and_extensions_from_the_command_line(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let (d, url) = (dir.path(), db.url.as_str());
     ok(run(d, url, &["migrate"]));
-    ok(run(d, url, &["node", "add", "pbx1", "--address", "10.0.0.20"]));
     ok(run(
         d,
         url,
-        &["node", "add", "pbx2", "--address", "10.0.0.21", "--nat-address", "203.0.113.9", "--nat-sip-port", "5062"],
+        &["node", "add", "pbx1", "--address", "10.0.0.20"],
+    ));
+    ok(run(
+        d,
+        url,
+        &[
+            "node",
+            "add",
+            "pbx2",
+            "--address",
+            "10.0.0.21",
+            "--nat-address",
+            "203.0.113.9",
+            "--nat-sip-port",
+            "5062",
+        ],
     ));
     let nodes: serde_json::Value =
         serde_json::from_str(&ok(run(d, url, &["node", "list", "--json"]))).unwrap();
@@ -60,16 +77,46 @@ async fn nodes_and_extensions_from_the_command_line(db: TestDb) {
 
     let dup = run(d, url, &["node", "add", "pbx3", "--address", "10.0.0.20"]);
     assert_eq!(dup.status.code(), Some(1));
-    assert!(stderr(&dup).contains("node address \"10.0.0.20\" already exists"), "{}", stderr(&dup));
-    let bad = run(d, url, &["node", "add", "pbx3", "--address", "10.0.0.300 x"]);
+    assert!(
+        stderr(&dup).contains("node address \"10.0.0.20\" already exists"),
+        "{}",
+        stderr(&dup)
+    );
+    let bad = run(
+        d,
+        url,
+        &["node", "add", "pbx3", "--address", "10.0.0.300 x"],
+    );
     assert!(stderr(&bad).contains("--address"), "{}", stderr(&bad));
 
-    ok(run(d, url, &["extension", "set", "1001", "--node", "pbx1", "--remote", "on"]));
+    ok(run(
+        d,
+        url,
+        &[
+            "extension",
+            "set",
+            "1001",
+            "--node",
+            "pbx1",
+            "--remote",
+            "on",
+        ],
+    ));
     std::fs::write(d.join("pw"), "admin-chosen\n").unwrap();
     ok(run(
         d,
         url,
-        &["extension", "set", "1002", "--node", "pbx2", "--kind", "sip-hot-desk", "--sip-password-file", "pw"],
+        &[
+            "extension",
+            "set",
+            "1002",
+            "--node",
+            "pbx2",
+            "--kind",
+            "sip-hot-desk",
+            "--sip-password-file",
+            "pw",
+        ],
     ));
     let extensions = list(d, url);
     assert_eq!(extensions.as_array().unwrap().len(), 2);
@@ -77,15 +124,39 @@ async fn nodes_and_extensions_from_the_command_line(db: TestDb) {
     assert_eq!(extensions[0]["use_remote_auth"], true);
     assert_eq!(extensions[1]["kind"], "sip_hot_desk");
     let text = extensions.to_string();
-    assert!(!text.contains("admin-chosen"), "no passwords in list output");
+    assert!(
+        !text.contains("admin-chosen"),
+        "no passwords in list output"
+    );
     assert_eq!(
-        db.store.extension_by_number("1002").await.unwrap().sip_password.expose_secret(),
+        db.store
+            .extension_by_number("1002")
+            .await
+            .unwrap()
+            .sip_password
+            .expose_secret(),
         "admin-chosen"
     );
     let generated = db.store.extension_by_number("1001").await.unwrap();
-    assert_eq!(generated.sip_password.expose_secret().len(), 20, "random PBX SIP password");
+    assert_eq!(
+        generated.sip_password.expose_secret().len(),
+        20,
+        "random PBX SIP password"
+    );
 
-    ok(run(d, url, &["extension", "set", "1001", "--node", "pbx2", "--remote", "off"]));
+    ok(run(
+        d,
+        url,
+        &[
+            "extension",
+            "set",
+            "1001",
+            "--node",
+            "pbx2",
+            "--remote",
+            "off",
+        ],
+    ));
     let moved = list(d, url);
     assert_eq!(moved[0]["node"], "pbx2");
     assert_eq!(moved[0]["use_remote_auth"], false);
@@ -94,13 +165,20 @@ async fn nodes_and_extensions_from_the_command_line(db: TestDb) {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(stderr(&unknown).contains("no node named \"nowhere\""));
     let text = ok(run(d, url, &["extension", "list"]));
-    assert!(text.contains("1001") && text.contains("sip_hot_desk"), "{text}");
+    assert!(
+        text.contains("1001") && text.contains("sip_hot_desk"),
+        "{text}"
+    );
 }
 
 async fn import_is_all_or_nothing(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let (d, url) = (dir.path(), db.url.as_str());
-    ok(run(d, url, &["node", "add", "pbx1", "--address", "10.0.0.20"]));
+    ok(run(
+        d,
+        url,
+        &["node", "add", "pbx1", "--address", "10.0.0.20"],
+    ));
     ok(run(d, url, &["extension", "set", "1001", "--node", "pbx1"]));
 
     std::fs::write(
@@ -111,8 +189,14 @@ async fn import_is_all_or_nothing(db: TestDb) {
     let bad = run(d, url, &["extension", "import", "bad.csv"]);
     assert_eq!(bad.status.code(), Some(1));
     let message = stderr(&bad);
-    assert!(message.contains("line 3: node \"pbx9\" does not exist"), "{message}");
-    assert!(message.contains("line 4: remote \"perhaps\" must be on or off"), "{message}");
+    assert!(
+        message.contains("line 3: node \"pbx9\" does not exist"),
+        "{message}"
+    );
+    assert!(
+        message.contains("line 4: remote \"perhaps\" must be on or off"),
+        "{message}"
+    );
     assert!(message.contains("nothing imported"), "{message}");
     let unchanged = list(d, url);
     assert_eq!(unchanged.as_array().unwrap().len(), 1);
@@ -129,13 +213,23 @@ async fn import_is_all_or_nothing(db: TestDb) {
     assert_eq!(counts["updated"], 1);
     let imported = list(d, url);
     assert_eq!(imported.as_array().unwrap().len(), 3);
-    assert!(imported.as_array().unwrap().iter().all(|e| e["number"] != "1001" || e["use_remote_auth"] == true));
+    assert!(
+        imported
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["number"] != "1001" || e["use_remote_auth"] == true)
+    );
 }
 
 #[test]
 fn a_bad_config_names_key_and_file_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.toml"), "[mbg]\nbase_url = \"http://10.1.1.1/mslrest\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[mbg]\nbase_url = \"http://10.1.1.1/mslrest\"\n",
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .current_dir(dir.path())
         .args(["node", "list"])
@@ -145,7 +239,10 @@ fn a_bad_config_names_key_and_file_and_exits_non_zero() {
     let message = stderr(&out);
     assert!(message.contains("`mbg.base_url`"), "{message}");
     assert!(message.contains("config.toml"), "{message}");
-    assert!(!dir.path().join("mbg-provision.db").exists(), "nothing created on a bad config");
+    assert!(
+        !dir.path().join("mbg-provision.db").exists(),
+        "nothing created on a bad config"
+    );
 
     let missing = Command::new(BIN)
         .current_dir(dir.path())

@@ -25,7 +25,10 @@ fn the_example_file_loads_and_documents_the_defaults() {
     let defaults = Config::default();
     assert_eq!(config.database.url.expose(), "sqlite://mbg-provision.db");
     assert_eq!(config.database.url, defaults.database.url);
-    assert_eq!(config.mbg.base_url.unwrap().as_str(), "https://10.0.0.5/mslrest");
+    assert_eq!(
+        config.mbg.base_url.unwrap().as_str(),
+        "https://10.0.0.5/mslrest"
+    );
     assert_eq!(config.mbg.ca_file, None);
     assert_eq!(config.mbg.max_in_flight, 8);
     assert_eq!(config.mbg.timeout, Duration::from_secs(10));
@@ -56,12 +59,18 @@ fn config_toml_in_the_working_folder_is_found_and_env_wins() {
             "[mbg]\nbase_url = \"https://mbg.example.com/mslrest/\"\ntimeout = \"30s\"\n[watch]\npoll_interval = \"500ms\"\n",
         )?;
         jail.set_env("MBG_PROVISION_MBG__TIMEOUT", "2m");
-        jail.set_env("MBG_PROVISION_DATABASE__URL", "postgres://prov@db.example.com/pbx");
+        jail.set_env(
+            "MBG_PROVISION_DATABASE__URL",
+            "postgres://prov@db.example.com/pbx",
+        );
         jail.set_env("MBG_PROVISION_TOKEN__RENEW_WITHIN_DAYS", "45");
         // Not a config key: the consumer secret for `token request`.
         jail.set_env("MBG_PROVISION_CONSUMER_SECRET", "s3cret");
         let config = Config::load(None).expect("loads");
-        assert_eq!(config.mbg.base_url.unwrap().as_str(), "https://mbg.example.com/mslrest");
+        assert_eq!(
+            config.mbg.base_url.unwrap().as_str(),
+            "https://mbg.example.com/mslrest"
+        );
         assert_eq!(config.mbg.timeout, Duration::from_secs(120));
         assert_eq!(config.watch.poll_interval, Duration::from_millis(500));
         assert!(config.database.url.is_postgres());
@@ -138,9 +147,15 @@ fn cron_needs_six_fields_and_says_so() {
         let message = problems(Config::load(None).unwrap_err());
         assert!(message.contains("`token.renew_schedule`"), "{message}");
         assert!(message.contains("6 fields are needed"), "{message}");
-        assert!(message.contains("\"0 0 3 * * *\""), "suggests the fix: {message}");
+        assert!(
+            message.contains("\"0 0 3 * * *\""),
+            "suggests the fix: {message}"
+        );
 
-        jail.create_file("config.toml", "[token]\nrenew_schedule = \"0 0 25 * * *\"\n")?;
+        jail.create_file(
+            "config.toml",
+            "[token]\nrenew_schedule = \"0 0 25 * * *\"\n",
+        )?;
         let message = problems(Config::load(None).unwrap_err());
         assert!(message.contains("not a cron expression"), "{message}");
 
@@ -154,12 +169,18 @@ fn cron_needs_six_fields_and_says_so() {
 #[test]
 fn clear_text_to_a_remote_mbg_is_refused() {
     Jail::expect_with(|jail| {
-        jail.create_file("config.toml", "[mbg]\nbase_url = \"http://10.0.0.5/mslrest\"\n")?;
+        jail.create_file(
+            "config.toml",
+            "[mbg]\nbase_url = \"http://10.0.0.5/mslrest\"\n",
+        )?;
         let message = problems(Config::load(None).unwrap_err());
         assert!(message.contains("`mbg.base_url`"), "{message}");
         assert!(message.contains("non-loopback"), "{message}");
 
-        jail.create_file("config.toml", "[mbg]\nbase_url = \"http://127.0.0.1:8080/mslrest\"\n")?;
+        jail.create_file(
+            "config.toml",
+            "[mbg]\nbase_url = \"http://127.0.0.1:8080/mslrest\"\n",
+        )?;
         assert!(Config::load(None).is_ok());
         Ok(())
     });

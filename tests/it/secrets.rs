@@ -44,13 +44,19 @@ async fn debug_output_never_shows_a_secret() {
         sip_password: Some(SecretString::from(SECRETS[0])),
     };
     assert_no_secret(&format!("{spec:?}"));
-    let (ext, _) = store.set_extension(&spec, &SecretString::from("x")).await.unwrap();
+    let (ext, _) = store
+        .set_extension(&spec, &SecretString::from("x"))
+        .await
+        .unwrap();
     let ext = store
         .fill_remote_credentials(ext.id, "alice0remote", &SecretString::from(SECRETS[1]))
         .await
         .unwrap();
     let debug = format!("{ext:?} {ext:#?}");
-    assert!(debug.contains("alice0remote"), "the user name is not a secret: {debug}");
+    assert!(
+        debug.contains("alice0remote"),
+        "the user name is not a secret: {debug}"
+    );
     assert_no_secret(&debug);
 
     let settings = MbgSettings {

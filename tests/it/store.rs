@@ -63,29 +63,83 @@ async fn nodes_round_trip_and_constraints_name_the_field(db: TestDb) {
         .unwrap();
     assert_eq!(store.node_by_name("pbx1").await.unwrap(), added);
     assert_eq!(added.nat_sip_port, Some(5062));
-    store.add_node(&node("pbx2", "mivo2.example.com")).await.unwrap();
-    let names: Vec<String> = store.nodes().await.unwrap().into_iter().map(|n| n.name).collect();
+    store
+        .add_node(&node("pbx2", "mivo2.example.com"))
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
     assert_eq!(names, ["pbx1", "pbx2"]);
 
-    let err = store.add_node(&node("pbx1", "10.0.0.99")).await.unwrap_err();
-    assert!(matches!(err, StoreError::Duplicate { field: "node name", .. }), "{err:?}");
+    let err = store
+        .add_node(&node("pbx1", "10.0.0.99"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Duplicate {
+                field: "node name",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(err.to_string(), "node name \"pbx1\" already exists");
-    let err = store.add_node(&node("pbx3", "10.0.0.20")).await.unwrap_err();
-    assert!(matches!(err, StoreError::Duplicate { field: "node address", .. }), "{err:?}");
+    let err = store
+        .add_node(&node("pbx3", "10.0.0.20"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Duplicate {
+                field: "node address",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("10.0.0.20"));
-    let err = store.add_node(&node("pbx3", "10.0.0.1; rm")).await.unwrap_err();
-    assert!(matches!(err, StoreError::Invalid { field: "node address", .. }), "{err:?}");
+    let err = store
+        .add_node(&node("pbx3", "10.0.0.1; rm"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Invalid {
+                field: "node address",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let mut bad_port = node("pbx3", "10.0.0.30");
     bad_port.nat_sip_port = Some(0);
     let err = store.add_node(&bad_port).await.unwrap_err();
     assert_eq!(err.field(), Some("node NAT SIP port"), "{err:?}");
 
-    store.set_extension(&spec("1001", "pbx1"), &secret("pbx-pass")).await.unwrap();
+    store
+        .set_extension(&spec("1001", "pbx1"), &secret("pbx-pass"))
+        .await
+        .unwrap();
     let err = store.delete_node("pbx1").await.unwrap_err();
-    assert!(matches!(err, StoreError::InUse { field: "node", .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::InUse { field: "node", .. }),
+        "{err:?}"
+    );
     store.delete_node("pbx2").await.unwrap();
     let err = store.delete_node("pbx2").await.unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(NotFound::Node(_))), "{err:?}");
+    assert!(
+        matches!(err, StoreError::NotFound(NotFound::Node(_))),
+        "{err:?}"
+    );
 }
 
 async fn extensions_are_created_changed_and_moved(db: TestDb) {
@@ -105,28 +159,49 @@ async fn extensions_are_created_changed_and_moved(db: TestDb) {
     let mut change = spec("1001", "pbx2");
     change.kind = Some(ExtensionKind::SipHotDesk);
     change.use_remote_auth = Some(true);
-    let (moved, is_new) = store.set_extension(&change, &secret("unused")).await.unwrap();
+    let (moved, is_new) = store
+        .set_extension(&change, &secret("unused"))
+        .await
+        .unwrap();
     assert!(!is_new);
     assert_eq!(moved.id, created.id);
     assert_eq!(moved.node_name, "pbx2");
     assert_eq!(moved.kind, ExtensionKind::SipHotDesk);
     assert!(moved.use_remote_auth);
-    assert_eq!(moved.sip_password.expose_secret(), "generated-1", "kept, not regenerated");
+    assert_eq!(
+        moved.sip_password.expose_secret(),
+        "generated-1",
+        "kept, not regenerated"
+    );
     assert!(moved.version > created.version);
 
     let mut given = spec("1002", "pbx1");
     given.sip_password = Some(secret("typed-by-admin"));
-    let (with_password, _) = store.set_extension(&given, &secret("unused")).await.unwrap();
+    let (with_password, _) = store
+        .set_extension(&given, &secret("unused"))
+        .await
+        .unwrap();
     assert_eq!(with_password.sip_password.expose_secret(), "typed-by-admin");
 
-    let numbers: Vec<String> =
-        store.extensions().await.unwrap().into_iter().map(|e| e.number).collect();
+    let numbers: Vec<String> = store
+        .extensions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.number)
+        .collect();
     assert_eq!(numbers, ["1002", "1001"], "ordered by node, then number");
-    assert_eq!(store.extension_by_number("1001").await.unwrap().id, created.id);
+    assert_eq!(
+        store.extension_by_number("1001").await.unwrap().id,
+        created.id
+    );
     store.delete_extension(created.id).await.unwrap();
     assert!(store.find_extension(created.id).await.unwrap().is_none());
     let err = store.extension_by_number("1001").await.unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(NotFound::Extension(_))), "{err:?}");
+    assert!(
+        matches!(err, StoreError::NotFound(NotFound::Extension(_))),
+        "{err:?}"
+    );
 }
 
 async fn bad_extensions_are_refused_with_the_field(db: TestDb) {
@@ -148,10 +223,16 @@ async fn bad_extensions_are_refused_with_the_field(db: TestDb) {
     empty.sip_password = Some(secret(""));
     let err = store.set_extension(&empty, &secret("p")).await.unwrap_err();
     assert_eq!(err.field(), Some("SIP password"));
-    assert!(store.extensions().await.unwrap().is_empty(), "nothing half-written");
+    assert!(
+        store.extensions().await.unwrap().is_empty(),
+        "nothing half-written"
+    );
 
     // The database itself refuses what a foreign writer might try.
-    store.set_extension(&spec("1001", "pbx1"), &secret("p")).await.unwrap();
+    store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
     let mut raw = sqlx::AnyConnection::connect(&db.url).await.unwrap();
     for bad in [
         "UPDATE extensions SET kind = 'fax'",
@@ -167,7 +248,10 @@ async fn bad_extensions_are_refused_with_the_field(db: TestDb) {
 async fn changes_are_recorded_for_sql_written_by_others(db: TestDb) {
     let store = &db.store;
     with_nodes(store).await;
-    let (ext, _) = store.set_extension(&spec("1001", "pbx1"), &secret("p")).await.unwrap();
+    let (ext, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
     let inserted = store.pending_changes(100).await.unwrap();
     assert_eq!(inserted.len(), 1);
     assert_eq!(inserted[0].extension_id, ext.id);
@@ -199,7 +283,10 @@ async fn changes_are_recorded_for_sql_written_by_others(db: TestDb) {
     let changes = store.pending_changes(100).await.unwrap();
     assert_eq!(changes.len(), 3);
     assert!(changes.iter().all(|c| c.extension_id == ext.id));
-    assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq), "in seq order");
+    assert!(
+        changes.windows(2).all(|w| w[0].seq < w[1].seq),
+        "in seq order"
+    );
 
     // Writes that do not change what the MBG holds are not changes.
     other
@@ -207,7 +294,10 @@ async fn changes_are_recorded_for_sql_written_by_others(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(store.pending_changes(100).await.unwrap().len(), 3);
-    assert_eq!(store.extension(ext.id).await.unwrap().version, after.version);
+    assert_eq!(
+        store.extension(ext.id).await.unwrap().version,
+        after.version
+    );
 
     // Credentials, node and kind changes count; so does a delete.
     other
@@ -222,10 +312,17 @@ async fn changes_are_recorded_for_sql_written_by_others(db: TestDb) {
         .execute("UPDATE extensions SET node_id = (SELECT id FROM nodes WHERE name = 'pbx2')")
         .await
         .unwrap();
-    other.execute("UPDATE extensions SET kind = 'sip_hot_desk'").await.unwrap();
+    other
+        .execute("UPDATE extensions SET kind = 'sip_hot_desk'")
+        .await
+        .unwrap();
     other.execute("DELETE FROM extensions").await.unwrap();
     assert_eq!(store.pending_changes(100).await.unwrap().len(), 8);
-    assert_eq!(store.pending_changes(2).await.unwrap().len(), 2, "limit honoured");
+    assert_eq!(
+        store.pending_changes(2).await.unwrap().len(),
+        2,
+        "limit honoured"
+    );
     other.close().await.unwrap();
 }
 
@@ -233,11 +330,17 @@ async fn acknowledging_removes_only_the_changes_handled(db: TestDb) {
     let store = &db.store;
     with_nodes(store).await;
     for number in ["1001", "1002", "1003"] {
-        store.set_extension(&spec(number, "pbx1"), &secret("p")).await.unwrap();
+        store
+            .set_extension(&spec(number, "pbx1"), &secret("p"))
+            .await
+            .unwrap();
     }
     let changes = store.pending_changes(100).await.unwrap();
     assert_eq!(changes.len(), 3);
-    store.acknowledge_changes(&[changes[0].seq, changes[2].seq]).await.unwrap();
+    store
+        .acknowledge_changes(&[changes[0].seq, changes[2].seq])
+        .await
+        .unwrap();
     assert_eq!(store.pending_changes(100).await.unwrap(), vec![changes[1]]);
     // More than one statement's worth of placeholders.
     let many: Vec<i64> = (1..=1200).collect();
@@ -248,7 +351,10 @@ async fn acknowledging_removes_only_the_changes_handled(db: TestDb) {
 async fn credentials_are_written_ahead_and_never_replaced(db: TestDb) {
     let store = &db.store;
     with_nodes(store).await;
-    let (ext, _) = store.set_extension(&spec("1001", "pbx1"), &secret("p")).await.unwrap();
+    let (ext, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
     assert!(ext.remote_auth_name.is_none() && ext.remote_auth_password.is_none());
 
     let filled = store
@@ -257,7 +363,11 @@ async fn credentials_are_written_ahead_and_never_replaced(db: TestDb) {
         .unwrap();
     assert_eq!(filled.remote_auth_name.as_deref(), Some("first0name"));
     assert_eq!(
-        filled.remote_auth_password.as_ref().unwrap().expose_secret(),
+        filled
+            .remote_auth_password
+            .as_ref()
+            .unwrap()
+            .expose_secret(),
         "first-password-123"
     );
     let again = store
@@ -272,19 +382,29 @@ async fn credentials_are_written_ahead_and_never_replaced(db: TestDb) {
 
     // An empty string written by another program counts as "not set".
     let mut other = sqlx::AnyConnection::connect(&db.url).await.unwrap();
-    other.execute("UPDATE extensions SET remote_auth_password = ''").await.unwrap();
+    other
+        .execute("UPDATE extensions SET remote_auth_password = ''")
+        .await
+        .unwrap();
     let refilled = store
         .fill_remote_credentials(ext.id, "third0name", &secret("third-password-789"))
         .await
         .unwrap();
     assert_eq!(refilled.remote_auth_name.as_deref(), Some("first0name"));
     assert_eq!(
-        refilled.remote_auth_password.as_ref().unwrap().expose_secret(),
+        refilled
+            .remote_auth_password
+            .as_ref()
+            .unwrap()
+            .expose_secret(),
         "third-password-789"
     );
     other.close().await.unwrap();
 
-    store.record_device(ext.id, Some("guid-1"), true).await.unwrap();
+    store
+        .record_device(ext.id, Some("guid-1"), true)
+        .await
+        .unwrap();
     let recorded = store.extension(ext.id).await.unwrap();
     assert_eq!(recorded.mbg_device_id.as_deref(), Some("guid-1"));
     assert!(recorded.provisioned_by_us);
@@ -296,10 +416,22 @@ async fn credentials_are_written_ahead_and_never_replaced(db: TestDb) {
 async fn deleting_an_owned_extension_keeps_its_device_for_removal(db: TestDb) {
     let store = &db.store;
     with_nodes(store).await;
-    let (ours, _) = store.set_extension(&spec("1001", "pbx1"), &secret("p")).await.unwrap();
-    let (theirs, _) = store.set_extension(&spec("1002", "pbx1"), &secret("p")).await.unwrap();
-    store.record_device(ours.id, Some("guid-ours"), true).await.unwrap();
-    store.record_device(theirs.id, Some("guid-adopted-not"), false).await.unwrap();
+    let (ours, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let (theirs, _) = store
+        .set_extension(&spec("1002", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    store
+        .record_device(ours.id, Some("guid-ours"), true)
+        .await
+        .unwrap();
+    store
+        .record_device(theirs.id, Some("guid-adopted-not"), false)
+        .await
+        .unwrap();
     store.delete_extension(ours.id).await.unwrap();
     store.delete_extension(theirs.id).await.unwrap();
     let released = store.released_devices().await.unwrap();
@@ -313,7 +445,10 @@ async fn deleting_an_owned_extension_keeps_its_device_for_removal(db: TestDb) {
 async fn state_settings_and_audit_round_trip(db: TestDb) {
     let store = &db.store;
     with_nodes(store).await;
-    let (ext, _) = store.set_extension(&spec("1001", "pbx1"), &secret("p")).await.unwrap();
+    let (ext, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
     let update = StateUpdate {
         state: ExtensionState::Failed,
         last_error: Some("MBG answered 503".into()),
@@ -328,7 +463,10 @@ async fn state_settings_and_audit_round_trip(db: TestDb) {
     assert_eq!(failed.next_attempt_at, Some(1_900_000_000));
     assert_eq!(failed.version, ext.version, "bookkeeping is not a change");
 
-    assert_eq!(store.mbg_settings().await.unwrap().token_state, TokenState::None);
+    assert_eq!(
+        store.mbg_settings().await.unwrap().token_state,
+        TokenState::None
+    );
     let settings = MbgSettings {
         base_url: Some("https://10.0.0.5/mslrest".into()),
         consumer_id: Some("MiVOAppSuite".into()),
@@ -343,8 +481,14 @@ async fn state_settings_and_audit_round_trip(db: TestDb) {
     let read = store.mbg_settings().await.unwrap();
     assert_eq!(read.token_state, TokenState::Valid);
     assert_eq!(read.consumer_id.as_deref(), Some("MiVOAppSuite"));
-    assert_eq!(read.access_token.unwrap().expose_secret(), "or7z4alsrn2+pyuwm33djq==");
-    assert_eq!(read.access_token_secret.unwrap().expose_secret(), "tok+secret/==");
+    assert_eq!(
+        read.access_token.unwrap().expose_secret(),
+        "or7z4alsrn2+pyuwm33djq=="
+    );
+    assert_eq!(
+        read.access_token_secret.unwrap().expose_secret(),
+        "tok+secret/=="
+    );
     assert_eq!(read.token_expires_at, Some(1_900_000_000));
     assert!(read.temp_token.is_none());
     let renewed = MbgSettings {
@@ -371,7 +515,10 @@ async fn state_settings_and_audit_round_trip(db: TestDb) {
             .unwrap();
     }
     let log = store.audit_log(10).await.unwrap();
-    assert_eq!(log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["delete", "create"]);
+    assert_eq!(
+        log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["delete", "create"]
+    );
 }
 
 async fn bulk_set_is_all_or_nothing(db: TestDb) {
@@ -383,19 +530,35 @@ async fn bulk_set_is_all_or_nothing(db: TestDb) {
         secret(&format!("generated-{counter}"))
     };
     let good = [spec("1001", "pbx1"), spec("1002", "pbx2")];
-    assert_eq!(store.set_extensions(&good, &mut next_password).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .set_extensions(&good, &mut next_password)
+            .await
+            .unwrap(),
+        2
+    );
     let before = store.extensions().await.unwrap();
 
     let mut change = spec("1001", "pbx1");
     change.use_remote_auth = Some(true);
     let bad = [change, spec("1003", "pbx1"), spec("1004", "gone")];
-    let (index, err) = store.set_extensions(&bad, &mut next_password).await.unwrap_err();
+    let (index, err) = store
+        .set_extensions(&bad, &mut next_password)
+        .await
+        .unwrap_err();
     assert_eq!(index, 2);
-    assert!(matches!(err, StoreError::NotFound(NotFound::Node(_))), "{err:?}");
+    assert!(
+        matches!(err, StoreError::NotFound(NotFound::Node(_))),
+        "{err:?}"
+    );
     let after = store.extensions().await.unwrap();
     assert_eq!(after.len(), before.len(), "1003 not created");
     assert!(!after.iter().any(|e| e.use_remote_auth), "1001 not changed");
-    assert_eq!(store.pending_changes(100).await.unwrap().len(), 2, "no change rows left behind");
+    assert_eq!(
+        store.pending_changes(100).await.unwrap().len(),
+        2,
+        "no change rows left behind"
+    );
 }
 
 async fn notifications_reach_a_postgres_listener(db: TestDb) {
@@ -406,7 +569,10 @@ async fn notifications_reach_a_postgres_listener(db: TestDb) {
     with_nodes(store).await;
     let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
     listener.listen("extension_changes").await.unwrap();
-    let (ext, _) = store.set_extension(&spec("1001", "pbx1"), &secret("p")).await.unwrap();
+    let (ext, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
     let note = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
         .await
         .expect("notification within 10 s")
