@@ -29,6 +29,70 @@ pub enum Command {
     /// The extensions (writes only the database, as the phone system's own page would)
     #[command(subcommand)]
     Extension(ExtensionCommand),
+    /// The OAuth access token: the one-off exchange, its status and renewal
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Serve the MBG simulator, for tests and demos
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Step 1: get a temporary token for an administrator to approve on the MBG
+    Request {
+        /// A name for this consumer, shown in status output
+        #[arg(long)]
+        name: String,
+        /// The "ConsumerID" created on the MBG
+        #[arg(long)]
+        consumer_id: String,
+        /// File holding the shared secret [default: $MBG_PROVISION_CONSUMER_SECRET, else a prompt]
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
+    },
+    /// Step 3: trade the verifier shown on the MBG for the access token
+    Verify {
+        /// The six-digit verifier
+        code: String,
+    },
+    /// Extend the access token by 12 months (what the renewal job runs)
+    Renew {
+        /// Only renew when the token expires within this many days
+        #[arg(long, value_name = "N")]
+        if_within_days: Option<u32>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// none / pending approval / valid until DATE / expired / rejected
+    Status {
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// A web-services consumer with every permission, as ID:SECRET (repeatable)
+    #[arg(long = "consumer", value_name = "ID:SECRET")]
+    pub consumers: Vec<String>,
+    /// Approve temporary tokens as soon as they are issued
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// An ICP, as NAME=ADDRESS (repeatable)
+    #[arg(long = "icp", value_name = "NAME=ADDRESS")]
+    pub icps: Vec<String>,
+    /// Teleworker licences available [default: unlimited]
+    #[arg(long, value_name = "N")]
+    pub licences: Option<usize>,
+    /// Delay every API answer by this much
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Answer this share of API requests (0 to 1) with 503
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub fail_rate: f64,
 }
 
 #[derive(Debug, Args)]

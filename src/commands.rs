@@ -8,13 +8,21 @@ use anyhow::{Context, Result, bail};
 use mbg_provision::config::{Config, LogFormat};
 use mbg_provision::credentials;
 use mbg_provision::import;
+use mbg_provision::sim::{self, SimConfig, SimConsumer};
 use mbg_provision::store::{Extension, ExtensionKind, ExtensionSpec, NewNode, Node, Store};
-use secrecy::SecretString;
+use mbg_provision::token::{self, TokenStatus};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use crate::cli::{Cli, Command, ExtensionCommand, Kind, NodeCommand, Switch};
+use crate::cli::{
+    Cli, Command, ExtensionCommand, Kind, NodeCommand, SimulateArgs, Switch, TokenCommand,
+};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Simulate(args) = cli.command {
+        init_tracing(LogFormat::Text);
+        return simulate(args).await;
+    }
     let config = Config::load(cli.config.as_deref())?;
     init_tracing(config.log.format);
     let store = Store::open(&config.database.url)
@@ -27,6 +35,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Node(command) => node(&store, command).await?,
         Command::Extension(command) => extension(&store, &config, command).await?,
+        Command::Token(command) => token_command(&store, &config, command).await?,
+        Command::Simulate(_) => unreachable!("handled before the store is opened"),
     };
     store.close().await;
     Ok(code)
@@ -279,4 +289,115 @@ fn print_extensions(extensions: &[Extension]) {
             e.state
         );
     }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn token_command(store: &Store, config: &Config, command: TokenCommand) -> Result<ExitCode> {
+    match command {
+        TokenCommand::Request {
+            name,
+            consumer_id,
+            secret_file,
+        } => {
+            let secret = consumer_secret(secret_file.as_deref())?;
+            let temporary =
+                token::request(store, config, &name, &consumer_id, secret, now()).await?;
+            // The administrator needs the token to find it on the MBG page: the one place it is
+            // shown. It is useless without its secret, which stays in the database.
+            println!("temporary token: {}", temporary.expose_secret());
+            println!(
+                "Now, within 10 minutes: on the MBG, open Administration > Web services > Temporary tokens,"
+            );
+            println!(
+                "approve this token for consumer {consumer_id}, copy the six-digit verifier, and run:"
+            );
+            println!("  mbg-provision token verify CODE");
+        }
+        TokenCommand::Verify { code } => {
+            let expires_at = token::verify(store, config, &code, now()).await?;
+            println!(
+                "access token stored; valid until {}",
+                token::date(expires_at)
+            );
+        }
+        TokenCommand::Renew {
+            if_within_days,
+            output,
+        } => {
+            let renewal = token::renew_if_due(store, config, now(), if_within_days).await?;
+            if output.json {
+                print_json(&renewal)?;
+            } else {
+                println!("{renewal}");
+            }
+        }
+        TokenCommand::Status { output } => {
+            let status = TokenStatus::of(&store.mbg_settings().await?, now());
+            if output.json {
+                print_json(&status)?;
+            } else {
+                println!("token: {status}");
+            }
+            if !status.is_usable() {
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The shared secret: from a file, the environment, or a prompt that does not echo. Never argv,
+/// where every user of the machine can read it in the process list.
+fn consumer_secret(file: Option<&Path>) -> Result<SecretString> {
+    if let Some(file) = file {
+        return read_secret_file(file);
+    }
+    if let Ok(secret) = std::env::var("MBG_PROVISION_CONSUMER_SECRET")
+        && !secret.is_empty()
+    {
+        return Ok(SecretString::from(secret));
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!(
+            "no shared secret: give --secret-file FILE or set MBG_PROVISION_CONSUMER_SECRET (no terminal to prompt on)"
+        );
+    }
+    let secret = rpassword::prompt_password("shared secret of the consumer (not echoed): ")
+        .context("cannot read the shared secret")?;
+    if secret.is_empty() {
+        bail!("the shared secret is empty");
+    }
+    Ok(SecretString::from(secret))
+}
+
+async fn simulate(args: SimulateArgs) -> Result<ExitCode> {
+    let mut config = SimConfig {
+        auto_approve: args.auto_approve,
+        licences: args.licences,
+        ..SimConfig::default()
+    };
+    config.faults.latency_ms = args.latency_ms;
+    config.faults.fail_rate = args.fail_rate;
+    for consumer in &args.consumers {
+        let (id, secret) = consumer
+            .split_once(':')
+            .with_context(|| format!("--consumer {consumer:?} must be ID:SECRET"))?;
+        config.consumers.push(SimConsumer::new(id, secret));
+    }
+    for icp in &args.icps {
+        let (name, address) = icp
+            .split_once('=')
+            .with_context(|| format!("--icp {icp:?} must be NAME=ADDRESS"))?;
+        config.icps.push((name.to_string(), address.to_string()));
+    }
+    let handle = sim::start(config, args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!("MBG simulator serving {}", handle.base_url());
+    println!("admin API: http://{}/sim/ (loopback only)", handle.addr());
+    tokio::signal::ctrl_c().await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -4,4 +4,8 @@
 pub mod config;
 pub mod credentials;
 pub mod import;
+pub mod mbg;
+pub mod oauth;
+pub mod sim;
 pub mod store;
+pub mod token;

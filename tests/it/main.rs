@@ -4,5 +4,6 @@ mod support;
 
 mod cli;
 mod config;
+mod mbg;
 mod secrets;
 mod store;

@@ -1,0 +1,609 @@
+//! A typed client for the MBG REST API of `shared/mbg-api.md`: every call signed with OAuth 1.0a,
+//! every answer checked against the contract, every failure turned into an [`MbgErrorKind`] the
+//! reconciler can act on.
+
+mod error;
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::config::MbgUrl;
+use crate::oauth::{self, ClientCredentials, Grant, TokenCredentials};
+
+pub use error::{MbgError, MbgErrorKind, redact};
+
+/// How much of an unexpected answer an error quotes.
+const EXCERPT_BYTES: usize = 200;
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Icp {
+    pub guid: String,
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub icptype: String,
+}
+
+/// A SIP device as the MBG returns it (unknown fields ignored). Passwords come back in clear.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SipDevice {
+    pub guid: String,
+    pub icp: String,
+    pub setside_username: String,
+    pub setside_password: SecretString,
+    pub icpside_username: String,
+    pub icpside_password: SecretString,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// A device to create: every field the contract requires.
+#[derive(Debug, Clone)]
+pub struct NewSipDevice {
+    pub icp: String,
+    pub setside_username: String,
+    pub setside_password: SecretString,
+    pub icpside_username: String,
+    pub icpside_password: SecretString,
+    pub description: String,
+    pub enabled: bool,
+}
+
+impl NewSipDevice {
+    fn to_json(&self) -> Value {
+        json!({
+            "icp": self.icp,
+            "setside_username": self.setside_username,
+            "setside_password": self.setside_password.expose_secret(),
+            "icpside_username": self.icpside_username,
+            "icpside_password": self.icpside_password.expose_secret(),
+            "description": self.description,
+            "enabled": self.enabled,
+        })
+    }
+}
+
+/// The fields of a device to change; `None` leaves a field as the MBG has it.
+#[derive(Debug, Clone, Default)]
+pub struct SipDevicePatch {
+    pub icp: Option<String>,
+    pub setside_username: Option<String>,
+    pub setside_password: Option<SecretString>,
+    pub icpside_username: Option<String>,
+    pub icpside_password: Option<SecretString>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+impl SipDevicePatch {
+    pub fn is_empty(&self) -> bool {
+        self.to_json().as_object().is_none_or(|o| o.is_empty())
+    }
+
+    fn to_json(&self) -> Value {
+        let mut body = serde_json::Map::new();
+        let mut put = |key: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                body.insert(key.to_string(), value);
+            }
+        };
+        put("icp", self.icp.clone().map(Value::from));
+        put(
+            "setside_username",
+            self.setside_username.clone().map(Value::from),
+        );
+        put(
+            "setside_password",
+            self.setside_password
+                .as_ref()
+                .map(|p| Value::from(p.expose_secret())),
+        );
+        put(
+            "icpside_username",
+            self.icpside_username.clone().map(Value::from),
+        );
+        put(
+            "icpside_password",
+            self.icpside_password
+                .as_ref()
+                .map(|p| Value::from(p.expose_secret())),
+        );
+        put("description", self.description.clone().map(Value::from));
+        put("enabled", self.enabled.map(Value::from));
+        Value::Object(body)
+    }
+}
+
+#[derive(Deserialize)]
+struct List<T> {
+    response: Vec<T>,
+}
+
+#[derive(Deserialize)]
+struct Count {
+    count: u64,
+}
+
+#[derive(Deserialize)]
+struct Guid {
+    guid: String,
+}
+
+#[derive(Deserialize)]
+struct Expiry {
+    expires: i64,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// The body an endpoint answers with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Json,
+    Form,
+}
+
+#[derive(Clone)]
+pub struct MbgClient {
+    http: reqwest::Client,
+    base: MbgUrl,
+    consumer: ClientCredentials,
+    access: Option<TokenCredentials>,
+}
+
+impl std::fmt::Debug for MbgClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MbgClient")
+            .field("base", &self.base)
+            .field("consumer", &self.consumer)
+            .field("access", &self.access.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
+}
+
+impl MbgClient {
+    /// A client for the MBG at `base`, trusting the extra CA in `ca_file` if given.
+    pub fn new(
+        base: MbgUrl,
+        ca_file: Option<&Path>,
+        timeout: Duration,
+        consumer: ClientCredentials,
+    ) -> Result<Self, MbgError> {
+        let setup = |why: String| MbgError {
+            endpoint: "setup".into(),
+            kind: MbgErrorKind::Setup(why),
+        };
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("mbg-provision/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca_file) = ca_file {
+            let pem = std::fs::read(ca_file).map_err(|e| {
+                setup(format!(
+                    "cannot read mbg.ca_file {}: {e}",
+                    ca_file.display()
+                ))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup(format!("mbg.ca_file {} is not PEM: {e}", ca_file.display())))?;
+            if certs.is_empty() {
+                return Err(setup(format!(
+                    "mbg.ca_file {} holds no certificate",
+                    ca_file.display()
+                )));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| setup(format!("cannot build the HTTP client: {e}")))?;
+        Ok(MbgClient {
+            http,
+            base,
+            consumer,
+            access: None,
+        })
+    }
+
+    /// The same client, signing with this access token from now on.
+    pub fn with_access_token(mut self, access: TokenCredentials) -> Self {
+        self.access = Some(access);
+        self
+    }
+
+    pub fn base_url(&self) -> &MbgUrl {
+        &self.base
+    }
+
+    /// Step 1 of the exchange: a temporary token for the administrator to approve.
+    pub async fn initiate(&self) -> Result<TokenCredentials, MbgError> {
+        let grant = Grant::Temporary {
+            callback: oauth::OUT_OF_BAND,
+        };
+        let form = self.form(Method::POST, "initiate", grant).await?;
+        token_from_form("POST initiate", &form)
+    }
+
+    /// Step 3: trades the approved temporary token and its verifier for an access token.
+    pub async fn exchange(
+        &self,
+        temporary: &TokenCredentials,
+        verifier: &str,
+    ) -> Result<TokenCredentials, MbgError> {
+        let grant = Grant::Exchange {
+            temporary,
+            verifier,
+        };
+        let form = self.form(Method::POST, "token", grant).await?;
+        token_from_form("POST token", &form)
+    }
+
+    pub async fn ping(&self) -> Result<(), MbgError> {
+        self.json::<Value>(Method::GET, "ping/", None)
+            .await
+            .map(|_| ())
+    }
+
+    /// The access token's expiry (epoch seconds); `NotFound` if this MBG does not say.
+    pub async fn token_expiry(&self) -> Result<i64, MbgError> {
+        let expiry: Expiry = self.json(Method::GET, "base/v1/managetoken/", None).await?;
+        Ok(expiry.expires)
+    }
+
+    /// Extends the access token by 12 months; `NotFound` if this MBG cannot do it by API.
+    pub async fn renew_token(&self) -> Result<i64, MbgError> {
+        let expiry: Expiry = self
+            .json(
+                Method::PUT,
+                "base/v1/managetoken/",
+                Some(json!({ "action": "renew" })),
+            )
+            .await?;
+        Ok(expiry.expires)
+    }
+
+    pub async fn icps(&self) -> Result<Vec<Icp>, MbgError> {
+        let list: List<Icp> = self.json(Method::GET, "mbg/v1/icps/all/", None).await?;
+        Ok(list.response)
+    }
+
+    pub async fn icp(&self, guid: &str) -> Result<Icp, MbgError> {
+        self.json(
+            Method::GET,
+            &format!("mbg/v1/icps/{}/", path_segment(guid)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn icp_count(&self) -> Result<u64, MbgError> {
+        let count: Count = self.json(Method::GET, "mbg/v1/icps/count/", None).await?;
+        Ok(count.count)
+    }
+
+    pub async fn devices(&self) -> Result<Vec<SipDevice>, MbgError> {
+        let list: List<SipDevice> = self
+            .json(Method::GET, "mbg/v1/devices/sip/all/", None)
+            .await?;
+        Ok(list.response)
+    }
+
+    pub async fn device(&self, guid: &str) -> Result<SipDevice, MbgError> {
+        self.json(Method::GET, &device_path(guid), None).await
+    }
+
+    pub async fn device_count(&self) -> Result<u64, MbgError> {
+        let count: Count = self
+            .json(Method::GET, "mbg/v1/devices/sip/count/", None)
+            .await?;
+        Ok(count.count)
+    }
+
+    /// Creates a device; returns its guid.
+    pub async fn create_device(&self, device: &NewSipDevice) -> Result<String, MbgError> {
+        let created: Guid = self
+            .json(Method::POST, "mbg/v1/devices/sip/", Some(device.to_json()))
+            .await?;
+        Ok(created.guid)
+    }
+
+    pub async fn update_device(&self, guid: &str, patch: &SipDevicePatch) -> Result<(), MbgError> {
+        self.json::<Value>(Method::PUT, &device_path(guid), Some(patch.to_json()))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn delete_device(&self, guid: &str) -> Result<(), MbgError> {
+        self.json::<Value>(Method::DELETE, &device_path(guid), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, MbgError> {
+        let access = self.access.as_ref().ok_or_else(|| MbgError {
+            endpoint: format!("{method} {path}"),
+            kind: MbgErrorKind::Unauthorized(
+                "no access token stored: run `mbg-provision token request` first".into(),
+            ),
+        })?;
+        let bytes = self
+            .send(
+                method.clone(),
+                path,
+                Grant::Access(access),
+                body,
+                Answer::Json,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| MbgError {
+            endpoint: format!("{method} {path}"),
+            kind: MbgErrorKind::Malformed(format!("{e}: {}", excerpt(&bytes))),
+        })
+    }
+
+    async fn form(&self, method: Method, path: &str, grant: Grant<'_>) -> Result<String, MbgError> {
+        let bytes = self
+            .send(method.clone(), path, grant, None, Answer::Form)
+            .await?;
+        String::from_utf8(bytes).map_err(|_| MbgError {
+            endpoint: format!("{method} {path}"),
+            kind: MbgErrorKind::Malformed("token answer is not UTF-8".into()),
+        })
+    }
+
+    /// Signs and sends one request; returns the body of a 2xx answer of the expected type.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        grant: Grant<'_>,
+        body: Option<Value>,
+        answer: Answer,
+    ) -> Result<Vec<u8>, MbgError> {
+        let endpoint = format!("{method} {path}");
+        let fail = |kind| MbgError {
+            endpoint: endpoint.clone(),
+            kind,
+        };
+        let url = self.base.join(path);
+        let authorization =
+            oauth::authorization(method.as_str(), &url, &[], &self.consumer, grant, None);
+        let mut request = self
+            .http
+            .request(method.clone(), &url)
+            .header(AUTHORIZATION, authorization);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| fail(MbgErrorKind::Unavailable(transport_error(&e))))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| fail(MbgErrorKind::Unavailable(transport_error(&e))))?
+            .to_vec();
+        if !status.is_success() {
+            return Err(fail(error_kind(status, retry_after, path, &bytes)));
+        }
+        let expected = match answer {
+            Answer::Json => "application/json",
+            Answer::Form => "application/x-www-form-urlencoded",
+        };
+        if !content_type.starts_with(expected) {
+            // A token answer carries secrets: never quote it.
+            let quoted = match answer {
+                Answer::Json => excerpt(&bytes),
+                Answer::Form => "(body withheld)".into(),
+            };
+            return Err(fail(MbgErrorKind::Malformed(format!(
+                "expected {expected}, got {:?}: {quoted}",
+                if content_type.is_empty() {
+                    "no content type"
+                } else {
+                    &content_type
+                }
+            ))));
+        }
+        Ok(bytes)
+    }
+}
+
+fn device_path(guid: &str) -> String {
+    format!("mbg/v1/devices/sip/{}/", path_segment(guid))
+}
+
+/// Guids come from the MBG; refuse to let one add path segments.
+fn path_segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
+        .to_string()
+        .replace("%2D", "-")
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(EXCERPT_BYTES)]);
+    format!("{:?}", redact(&text))
+}
+
+/// reqwest's message with its causes (connection refused, timed out, reset).
+fn transport_error(error: &reqwest::Error) -> String {
+    let mut message = if error.is_timeout() {
+        "timed out".to_string()
+    } else {
+        error.to_string()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}
+
+fn error_kind(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    path: &str,
+    body: &[u8],
+) -> MbgErrorKind {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| redact(&b.error))
+        .unwrap_or_else(|_| excerpt(body));
+    match status.as_u16() {
+        400 if message.contains("no teleworker licence") => MbgErrorKind::NoLicence,
+        400 => MbgErrorKind::BadRequest(message),
+        401 => MbgErrorKind::Unauthorized(message),
+        403 => MbgErrorKind::Forbidden {
+            permission: permission_for(path),
+        },
+        404 => MbgErrorKind::NotFound,
+        429 => MbgErrorKind::RateLimited(retry_after),
+        503 if retry_after.is_some() => MbgErrorKind::RateLimited(retry_after),
+        500..=599 => MbgErrorKind::Unavailable(format!("{status}: {message}")),
+        _ => MbgErrorKind::Malformed(format!("unexpected status {status}: {message}")),
+    }
+}
+
+/// The consumer permission the contract names for a resource path.
+pub fn permission_for(path: &str) -> &'static str {
+    if path.starts_with("base/v1/managetoken") {
+        "Base/managetoken"
+    } else if path.starts_with("mbg/v1/icps") {
+        "MBG/v1/icps"
+    } else if path.starts_with("mbg/v1/devices") {
+        "MBG/v1/devices"
+    } else {
+        "(unknown)"
+    }
+}
+
+/// Reads `oauth_token` and `oauth_token_secret` from a token answer, ignoring other parameters.
+fn token_from_form(endpoint: &str, form: &str) -> Result<TokenCredentials, MbgError> {
+    let mut token = None;
+    let mut secret = None;
+    for pair in form.trim().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_encoding::percent_decode_str(&value.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned();
+        match name {
+            "oauth_token" => token = Some(value),
+            "oauth_token_secret" => secret = Some(value),
+            _ => {}
+        }
+    }
+    match (token, secret) {
+        (Some(token), Some(secret)) if !token.is_empty() => Ok(TokenCredentials {
+            token: token.into(),
+            secret: secret.into(),
+        }),
+        _ => Err(MbgError {
+            endpoint: endpoint.to_string(),
+            kind: MbgErrorKind::Malformed(
+                "the answer lacks oauth_token or oauth_token_secret".into(),
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_answers_keep_plus_slash_and_equals() {
+        let t = token_from_form(
+            "POST token",
+            "oauth_token=or7z4alsrn2%2Bpyuwm33djq%3D%3D&oauth_token_secret=a%2Fb%3D&oauth_authorized_realms=",
+        )
+        .unwrap();
+        assert_eq!(t.token.expose_secret(), "or7z4alsrn2+pyuwm33djq==");
+        assert_eq!(t.secret.expose_secret(), "a/b=");
+        assert!(token_from_form("POST token", "oauth_callback_confirmed=true").is_err());
+    }
+
+    #[test]
+    fn patches_carry_only_what_changes() {
+        let patch = SipDevicePatch {
+            icp: Some("MiVO250-2".into()),
+            ..SipDevicePatch::default()
+        };
+        assert_eq!(patch.to_json(), json!({ "icp": "MiVO250-2" }));
+        assert!(SipDevicePatch::default().is_empty());
+        assert!(!patch.is_empty());
+    }
+
+    #[test]
+    fn statuses_map_to_what_the_caller_can_do() {
+        let kind = |status: u16, retry: Option<u64>, body: &str| {
+            error_kind(
+                StatusCode::from_u16(status).unwrap(),
+                retry.map(Duration::from_secs),
+                "mbg/v1/devices/sip/",
+                body.as_bytes(),
+            )
+        };
+        assert_eq!(
+            kind(400, None, r#"{"error":"no teleworker licence available"}"#),
+            MbgErrorKind::NoLicence
+        );
+        assert_eq!(
+            kind(400, None, r#"{"error":"unknown ICP"}"#),
+            MbgErrorKind::BadRequest("unknown ICP".into())
+        );
+        assert_eq!(
+            kind(403, None, "{}"),
+            MbgErrorKind::Forbidden {
+                permission: "MBG/v1/devices"
+            }
+        );
+        assert_eq!(
+            kind(429, Some(7), ""),
+            MbgErrorKind::RateLimited(Some(Duration::from_secs(7)))
+        );
+        assert_eq!(
+            kind(503, Some(3), ""),
+            MbgErrorKind::RateLimited(Some(Duration::from_secs(3)))
+        );
+        assert!(matches!(
+            kind(502, None, "<html>"),
+            MbgErrorKind::Unavailable(_)
+        ));
+        assert_eq!(path_segment("a/../b"), "a%2F%2E%2E%2Fb");
+    }
+}

@@ -1,0 +1,280 @@
+//! What the simulated MBG knows: consumers, tokens, ICPs, SIP devices, its clock and its faults.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+pub const TEMPORARY_TOKEN_LIFETIME: i64 = 600;
+pub const ACCESS_TOKEN_LIFETIME: i64 = 365 * 86_400;
+pub const TIMESTAMP_WINDOW: i64 = 300;
+
+pub const PERMISSION_TOKEN: &str = "Base/managetoken";
+pub const PERMISSION_ICPS: &str = "MBG/v1/icps";
+pub const PERMISSION_DEVICES: &str = "MBG/v1/devices";
+pub const ALL_PERMISSIONS: [&str; 3] = [PERMISSION_TOKEN, PERMISSION_ICPS, PERMISSION_DEVICES];
+
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub secret: String,
+    pub permissions: HashSet<String>,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TemporaryToken {
+    pub consumer: String,
+    pub secret: String,
+    pub created_at: i64,
+    pub verifier: Option<String>,
+    pub exchanged: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub consumer: String,
+    pub secret: String,
+    pub expires_at: i64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Icp {
+    pub guid: String,
+    pub name: String,
+    pub address: String,
+    pub icptype: String,
+}
+
+/// A SIP device as the MBG returns it, extra fields included.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Device {
+    pub guid: String,
+    pub icp: String,
+    pub setside_username: String,
+    pub setside_password: String,
+    pub icpside_username: String,
+    pub icpside_password: String,
+    pub description: String,
+    pub enabled: bool,
+    pub clientid: String,
+    pub last_modified: i64,
+    pub connected: bool,
+}
+
+/// The fields a POST or PUT may carry.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct DeviceFields {
+    pub icp: Option<String>,
+    pub setside_username: Option<String>,
+    pub setside_password: Option<String>,
+    pub icpside_username: Option<String>,
+    pub icpside_password: Option<String>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// Faults to inject, set through `/sim/faults` or [`super::SimHandle::set_faults`].
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Faults {
+    pub latency_ms: u64,
+    /// Probability (0 to 1) that a request gets a 503.
+    pub fail_rate: f64,
+    /// The next N signed requests get 429 with this `Retry-After`.
+    pub rate_limit_next: u32,
+    pub retry_after_secs: u64,
+    /// The next N signed requests have their connection dropped mid-answer.
+    pub drop_next: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LoggedRequest {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+pub struct SimState {
+    pub consumers: HashMap<String, Consumer>,
+    pub temporary: HashMap<String, TemporaryToken>,
+    pub access: HashMap<String, AccessToken>,
+    /// (timestamp, nonce, token) seen, pruned once outside the timestamp window.
+    pub nonces: HashSet<(i64, String, String)>,
+    pub icps: Vec<Icp>,
+    pub devices: BTreeMap<String, Device>,
+    pub licences: Option<usize>,
+    pub auto_approve: bool,
+    /// `false`: the token info and renew endpoints answer 404, like an MBG without them.
+    pub token_api: bool,
+    pub clock_offset: i64,
+    pub faults: Faults,
+    pub requests: Vec<LoggedRequest>,
+}
+
+pub fn random_token() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill(&mut bytes[..]);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn random_guid() -> String {
+    let mut rng = rand::rng();
+    let hex: String = (0..32)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap())
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+impl SimState {
+    pub fn now(&self) -> i64 {
+        chrono::Utc::now().timestamp() + self.clock_offset
+    }
+
+    pub fn add_icp(&mut self, name: &str, address: &str) {
+        self.icps.push(Icp {
+            guid: random_guid(),
+            name: name.to_string(),
+            address: address.to_string(),
+            icptype: "MiVO250".to_string(),
+        });
+    }
+
+    pub fn new_temporary_token(&mut self, consumer: &str) -> (String, String) {
+        let (token, secret) = (random_token(), random_token());
+        let verifier = self.auto_approve.then(six_digits);
+        self.temporary.insert(
+            token.clone(),
+            TemporaryToken {
+                consumer: consumer.to_string(),
+                secret: secret.clone(),
+                created_at: self.now(),
+                verifier,
+                exchanged: false,
+            },
+        );
+        (token, secret)
+    }
+
+    /// What an administrator does on the MBG page: approve, and read the verifier.
+    pub fn approve(&mut self, token: &str) -> Option<String> {
+        let temporary = self.temporary.get_mut(token)?;
+        Some(temporary.verifier.get_or_insert_with(six_digits).clone())
+    }
+
+    pub fn revoke(&mut self, token: &str) -> bool {
+        if let Some(access) = self.access.get_mut(token) {
+            access.revoked = true;
+            true
+        } else {
+            self.temporary.remove(token).is_some()
+        }
+    }
+
+    /// Records a nonce; `false` if it was already used with this timestamp and token.
+    pub fn fresh_nonce(&mut self, timestamp: i64, nonce: &str, token: &str) -> bool {
+        let horizon = self.now() - 2 * TIMESTAMP_WINDOW;
+        self.nonces.retain(|(ts, _, _)| *ts >= horizon);
+        self.nonces
+            .insert((timestamp, nonce.to_string(), token.to_string()))
+    }
+
+    /// Validates and stores a new device; the error is the MBG's 400 message.
+    pub fn create_device(&mut self, fields: DeviceFields) -> Result<String, String> {
+        let required = |value: &Option<String>, name: &str| {
+            value
+                .clone()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("missing required field {name}"))
+        };
+        let device = Device {
+            guid: random_guid(),
+            icp: required(&fields.icp, "icp")?,
+            setside_username: required(&fields.setside_username, "setside_username")?,
+            setside_password: required(&fields.setside_password, "setside_password")?,
+            icpside_username: required(&fields.icpside_username, "icpside_username")?,
+            icpside_password: required(&fields.icpside_password, "icpside_password")?,
+            description: fields.description.unwrap_or_default(),
+            enabled: fields.enabled.unwrap_or(true),
+            clientid: format!("client-{}", self.devices.len() + 1),
+            last_modified: self.now(),
+            connected: false,
+        };
+        if let Some(limit) = self.licences
+            && self.devices.len() >= limit
+        {
+            return Err("no teleworker licence available".into());
+        }
+        self.check_device(&device)?;
+        let guid = device.guid.clone();
+        self.devices.insert(guid.clone(), device);
+        Ok(guid)
+    }
+
+    pub fn update_device(&mut self, guid: &str, fields: DeviceFields) -> Result<bool, String> {
+        let Some(mut device) = self.devices.get(guid).cloned() else {
+            return Ok(false);
+        };
+        let set = |target: &mut String, value: Option<String>| {
+            if let Some(value) = value {
+                *target = value;
+            }
+        };
+        set(&mut device.icp, fields.icp);
+        set(&mut device.setside_username, fields.setside_username);
+        set(&mut device.setside_password, fields.setside_password);
+        set(&mut device.icpside_username, fields.icpside_username);
+        set(&mut device.icpside_password, fields.icpside_password);
+        set(&mut device.description, fields.description);
+        if let Some(enabled) = fields.enabled {
+            device.enabled = enabled;
+        }
+        device.last_modified = self.now();
+        self.check_device(&device)?;
+        self.devices.insert(guid.to_string(), device);
+        Ok(true)
+    }
+
+    fn check_device(&self, device: &Device) -> Result<(), String> {
+        if !self.icps.iter().any(|icp| icp.name == device.icp) {
+            return Err(format!("unknown ICP {:?}", device.icp));
+        }
+        for (name, value) in [
+            ("setside_username", &device.setside_username),
+            ("icpside_username", &device.icpside_username),
+        ] {
+            if value.is_empty() {
+                return Err(format!("{name} must not be empty"));
+            }
+        }
+        for (name, value) in [
+            ("setside_password", &device.setside_password),
+            ("icpside_password", &device.icpside_password),
+        ] {
+            if value.chars().count() < 8 {
+                return Err(format!("{name} is too weak: at least 8 characters"));
+            }
+        }
+        if self.devices.values().any(|other| {
+            other.guid != device.guid && other.setside_username == device.setside_username
+        }) {
+            return Err(format!(
+                "setside_username {:?} is already used by another device",
+                device.setside_username
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn six_digits() -> String {
+    format!("{:06}", rand::rng().random_range(0..1_000_000))
+}

@@ -1,0 +1,872 @@
+//! The MBG client, the token exchange and its renewal, against the in-process simulator, which
+//! verifies every signature with its own code.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mbg_provision::config::Config;
+use mbg_provision::mbg::{MbgClient, MbgErrorKind, NewSipDevice, SipDevicePatch};
+use mbg_provision::oauth::{self, ClientCredentials, Grant, Pinned, TokenCredentials};
+use mbg_provision::sim::{self, DeviceFields, Faults, SimConfig, SimConsumer, SimHandle};
+use mbg_provision::store::TokenState;
+use mbg_provision::token::{self, Renewal, TokenError, TokenStatus};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::support::TestDb;
+
+const CONSUMER: &str = "MiVOAppSuite";
+const SECRET: &str = "shared+secret/42=";
+const DAY: i64 = 86_400;
+
+pub struct Harness {
+    pub sim: SimHandle,
+    pub db: TestDb,
+    pub config: Config,
+}
+
+pub async fn start_sim(config: SimConfig) -> SimHandle {
+    sim::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
+}
+
+pub fn sim_config() -> SimConfig {
+    SimConfig {
+        consumers: vec![SimConsumer::new(CONSUMER, SECRET)],
+        icps: vec![
+            ("MiVO250-1".into(), "10.0.0.20".into()),
+            ("MiVO250-2".into(), "10.0.0.21".into()),
+        ],
+        ..SimConfig::default()
+    }
+}
+
+impl Harness {
+    pub async fn new(db: TestDb, sim_config: SimConfig) -> Harness {
+        let sim = start_sim(sim_config).await;
+        let mut config = Config::default();
+        config.mbg.base_url = Some(sim.base_url().parse().unwrap());
+        config.mbg.timeout = Duration::from_secs(5);
+        Harness { sim, db, config }
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    /// The whole exchange: request, approval on the "MBG page", verify.
+    pub async fn with_token(self) -> Harness {
+        let temporary = token::request(
+            &self.db.store,
+            &self.config,
+            "test",
+            CONSUMER,
+            SECRET.into(),
+            Self::now(),
+        )
+        .await
+        .expect("temporary token");
+        let verifier = self
+            .sim
+            .approve(temporary.expose_secret())
+            .expect("approve");
+        token::verify(&self.db.store, &self.config, &verifier, Self::now())
+            .await
+            .expect("verify");
+        self
+    }
+
+    pub async fn client(&self) -> MbgClient {
+        let settings = self.db.store.mbg_settings().await.unwrap();
+        token::client(&self.config, &settings).unwrap()
+    }
+
+    async fn access_token(&self) -> TokenCredentials {
+        let settings = self.db.store.mbg_settings().await.unwrap();
+        TokenCredentials {
+            token: settings.access_token.unwrap(),
+            secret: settings.access_token_secret.unwrap(),
+        }
+    }
+}
+
+crate::on_both_backends!(the_whole_exchange_stores_a_working_token);
+
+async fn the_whole_exchange_stores_a_working_token(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await;
+    let now = Harness::now();
+    let temporary = token::request(&h.db.store, &h.config, "test", CONSUMER, SECRET.into(), now)
+        .await
+        .unwrap();
+    let pending = h.db.store.mbg_settings().await.unwrap();
+    assert_eq!(pending.token_state, TokenState::Pending);
+    assert!(matches!(
+        TokenStatus::of(&pending, now),
+        TokenStatus::PendingApproval { .. }
+    ));
+    let verifier = h.sim.approve(temporary.expose_secret()).unwrap();
+    assert_eq!(verifier.len(), 6);
+    let expires_at = token::verify(&h.db.store, &h.config, &verifier, now)
+        .await
+        .unwrap();
+    let sim_expiry = h
+        .sim
+        .access_token_expiry(h.access_token().await.token.expose_secret())
+        .unwrap();
+    assert_eq!(expires_at, sim_expiry, "expiry read from the MBG");
+    assert!((expires_at - now - 365 * DAY).abs() < 60);
+
+    let settings = h.db.store.mbg_settings().await.unwrap();
+    assert_eq!(settings.token_state, TokenState::Valid);
+    assert!(settings.temp_token.is_none(), "temporary token consumed");
+    assert_eq!(settings.consumer_id.as_deref(), Some(CONSUMER));
+    assert!(matches!(
+        TokenStatus::of(&settings, now),
+        TokenStatus::Valid {
+            days_left: 364 | 365,
+            ..
+        }
+    ));
+    h.client().await.ping().await.expect("signed ping accepted");
+    let paths: Vec<String> = h.sim.requests().into_iter().map(|r| r.path).collect();
+    assert!(paths.contains(&"/mslrest/initiate".to_string()));
+    assert!(paths.contains(&"/mslrest/token".to_string()));
+    assert!(paths.contains(&"/mslrest/ping/".to_string()));
+}
+
+#[tokio::test]
+async fn a_wrong_shared_secret_is_refused_and_nothing_is_stored() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config()).await;
+    let err = token::request(
+        &h.db.store,
+        &h.config,
+        "t",
+        CONSUMER,
+        "wrong".into(),
+        Harness::now(),
+    )
+    .await
+    .unwrap_err();
+    let TokenError::Mbg(e) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(matches!(e.kind, MbgErrorKind::Unauthorized(_)), "{e}");
+    assert!(err.to_string().contains("shared secret"), "{err}");
+    assert!(
+        h.db.store
+            .mbg_settings()
+            .await
+            .unwrap()
+            .consumer_id
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn unapproved_tokens_and_wrong_verifiers_are_refused() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config()).await;
+    let now = Harness::now();
+    let temporary = token::request(&h.db.store, &h.config, "t", CONSUMER, SECRET.into(), now)
+        .await
+        .unwrap();
+    let err = token::verify(&h.db.store, &h.config, "123456", now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenError::Refused(_)), "{err:?}");
+    assert!(err.to_string().contains("not approved"), "{err}");
+
+    let verifier = h.sim.approve(temporary.expose_secret()).unwrap();
+    let wrong = if verifier == "000000" {
+        "000001"
+    } else {
+        "000000"
+    };
+    let err = token::verify(&h.db.store, &h.config, wrong, now)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("wrong verifier"), "{err}");
+    let err = token::verify(&h.db.store, &h.config, "12ab", now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenError::BadVerifier(_)));
+    assert_eq!(
+        h.db.store.mbg_settings().await.unwrap().token_state,
+        TokenState::Pending,
+        "still waiting: a typo must not lose the temporary token"
+    );
+    // Too late: the temporary token is older than 10 minutes.
+    let err = token::verify(&h.db.store, &h.config, &verifier, now + 601)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenError::TemporaryTokenExpired), "{err:?}");
+    token::verify(&h.db.store, &h.config, &verifier, now)
+        .await
+        .unwrap();
+}
+
+/// Sends a signed GET built by hand, for the tests that tamper with requests.
+async fn send_signed(
+    sim: &SimHandle,
+    access: &TokenCredentials,
+    sign: (&str, &str, &[(&str, &str)]),
+    send: (reqwest::Method, &str),
+    pinned: Option<Pinned<'_>>,
+    tamper: impl FnOnce(String) -> String,
+) -> u16 {
+    let consumer = ClientCredentials {
+        key: CONSUMER.into(),
+        secret: SECRET.into(),
+    };
+    let (method, path, query) = sign;
+    let uri = format!("{}/{path}", sim.base_url());
+    let header = oauth::authorization(
+        method,
+        &uri,
+        query,
+        &consumer,
+        Grant::Access(access),
+        pinned,
+    );
+    let url = format!("{}/{}", sim.base_url(), send.1);
+    reqwest::Client::new()
+        .request(send.0, url)
+        .header("Authorization", tamper(header))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn tampered_replayed_and_stale_requests_are_rejected() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let access = h.access_token().await;
+    let get = reqwest::Method::GET;
+    let same = |h: String| h;
+    let q: &[(&str, &str)] = &[("page", "1")];
+    assert_eq!(
+        send_signed(
+            &h.sim,
+            &access,
+            ("GET", "ping/", q),
+            (get.clone(), "ping/?page=1"),
+            None,
+            same
+        )
+        .await,
+        200
+    );
+
+    // One byte of the signature flipped.
+    let flip = |header: String| {
+        let at = header.find("oauth_signature=\"").unwrap() + "oauth_signature=\"".len();
+        let mut bytes = header.into_bytes();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(bytes).unwrap()
+    };
+    assert_eq!(
+        send_signed(
+            &h.sim,
+            &access,
+            ("GET", "ping/", q),
+            (get.clone(), "ping/?page=1"),
+            None,
+            flip
+        )
+        .await,
+        401
+    );
+    // A query parameter changed after signing.
+    assert_eq!(
+        send_signed(
+            &h.sim,
+            &access,
+            ("GET", "ping/", q),
+            (get.clone(), "ping/?page=2"),
+            None,
+            same
+        )
+        .await,
+        401
+    );
+    // Signed as GET, sent as PUT.
+    assert_eq!(
+        send_signed(
+            &h.sim,
+            &access,
+            ("GET", "base/v1/managetoken/", &[]),
+            (reqwest::Method::PUT, "base/v1/managetoken/"),
+            None,
+            same
+        )
+        .await,
+        401
+    );
+
+    // The same nonce and timestamp twice.
+    let now = chrono::Utc::now().timestamp() as u64;
+    let pinned = Pinned {
+        nonce: "replayed-nonce",
+        timestamp: now,
+    };
+    assert_eq!(
+        send_signed(
+            &h.sim,
+            &access,
+            ("GET", "ping/", &[]),
+            (get.clone(), "ping/"),
+            Some(pinned),
+            same
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        send_signed(
+            &h.sim,
+            &access,
+            ("GET", "ping/", &[]),
+            (get.clone(), "ping/"),
+            Some(pinned),
+            same
+        )
+        .await,
+        401
+    );
+    // A timestamp more than 300 s off.
+    let stale = Pinned {
+        nonce: "fresh-nonce",
+        timestamp: now - 301,
+    };
+    assert_eq!(
+        send_signed(
+            &h.sim,
+            &access,
+            ("GET", "ping/", &[]),
+            (get.clone(), "ping/"),
+            Some(stale),
+            same
+        )
+        .await,
+        401
+    );
+    let future = Pinned {
+        nonce: "fresh-nonce-2",
+        timestamp: now + 301,
+    };
+    assert_eq!(
+        send_signed(
+            &h.sim,
+            &access,
+            ("GET", "ping/", &[]),
+            (get, "ping/"),
+            Some(future),
+            same
+        )
+        .await,
+        401
+    );
+}
+
+#[tokio::test]
+async fn expired_and_revoked_tokens_get_401() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let client = h.client().await;
+    client.ping().await.unwrap();
+    h.sim.advance_clock(366 * DAY);
+    let err = client.ping().await.unwrap_err();
+    assert!(matches!(err.kind, MbgErrorKind::Unauthorized(_)), "{err}");
+    assert!(err.to_string().contains("token status"), "{err}");
+    h.sim.advance_clock(-366 * DAY);
+    client.ping().await.unwrap();
+    assert!(h.sim.revoke(h.access_token().await.token.expose_secret()));
+    let err = client.devices().await.unwrap_err();
+    assert!(matches!(err.kind, MbgErrorKind::Unauthorized(_)), "{err}");
+
+    // The renewal job then marks the token unusable, so the daemon stops calling.
+    let err = token::renew_if_due(&h.db.store, &h.config, Harness::now(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenError::Mbg(_)), "{err:?}");
+    let settings = h.db.store.mbg_settings().await.unwrap();
+    assert_eq!(settings.token_state, TokenState::Rejected);
+    assert!(!TokenStatus::of(&settings, Harness::now()).is_usable());
+}
+
+#[tokio::test]
+async fn a_consumer_without_device_permission_gets_403_naming_it() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    h.sim
+        .set_permissions(CONSUMER, &[sim::PERMISSION_TOKEN, sim::PERMISSION_ICPS]);
+    let client = h.client().await;
+    assert_eq!(client.icps().await.unwrap().len(), 2);
+    let err = client.devices().await.unwrap_err();
+    assert_eq!(
+        err.kind,
+        MbgErrorKind::Forbidden {
+            permission: "MBG/v1/devices"
+        }
+    );
+    assert!(err.to_string().contains("MBG/v1/devices"), "{err}");
+    assert!(
+        err.to_string().contains("GET mbg/v1/devices/sip/all/"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn renewal_is_due_only_within_the_window_and_happens_once() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let (store, config) = (&h.db.store, &h.config);
+    let issued = store
+        .mbg_settings()
+        .await
+        .unwrap()
+        .token_expires_at
+        .unwrap();
+    let renewals = || {
+        h.sim
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.ends_with("/managetoken/"))
+            .count()
+    };
+
+    let far = Harness::now();
+    assert_eq!(
+        token::renew_if_due(store, config, far, Some(30))
+            .await
+            .unwrap(),
+        Renewal::NotDue { expires_at: issued }
+    );
+    assert_eq!(renewals(), 0, "far from expiry: no call");
+
+    // 340 days later, on both clocks: 25 days left, inside the 30-day window.
+    h.sim.advance_clock(340 * DAY);
+    let later = far + 340 * DAY;
+    let renewed = token::renew_if_due(store, config, later, Some(30))
+        .await
+        .unwrap();
+    let Renewal::Renewed {
+        previous,
+        expires_at,
+    } = renewed
+    else {
+        panic!("expected a renewal, got {renewed:?}")
+    };
+    assert_eq!(previous, issued);
+    assert!(
+        (expires_at - later - 365 * DAY).abs() < 60,
+        "12 months from renewal"
+    );
+    assert_eq!(renewals(), 1);
+    let again = token::renew_if_due(store, config, later, Some(30))
+        .await
+        .unwrap();
+    assert_eq!(again, Renewal::NotDue { expires_at });
+    assert_eq!(renewals(), 1, "called twice, renewed once");
+    assert_eq!(
+        store.mbg_settings().await.unwrap().token_expires_at,
+        Some(expires_at)
+    );
+}
+
+#[tokio::test]
+async fn an_mbg_without_token_endpoints_gets_a_plain_instruction() {
+    let mut config = sim_config();
+    config.token_api = false;
+    let h = Harness::new(TestDb::sqlite().await, config)
+        .await
+        .with_token()
+        .await;
+    let settings = h.db.store.mbg_settings().await.unwrap();
+    let (issued, expires) = (
+        settings.token_issued_at.unwrap(),
+        settings.token_expires_at.unwrap(),
+    );
+    assert_eq!(expires - issued, 365 * DAY, "assumed 12 months");
+    let client = h.client().await;
+    assert_eq!(
+        client.token_expiry().await.unwrap_err().kind,
+        MbgErrorKind::NotFound
+    );
+
+    let near = expires - 10 * DAY;
+    let renewal = token::renew_if_due(&h.db.store, &h.config, near, Some(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        renewal,
+        Renewal::NotOffered {
+            expires_at: expires
+        }
+    );
+    let message = renewal.to_string();
+    assert!(message.contains("press Renew on the MBG page"), "{message}");
+    assert!(message.contains(&token::date(expires)), "{message}");
+    assert_eq!(
+        h.db.store.mbg_settings().await.unwrap().token_state,
+        TokenState::Valid,
+        "still valid until it expires"
+    );
+}
+
+fn device(setside: &str, number: &str, icp: &str) -> NewSipDevice {
+    NewSipDevice {
+        icp: icp.into(),
+        setside_username: setside.into(),
+        setside_password: SecretString::from("set-side-pass-1"),
+        icpside_username: number.into(),
+        icpside_password: SecretString::from("icp-side-pass-1"),
+        description: format!("mbg-provision ext {number}"),
+        enabled: true,
+    }
+}
+
+#[tokio::test]
+async fn devices_and_icps_follow_the_contract() {
+    let mut config = sim_config();
+    config.licences = Some(3);
+    let h = Harness::new(TestDb::sqlite().await, config)
+        .await
+        .with_token()
+        .await;
+    let client = h.client().await;
+
+    let icps = client.icps().await.unwrap();
+    assert_eq!(client.icp_count().await.unwrap(), 2);
+    assert_eq!(client.icp(&icps[1].guid).await.unwrap(), icps[1]);
+    assert_eq!(
+        client.icp("no-such-guid").await.unwrap_err().kind,
+        MbgErrorKind::NotFound
+    );
+
+    let guid = client
+        .create_device(&device("alice01", "1001", "MiVO250-1"))
+        .await
+        .unwrap();
+    let read = client.device(&guid).await.unwrap();
+    assert_eq!(read.icpside_username, "1001");
+    assert_eq!(read.setside_password.expose_secret(), "set-side-pass-1");
+    assert_eq!(read.description, "mbg-provision ext 1001");
+
+    let bad = |err: mbg_provision::mbg::MbgError| match err.kind {
+        MbgErrorKind::BadRequest(message) => message,
+        other => panic!("expected 400, got {other:?}"),
+    };
+    let dup = bad(client
+        .create_device(&device("alice01", "1002", "MiVO250-1"))
+        .await
+        .unwrap_err());
+    assert!(dup.contains("already used"), "{dup}");
+    let mut weak = device("bob01", "1002", "MiVO250-1");
+    weak.setside_password = SecretString::from("short");
+    assert!(bad(client.create_device(&weak).await.unwrap_err()).contains("weak"));
+    let unknown = bad(client
+        .create_device(&device("bob01", "1002", "MiVO999"))
+        .await
+        .unwrap_err());
+    assert!(unknown.contains("unknown ICP"), "{unknown}");
+
+    client
+        .update_device(
+            &guid,
+            &SipDevicePatch {
+                icp: Some("MiVO250-2".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let moved = client.device(&guid).await.unwrap();
+    assert_eq!(moved.icp, "MiVO250-2");
+    assert_eq!(
+        moved.setside_username, "alice01",
+        "a PUT changes only what it carries"
+    );
+    let missing = client
+        .update_device("gone", &SipDevicePatch::default())
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind, MbgErrorKind::NotFound);
+
+    client
+        .create_device(&device("bob01", "1002", "MiVO250-1"))
+        .await
+        .unwrap();
+    client
+        .create_device(&device("carol01", "1003", "MiVO250-1"))
+        .await
+        .unwrap();
+    let err = client
+        .create_device(&device("dave01", "1004", "MiVO250-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, MbgErrorKind::NoLicence);
+    assert_eq!(client.device_count().await.unwrap(), 3);
+    assert_eq!(client.devices().await.unwrap().len(), 3);
+
+    client.delete_device(&guid).await.unwrap();
+    assert_eq!(
+        client.delete_device(&guid).await.unwrap_err().kind,
+        MbgErrorKind::NotFound
+    );
+    assert_eq!(
+        client.device(&guid).await.unwrap_err().kind,
+        MbgErrorKind::NotFound
+    );
+
+    // A device added by hand on the MBG is listed like any other.
+    h.sim
+        .add_device(DeviceFields {
+            icp: Some("MiVO250-2".into()),
+            setside_username: Some("manual01".into()),
+            setside_password: Some("manual-pass-1".into()),
+            icpside_username: Some("2001".into()),
+            icpside_password: Some("manual-pass-2".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        client
+            .devices()
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.setside_username == "manual01")
+    );
+}
+
+#[tokio::test]
+async fn faults_become_errors_the_reconciler_can_act_on() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let client = h.client().await;
+    h.sim.set_faults(Faults {
+        rate_limit_next: 1,
+        retry_after_secs: 7,
+        ..Faults::default()
+    });
+    let err = client.devices().await.unwrap_err();
+    assert_eq!(
+        err.kind,
+        MbgErrorKind::RateLimited(Some(Duration::from_secs(7)))
+    );
+    assert!(err.is_retryable());
+    client
+        .devices()
+        .await
+        .expect("the limit was for one request");
+
+    h.sim.set_faults(Faults {
+        drop_next: 1,
+        ..Faults::default()
+    });
+    let err = client.devices().await.unwrap_err();
+    assert!(matches!(err.kind, MbgErrorKind::Unavailable(_)), "{err}");
+    client.devices().await.unwrap();
+
+    h.sim.set_faults(Faults {
+        fail_rate: 1.0,
+        ..Faults::default()
+    });
+    let err = client.ping().await.unwrap_err();
+    assert!(
+        matches!(err.kind, MbgErrorKind::Unavailable(ref m) if m.contains("503")),
+        "{err}"
+    );
+    h.sim.set_faults(Faults::default());
+
+    // Nothing listening: connection refused is "unavailable", not a crash.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let dead = MbgClient::new(
+        format!("http://127.0.0.1:{port}/mslrest").parse().unwrap(),
+        None,
+        Duration::from_secs(2),
+        ClientCredentials {
+            key: CONSUMER.into(),
+            secret: SECRET.into(),
+        },
+    )
+    .unwrap()
+    .with_access_token(h.access_token().await);
+    assert!(matches!(
+        dead.ping().await.unwrap_err().kind,
+        MbgErrorKind::Unavailable(_)
+    ));
+}
+
+#[tokio::test]
+async fn html_pages_and_bad_json_are_typed_errors_with_an_excerpt() {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/mslrest/ping/",
+            get(|| async { axum::response::Html("<html><body>Proxy error</body></html>") }),
+        )
+        .route(
+            "/mslrest/mbg/v1/icps/all/",
+            get(|| async {
+                (
+                    [("content-type", "application/json")],
+                    "{\"response\": [{\"guid\": 1",
+                )
+            }),
+        )
+        .route(
+            "/mslrest/mbg/v1/devices/sip/all/",
+            get(|| async {
+                (
+                    [("content-type", "application/json")],
+                    "{\"response\": [{\"setside_password\": \"leaky-secret\"",
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = MbgClient::new(
+        format!("http://{addr}/mslrest").parse().unwrap(),
+        None,
+        Duration::from_secs(2),
+        ClientCredentials {
+            key: CONSUMER.into(),
+            secret: SECRET.into(),
+        },
+    )
+    .unwrap()
+    .with_access_token(TokenCredentials {
+        token: "t".into(),
+        secret: "s".into(),
+    });
+    let err = client.ping().await.unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err.kind, MbgErrorKind::Malformed(_)));
+    assert!(
+        message.contains("GET ping/")
+            && message.contains("text/html")
+            && message.contains("Proxy error"),
+        "{message}"
+    );
+    let err = client.icps().await.unwrap_err();
+    assert!(matches!(err.kind, MbgErrorKind::Malformed(_)), "{err}");
+    assert!(err.to_string().contains("GET mbg/v1/icps/all/"), "{err}");
+    let err = client.devices().await.unwrap_err();
+    assert!(!err.to_string().contains("leaky-secret"), "{err}");
+}
+
+/// A `tracing` writer into a shared buffer, to read back what was logged.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_a_log_line_or_an_error_message() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut config = sim_config();
+    config.token_api = false;
+    let h = Harness::new(TestDb::sqlite().await, config).await;
+    let mut messages = Vec::new();
+    let now = Harness::now();
+    // Failures first: a wrong secret, a wrong verifier.
+    messages.push(
+        token::request(
+            &h.db.store,
+            &h.config,
+            "t",
+            CONSUMER,
+            "wrong-secret-xyz".into(),
+            now,
+        )
+        .await
+        .unwrap_err()
+        .to_string(),
+    );
+    let temporary = token::request(&h.db.store, &h.config, "t", CONSUMER, SECRET.into(), now)
+        .await
+        .unwrap();
+    let verifier = h.sim.approve(temporary.expose_secret()).unwrap();
+    let wrong = if verifier == "999999" {
+        "999998"
+    } else {
+        "999999"
+    };
+    messages.push(
+        token::verify(&h.db.store, &h.config, wrong, now)
+            .await
+            .unwrap_err()
+            .to_string(),
+    );
+    token::verify(&h.db.store, &h.config, &verifier, now)
+        .await
+        .unwrap();
+    let settings = h.db.store.mbg_settings().await.unwrap();
+    let renewal = token::renew_if_due(&h.db.store, &h.config, now + 360 * DAY, Some(30))
+        .await
+        .unwrap();
+    messages.push(renewal.to_string());
+    let client = h.client().await;
+    let mut weak = device("erin01", "1005", "MiVO250-1");
+    weak.icpside_password = SecretString::from("tiny");
+    messages.push(client.create_device(&weak).await.unwrap_err().to_string());
+    h.sim
+        .revoke(settings.access_token.as_ref().unwrap().expose_secret());
+    messages.push(client.ping().await.unwrap_err().to_string());
+    messages.push(format!("{client:?} {settings:?}"));
+
+    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("access token stored"),
+        "logging was captured: {logged}"
+    );
+    let secrets = [
+        SECRET.to_string(),
+        "wrong-secret-xyz".to_string(),
+        temporary.expose_secret().to_string(),
+        settings.access_token.unwrap().expose_secret().to_string(),
+        settings
+            .access_token_secret
+            .unwrap()
+            .expose_secret()
+            .to_string(),
+        "set-side-pass-1".to_string(),
+        "tiny".to_string(),
+    ];
+    let text = format!("{logged}\n{}", messages.join("\n"));
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()), "{secret} leaked: {text}");
+    }
+}
