@@ -32,6 +32,26 @@ pub enum Command {
     /// The OAuth access token: the one-off exchange, its status and renewal
     #[command(subcommand)]
     Token(TokenCommand),
+    /// One reconcile pass: make the MBG match the database, then exit
+    Sync {
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Per extension: wanted, provisioned, MBG guid, last error, next retry
+    Status {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Node address to ICP mapping: nodes with no ICP, ICPs with no node
+    Icps {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// A narrated tour on a temporary database and the built-in MBG simulator
+    Demo,
     /// Serve the MBG simulator, for tests and demos
     Simulate(SimulateArgs),
 }

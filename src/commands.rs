@@ -17,11 +17,16 @@ use serde::Serialize;
 use crate::cli::{
     Cli, Command, ExtensionCommand, Kind, NodeCommand, SimulateArgs, Switch, TokenCommand,
 };
+use crate::reconcile_cli;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::Simulate(args) = cli.command {
-        init_tracing(LogFormat::Text);
-        return simulate(args).await;
+    match cli.command {
+        Command::Simulate(args) => {
+            init_tracing(LogFormat::Text);
+            return simulate(args).await;
+        }
+        Command::Demo => return crate::demo::run().await,
+        _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;
     init_tracing(config.log.format);
@@ -36,7 +41,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Node(command) => node(&store, command).await?,
         Command::Extension(command) => extension(&store, &config, command).await?,
         Command::Token(command) => token_command(&store, &config, command).await?,
-        Command::Simulate(_) => unreachable!("handled before the store is opened"),
+        Command::Sync { dry_run, output } => {
+            reconcile_cli::sync(&store, &config, dry_run, output.json).await?
+        }
+        Command::Status { output } => reconcile_cli::status(&store, output.json).await?,
+        Command::Icps { output } => reconcile_cli::icps(&store, &config, output.json).await?,
+        Command::Simulate(_) | Command::Demo => unreachable!("handled before the store is opened"),
     };
     store.close().await;
     Ok(code)
@@ -54,7 +64,7 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
-fn print_json(value: &impl Serialize) -> Result<()> {
+pub fn print_json(value: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -291,7 +301,7 @@ fn print_extensions(extensions: &[Extension]) {
     }
 }
 
-fn now() -> i64 {
+pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 

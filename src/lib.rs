@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod import;
 pub mod mbg;
 pub mod oauth;
+pub mod reconcile;
 pub mod sim;
 pub mod store;
 pub mod token;

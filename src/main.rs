@@ -2,6 +2,8 @@
 
 mod cli;
 mod commands;
+mod demo;
+mod reconcile_cli;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,458 @@
+use std::collections::HashSet;
+
+use proptest::prelude::*;
+use secrecy::SecretString;
+
+use super::*;
+use crate::store::{ExtensionKind, ExtensionState};
+
+fn icp(name: &str, address: &str) -> Icp {
+    Icp {
+        guid: format!("icp-{name}"),
+        name: name.into(),
+        address: address.into(),
+        icptype: String::new(),
+    }
+}
+
+fn icps() -> Vec<Icp> {
+    vec![icp("MiVO250-1", "10.0.0.1"), icp("MiVO250-2", "10.0.0.2")]
+}
+
+fn extension(id: i64, number: &str, address: &str, wanted: bool) -> Extension {
+    Extension {
+        id,
+        node_id: 1,
+        node_name: format!("node-{address}"),
+        node_address: address.into(),
+        number: number.into(),
+        kind: ExtensionKind::Sip,
+        sip_password: SecretString::from(format!("sip-pass-{number}")),
+        use_remote_auth: wanted,
+        remote_auth_name: Some(format!("remote{number}")),
+        remote_auth_password: Some(SecretString::from(format!("remote-pass-{number}"))),
+        mbg_device_id: None,
+        provisioned_by_us: false,
+        state: ExtensionState::Idle,
+        last_error: None,
+        attempts: 0,
+        next_attempt_at: None,
+        version: 1,
+        updated_at: 0,
+    }
+}
+
+fn device(guid: &str, number: &str, icp: &str, setside: &str) -> SipDevice {
+    SipDevice {
+        guid: guid.into(),
+        icp: icp.into(),
+        setside_username: setside.into(),
+        setside_password: SecretString::from("manual-pass"),
+        icpside_username: number.into(),
+        icpside_password: SecretString::from("manual-pass"),
+        description: "added by hand".into(),
+        enabled: true,
+    }
+}
+
+fn owned(mut e: Extension, guid: &str) -> Extension {
+    e.mbg_device_id = Some(guid.into());
+    e.provisioned_by_us = true;
+    e
+}
+
+/// The device an extension's create would produce, as the MBG would then hold it.
+fn as_created(guid: &str, d: &NewSipDevice) -> SipDevice {
+    SipDevice {
+        guid: guid.into(),
+        icp: d.icp.clone(),
+        setside_username: d.setside_username.clone(),
+        setside_password: d.setside_password.clone(),
+        icpside_username: d.icpside_username.clone(),
+        icpside_password: d.icpside_password.clone(),
+        description: d.description.clone(),
+        enabled: d.enabled,
+    }
+}
+
+fn patched(device: &mut SipDevice, patch: &SipDevicePatch) {
+    if let Some(v) = &patch.icp {
+        device.icp = v.clone();
+    }
+    if let Some(v) = &patch.setside_username {
+        device.setside_username = v.clone();
+    }
+    if let Some(v) = &patch.setside_password {
+        device.setside_password = v.clone();
+    }
+    if let Some(v) = &patch.icpside_username {
+        device.icpside_username = v.clone();
+    }
+    if let Some(v) = &patch.icpside_password {
+        device.icpside_password = v.clone();
+    }
+    if let Some(v) = &patch.description {
+        device.description = v.clone();
+    }
+    if let Some(v) = patch.enabled {
+        device.enabled = v;
+    }
+}
+
+/// What `apply` does to the database and the MBG when every action succeeds.
+fn apply_all(
+    extensions: &mut [Extension],
+    released: &mut Vec<ReleasedDevice>,
+    devices: &mut Vec<SipDevice>,
+    plan: &Plan,
+) {
+    for (n, action) in plan.actions.iter().enumerate() {
+        let ext = |extensions: &mut [Extension], id: Option<i64>| {
+            id.and_then(|id| extensions.iter_mut().position(|e| e.id == id))
+        };
+        match action {
+            Action::Create {
+                extension_id,
+                device,
+                ..
+            } => {
+                let guid = format!("created-{n}-{extension_id}");
+                devices.push(as_created(&guid, device));
+                let i = ext(extensions, Some(*extension_id)).unwrap();
+                extensions[i].mbg_device_id = Some(guid);
+                extensions[i].provisioned_by_us = true;
+            }
+            Action::Update { guid, patch, .. } => {
+                patched(devices.iter_mut().find(|d| &d.guid == guid).unwrap(), patch);
+            }
+            Action::Adopt {
+                extension_id,
+                guid,
+                patch,
+                ..
+            } => {
+                patched(devices.iter_mut().find(|d| &d.guid == guid).unwrap(), patch);
+                let i = ext(extensions, Some(*extension_id)).unwrap();
+                extensions[i].mbg_device_id = Some(guid.clone());
+                extensions[i].provisioned_by_us = true;
+            }
+            Action::Delete {
+                extension_id, guid, ..
+            }
+            | Action::Forget {
+                extension_id, guid, ..
+            } => {
+                devices.retain(|d| &d.guid != guid);
+                released.retain(|r| &r.mbg_device_id != guid);
+                if let Some(i) = ext(extensions, *extension_id) {
+                    extensions[i].mbg_device_id = None;
+                    extensions[i].provisioned_by_us = false;
+                }
+            }
+            Action::Report { .. } => {}
+        }
+    }
+}
+
+#[test]
+fn creates_under_the_icp_of_the_node_with_the_contract_fields() {
+    let extensions = [extension(1, "1001", "10.0.0.2", true)];
+    let plan = plan(&extensions, &[], &icps(), &[], None);
+    let [Action::Create { device, .. }] = plan.actions.as_slice() else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(device.icp, "MiVO250-2");
+    assert_eq!(device.icpside_username, "1001");
+    assert_eq!(device.setside_username, "remote1001");
+    assert_eq!(device.description, "mbg-provision ext 1001");
+    assert!(device.enabled);
+}
+
+#[test]
+fn a_node_move_updates_only_the_icp() {
+    let extensions = [owned(extension(1, "1001", "10.0.0.2", true), "g1")];
+    let mut on_old = as_created("g1", &wanted_device(&extensions[0], &icps()[1]).unwrap());
+    on_old.icp = "MiVO250-1".into();
+    let plan = plan(&extensions, &[], &icps(), &[on_old], None);
+    let [Action::Update { changes, patch, .. }] = plan.actions.as_slice() else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(changes, &["icp"]);
+    assert_eq!(patch.icp.as_deref(), Some("MiVO250-2"));
+    assert!(patch.setside_password.is_none());
+}
+
+#[test]
+fn switching_off_deletes_only_our_device() {
+    let ours = owned(extension(1, "1001", "10.0.0.1", false), "g1");
+    let not_ours = extension(2, "1002", "10.0.0.1", false);
+    let devices = [
+        device("g1", "1001", "MiVO250-1", "remote1001"),
+        device("g2", "1002", "MiVO250-1", "manual"),
+    ];
+    let plan = plan(&[ours, not_ours], &[], &icps(), &devices, None);
+    assert_eq!(plan.actions.len(), 1, "{plan:?}");
+    assert_eq!(plan.actions[0].target_guid(), Some("g1"));
+    assert_eq!(plan.actions[0].verb(), "delete");
+}
+
+#[test]
+fn adopts_an_exact_number_and_icp_match_and_nothing_looser() {
+    let devices = [
+        device("elsewhere", "1002", "MiVO250-2", "manual1"),
+        device("exact", "1001", "MiVO250-1", "manual2"),
+    ];
+    let extensions = [
+        extension(1, "1001", "10.0.0.1", true),
+        extension(2, "1002", "10.0.0.1", true),
+    ];
+    let plan = plan(&extensions, &[], &icps(), &devices, None);
+    let Action::Adopt { guid, changes, .. } = &plan.actions[0] else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(guid, "exact");
+    assert!(changes.contains(&"setside_password") && changes.contains(&"description"));
+    assert!(matches!(
+        &plan.actions[1],
+        Action::Report { problem: Problem::NumberUsedElsewhere { guid, .. }, .. } if guid == "elsewhere"
+    ));
+}
+
+#[test]
+fn reports_what_a_human_must_fix() {
+    let mut no_creds = extension(3, "1003", "10.0.0.1", true);
+    no_creds.remote_auth_password = None;
+    let extensions = [
+        extension(1, "1001", "10.9.9.9", true),
+        extension(2, "1002", "10.0.0.1", true),
+        no_creds,
+    ];
+    let devices = [device("taken", "4711", "MiVO250-1", "remote1002")];
+    let plan = plan(&extensions, &[], &icps(), &devices, None);
+    let problems: Vec<&Problem> = plan
+        .actions
+        .iter()
+        .map(|a| match a {
+            Action::Report { problem, .. } => problem,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert!(matches!(problems[0], Problem::NoIcpForNode { address, .. } if address == "10.9.9.9"));
+    assert!(matches!(problems[1], Problem::SetsideNameTaken { guid, .. } if guid == "taken"));
+    assert_eq!(problems[2], &Problem::MissingCredentials);
+    assert!(
+        problems[0]
+            .fix()
+            .contains("add one on the MBG or correct the node address")
+    );
+}
+
+#[test]
+fn the_licence_budget_counts_deletions_first() {
+    let extensions = [
+        owned(extension(1, "1001", "10.0.0.1", false), "g1"),
+        extension(2, "1002", "10.0.0.1", true),
+        extension(3, "1003", "10.0.0.1", true),
+    ];
+    let devices = [
+        device("g1", "1001", "MiVO250-1", "remote1001"),
+        device("m1", "2001", "MiVO250-1", "manual"),
+    ];
+    let plan = plan(&extensions, &[], &icps(), &devices, Some(2));
+    let verbs: Vec<(&str, &str)> = plan
+        .actions
+        .iter()
+        .map(|a| (a.verb(), a.number()))
+        .collect();
+    assert_eq!(
+        verbs,
+        [("delete", "1001"), ("create", "1002"), ("problem", "1003")]
+    );
+}
+
+#[test]
+fn released_devices_are_deleted_or_forgotten() {
+    let released = [
+        ReleasedDevice {
+            mbg_device_id: "g1".into(),
+            number: "1001".into(),
+            released_at: 0,
+        },
+        ReleasedDevice {
+            mbg_device_id: "gone".into(),
+            number: "1002".into(),
+            released_at: 0,
+        },
+    ];
+    let devices = [device("g1", "1001", "MiVO250-1", "r1")];
+    let plan = plan(&[], &released, &icps(), &devices, None);
+    let verbs: Vec<&str> = plan.actions.iter().map(Action::verb).collect();
+    assert_eq!(verbs, ["delete", "forget"]);
+}
+
+#[test]
+fn in_sync_extensions_settle_without_actions() {
+    let e = owned(extension(1, "1001", "10.0.0.1", true), "g1");
+    let d = as_created("g1", &wanted_device(&e, &icps()[0]).unwrap());
+    let off = extension(2, "1002", "10.0.0.1", false);
+    let plan = plan(&[e, off], &[], &icps(), &[d], None);
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert_eq!(
+        plan.settled,
+        [
+            Settled {
+                extension_id: 2,
+                state: ExtensionState::Idle
+            },
+            Settled {
+                extension_id: 1,
+                state: ExtensionState::Provisioned
+            },
+        ]
+    );
+}
+
+prop_compose! {
+    fn arb_extension(id: i64)(
+        number in 1000u32..1012,
+        address in prop::sample::select(vec!["10.0.0.1", "10.0.0.2", "10.0.0.9"]),
+        wanted in any::<bool>(),
+        owned_guid in prop::option::of(0u8..6),
+        name_clash in prop::option::of(0u8..6),
+    ) -> Extension {
+        let mut e = extension(id, &number.to_string(), address, wanted);
+        if let Some(g) = owned_guid {
+            e.mbg_device_id = Some(format!("g{g}"));
+            e.provisioned_by_us = true;
+        }
+        if let Some(n) = name_clash {
+            e.remote_auth_name = Some(format!("set{n}"));
+        }
+        e
+    }
+}
+
+prop_compose! {
+    fn arb_device()(
+        guid in 0u8..10,
+        number in 1000u32..1012,
+        icp in prop::sample::select(vec!["MiVO250-1", "MiVO250-2"]),
+        setside in 0u8..8,
+        password_matches in any::<bool>(),
+    ) -> SipDevice {
+        let mut d = device(&format!("g{guid}"), &number.to_string(), icp, &format!("set{setside}"));
+        if password_matches {
+            d.setside_password = SecretString::from(format!("remote-pass-{number}"));
+        }
+        d
+    }
+}
+
+fn arb_state() -> impl Strategy<
+    Value = (
+        Vec<Extension>,
+        Vec<ReleasedDevice>,
+        Vec<SipDevice>,
+        Option<u32>,
+    ),
+> {
+    (
+        prop::collection::vec(any::<u8>(), 0..10),
+        prop::collection::vec(arb_device(), 0..10),
+        prop::collection::vec(0u8..10, 0..3),
+        prop::option::of(0u32..12),
+    )
+        .prop_flat_map(|(ids, devices, released, budget)| {
+            let extensions: Vec<_> = (0..ids.len() as i64).map(arb_extension).collect();
+            (extensions, Just(devices), Just(released), Just(budget))
+        })
+        .prop_map(|(mut extensions, mut devices, released, budget)| {
+            // The MBG keys devices by guid and the database one guid to one owner.
+            let mut seen = HashSet::new();
+            devices.retain(|d| seen.insert(d.guid.clone()));
+            let mut owners = HashSet::new();
+            for e in &mut extensions {
+                if let Some(g) = &e.mbg_device_id
+                    && !owners.insert(g.clone())
+                {
+                    e.mbg_device_id = None;
+                    e.provisioned_by_us = false;
+                }
+            }
+            let mut numbers = HashSet::new();
+            extensions.retain(|e| numbers.insert(e.number.clone()));
+            let released = released
+                .into_iter()
+                .map(|g| format!("g{g}"))
+                .filter(|g| owners.insert(g.clone()))
+                .map(|g| ReleasedDevice {
+                    mbg_device_id: g,
+                    number: "999".into(),
+                    released_at: 0,
+                })
+                .collect();
+            (extensions, released, devices, budget)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn applying_the_plan_then_planning_again_changes_nothing(
+        (mut extensions, mut released, mut devices, budget) in arb_state()
+    ) {
+        let first = plan(&extensions, &released, &icps(), &devices, budget);
+        apply_all(&mut extensions, &mut released, &mut devices, &first);
+        let second = plan(&extensions, &released, &icps(), &devices, budget);
+        let changes: Vec<_> = second.changes().collect();
+        prop_assert!(changes.is_empty(), "second plan still changes: {changes:?}");
+    }
+
+    #[test]
+    fn only_our_devices_are_touched_except_exact_adoptions(
+        (extensions, released, devices, budget) in arb_state()
+    ) {
+        let owned: HashSet<String> = extensions
+            .iter()
+            .filter(|e| e.provisioned_by_us)
+            .filter_map(|e| e.mbg_device_id.clone())
+            .chain(released.iter().map(|r| r.mbg_device_id.clone()))
+            .collect();
+        let plan = plan(&extensions, &released, &icps(), &devices, budget);
+        for action in &plan.actions {
+            let Some(guid) = action.target_guid() else { continue };
+            if owned.contains(guid) {
+                continue;
+            }
+            let Action::Adopt { extension_id, .. } = action else {
+                return Err(TestCaseError::fail(format!("touches a device not ours: {action:?}")));
+            };
+            let e = extensions.iter().find(|e| e.id == *extension_id).unwrap();
+            let d = devices.iter().find(|d| d.guid == guid).unwrap();
+            let icp = icps().into_iter().find(|i| i.address == e.node_address).unwrap();
+            prop_assert_eq!(&d.icpside_username, &e.number);
+            prop_assert_eq!(&d.icp, &icp.name);
+        }
+    }
+
+    #[test]
+    fn no_two_actions_for_one_extension_or_one_device(
+        (extensions, released, devices, budget) in arb_state()
+    ) {
+        let plan = plan(&extensions, &released, &icps(), &devices, budget);
+        let mut ids = HashSet::new();
+        let mut guids = HashSet::new();
+        for action in &plan.actions {
+            if let Some(id) = action.extension_id() {
+                prop_assert!(ids.insert(id), "extension {} twice: {:?}", id, plan.actions);
+            }
+            if let Some(guid) = action.target_guid() {
+                prop_assert!(guids.insert(guid.to_string()), "device {} twice", guid);
+            }
+        }
+        for settled in &plan.settled {
+            prop_assert!(ids.insert(settled.extension_id), "settled and acted on");
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! `sync`, `status` and `icps`: what an operator reads. Also used by `demo`.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use mbg_provision::config::Config;
+use mbg_provision::mbg::MbgClient;
+use mbg_provision::reconcile::{self, Action, Mode, PassReport, Status};
+use mbg_provision::store::Store;
+use mbg_provision::token::{self, TokenStatus};
+use serde_json::json;
+
+use crate::commands::{now, print_json};
+
+/// Exit code of `sync` when something needs a human; 1 is for errors.
+pub const NEEDS_ATTENTION: u8 = 2;
+
+/// The client with the stored token, or an error that says how to get one.
+pub async fn client(store: &Store, config: &Config) -> Result<MbgClient> {
+    let settings = store.mbg_settings().await?;
+    let status = TokenStatus::of(&settings, now());
+    if !status.is_usable() {
+        bail!("the MBG access token is {status}");
+    }
+    Ok(token::client(config, &settings)?)
+}
+
+pub async fn sync(store: &Store, config: &Config, dry_run: bool, json: bool) -> Result<ExitCode> {
+    let client = client(store, config).await?;
+    let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+    let report = reconcile::run_pass(store, &client, config, mode, now())
+        .await
+        .context("sync failed")?;
+    if json {
+        print_json(&report_json(&report))?;
+    } else {
+        print_plan(&report);
+        print_results(&report);
+    }
+    if let Some(refused) = report
+        .applied
+        .as_ref()
+        .and_then(|a| a.token_refused.as_ref())
+    {
+        bail!("stopped calling the MBG: {refused}");
+    }
+    Ok(exit_code(&report))
+}
+
+pub fn exit_code(report: &PassReport) -> ExitCode {
+    if !report.succeeded() {
+        ExitCode::FAILURE
+    } else if report.needs_attention() {
+        ExitCode::from(NEEDS_ATTENTION)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn sign(action: &Action) -> &'static str {
+    match action {
+        Action::Create { .. } => "+",
+        Action::Update { .. } => "~",
+        Action::Adopt { .. } => "<",
+        Action::Delete { .. } => "-",
+        Action::Forget { .. } => ".",
+        Action::Report { .. } => "!",
+    }
+}
+
+fn describe(report: &PassReport, action: &Action) -> String {
+    let node = |id: &i64| {
+        report
+            .extensions
+            .get(id)
+            .map_or(String::new(), |e| e.node_name.clone())
+    };
+    match action {
+        Action::Create {
+            extension_id,
+            device,
+            ..
+        } => format!("node {} -> ICP {}", node(extension_id), device.icp),
+        Action::Update { guid, changes, .. } => {
+            format!("SIP user {guid}: {}", changes.join(", "))
+        }
+        Action::Adopt { guid, changes, .. } => format!(
+            "SIP user {guid} has this number under the right ICP: take it over, overwrite {}",
+            if changes.is_empty() {
+                "nothing".to_string()
+            } else {
+                changes.join(", ")
+            }
+        ),
+        Action::Delete { guid, .. } => format!("SIP user {guid}"),
+        Action::Forget { guid, .. } => format!("SIP user {guid} is already gone: clear the record"),
+        Action::Report { problem, .. } => problem.fix(),
+    }
+}
+
+pub fn print_plan(report: &PassReport) {
+    let plan = &report.plan;
+    if plan.actions.is_empty() {
+        println!("No changes: the MBG matches the database.");
+        return;
+    }
+    for action in &plan.actions {
+        println!(
+            "  {} {:<8} {:<11} {}",
+            sign(action),
+            action.verb(),
+            action.number(),
+            describe(report, action)
+        );
+    }
+    let count = |verb: &str| plan.actions.iter().filter(|a| a.verb() == verb).count();
+    println!(
+        "Plan: {} to create, {} to update, {} to adopt, {} to delete, {} problem(s) to fix.",
+        count("create"),
+        count("update"),
+        count("adopt"),
+        count("delete"),
+        count("problem")
+    );
+}
+
+pub fn print_results(report: &PassReport) {
+    let Some(applied) = &report.applied else {
+        println!("(dry run: nothing was changed)");
+        return;
+    };
+    let count = |status: Status| {
+        applied
+            .outcomes
+            .iter()
+            .filter(|o| o.status == status)
+            .count()
+    };
+    for outcome in applied
+        .outcomes
+        .iter()
+        .filter(|o| !matches!(o.status, Status::Done | Status::NeedsAttention))
+    {
+        println!(
+            "  {:?} {} {}: {}",
+            outcome.status, outcome.verb, outcome.number, outcome.detail
+        );
+    }
+    println!(
+        "Applied: {} done, {} failed (retried later), {} need attention, {} skipped.",
+        count(Status::Done),
+        count(Status::Failed),
+        count(Status::NeedsAttention),
+        count(Status::Skipped)
+    );
+}
+
+fn report_json(report: &PassReport) -> serde_json::Value {
+    let plan: Vec<_> = report
+        .plan
+        .actions
+        .iter()
+        .map(|a| {
+            json!({
+                "action": a.verb(),
+                "extension": a.number(),
+                "guid": a.target_guid(),
+                "detail": describe(report, a),
+            })
+        })
+        .collect();
+    let results: Option<Vec<_>> = report.applied.as_ref().map(|applied| {
+        applied
+            .outcomes
+            .iter()
+            .map(|o| {
+                json!({
+                    "action": o.verb,
+                    "extension": o.number,
+                    "status": format!("{:?}", o.status).to_lowercase(),
+                    "detail": o.detail,
+                })
+            })
+            .collect()
+    });
+    json!({
+        "dry_run": report.applied.is_none(),
+        "plan": plan,
+        "results": results,
+        "needs_attention": report.needs_attention(),
+        "succeeded": report.succeeded(),
+    })
+}
+
+pub async fn status(store: &Store, json: bool) -> Result<ExitCode> {
+    let extensions = store.extensions().await?;
+    let token = TokenStatus::of(&store.mbg_settings().await?, now());
+    if json {
+        let rows: Vec<_> = extensions
+            .iter()
+            .map(|e| {
+                json!({
+                    "extension": e.number,
+                    "node": e.node_name,
+                    "wanted": e.use_remote_auth,
+                    "provisioned": e.mbg_device_id.is_some() && e.provisioned_by_us,
+                    "mbg_guid": e.mbg_device_id,
+                    "state": e.state.as_str(),
+                    "last_error": e.last_error,
+                    "next_retry": e.next_attempt_at,
+                })
+            })
+            .collect();
+        print_json(&json!({ "token": token, "extensions": rows }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("token: {token}");
+    println!(
+        "{:<11} {:<12} {:<7} {:<38} {:<16} {:<20} LAST ERROR",
+        "EXTENSION", "NODE", "WANTED", "MBG GUID", "STATE", "NEXT RETRY"
+    );
+    for e in &extensions {
+        println!(
+            "{:<11} {:<12} {:<7} {:<38} {:<16} {:<20} {}",
+            e.number,
+            e.node_name,
+            if e.use_remote_auth { "yes" } else { "no" },
+            e.mbg_device_id.as_deref().unwrap_or("-"),
+            e.state.as_str(),
+            e.next_attempt_at.map_or("-".into(), token::date),
+            e.last_error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn icps(store: &Store, config: &Config, json: bool) -> Result<ExitCode> {
+    let client = client(store, config).await?;
+    let icps = client.icps().await?;
+    let nodes = store.nodes().await?;
+    let rows: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let icp = icps.iter().find(|icp| icp.address == node.address);
+            (node, icp)
+        })
+        .collect();
+    let used: HashSet<&str> = rows
+        .iter()
+        .filter_map(|(_, icp)| icp.map(|i| i.guid.as_str()))
+        .collect();
+    let orphans: Vec<_> = icps
+        .iter()
+        .filter(|i| !used.contains(i.guid.as_str()))
+        .collect();
+    let unmapped = rows.iter().filter(|(_, icp)| icp.is_none()).count();
+    if json {
+        let nodes: Vec<_> = rows
+            .iter()
+            .map(|(node, icp)| {
+                json!({
+                    "node": node.name,
+                    "address": node.address,
+                    "icp": icp.map(|i| &i.name),
+                    "icp_guid": icp.map(|i| &i.guid),
+                })
+            })
+            .collect();
+        let orphans: Vec<_> = orphans
+            .iter()
+            .map(|i| json!({ "icp": i.name, "address": i.address, "guid": i.guid }))
+            .collect();
+        print_json(&json!({ "nodes": nodes, "icps_without_node": orphans }))?;
+    } else {
+        for (node, icp) in &rows {
+            match icp {
+                Some(icp) => println!("{:<16} {:<20} -> ICP {}", node.name, node.address, icp.name),
+                None => println!(
+                    "{:<16} {:<20} -> no ICP with this address: add one on the MBG or correct the node address",
+                    node.name, node.address
+                ),
+            }
+        }
+        for icp in &orphans {
+            println!(
+                "ICP {} ({}) has no node: add one with `mbg-provision node add NAME --address {}`",
+                icp.name, icp.address, icp.address
+            );
+        }
+    }
+    Ok(if unmapped > 0 {
+        ExitCode::from(NEEDS_ATTENTION)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
