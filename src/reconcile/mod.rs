@@ -71,25 +71,38 @@ pub async fn run_pass(
     mode: Mode,
     now: i64,
 ) -> Result<PassReport, ReconcileError> {
+    let new_credentials = || {
+        (
+            credentials::random_auth_name(config.credentials.name_length),
+            credentials::random_password(config.credentials.password_length),
+        )
+    };
+    if mode == Mode::Apply {
+        for extension in store
+            .extensions()
+            .await?
+            .iter()
+            .filter(|e| needs_credentials(e))
+        {
+            let (name, password) = new_credentials();
+            store
+                .fill_remote_credentials(extension.id, &name, &password)
+                .await?;
+            info!(extension = %extension.number, "remote credentials generated and stored");
+        }
+    }
+    // Read after our own credential writes and before the extensions: every change recorded
+    // so far is then reflected in what this pass plans, and can be acknowledged after it.
     let covered_changes = match mode {
         Mode::Apply => store.pending_changes(u32::MAX).await?,
         Mode::DryRun => Vec::new(),
     };
     let mut extensions = store.extensions().await?;
-    for extension in extensions.iter_mut().filter(|e| needs_credentials(e)) {
-        let name = credentials::random_auth_name(config.credentials.name_length);
-        let password = credentials::random_password(config.credentials.password_length);
-        match mode {
-            Mode::Apply => {
-                *extension = store
-                    .fill_remote_credentials(extension.id, &name, &password)
-                    .await?;
-                info!(extension = %extension.number, "remote credentials generated and stored");
-            }
-            Mode::DryRun => {
-                extension.remote_auth_name.get_or_insert(name);
-                extension.remote_auth_password.get_or_insert(password);
-            }
+    if mode == Mode::DryRun {
+        for extension in extensions.iter_mut().filter(|e| needs_credentials(e)) {
+            let (name, password) = new_credentials();
+            extension.remote_auth_name.get_or_insert(name);
+            extension.remote_auth_password.get_or_insert(password);
         }
     }
     let released = store.released_devices().await?;

@@ -11,9 +11,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_mbg-provision");
 
 /// Runs the binary in `dir` against `database_url` (through the environment, as a service would).
 fn run(dir: &Path, database_url: &str, args: &[&str]) -> Output {
+    run_with(dir, database_url, &[], args)
+}
+
+fn run_with(dir: &Path, database_url: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(BIN)
         .current_dir(dir)
         .env("MBG_PROVISION_DATABASE__URL", database_url)
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .args(args)
         .output()
@@ -251,4 +256,142 @@ fn a_bad_config_names_key_and_file_and_exits_non_zero() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(stderr(&missing).contains("elsewhere.toml does not exist"));
+}
+
+/// The operator's whole path: token exchange, dry run, sync, status, icps, exit codes.
+/// Multi-threaded: the binary blocks this thread while the simulator answers on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_sync_status_and_icps_from_the_command_line() {
+    let sim = crate::mbg::start_sim(crate::mbg::sim_config()).await;
+    let db = TestDb::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = sim.base_url();
+    let secret = "shared+secret/42=";
+    let env = [
+        ("MBG_PROVISION_MBG__BASE_URL", base.as_str()),
+        ("MBG_PROVISION_CONSUMER_SECRET", secret),
+    ];
+    let (d, url) = (dir.path(), db.url.as_str());
+    let cmd = |args: &[&str]| run_with(d, url, &env, args);
+    ok(cmd(&["node", "add", "pbx1", "--address", "10.0.0.20"]));
+    ok(cmd(&["node", "add", "pbx3", "--address", "10.0.0.99"]));
+    ok(cmd(&[
+        "extension",
+        "set",
+        "1001",
+        "--node",
+        "pbx1",
+        "--remote",
+        "on",
+    ]));
+    ok(cmd(&[
+        "extension",
+        "set",
+        "2001",
+        "--node",
+        "pbx3",
+        "--remote",
+        "on",
+    ]));
+
+    let no_token = cmd(&["sync"]);
+    assert_eq!(no_token.status.code(), Some(1));
+    assert!(
+        stderr(&no_token).contains("token request"),
+        "{}",
+        stderr(&no_token)
+    );
+
+    let requested = ok(cmd(&[
+        "token",
+        "request",
+        "--name",
+        "test",
+        "--consumer-id",
+        "MiVOAppSuite",
+    ]));
+    let temporary = requested
+        .lines()
+        .find_map(|l| l.strip_prefix("temporary token: "))
+        .expect("the temporary token is printed for the administrator");
+    assert!(requested.contains("token verify"));
+    assert!(!requested.contains(secret) && !stderr(&cmd(&["token", "status"])).contains(secret));
+    let verifier = sim.approve(temporary).unwrap();
+    ok(cmd(&["token", "verify", &verifier]));
+    assert!(ok(cmd(&["token", "status"])).contains("valid until"));
+
+    sim.clear_requests();
+    let dry = cmd(&["sync", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(2), "a problem needs attention");
+    let plan = stdout(&dry);
+    assert!(plan.contains("+ create   1001"), "{plan}");
+    assert!(
+        plan.contains("no ICP on the MBG has the address 10.0.0.99"),
+        "{plan}"
+    );
+    assert!(plan.contains("dry run"), "{plan}");
+    assert!(
+        sim.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        sim.requests()
+    );
+    assert!(sim.devices().is_empty());
+
+    let applied = cmd(&["sync"]);
+    assert_eq!(applied.status.code(), Some(2), "{}", stdout(&applied));
+    assert_eq!(sim.devices().len(), 1);
+    let icps = cmd(&["icps"]);
+    assert_eq!(icps.status.code(), Some(2));
+    assert!(stdout(&icps).contains("pbx3") && stdout(&icps).contains("no ICP with this address"));
+    assert!(
+        stdout(&icps).contains("ICP MiVO250-2 (10.0.0.21) has no node"),
+        "{}",
+        stdout(&icps)
+    );
+
+    ok(cmd(&["extension", "set", "2001", "--node", "pbx1"]));
+    let fixed: serde_json::Value = serde_json::from_str(&ok(cmd(&["sync", "--json"]))).unwrap();
+    assert_eq!(fixed["succeeded"], true);
+    assert_eq!(fixed["needs_attention"], false);
+    assert_eq!(fixed["plan"][0]["action"], "create");
+    let status: serde_json::Value = serde_json::from_str(&ok(cmd(&["status", "--json"]))).unwrap();
+    let rows = status["extensions"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r["state"] == "provisioned" && r["mbg_guid"].is_string()),
+        "{rows:?}"
+    );
+    assert_eq!(status["token"]["state"], "valid");
+    let again = ok(cmd(&["sync"]));
+    assert!(again.contains("No changes"), "{again}");
+}
+
+#[test]
+fn the_demo_runs_the_whole_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .arg("demo")
+        .output()
+        .unwrap();
+    let text = ok(out);
+    for expected in [
+        "verifier traded for the access token",
+        "+ create   1003",
+        "Plan: 3 to create, 0 to update, 0 to adopt, 0 to delete, 1 problem(s) to fix.",
+        "no ICP on the MBG has the address 10.0.0.99 of node pbx2",
+        "Applied: 3 done, 0 failed (retried later), 1 need attention, 0 skipped.",
+        "- delete   1002",
+        "+ create   1004",
+        "added by hand, is still there",
+        "1003 on pbx1: provisioned",
+        "1002 on pbx1: idle",
+        "A third pass finds nothing to change.",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "the demo leaves nothing behind"
+    );
 }

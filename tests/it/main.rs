@@ -5,5 +5,6 @@ mod support;
 mod cli;
 mod config;
 mod mbg;
+mod reconcile;
 mod secrets;
 mod store;

@@ -1,0 +1,474 @@
+//! End to end: the database, the reconciler and the simulated MBG, on SQLite and PostgreSQL.
+
+use mbg_provision::mbg::MbgErrorKind;
+use mbg_provision::reconcile::{self, Action, Mode, PassReport, Problem, Status};
+use mbg_provision::sim::{Device, DeviceFields, Faults};
+use mbg_provision::store::{ExtensionKind, ExtensionSpec, ExtensionState, NewNode, Store};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::mbg::{Harness, sim_config};
+use crate::support::TestDb;
+
+crate::on_both_backends!(
+    provisions_moves_and_removes_only_its_own_sip_users,
+    adopts_an_exact_match_and_heals_a_crash_without_duplicates,
+    licence_limits_and_name_clashes_are_reported_on_the_right_extensions,
+    a_dry_run_changes_nothing,
+);
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn nodes(store: &Store) {
+    for (name, address) in [
+        ("pbx1", "10.0.0.20"),
+        ("pbx2", "10.0.0.21"),
+        ("pbx3", "10.0.0.99"),
+    ] {
+        store
+            .add_node(&NewNode {
+                name: name.into(),
+                address: address.into(),
+                nat_address: None,
+                nat_sip_port: None,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn set(store: &Store, number: &str, node: &str, remote: bool) -> i64 {
+    let spec = ExtensionSpec {
+        number: number.into(),
+        node: node.into(),
+        kind: None,
+        use_remote_auth: Some(remote),
+        sip_password: None,
+    };
+    let password = SecretString::from(format!("pbx-sip-{number}"));
+    store.set_extension(&spec, &password).await.unwrap().0.id
+}
+
+async fn pass(h: &Harness) -> PassReport {
+    let client = h.client().await;
+    reconcile::run_pass(&h.db.store, &client, &h.config, Mode::Apply, now())
+        .await
+        .unwrap()
+}
+
+fn by_number<'a>(devices: &'a [Device], number: &str) -> Vec<&'a Device> {
+    devices
+        .iter()
+        .filter(|d| d.icpside_username == number)
+        .collect()
+}
+
+fn manual(number: &str, icp: &str, setside: &str) -> DeviceFields {
+    DeviceFields {
+        icp: Some(icp.into()),
+        setside_username: Some(setside.into()),
+        setside_password: Some("hand-made-pass".into()),
+        icpside_username: Some(number.into()),
+        icpside_password: Some("hand-made-pass".into()),
+        description: Some("added by hand".into()),
+        enabled: Some(true),
+    }
+}
+
+fn verbs(report: &PassReport) -> Vec<(String, &'static str)> {
+    let mut verbs: Vec<_> = report
+        .plan
+        .actions
+        .iter()
+        .map(|a| (a.number().to_string(), a.verb()))
+        .collect();
+    verbs.sort();
+    verbs
+}
+
+async fn provisions_moves_and_removes_only_its_own_sip_users(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    let a = set(store, "1001", "pbx1", true).await;
+    let mut hot_desk = ExtensionSpec {
+        number: "1002".into(),
+        node: "pbx1".into(),
+        kind: Some(ExtensionKind::SipHotDesk),
+        use_remote_auth: Some(true),
+        sip_password: None,
+    };
+    let b = store
+        .set_extension(&hot_desk, &SecretString::from("pbx-sip-1002"))
+        .await
+        .unwrap()
+        .0
+        .id;
+    set(store, "1003", "pbx1", false).await;
+    let by_hand = h
+        .sim
+        .add_device(manual("1999", "MiVO250-1", "frontdesk"))
+        .unwrap();
+
+    let first = pass(&h).await;
+    assert_eq!(
+        verbs(&first),
+        [("1001".into(), "create"), ("1002".into(), "create")]
+    );
+    assert!(first.succeeded() && !first.needs_attention());
+    let devices = h.sim.devices();
+    let ext = store.extension(a).await.unwrap();
+    let [device] = by_number(&devices, "1001")[..] else {
+        panic!("one device for 1001")
+    };
+    assert_eq!(ext.mbg_device_id.as_deref(), Some(device.guid.as_str()));
+    assert!(ext.provisioned_by_us);
+    assert_eq!(ext.state, ExtensionState::Provisioned);
+    assert_eq!(device.icp, "MiVO250-1");
+    assert_eq!(
+        device.icpside_password, "pbx-sip-1001",
+        "ICP side = the PBX's SIP password"
+    );
+    assert_eq!(
+        Some(&device.setside_username),
+        ext.remote_auth_name.as_ref()
+    );
+    assert_eq!(
+        device.setside_password,
+        ext.remote_auth_password.as_ref().unwrap().expose_secret()
+    );
+    assert_eq!(ext.remote_auth_name.as_ref().unwrap().len(), 12);
+    assert_eq!(
+        ext.remote_auth_password
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .len(),
+        20
+    );
+    assert_eq!(device.description, "mbg-provision ext 1001");
+    assert_eq!(
+        by_number(&devices, "1002").len(),
+        1,
+        "hot desk extensions get a SIP user too"
+    );
+    assert!(
+        store.pending_changes(100).await.unwrap().is_empty(),
+        "changes acknowledged"
+    );
+
+    // Node change: the same SIP user moves to the other ICP.
+    set(store, "1001", "pbx2", true).await;
+    let moved = pass(&h).await;
+    assert_eq!(verbs(&moved), [("1001".into(), "update")]);
+    let devices = h.sim.devices();
+    let [device_after] = by_number(&devices, "1001")[..] else {
+        panic!("still one device")
+    };
+    assert_eq!(device_after.guid, device.guid);
+    assert_eq!(device_after.icp, "MiVO250-2");
+
+    // Drift: someone changes our device's password by hand; the database wins.
+    let client = h.client().await;
+    client
+        .update_device(
+            &device.guid,
+            &mbg_provision::mbg::SipDevicePatch {
+                setside_password: Some("changed-by-hand".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(verbs(&pass(&h).await), [("1001".into(), "update")]);
+
+    // Switched off: deleted. The extension keeps its credentials for next time.
+    set(store, "1001", "pbx2", false).await;
+    let off = pass(&h).await;
+    assert_eq!(verbs(&off), [("1001".into(), "delete")]);
+    let ext = store.extension(a).await.unwrap();
+    assert!(ext.mbg_device_id.is_none() && !ext.provisioned_by_us);
+    assert_eq!(ext.state, ExtensionState::Idle);
+    assert!(ext.remote_auth_name.is_some());
+    assert!(by_number(&h.sim.devices(), "1001").is_empty());
+
+    // The extension row deleted outright: its SIP user is still ours to remove.
+    hot_desk.use_remote_auth = None;
+    store.delete_extension(b).await.unwrap();
+    let gone = pass(&h).await;
+    assert_eq!(verbs(&gone), [("1002".into(), "delete")]);
+    assert!(store.released_devices().await.unwrap().is_empty());
+
+    // The SIP user added by hand was never touched.
+    let devices = h.sim.devices();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].guid, by_hand);
+    assert_eq!(devices[0].setside_password, "hand-made-pass");
+    assert!(pass(&h).await.plan.actions.is_empty(), "converged");
+    let audit = store.audit_log(50).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "create" && e.extension.as_deref() == Some("1001"))
+    );
+    assert!(
+        audit
+            .iter()
+            .all(|e| !e.detail.as_deref().unwrap_or("").contains("pbx-sip-"))
+    );
+}
+
+async fn adopts_an_exact_match_and_heals_a_crash_without_duplicates(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    // A SIP user made by hand for 1001 under the right ICP, and one for 1002 under the wrong one.
+    let exact = h
+        .sim
+        .add_device(manual("1001", "MiVO250-1", "old-name"))
+        .unwrap();
+    let elsewhere = h
+        .sim
+        .add_device(manual("1002", "MiVO250-2", "other-name"))
+        .unwrap();
+    let a = set(store, "1001", "pbx1", true).await;
+    let b = set(store, "1002", "pbx1", true).await;
+
+    let report = pass(&h).await;
+    assert_eq!(
+        verbs(&report),
+        [("1001".into(), "adopt"), ("1002".into(), "problem")]
+    );
+    let ext = store.extension(a).await.unwrap();
+    assert_eq!(ext.mbg_device_id.as_deref(), Some(exact.as_str()));
+    assert!(ext.provisioned_by_us);
+    let devices = h.sim.devices();
+    let adopted = devices.iter().find(|d| d.guid == exact).unwrap();
+    assert_eq!(
+        Some(&adopted.setside_username),
+        ext.remote_auth_name.as_ref(),
+        "overwritten by the database"
+    );
+    assert_eq!(adopted.icpside_password, "pbx-sip-1001");
+    let other = devices.iter().find(|d| d.guid == elsewhere).unwrap();
+    assert_eq!(
+        other.setside_username, "other-name",
+        "not an exact match: untouched"
+    );
+    let stuck = store.extension(b).await.unwrap();
+    assert_eq!(stuck.state, ExtensionState::NeedsAttention);
+    assert!(stuck.last_error.unwrap().contains("MiVO250-2"));
+
+    // A crash between the MBG's create and the guid commit: the credentials were committed
+    // (write-ahead), the SIP user exists, the database does not know its guid.
+    let c = set(store, "1003", "pbx1", true).await;
+    let ext = store
+        .fill_remote_credentials(
+            c,
+            "crashtest0001",
+            &SecretString::from("committed-before-post"),
+        )
+        .await
+        .unwrap();
+    let client = h.client().await;
+    let orphan = client
+        .create_device(&mbg_provision::mbg::NewSipDevice {
+            icp: "MiVO250-1".into(),
+            setside_username: ext.remote_auth_name.clone().unwrap(),
+            setside_password: ext.remote_auth_password.clone().unwrap(),
+            icpside_username: "1003".into(),
+            icpside_password: ext.sip_password.clone(),
+            description: "mbg-provision ext 1003".into(),
+            enabled: true,
+        })
+        .await
+        .unwrap();
+    let healed = pass(&h).await;
+    assert!(
+        verbs(&healed).contains(&("1003".into(), "adopt")),
+        "{:?}",
+        verbs(&healed)
+    );
+    let ext = store.extension(c).await.unwrap();
+    assert_eq!(ext.mbg_device_id.as_deref(), Some(orphan.as_str()));
+    assert_eq!(by_number(&h.sim.devices(), "1003").len(), 1, "no duplicate");
+    let again = pass(&h).await;
+    assert!(again.plan.changes().next().is_none(), "{:?}", verbs(&again));
+}
+
+async fn licence_limits_and_name_clashes_are_reported_on_the_right_extensions(db: TestDb) {
+    let mut config = sim_config();
+    config.licences = Some(3);
+    let mut h = Harness::new(db, config).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    h.sim
+        .add_device(manual("1999", "MiVO250-1", "frontdesk"))
+        .unwrap();
+    for number in ["1001", "1002", "1003", "1004"] {
+        set(store, number, "pbx1", true).await;
+    }
+    // The MBG's own limit: 3 licences, one used by hand, so two of ours fit.
+    let report = pass(&h).await;
+    let outcomes = &report.applied.as_ref().unwrap().outcomes;
+    let no_licence: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.status == Status::NeedsAttention)
+        .map(|o| o.number.as_str())
+        .collect();
+    assert_eq!(no_licence.len(), 2, "{outcomes:?}");
+    for number in &no_licence {
+        let ext = store.extension_by_number(number).await.unwrap();
+        assert_eq!(ext.state, ExtensionState::NeedsAttention);
+        let error = ext.last_error.unwrap();
+        assert!(
+            error.contains("no teleworker licence") && error.contains(number),
+            "{error}"
+        );
+    }
+    assert!(report.needs_attention());
+
+    // Our own budget, checked before calling the MBG: the highest numbers wait.
+    h.config.mbg.teleworker_licences = Some(3);
+    let budgeted = pass(&h).await;
+    let reported: Vec<String> = budgeted
+        .plan
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Report {
+                    problem: Problem::LicenceBudget { .. },
+                    ..
+                }
+            )
+        })
+        .map(|a| a.number().to_string())
+        .collect();
+    assert_eq!(reported, ["1003", "1004"]);
+
+    // A set-side name held by a SIP user we do not own.
+    h.config.mbg.teleworker_licences = None;
+    set(store, "1001", "pbx1", false).await;
+    pass(&h).await;
+    let id = set(store, "2001", "pbx2", true).await;
+    store
+        .fill_remote_credentials(id, "frontdesk", &SecretString::from("some-password-1"))
+        .await
+        .unwrap();
+    let clash = pass(&h).await;
+    assert!(clash.plan.actions.iter().any(|a| matches!(
+        a,
+        Action::Report { problem: Problem::SetsideNameTaken { name, .. }, .. } if name == "frontdesk"
+    )));
+    let ext = store.extension(id).await.unwrap();
+    assert_eq!(ext.state, ExtensionState::NeedsAttention);
+    assert!(ext.last_error.unwrap().contains("frontdesk"));
+    assert!(by_number(&h.sim.devices(), "2001").is_empty());
+}
+
+async fn a_dry_run_changes_nothing(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    let id = set(store, "1001", "pbx1", true).await;
+    set(store, "1002", "pbx3", true).await;
+    h.sim.clear_requests();
+    let before = store.extension(id).await.unwrap();
+    let client = h.client().await;
+    let report = reconcile::run_pass(store, &client, &h.config, Mode::DryRun, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        verbs(&report),
+        [("1001".into(), "create"), ("1002".into(), "problem")]
+    );
+    assert!(report.applied.is_none());
+    let requests = h.sim.requests();
+    assert!(!requests.is_empty());
+    assert!(requests.iter().all(|r| r.method == "GET"), "{requests:?}");
+    assert!(h.sim.devices().is_empty());
+    let after = store.extension(id).await.unwrap();
+    assert!(
+        after.remote_auth_name.is_none(),
+        "no credentials stored by a dry run"
+    );
+    assert_eq!((after.state, after.version), (before.state, before.version));
+    assert_eq!(
+        store.pending_changes(100).await.unwrap().len(),
+        2,
+        "changes not consumed"
+    );
+}
+
+#[tokio::test]
+async fn faults_back_off_and_a_refused_token_stops_the_pass() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let store = &h.db.store;
+    nodes(store).await;
+    let id = set(store, "1001", "pbx1", true).await;
+    let client = h.client().await;
+    // The two GETs of the pass succeed; the POST is rate limited.
+    let start = now();
+    h.sim.set_faults(Faults::default());
+    let plan_reads = reconcile::run_pass(store, &client, &h.config, Mode::DryRun, start)
+        .await
+        .unwrap();
+    assert_eq!(plan_reads.plan.actions.len(), 1);
+    h.sim.set_faults(Faults {
+        rate_limit_next: 3,
+        retry_after_secs: 7,
+        ..Faults::default()
+    });
+    assert!(
+        reconcile::run_pass(store, &client, &h.config, Mode::Apply, start)
+            .await
+            .is_err(),
+        "the GETs were limited"
+    );
+    h.sim.set_faults(Faults::default());
+    // Now only the create fails: let the reads through, then limit.
+    let report = {
+        let client = h.client().await;
+        let pass = reconcile::run_pass(store, &client, &h.config, Mode::DryRun, start)
+            .await
+            .unwrap();
+        h.sim.set_faults(Faults {
+            rate_limit_next: 1,
+            retry_after_secs: 7,
+            ..Faults::default()
+        });
+        let options = reconcile::ApplyOptions {
+            max_in_flight: 4,
+            max_retry_after: h.config.mbg.max_retry_after,
+            now: start,
+        };
+        reconcile::apply::apply(store, &client, &pass.plan, &options)
+            .await
+            .unwrap()
+    };
+    assert_eq!(report.outcomes[0].status, Status::Failed);
+    let ext = store.extension(id).await.unwrap();
+    assert_eq!(ext.state, ExtensionState::Failed);
+    assert_eq!(ext.attempts, 1);
+    assert_eq!(ext.next_attempt_at, Some(start + 7), "Retry-After honoured");
+    assert!(ext.last_error.unwrap().contains("1001"));
+
+    // The token is revoked: the pass stops calling, and nothing is lost.
+    let settings = store.mbg_settings().await.unwrap();
+    h.sim.revoke(settings.access_token.unwrap().expose_secret());
+    let err = reconcile::run_pass(store, &client, &h.config, Mode::Apply, now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, reconcile::ReconcileError::Mbg(ref e) if matches!(e.kind, MbgErrorKind::Unauthorized(_)))
+    );
+    let ext = store.extension(id).await.unwrap();
+    assert!(ext.remote_auth_name.is_some(), "credentials kept");
+    assert_eq!(ext.state, ExtensionState::Failed, "still to do");
+}
