@@ -86,6 +86,11 @@ impl Store {
         let (backend, connect_url) = if url.is_postgres() {
             (Backend::Postgres, url.expose().to_string())
         } else {
+            create_private_file(url.expose()).map_err(|e| {
+                StoreError::Database(sqlx::Error::Configuration(
+                    format!("cannot create the SQLite file of {url}: {e}").into(),
+                ))
+            })?;
             (Backend::Sqlite, sqlite_url(url.expose()))
         };
         let pool = AnyPoolOptions::new()
@@ -125,6 +130,26 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Creates a missing SQLite file readable by its owner only: it will hold the MBG access token
+/// and every SIP password. An existing file keeps the permissions its admin gave it.
+fn create_private_file(url: &str) -> std::io::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.contains(":memory:") || std::path::Path::new(path).exists() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other.map(|_| ()),
     }
 }
 

@@ -80,3 +80,13 @@ async fn debug_output_never_shows_a_secret() {
     assert_no_secret(&format!("{config:?} {config:#?} {}", config.database.url));
     assert_no_secret(&format!("{store:?}"));
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::sqlite().await;
+    let path = db.url.trim_start_matches("sqlite://");
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+}
