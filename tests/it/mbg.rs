@@ -870,3 +870,104 @@ async fn no_secret_reaches_a_log_line_or_an_error_message() {
         assert!(!text.contains(secret.as_str()), "{secret} leaked: {text}");
     }
 }
+
+/// The unsigned admin API under `/sim/`, as users' own scripts drive it.
+#[tokio::test]
+async fn the_simulator_admin_api_works_over_http() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config()).await;
+    let admin = format!("http://{}/sim", h.sim.addr());
+    let http = reqwest::Client::new();
+    let temporary = token::request(
+        &h.db.store,
+        &h.config,
+        "t",
+        CONSUMER,
+        SECRET.into(),
+        Harness::now(),
+    )
+    .await
+    .unwrap();
+    let encoded: String = percent_encoding::utf8_percent_encode(
+        temporary.expose_secret(),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .to_string();
+    let approved: serde_json::Value = http
+        .post(format!("{admin}/tokens/{encoded}/approve"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let verifier = approved["verifier"].as_str().unwrap().to_string();
+    assert_eq!(verifier.len(), 6);
+    token::verify(&h.db.store, &h.config, &verifier, Harness::now())
+        .await
+        .unwrap();
+    let client = h.client().await;
+
+    let added: serde_json::Value = http
+        .post(format!("{admin}/devices"))
+        .json(&serde_json::json!({
+            "icp": "MiVO250-1", "setside_username": "byhand", "setside_password": "hand-pass-1",
+            "icpside_username": "1999", "icpside_password": "hand-pass-2"
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let guid = added["guid"].as_str().unwrap();
+    assert_eq!(
+        client.device(guid).await.unwrap().setside_username,
+        "byhand"
+    );
+
+    let faults = http
+        .put(format!("{admin}/faults"))
+        .json(&serde_json::json!({ "rate_limit_next": 1, "retry_after_secs": 3 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(faults.status(), 200);
+    assert_eq!(
+        client.ping().await.unwrap_err().kind,
+        MbgErrorKind::RateLimited(Some(Duration::from_secs(3)))
+    );
+
+    let advanced: serde_json::Value = http
+        .post(format!("{admin}/clock/advance"))
+        .json(&serde_json::json!({ "seconds": 400 * DAY }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(advanced["now"].as_i64().unwrap() > Harness::now() + 399 * DAY);
+    assert!(matches!(
+        client.ping().await.unwrap_err().kind,
+        MbgErrorKind::Unauthorized(_)
+    ));
+
+    let log: Vec<serde_json::Value> = http
+        .get(format!("{admin}/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        log.iter()
+            .any(|r| r["path"] == "/mslrest/ping/" && r["status"] == 429)
+    );
+    let unknown = http
+        .post(format!("{admin}/tokens/nope/revoke"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
