@@ -103,14 +103,22 @@ impl Store {
     }
 
     pub async fn extension(&self, id: i64) -> Result<Extension> {
-        self.extension_where("e.id = $1", id)
+        self.find_extension(id)
             .await?
             .ok_or_else(|| StoreError::NotFound(NotFound::Extension(format!("with id {id}"))))
     }
 
     /// `None` when the row is gone (deleted since a change was recorded).
     pub async fn find_extension(&self, id: i64) -> Result<Option<Extension>> {
-        self.extension_where("e.id = $1", id).await
+        let row = sqlx::query(AssertSqlSafe(format!("{EXTENSION_SELECT} WHERE e.id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+        row.as_ref()
+            .map(extension_from_row)
+            .transpose()
+            .map_err(StoreError::Database)
     }
 
     pub async fn extension_by_number(&self, number: &str) -> Result<Extension> {
@@ -125,20 +133,6 @@ impl Store {
             .into_iter()
             .next()
             .ok_or_else(|| StoreError::NotFound(NotFound::Extension(number.to_string())))
-    }
-
-    async fn extension_where(&self, condition: &str, id: i64) -> Result<Option<Extension>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "{EXTENSION_SELECT} WHERE {condition}"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::Database)?;
-        row.as_ref()
-            .map(extension_from_row)
-            .transpose()
-            .map_err(StoreError::Database)
     }
 
     pub async fn extensions(&self) -> Result<Vec<Extension>> {

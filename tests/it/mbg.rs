@@ -245,131 +245,89 @@ async fn tampered_replayed_and_stale_requests_are_rejected() {
         .with_token()
         .await;
     let access = h.access_token().await;
-    let get = reqwest::Method::GET;
-    let same = |h: String| h;
-    let q: &[(&str, &str)] = &[("page", "1")];
-    assert_eq!(
-        send_signed(
-            &h.sim,
-            &access,
-            ("GET", "ping/", q),
-            (get.clone(), "ping/?page=1"),
-            None,
-            same
-        )
-        .await,
-        200
-    );
-
-    // One byte of the signature flipped.
-    let flip = |header: String| {
+    let same: fn(String) -> String = |header| header;
+    let flip_signature_byte: fn(String) -> String = |header| {
         let at = header.find("oauth_signature=\"").unwrap() + "oauth_signature=\"".len();
         let mut bytes = header.into_bytes();
         bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
         String::from_utf8(bytes).unwrap()
     };
-    assert_eq!(
-        send_signed(
-            &h.sim,
-            &access,
-            ("GET", "ping/", q),
+    let now = chrono::Utc::now().timestamp() as u64;
+    let pinned = |nonce, timestamp| Some(Pinned { nonce, timestamp });
+    let (get, put) = (reqwest::Method::GET, reqwest::Method::PUT);
+    let page: &[(&str, &str)] = &[("page", "1")];
+    // (what, signed as, sent as, nonce and timestamp, tampering, expected status), in order:
+    // the replay case depends on the request before it.
+    let cases = [
+        (
+            "untouched",
+            ("GET", "ping/", page),
             (get.clone(), "ping/?page=1"),
             None,
-            flip
-        )
-        .await,
-        401
-    );
-    // A query parameter changed after signing.
-    assert_eq!(
-        send_signed(
-            &h.sim,
-            &access,
-            ("GET", "ping/", q),
+            same,
+            200,
+        ),
+        (
+            "signature byte flipped",
+            ("GET", "ping/", page),
+            (get.clone(), "ping/?page=1"),
+            None,
+            flip_signature_byte,
+            401,
+        ),
+        (
+            "query changed after signing",
+            ("GET", "ping/", page),
             (get.clone(), "ping/?page=2"),
             None,
-            same
-        )
-        .await,
-        401
-    );
-    // Signed as GET, sent as PUT.
-    assert_eq!(
-        send_signed(
-            &h.sim,
-            &access,
+            same,
+            401,
+        ),
+        (
+            "signed GET, sent PUT",
             ("GET", "base/v1/managetoken/", &[]),
-            (reqwest::Method::PUT, "base/v1/managetoken/"),
+            (put, "base/v1/managetoken/"),
             None,
-            same
-        )
-        .await,
-        401
-    );
-
-    // The same nonce and timestamp twice.
-    let now = chrono::Utc::now().timestamp() as u64;
-    let pinned = Pinned {
-        nonce: "replayed-nonce",
-        timestamp: now,
-    };
-    assert_eq!(
-        send_signed(
-            &h.sim,
-            &access,
+            same,
+            401,
+        ),
+        (
+            "first use of a nonce",
             ("GET", "ping/", &[]),
             (get.clone(), "ping/"),
-            Some(pinned),
-            same
-        )
-        .await,
-        200
-    );
-    assert_eq!(
-        send_signed(
-            &h.sim,
-            &access,
+            pinned("replayed-nonce", now),
+            same,
+            200,
+        ),
+        (
+            "the same nonce again",
             ("GET", "ping/", &[]),
             (get.clone(), "ping/"),
-            Some(pinned),
-            same
-        )
-        .await,
-        401
-    );
-    // A timestamp more than 300 s off.
-    let stale = Pinned {
-        nonce: "fresh-nonce",
-        timestamp: now - 301,
-    };
-    assert_eq!(
-        send_signed(
-            &h.sim,
-            &access,
+            pinned("replayed-nonce", now),
+            same,
+            401,
+        ),
+        (
+            "timestamp 301 s old",
             ("GET", "ping/", &[]),
             (get.clone(), "ping/"),
-            Some(stale),
-            same
-        )
-        .await,
-        401
-    );
-    let future = Pinned {
-        nonce: "fresh-nonce-2",
-        timestamp: now + 301,
-    };
-    assert_eq!(
-        send_signed(
-            &h.sim,
-            &access,
+            pinned("fresh-nonce", now - 301),
+            same,
+            401,
+        ),
+        (
+            "timestamp 301 s ahead",
             ("GET", "ping/", &[]),
             (get, "ping/"),
-            Some(future),
-            same
-        )
-        .await,
-        401
-    );
+            pinned("fresh-nonce-2", now + 301),
+            same,
+            401,
+        ),
+    ];
+    for (what, sign, send, pinned, tamper, expected) in cases {
+        let status = send_signed(&h.sim, &access, sign, send, pinned, tamper).await;
+        assert_eq!(status, expected, "{what}");
+    }
 }
 
 #[tokio::test]

@@ -92,7 +92,7 @@ async fn provisions_moves_and_removes_only_its_own_sip_users(db: TestDb) {
     let store = &h.db.store;
     nodes(store).await;
     let a = set(store, "1001", "pbx1", true).await;
-    let mut hot_desk = ExtensionSpec {
+    let hot_desk = ExtensionSpec {
         number: "1002".into(),
         node: "pbx1".into(),
         kind: Some(ExtensionKind::SipHotDesk),
@@ -194,7 +194,6 @@ async fn provisions_moves_and_removes_only_its_own_sip_users(db: TestDb) {
     assert!(by_number(&h.sim.devices(), "1001").is_empty());
 
     // The extension row deleted outright: its SIP user is still ours to remove.
-    hot_desk.use_remote_auth = None;
     store.delete_extension(b).await.unwrap();
     let gone = pass(&h).await;
     assert_eq!(verbs(&gone), [("1002".into(), "delete")]);
