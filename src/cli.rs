@@ -34,9 +34,12 @@ pub enum Command {
     Token(TokenCommand),
     /// One reconcile pass: make the MBG match the database, then exit
     Sync {
-        /// Print the plan and change nothing
+        /// Print the plan and change nothing (takes no lock)
         #[arg(long)]
         dry_run: bool,
+        /// How long to wait for another pass (a `sync` or the daemon) on this database to end
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        wait: std::time::Duration,
         #[command(flatten)]
         output: Output,
     },
@@ -107,6 +110,9 @@ pub struct SimulateArgs {
     /// Teleworker licences available [default: unlimited]
     #[arg(long, value_name = "N")]
     pub licences: Option<usize>,
+    /// Accept a second SIP user with a set-side name already in use, as a real MBG may
+    #[arg(long)]
+    pub allow_duplicate_setside_names: bool,
     /// Delay every API answer by this much
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub latency_ms: u64,
@@ -184,4 +190,8 @@ pub enum ExtensionCommand {
         #[command(flatten)]
         output: Output,
     },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    mbg_provision::config::human_duration::parse(text)
 }

@@ -41,9 +41,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Node(command) => node(&store, command).await?,
         Command::Extension(command) => extension(&store, &config, command).await?,
         Command::Token(command) => token_command(&store, &config, command).await?,
-        Command::Sync { dry_run, output } => {
-            reconcile_cli::sync(&store, &config, dry_run, output.json).await?
-        }
+        Command::Sync {
+            dry_run,
+            wait,
+            output,
+        } => reconcile_cli::sync(&store, &config, dry_run, wait, output.json).await?,
         Command::Status { output } => reconcile_cli::status(&store, output.json).await?,
         Command::Icps { output } => reconcile_cli::icps(&store, &config, output.json).await?,
         Command::Simulate(_) | Command::Demo => unreachable!("handled before the store is opened"),
@@ -387,6 +389,7 @@ async fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     let mut config = SimConfig {
         auto_approve: args.auto_approve,
         licences: args.licences,
+        duplicate_setside_names: args.allow_duplicate_setside_names,
         ..SimConfig::default()
     };
     config.faults.latency_ms = args.latency_ms;

@@ -64,6 +64,10 @@ pub struct MbgConfig {
     /// Upper bound on a `Retry-After` we obey, so a misbehaving MBG cannot park us for a day.
     #[serde(with = "human_duration")]
     pub max_retry_after: Duration,
+    /// How long one pass keeps retrying what the MBG could not do (429, 503, timeouts) before
+    /// it records the extension as `failed` for a later pass.
+    #[serde(with = "human_duration")]
+    pub retry_deadline: Duration,
     pub teleworker_licences: Option<u32>,
 }
 
@@ -75,6 +79,7 @@ impl Default for MbgConfig {
             max_in_flight: 8,
             timeout: Duration::from_secs(10),
             max_retry_after: Duration::from_secs(300),
+            retry_deadline: Duration::from_secs(60),
             teleworker_licences: None,
         }
     }

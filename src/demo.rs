@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, ensure};
 use mbg_provision::config::Config;
 use mbg_provision::reconcile::{self, Mode};
+use mbg_provision::shutdown::Shutdown;
 use mbg_provision::sim::{self, DeviceFields, SimConfig, SimConsumer};
 use mbg_provision::store::{ExtensionKind, ExtensionSpec, NewNode, Store};
 use mbg_provision::{credentials, token};
@@ -92,12 +93,28 @@ pub async fn run() -> Result<ExitCode> {
     let client = crate::reconcile_cli::client(&store, &config).await?;
 
     step("sync --dry-run: the plan, nothing changed yet");
-    let dry = reconcile::run_pass(&store, &client, &config, Mode::DryRun, now()).await?;
+    let dry = reconcile::run_pass(
+        &store,
+        &client,
+        &config,
+        Mode::DryRun,
+        &Shutdown::new(),
+        now(),
+    )
+    .await?;
     print_plan(&dry);
     print_results(&dry);
 
     step("sync: provision");
-    let first = reconcile::run_pass(&store, &client, &config, Mode::Apply, now()).await?;
+    let first = reconcile::run_pass(
+        &store,
+        &client,
+        &config,
+        Mode::Apply,
+        &Shutdown::new(),
+        now(),
+    )
+    .await?;
     print_plan(&first);
     print_results(&first);
     println!("SIP users on the MBG now: {}", mbg.devices().len());
@@ -119,7 +136,15 @@ pub async fn run() -> Result<ExitCode> {
     set(&store, &config, "1004", "pbx1", None, true).await?;
 
     step("sync again: 1002 removed, 1004 provisioned, the hand-made user left alone");
-    let second = reconcile::run_pass(&store, &client, &config, Mode::Apply, now()).await?;
+    let second = reconcile::run_pass(
+        &store,
+        &client,
+        &config,
+        Mode::Apply,
+        &Shutdown::new(),
+        now(),
+    )
+    .await?;
     print_plan(&second);
     print_results(&second);
     let devices = mbg.devices();
@@ -141,7 +166,15 @@ pub async fn run() -> Result<ExitCode> {
                 .unwrap_or_default()
         );
     }
-    let third = reconcile::run_pass(&store, &client, &config, Mode::DryRun, now()).await?;
+    let third = reconcile::run_pass(
+        &store,
+        &client,
+        &config,
+        Mode::DryRun,
+        &Shutdown::new(),
+        now(),
+    )
+    .await?;
     ensure!(
         third.plan.changes().next().is_none(),
         "a third pass must have nothing to change"

@@ -2,11 +2,15 @@
 
 use std::collections::HashSet;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mbg_provision::config::Config;
 use mbg_provision::mbg::MbgClient;
-use mbg_provision::reconcile::{self, Action, Mode, PassReport, Status};
+use mbg_provision::reconcile::{
+    self, Action, Adoption, Mode, Owner, PassReport, ReconcileError, Status,
+};
+use mbg_provision::shutdown::{self, Shutdown};
 use mbg_provision::store::Store;
 use mbg_provision::token::{self, TokenStatus};
 use serde_json::json;
@@ -26,17 +30,61 @@ pub async fn client(store: &Store, config: &Config) -> Result<MbgClient> {
     Ok(token::client(config, &settings)?)
 }
 
-pub async fn sync(store: &Store, config: &Config, dry_run: bool, json: bool) -> Result<ExitCode> {
+pub async fn sync(
+    store: &Store,
+    config: &Config,
+    dry_run: bool,
+    wait: Duration,
+    json: bool,
+) -> Result<ExitCode> {
     let client = client(store, config).await?;
+    let shutdown = Shutdown::new();
+    shutdown
+        .on_signals()
+        .context("cannot listen for SIGINT/SIGTERM")?;
     let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
-    let report = reconcile::run_pass(store, &client, config, mode, now())
-        .await
-        .context("sync failed")?;
+    // A dry run changes nothing, so it needs no lock and never waits.
+    let lock = match mode {
+        Mode::DryRun => None,
+        Mode::Apply => {
+            let waiting = store.lock_passes(wait, |holder| {
+                eprintln!(
+                    "waiting up to {} s for the pass running on this database ({}) to end",
+                    wait.as_secs(),
+                    holder.map_or("holder unknown".to_string(), |h| h.to_string())
+                );
+            });
+            let lock = tokio::select! {
+                lock = waiting => lock?,
+                _ = shutdown.triggered() => return Ok(signal_exit(&shutdown)),
+            };
+            Some(lock)
+        }
+    };
+    let result = reconcile::run_pass(store, &client, config, mode, &shutdown, now()).await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    let report = match result {
+        Err(ReconcileError::Interrupted) => return Ok(signal_exit(&shutdown)),
+        other => other.context("sync failed")?,
+    };
+    if let Some(waiting) = report.waiting {
+        eprintln!(
+            "{} extension(s) had failed and were waiting for their retry (due {} to {}); retrying them now",
+            waiting.count,
+            token::date(waiting.due_from),
+            token::date(waiting.due_until)
+        );
+    }
     if json {
         print_json(&report_json(&report))?;
     } else {
         print_plan(&report);
         print_results(&report);
+    }
+    if shutdown.is_triggered() {
+        return Ok(signal_exit(&shutdown));
     }
     if let Some(refused) = report
         .applied
@@ -46,6 +94,14 @@ pub async fn sync(store: &Store, config: &Config, dry_run: bool, json: bool) -> 
         bail!("stopped calling the MBG: {refused}");
     }
     Ok(exit_code(&report))
+}
+
+/// 128 + the signal's number, as shells report a process ended by it: 130 for SIGINT, 143 for
+/// SIGTERM.
+fn signal_exit(shutdown: &Shutdown) -> ExitCode {
+    let signal = shutdown.signal().unwrap_or(shutdown::SIGINT);
+    eprintln!("stopped by signal {signal}: calls in flight were finished and recorded");
+    ExitCode::from(128 + signal as u8)
 }
 
 pub fn exit_code(report: &PassReport) -> ExitCode {
@@ -85,16 +141,35 @@ fn describe(report: &PassReport, action: &Action) -> String {
         Action::Update { guid, changes, .. } => {
             format!("SIP user {guid}: {}", changes.join(", "))
         }
-        Action::Adopt { guid, changes, .. } => format!(
-            "SIP user {guid} has this number under the right ICP: take it over, overwrite {}",
+        Action::Adopt {
+            guid,
+            changes,
+            proof,
+            ..
+        } => format!(
+            "SIP user {guid} {}: take it over, overwrite {}",
+            match proof {
+                Adoption::ExactMatch => "has this number under the right ICP",
+                Adoption::OwnCredentials => "carries this extension's credentials (ours)",
+            },
             if changes.is_empty() {
                 "nothing".to_string()
             } else {
                 changes.join(", ")
             }
         ),
-        Action::Delete { guid, .. } => format!("SIP user {guid}"),
-        Action::Forget { guid, .. } => format!("SIP user {guid} is already gone: clear the record"),
+        Action::Delete { guid, owner, .. } => match owner {
+            Owner::Extension(_) => format!("SIP user {guid}"),
+            Owner::Released { .. } => format!("SIP user {guid} of a deleted extension"),
+            Owner::Duplicate => {
+                format!("SIP user {guid}: a second copy with this extension's credentials")
+            }
+        },
+        Action::Forget { guid, .. } => format!(
+            "{} is not on the MBG (or is another row's): clear the record",
+            guid.as_deref()
+                .map_or("no SIP user".to_string(), |g| format!("SIP user {g}"))
+        ),
         Action::Report { problem, .. } => problem.fix(),
     }
 }
@@ -148,11 +223,13 @@ pub fn print_results(report: &PassReport) {
         );
     }
     println!(
-        "Applied: {} done, {} failed (retried later), {} need attention, {} skipped.",
+        "Applied: {} done, {} failed (retried later), {} need attention, {} skipped, {} changed meanwhile (left for the next pass); {} MBG calls.",
         count(Status::Done),
         count(Status::Failed),
         count(Status::NeedsAttention),
-        count(Status::Skipped)
+        count(Status::Skipped),
+        count(Status::Stale),
+        applied.calls
     );
 }
 

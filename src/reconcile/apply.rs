@@ -3,28 +3,45 @@
 //!
 //! Write-ahead: credentials are committed before a pass plans anything (see `run_pass`), and a
 //! created device's guid is committed right after the MBG answers. If the process dies between the
-//! two, the next pass finds the device by number and ICP and adopts it: no duplicate, no orphan.
+//! two, the next pass finds the device by the credentials it carries and takes it back: no
+//! duplicate, no orphan.
+//!
+//! Calls that fail for a passing reason (429, 503, a timeout, a dropped connection) are retried
+//! within the pass, in rounds, while `mbg.retry_deadline` allows; only then is the extension
+//! recorded as `failed` with its `next_attempt_at`. A create whose answer was lost may have gone
+//! through: before it is posted again, one device list per round (not one per create: the MBG is
+//! already struggling) shows which did.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rand::RngExt;
+use secrecy::ExposeSecret;
 use tracing::{Instrument, info, warn};
 
-use super::plan::{Action, Plan};
-use crate::mbg::{MbgClient, MbgError, MbgErrorKind};
-use crate::store::{AuditEntry, ExtensionState, StateUpdate, Store, StoreError};
+use super::plan::{Action, Adoption, Owner, Plan};
+use crate::mbg::{MbgClient, MbgError, MbgErrorKind, NewSipDevice};
+use crate::shutdown::Shutdown;
+use crate::store::{
+    AuditEntry, DeviceFact, Extension, ExtensionState, OutcomeWrite, StateUpdate, Store, StoreError,
+};
 
-/// First retry delay after a failure; doubled per attempt up to [`MAX_BACKOFF`].
+/// First retry delay of a later pass after a failure; doubled per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Within a pass: the first retry after this, doubled per round.
+const IN_PASS_BACKOFF: Duration = Duration::from_millis(500);
+/// Calls of one action within a pass, at most.
+const IN_PASS_ATTEMPTS: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
     pub max_in_flight: usize,
     /// A longer `Retry-After` is shortened to this.
     pub max_retry_after: Duration,
+    /// No retry round starts after this instant.
+    pub retry_until: Instant,
     pub now: i64,
 }
 
@@ -36,12 +53,16 @@ pub enum Status {
     Failed,
     /// A human must fix something first.
     NeedsAttention,
-    /// Not attempted: the token was refused earlier in this pass.
+    /// Not attempted: the token was refused, or a stop was asked, earlier in this pass.
     Skipped,
+    /// Done on the MBG, but the row changed after the plan was made: its state is left for the
+    /// next pass, which plans from the new row.
+    Stale,
 }
 
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    pub extension_id: Option<i64>,
     pub number: String,
     pub verb: &'static str,
     pub status: Status,
@@ -54,68 +75,225 @@ pub struct ApplyReport {
     pub outcomes: Vec<Outcome>,
     /// Set when the MBG answered 401: the token is gone and the pass stopped calling it.
     pub token_refused: Option<MbgError>,
+    /// Set when a stop was asked: actions not yet started were skipped.
+    pub interrupted: bool,
+    /// MBG calls made, retries included.
+    pub calls: usize,
 }
 
-/// Delay before the next attempt: `Retry-After` when the MBG gave one, else exponential
+/// Delay before a later pass tries again: `Retry-After` when the MBG gave one, else exponential
 /// backoff with jitter so that many failed extensions do not all retry in the same second.
 pub fn retry_delay(attempts: u32, retry_after: Option<Duration>, cap: Duration) -> Duration {
+    backoff(BASE_BACKOFF, MAX_BACKOFF, attempts, retry_after, cap)
+}
+
+/// Delay before the next round within a pass.
+pub fn in_pass_delay(round: u32, retry_after: Option<Duration>, cap: Duration) -> Duration {
+    backoff(IN_PASS_BACKOFF, cap, round, retry_after, cap)
+}
+
+fn backoff(
+    base: Duration,
+    max: Duration,
+    attempts: u32,
+    retry_after: Option<Duration>,
+    cap: Duration,
+) -> Duration {
     if let Some(after) = retry_after {
         return after.min(cap);
     }
-    let exponential = BASE_BACKOFF
-        .saturating_mul(1 << attempts.min(16))
-        .min(MAX_BACKOFF);
+    let exponential = base.saturating_mul(1 << attempts.min(16)).min(max);
     exponential.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
-pub async fn apply(
-    store: &Store,
-    client: &MbgClient,
-    plan: &Plan,
-    options: &ApplyOptions,
-) -> Result<ApplyReport, StoreError> {
-    let refused = AtomicBool::new(false);
-    let first_refusal = std::sync::Mutex::new(None);
-    let results: Vec<Result<Outcome, StoreError>> = futures_util::stream::iter(&plan.actions)
-        .map(|action| {
-            let span =
-                tracing::info_span!("apply", extension = %action.number(), action = action.verb());
-            let (refused, first_refusal) = (&refused, &first_refusal);
-            async move {
-                if action.is_change() && refused.load(Ordering::SeqCst) {
-                    return Ok(outcome(
-                        action,
-                        Status::Skipped,
-                        "the MBG refused the token".into(),
-                    ));
+/// What the pass knows that apply needs: the rows as planned, and the stop signal.
+pub struct Context<'a> {
+    pub store: &'a Store,
+    pub client: &'a MbgClient,
+    pub planned: &'a HashMap<i64, Extension>,
+    pub shutdown: &'a Shutdown,
+    pub options: &'a ApplyOptions,
+}
+
+/// Where one action stands after a round.
+enum Step<'p> {
+    Recorded(Outcome),
+    /// Failed for a passing reason: another round may retry it.
+    Retry(&'p Action, MbgError),
+    /// The MBG answered 401: the token is gone.
+    Refused(Outcome, MbgError),
+}
+
+pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreError> {
+    let mut report = ApplyReport::default();
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    let mut pending: Vec<&Action> = plan.actions.iter().collect();
+    for round in 1.. {
+        let steps: Vec<(Step, bool)> = futures_util::stream::iter(pending)
+            .map(|action| {
+                let span = tracing::info_span!("apply", extension = %action.number(), action = action.verb());
+                let refused = &refused;
+                async move {
+                    if action.is_change() {
+                        let why = if refused.load(std::sync::atomic::Ordering::SeqCst) {
+                            Some("not attempted: the MBG refused the token")
+                        } else if cx.shutdown.is_triggered() {
+                            Some("not attempted: stopped by a signal")
+                        } else {
+                            None
+                        };
+                        if let Some(why) = why {
+                            return (Step::Recorded(outcome(action, Status::Skipped, why.into())), false);
+                        }
+                    }
+                    let called = action.is_mbg_call();
+                    // Recorded as soon as the MBG answers: a guid must reach the database even
+                    // if the process dies before the rest of the round is done.
+                    let step = match call(cx.client, action).await {
+                        Ok(created) => Step::Recorded(recorded(action, record_success(cx, action, created).await)),
+                        Err(error) => {
+                            if let MbgErrorKind::Unauthorized(_) = error.kind {
+                                refused.store(true, std::sync::atomic::Ordering::SeqCst);
+                                warn!(error = %error, "the MBG refused the token; no more calls this pass");
+                                audit(cx, action, "failed", &error.to_string()).await.ok();
+                                Step::Refused(outcome(action, Status::Skipped, error.to_string()), error)
+                            } else if error.is_retryable() {
+                                Step::Retry(action, error)
+                            } else {
+                                Step::Recorded(recorded(action, record_failure(cx, action, &error).await))
+                            }
+                        }
+                    };
+                    (step, called)
                 }
-                let result = apply_one(store, client, action, options).await;
-                if let Err(Refusal(error)) = &result {
-                    refused.store(true, Ordering::SeqCst);
-                    first_refusal.lock().unwrap().get_or_insert(error.clone());
+                .instrument(span)
+            })
+            .buffer_unordered(cx.options.max_in_flight.max(1))
+            .collect()
+            .await;
+        let mut retry: Vec<(&Action, MbgError)> = Vec::new();
+        for (step, called) in steps {
+            report.calls += usize::from(called);
+            match step {
+                Step::Recorded(outcome) => {
+                    report.interrupted |=
+                        outcome.status == Status::Skipped && cx.shutdown.is_triggered();
+                    report.outcomes.push(outcome);
                 }
-                match result {
-                    Ok(done) => Ok(done),
-                    Err(Refusal(error)) => Ok(outcome(action, Status::Skipped, error.to_string())),
+                Step::Retry(action, error) => retry.push((action, error)),
+                Step::Refused(outcome, error) => {
+                    report.outcomes.push(outcome);
+                    report.token_refused.get_or_insert(error);
                 }
             }
-            .instrument(span)
-        })
-        .buffer_unordered(options.max_in_flight.max(1))
-        .collect()
-        .await;
-    let outcomes = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok(ApplyReport {
-        outcomes,
-        token_refused: first_refusal.into_inner().unwrap(),
+        }
+        if retry.is_empty() {
+            break;
+        }
+        let delay = retry
+            .iter()
+            .map(|(_, e)| in_pass_delay(round - 1, retry_after(e), cx.options.max_retry_after))
+            .max()
+            .unwrap_or_default();
+        let give_up = report.token_refused.is_some()
+            || cx.shutdown.is_triggered()
+            || round >= IN_PASS_ATTEMPTS
+            || Instant::now() + delay > cx.options.retry_until;
+        if !give_up {
+            info!(
+                actions = retry.len(),
+                delay_ms = delay.as_millis() as u64,
+                round,
+                "retrying what the MBG could not do"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cx.shutdown.triggered() => {}
+            }
+        }
+        if give_up || cx.shutdown.is_triggered() {
+            for (action, error) in retry {
+                report
+                    .outcomes
+                    .push(recorded(action, record_failure(cx, action, &error).await));
+            }
+            break;
+        }
+        let mut again = Vec::new();
+        let lost: Vec<&(&Action, MbgError)> = retry
+            .iter()
+            .filter(|(a, e)| matches!(a, Action::Create { .. }) && answer_may_be_lost(e))
+            .collect();
+        let found = if lost.is_empty() {
+            Ok(Vec::new())
+        } else {
+            report.calls += 1;
+            cx.client.devices().await
+        };
+        for (action, error) in &retry {
+            let lost_create = lost.iter().any(|(a, _)| std::ptr::eq(*a, *action));
+            if !lost_create {
+                again.push(*action);
+                continue;
+            }
+            let Action::Create { device, .. } = action else {
+                unreachable!("only creates are looked up")
+            };
+            match &found {
+                Ok(devices) => match devices.iter().find(|d| carries(d, device)) {
+                    Some(made) => {
+                        info!(extension = %action.number(), guid = %made.guid, "the create went through before its answer was lost");
+                        let result = record_success(cx, action, Some(made.guid.clone())).await;
+                        report.outcomes.push(recorded(action, result));
+                    }
+                    None => again.push(*action),
+                },
+                // Unknown whether it went through: never post twice. The next pass sees the
+                // device, if there is one, and takes it back by its credentials.
+                Err(_) => report
+                    .outcomes
+                    .push(recorded(action, record_failure(cx, action, error).await)),
+            }
+        }
+        if again.is_empty() {
+            break;
+        }
+        pending = again;
+    }
+    Ok(report)
+}
+
+fn retry_after(error: &MbgError) -> Option<Duration> {
+    match error.kind {
+        MbgErrorKind::RateLimited(after) => after,
+        _ => None,
+    }
+}
+
+/// A 429 says the request was not carried out; a timeout, a reset or a 5xx may hide a success.
+fn answer_may_be_lost(error: &MbgError) -> bool {
+    matches!(error.kind, MbgErrorKind::Unavailable(_))
+}
+
+/// Whether `device` is what `wanted` asked the MBG to create.
+fn carries(device: &crate::mbg::SipDevice, wanted: &NewSipDevice) -> bool {
+    device.icpside_username == wanted.icpside_username
+        && device.setside_username == wanted.setside_username
+        && device.setside_password.expose_secret() == wanted.setside_password.expose_secret()
+}
+
+/// An outcome, or the database error that kept it from being stored: said loudly; the next pass
+/// reads the MBG again and converges (a created device is taken back by its credentials).
+fn recorded(action: &Action, result: Result<Outcome, StoreError>) -> Outcome {
+    result.unwrap_or_else(|e| {
+        warn!(extension = %action.number(), error = %e, "cannot record the outcome in the database");
+        outcome(action, Status::Failed, format!("database: {e}"))
     })
 }
 
-/// A 401: the token is gone. Not an outcome of the action but of the whole pass.
-struct Refusal(MbgError);
-
 fn outcome(action: &Action, status: Status, detail: String) -> Outcome {
     Outcome {
+        extension_id: action.extension_id(),
         number: action.number().to_string(),
         verb: action.verb(),
         status,
@@ -123,53 +301,16 @@ fn outcome(action: &Action, status: Status, detail: String) -> Outcome {
     }
 }
 
-async fn apply_one(
-    store: &Store,
-    client: &MbgClient,
-    action: &Action,
-    options: &ApplyOptions,
-) -> Result<Outcome, Refusal> {
-    let result = call(client, action).await;
-    match record(store, action, result, options).await {
-        Ok(Ok(outcome)) => Ok(outcome),
-        Ok(Err(refusal)) => Err(refusal),
-        // The MBG call happened but its outcome could not be stored: say so loudly; the next
-        // pass reads the MBG again and converges (a created device is adopted).
-        Err(e) => {
-            warn!(error = %e, "cannot record the outcome in the database");
-            Ok(outcome(action, Status::Failed, format!("database: {e}")))
-        }
-    }
-}
-
 /// The MBG call of an action; `Ok(Some(guid))` for a created device.
 async fn call(client: &MbgClient, action: &Action) -> Result<Option<String>, MbgError> {
     match action {
-        Action::Create { number, device, .. } => match client.create_device(device).await {
-            Ok(guid) => Ok(Some(guid)),
-            // The POST may have reached the MBG before the connection failed: look before the
-            // next attempt posts again, so there is never a duplicate.
-            Err(e) if matches!(e.kind, MbgErrorKind::Unavailable(_)) => {
-                let devices = client.devices().await.map_err(|_| e.clone())?;
-                match devices.into_iter().find(|d| {
-                    d.icpside_username == *number
-                        && d.icp == device.icp
-                        && d.setside_username == device.setside_username
-                }) {
-                    Some(found) => {
-                        info!(guid = %found.guid, "the create went through before the connection failed");
-                        Ok(Some(found.guid))
-                    }
-                    None => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        },
+        Action::Create { device, .. } => client.create_device(device).await.map(Some),
         Action::Update { guid, patch, .. } | Action::Adopt { guid, patch, .. } => {
-            if !patch.is_empty() {
-                client.update_device(guid, patch).await?;
+            if patch.is_empty() {
+                Ok(None)
+            } else {
+                client.update_device(guid, patch).await.map(|_| None)
             }
-            Ok(None)
         }
         Action::Delete { guid, .. } => match client.delete_device(guid).await {
             Err(e) if e.kind == MbgErrorKind::NotFound => Ok(None),
@@ -179,131 +320,188 @@ async fn call(client: &MbgClient, action: &Action) -> Result<Option<String>, Mbg
     }
 }
 
-async fn record(
-    store: &Store,
-    action: &Action,
-    result: Result<Option<String>, MbgError>,
-    options: &ApplyOptions,
-) -> Result<Result<Outcome, Refusal>, StoreError> {
-    let now = options.now;
-    let settled = |state| StateUpdate {
+fn settled(state: ExtensionState) -> StateUpdate {
+    StateUpdate {
         state,
         last_error: None,
         attempts: 0,
         next_attempt_at: None,
-    };
-    let error = match result {
-        Ok(created) => {
-            let detail = match action {
-                Action::Create { extension_id, .. } => {
-                    let guid = created.expect("a create returns its guid");
-                    store
-                        .record_device(*extension_id, Some(&guid), true)
-                        .await?;
-                    store
-                        .set_state(*extension_id, &settled(ExtensionState::Provisioned))
-                        .await?;
-                    format!("created SIP user {guid}")
-                }
-                Action::Update {
-                    extension_id,
-                    guid,
-                    changes,
-                    ..
-                } => {
-                    store
-                        .set_state(*extension_id, &settled(ExtensionState::Provisioned))
-                        .await?;
-                    format!("updated SIP user {guid}: {}", changes.join(", "))
-                }
-                Action::Adopt {
-                    extension_id,
-                    guid,
-                    changes,
-                    ..
-                } => {
-                    store.record_device(*extension_id, Some(guid), true).await?;
-                    store
-                        .set_state(*extension_id, &settled(ExtensionState::Provisioned))
-                        .await?;
-                    format!("adopted SIP user {guid}, overwrote: {}", changes.join(", "))
-                }
-                Action::Delete {
-                    extension_id, guid, ..
-                }
-                | Action::Forget {
-                    extension_id, guid, ..
-                } => {
-                    match extension_id {
-                        Some(id) => {
-                            store.record_device(*id, None, false).await?;
-                            store.set_state(*id, &settled(ExtensionState::Idle)).await?;
-                        }
-                        None => store.forget_released_device(guid).await?,
-                    }
-                    match action {
-                        Action::Delete { .. } => format!("deleted SIP user {guid}"),
-                        _ => format!("SIP user {guid} was already gone from the MBG"),
-                    }
-                }
-                Action::Report {
-                    extension_id,
-                    problem,
-                    ..
-                } => {
-                    let needs = StateUpdate {
-                        state: ExtensionState::NeedsAttention,
-                        last_error: Some(problem.fix()),
-                        attempts: 0,
-                        next_attempt_at: None,
-                    };
-                    store.set_state(*extension_id, &needs).await?;
-                    warn!(problem = %problem, "needs attention");
-                    return Ok(Ok(outcome(action, Status::NeedsAttention, problem.fix())));
-                }
-            };
-            audit(store, action, "ok", &detail, now).await?;
-            info!("{detail}");
-            return Ok(Ok(outcome(action, Status::Done, detail)));
-        }
-        Err(error) => error,
-    };
-
-    let detail = format!("extension {}: {error}", action.number());
-    audit(store, action, "failed", &detail, now).await?;
-    if let MbgErrorKind::Unauthorized(_) = error.kind {
-        warn!(error = %error, "the MBG refused the token; no more calls this pass");
-        return Ok(Err(Refusal(error)));
     }
-    let Some(extension_id) = action.extension_id() else {
-        warn!(error = %error, "cannot remove a released SIP user; retried next pass");
-        return Ok(Ok(outcome(action, Status::Failed, detail)));
+}
+
+/// Writes an extension's outcome, conditional on the row being as planned.
+async fn write(
+    cx: &Context<'_>,
+    extension_id: i64,
+    device: DeviceFact,
+    state: StateUpdate,
+) -> Result<bool, StoreError> {
+    let Some(planned) = cx.planned.get(&extension_id) else {
+        return Ok(false);
     };
-    let (status, update) = match &error.kind {
-        MbgErrorKind::NotFound => {
-            // The device vanished under us (removed by hand): forget it, create anew next pass.
-            store.record_device(extension_id, None, false).await?;
+    cx.store
+        .write_outcome(&OutcomeWrite {
+            extension_id,
+            planned_version: planned.version,
+            device,
+            state,
+        })
+        .await
+}
+
+async fn record_success(
+    cx: &Context<'_>,
+    action: &Action,
+    created: Option<String>,
+) -> Result<Outcome, StoreError> {
+    let provisioned = settled(ExtensionState::Provisioned);
+    let (current, detail) = match action {
+        Action::Create { extension_id, .. } => {
+            let guid = created.expect("a create returns its guid");
+            let current = write(
+                cx,
+                *extension_id,
+                DeviceFact::Holds(guid.clone()),
+                provisioned,
+            )
+            .await?;
+            (current, format!("created SIP user {guid}"))
+        }
+        Action::Update {
+            extension_id,
+            guid,
+            changes,
+            ..
+        } => {
+            let current = write(cx, *extension_id, DeviceFact::Unchanged, provisioned).await?;
             (
-                Status::Failed,
-                StateUpdate {
-                    state: ExtensionState::Pending,
-                    last_error: Some(detail.clone()),
-                    attempts: 0,
-                    next_attempt_at: Some(now),
-                },
+                current,
+                format!("updated SIP user {guid}: {}", changes.join(", ")),
             )
         }
+        Action::Adopt {
+            extension_id,
+            guid,
+            changes,
+            proof,
+            ..
+        } => {
+            let current = write(
+                cx,
+                *extension_id,
+                DeviceFact::Holds(guid.clone()),
+                provisioned,
+            )
+            .await?;
+            let why = match proof {
+                Adoption::ExactMatch => "adopted",
+                Adoption::OwnCredentials => "took back (it carries this extension's credentials)",
+            };
+            let changed = if changes.is_empty() {
+                "nothing".to_string()
+            } else {
+                changes.join(", ")
+            };
+            (
+                current,
+                format!("{why} SIP user {guid}, overwrote: {changed}"),
+            )
+        }
+        Action::Delete { owner, guid, .. } => {
+            let current = forget(cx, *owner).await?;
+            (current, format!("deleted SIP user {guid}"))
+        }
+        Action::Forget { owner, guid, .. } => {
+            let current = forget(cx, *owner).await?;
+            let what = guid
+                .as_deref()
+                .map_or("no SIP user".to_string(), |g| format!("SIP user {g}"));
+            (
+                current,
+                format!("cleared the record: {what} is not on the MBG (or is another row's)"),
+            )
+        }
+        Action::Report {
+            extension_id,
+            problem,
+            ..
+        } => {
+            let needs = StateUpdate {
+                state: ExtensionState::NeedsAttention,
+                last_error: Some(problem.fix()),
+                attempts: 0,
+                next_attempt_at: None,
+            };
+            let current = write(cx, *extension_id, DeviceFact::Unchanged, needs).await?;
+            warn!(extension = %action.number(), problem = %problem, "needs attention");
+            let status = if current {
+                Status::NeedsAttention
+            } else {
+                Status::Stale
+            };
+            return Ok(outcome(action, status, problem.fix()));
+        }
+    };
+    audit(cx, action, "ok", &detail).await?;
+    info!(extension = %action.number(), "{detail}");
+    Ok(if current {
+        outcome(action, Status::Done, detail)
+    } else {
+        outcome(
+            action,
+            Status::Stale,
+            format!("{detail}; the extension changed meanwhile: the next pass takes it from here"),
+        )
+    })
+}
+
+/// The bookkeeping once a device of `owner` is gone. `false` when the row changed meanwhile.
+async fn forget(cx: &Context<'_>, owner: Owner) -> Result<bool, StoreError> {
+    match owner {
+        Owner::Extension(id) => {
+            write(cx, id, DeviceFact::Gone, settled(ExtensionState::Idle)).await
+        }
+        Owner::Released { id, last: true } => cx.store.forget_released(id).await.map(|_| true),
+        Owner::Released { last: false, .. } | Owner::Duplicate => Ok(true),
+    }
+}
+
+async fn record_failure(
+    cx: &Context<'_>,
+    action: &Action,
+    error: &MbgError,
+) -> Result<Outcome, StoreError> {
+    let now = cx.options.now;
+    let detail = format!("extension {}: {error}", action.number());
+    audit(cx, action, "failed", &detail).await?;
+    let Some(extension_id) = action.extension_id() else {
+        warn!(extension = %action.number(), error = %error, "cannot remove a SIP user of ours; retried next pass");
+        return Ok(outcome(action, Status::Failed, detail));
+    };
+    let attempts = cx
+        .planned
+        .get(&extension_id)
+        .map_or(0, |e| e.attempts)
+        .saturating_add(1);
+    let (status, device, update) = match &error.kind {
+        // The device vanished under us (removed by hand): forget it, create anew next pass.
+        MbgErrorKind::NotFound => (
+            Status::Failed,
+            DeviceFact::Gone,
+            StateUpdate {
+                state: ExtensionState::Pending,
+                last_error: Some(detail.clone()),
+                attempts: 0,
+                next_attempt_at: Some(now),
+            },
+        ),
         MbgErrorKind::RateLimited(_)
         | MbgErrorKind::Unavailable(_)
         | MbgErrorKind::Malformed(_) => {
-            let attempts = store.extension(extension_id).await?.attempts + 1;
-            let retry_after = match error.kind {
-                MbgErrorKind::RateLimited(after) => after,
-                _ => None,
-            };
-            let delay = retry_delay(attempts, retry_after, options.max_retry_after);
+            let delay = retry_delay(attempts, retry_after(error), cx.options.max_retry_after);
             (
                 Status::Failed,
+                DeviceFact::Unchanged,
                 StateUpdate {
                     state: ExtensionState::Failed,
                     last_error: Some(detail.clone()),
@@ -314,6 +512,7 @@ async fn record(
         }
         _ => (
             Status::NeedsAttention,
+            DeviceFact::Unchanged,
             StateUpdate {
                 state: ExtensionState::NeedsAttention,
                 last_error: Some(detail.clone()),
@@ -322,21 +521,24 @@ async fn record(
             },
         ),
     };
-    store.set_state(extension_id, &update).await?;
-    warn!(error = %error, "failed");
-    Ok(Ok(outcome(action, status, detail)))
+    warn!(extension = %action.number(), error = %error, "failed");
+    let current = write(cx, extension_id, device, update).await?;
+    Ok(outcome(
+        action,
+        if current { status } else { Status::Stale },
+        detail,
+    ))
 }
 
 async fn audit(
-    store: &Store,
+    cx: &Context<'_>,
     action: &Action,
     outcome: &str,
     detail: &str,
-    at: i64,
 ) -> Result<(), StoreError> {
-    store
+    cx.store
         .audit(&AuditEntry {
-            at,
+            at: cx.options.now,
             extension: Some(action.number().to_string()),
             action: action.verb().to_string(),
             outcome: outcome.to_string(),
@@ -363,5 +565,17 @@ mod tests {
             Duration::from_secs(7)
         );
         assert_eq!(retry_delay(1, Some(Duration::from_secs(9999)), cap), cap);
+    }
+
+    #[test]
+    fn in_pass_rounds_start_short_and_stay_under_the_cap() {
+        let cap = Duration::from_secs(5);
+        let first = in_pass_delay(0, None, cap);
+        assert!(
+            first <= IN_PASS_BACKOFF && first >= IN_PASS_BACKOFF / 2,
+            "{first:?}"
+        );
+        assert!(in_pass_delay(30, None, cap) <= cap);
+        assert_eq!(in_pass_delay(0, Some(Duration::from_secs(60)), cap), cap);
     }
 }

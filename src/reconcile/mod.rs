@@ -4,16 +4,19 @@
 pub mod apply;
 pub mod plan;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::credentials;
 use crate::mbg::{MbgClient, MbgError};
-use crate::store::{Extension, Store, StoreError};
+use crate::shutdown::Shutdown;
+use crate::store::{Extension, ExtensionState, Store, StoreError};
 pub use apply::{ApplyOptions, ApplyReport, Outcome, Status};
-pub use plan::{Action, Plan, Problem};
+pub use plan::{Action, Adoption, Owner, Plan, Problem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -24,10 +27,47 @@ pub enum Mode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
+    // Not `#[from]`/`#[source]`: the message already quotes the MBG's, and anyhow would repeat it.
     #[error("cannot read the MBG's state: {0}")]
-    Mbg(#[from] MbgError),
+    Mbg(MbgError),
+    #[error(
+        "cannot read the MBG's state: it kept failing for {} s ({attempts} attempts, mbg.retry_deadline); last: {last}",
+        .waited.as_secs()
+    )]
+    GaveUp {
+        attempts: u32,
+        waited: Duration,
+        last: MbgError,
+    },
+    #[error("stopped by a signal before the MBG's state was read")]
+    Interrupted,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl ReconcileError {
+    /// The MBG's answer, when the pass failed on one (a 401 among them).
+    pub fn mbg(&self) -> Option<&MbgError> {
+        match self {
+            ReconcileError::Mbg(e) | ReconcileError::GaveUp { last: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<MbgError> for ReconcileError {
+    fn from(error: MbgError) -> Self {
+        ReconcileError::Mbg(error)
+    }
+}
+
+/// Extensions that were waiting for a retry when the pass began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    pub count: usize,
+    /// The earliest and latest `next_attempt_at` among them.
+    pub due_from: i64,
+    pub due_until: i64,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +76,7 @@ pub struct PassReport {
     pub applied: Option<ApplyReport>,
     /// Extensions by id, as planned (for printing node names and such).
     pub extensions: HashMap<i64, Extension>,
+    pub waiting: Option<Waiting>,
 }
 
 impl PassReport {
@@ -53,24 +94,32 @@ impl PassReport {
     pub fn succeeded(&self) -> bool {
         self.applied.as_ref().is_none_or(|report| {
             report.token_refused.is_none()
-                && report
-                    .outcomes
-                    .iter()
-                    .all(|o| matches!(o.status, Status::Done | Status::NeedsAttention))
+                && !report.interrupted
+                && report.outcomes.iter().all(|o| {
+                    matches!(
+                        o.status,
+                        Status::Done | Status::NeedsAttention | Status::Stale
+                    )
+                })
         })
     }
 }
 
 /// One full reconcile: credentials first (committed before any MBG call), then the MBG's state,
 /// the plan, and in [`Mode::Apply`] its execution. Changes recorded before the pass are
-/// acknowledged after it, because a full pass covers them.
+/// acknowledged after it, except those of extensions that changed meanwhile or were not reached
+/// (stopped, token refused): the next pass takes them.
+///
+/// In [`Mode::Apply`] the caller must hold the pass lock ([`Store::lock_passes`]).
 pub async fn run_pass(
     store: &Store,
     client: &MbgClient,
     config: &Config,
     mode: Mode,
+    shutdown: &Shutdown,
     now: i64,
 ) -> Result<PassReport, ReconcileError> {
+    let retry_until = Instant::now() + config.mbg.retry_deadline;
     let new_credentials = || {
         (
             credentials::random_auth_name(config.credentials.name_length),
@@ -105,9 +154,10 @@ pub async fn run_pass(
             extension.remote_auth_password.get_or_insert(password);
         }
     }
-    let released = store.released_devices().await?;
-    let icps = client.icps().await?;
-    let devices = client.devices().await?;
+    let waiting = waiting_retries(&extensions, now);
+    let released = store.released().await?;
+    let icps = read_with_retry(config, shutdown, retry_until, || client.icps()).await?;
+    let devices = read_with_retry(config, shutdown, retry_until, || client.devices()).await?;
     let plan = plan::plan(
         &extensions,
         &released,
@@ -120,41 +170,123 @@ pub async fn run_pass(
         plan,
         applied: None,
         extensions: by_id,
+        waiting,
     };
     if mode == Mode::DryRun {
         return Ok(report);
     }
 
+    let mut stale: HashSet<i64> = HashSet::new();
     for settled in &report.plan.settled {
         let Some(extension) = report.extensions.get(&settled.extension_id) else {
             continue;
         };
         if extension.state != settled.state || extension.last_error.is_some() {
-            store
-                .set_state(
-                    settled.extension_id,
-                    &crate::store::StateUpdate {
+            let written = store
+                .write_outcome(&crate::store::OutcomeWrite {
+                    extension_id: extension.id,
+                    planned_version: extension.version,
+                    device: crate::store::DeviceFact::Unchanged,
+                    state: crate::store::StateUpdate {
                         state: settled.state,
                         last_error: None,
                         attempts: 0,
                         next_attempt_at: None,
                     },
-                )
+                })
                 .await?;
+            if !written {
+                stale.insert(extension.id);
+            }
         }
     }
     let options = ApplyOptions {
         max_in_flight: config.mbg.max_in_flight,
         max_retry_after: config.mbg.max_retry_after,
+        retry_until,
         now,
     };
-    let applied = apply::apply(store, client, &report.plan, &options).await?;
-    if applied.token_refused.is_none() {
-        let seqs: Vec<i64> = covered_changes.iter().map(|c| c.seq).collect();
-        store.acknowledge_changes(&seqs).await?;
-    }
+    let cx = apply::Context {
+        store,
+        client,
+        planned: &report.extensions,
+        shutdown,
+        options: &options,
+    };
+    let applied = apply::apply(&cx, &report.plan).await?;
+    stale.extend(
+        applied
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o.status, Status::Stale | Status::Skipped))
+            .filter_map(|o| o.extension_id),
+    );
+    // A deleted row's change is covered once its released row is handled; keep it when the pass
+    // was cut short, to be safe.
+    let cut_short = applied.token_refused.is_some() || applied.interrupted;
+    let seqs: Vec<i64> = covered_changes
+        .iter()
+        .filter(|c| !stale.contains(&c.extension_id))
+        .filter(|c| !cut_short || report.extensions.contains_key(&c.extension_id))
+        .map(|c| c.seq)
+        .collect();
+    store.acknowledge_changes(&seqs).await?;
     report.applied = Some(applied);
     Ok(report)
+}
+
+/// Reads the MBG's state, retrying a 429, a 503 or a lost connection with backoff (honouring
+/// `Retry-After`) until `retry_until`: one busy moment must not abort a whole pass.
+async fn read_with_retry<T, F, Fut>(
+    config: &Config,
+    shutdown: &Shutdown,
+    retry_until: Instant,
+    mut read: F,
+) -> Result<T, ReconcileError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, MbgError>>,
+{
+    let started = Instant::now();
+    for attempt in 1u32.. {
+        let error = match read().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_retryable() => e,
+            Err(e) => return Err(e.into()),
+        };
+        let after = match error.kind {
+            crate::mbg::MbgErrorKind::RateLimited(after) => after,
+            _ => None,
+        };
+        let delay = apply::in_pass_delay(attempt - 1, after, config.mbg.max_retry_after);
+        if Instant::now() + delay > retry_until {
+            return Err(ReconcileError::GaveUp {
+                attempts: attempt,
+                waited: started.elapsed(),
+                last: error,
+            });
+        }
+        warn!(error = %error, delay_ms = delay.as_millis() as u64, "the MBG is busy; reading again");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.triggered() => return Err(ReconcileError::Interrupted),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn waiting_retries(extensions: &[Extension], now: i64) -> Option<Waiting> {
+    let due: Vec<i64> = extensions
+        .iter()
+        .filter(|e| e.state == ExtensionState::Failed)
+        .filter_map(|e| e.next_attempt_at)
+        .filter(|at| *at > now)
+        .collect();
+    Some(Waiting {
+        count: due.len(),
+        due_from: *due.iter().min()?,
+        due_until: *due.iter().max()?,
+    })
 }
 
 fn needs_credentials(extension: &Extension) -> bool {

@@ -3,8 +3,14 @@
 //! rule here is unit- and property-tested.
 //!
 //! Rules, in order of precedence:
-//! - A device is ours when its guid is recorded against an extension with `provisioned_by_us`,
-//!   or in `released_devices`. Only ours are updated or deleted.
+//! - A device is ours when its guid is recorded against an extension with `provisioned_by_us`
+//!   (or against a released, i.e. deleted, extension), or when it *proves* itself ours: its
+//!   ICP-side name is the extension's number and its set-side name and password are the
+//!   extension's stored remote credentials. Those are random and committed before any create, so
+//!   only a create of ours whose guid never reached the database (a crash, a lost answer) can
+//!   have made it. Only ours are updated or deleted.
+//! - One device per extension: a recorded guid goes to one row (a wanted one first), and a
+//!   second device carrying an extension's credentials is a duplicate, deleted.
 //! - A device that is not ours is adopted only when it has exactly the extension's number as its
 //!   ICP-side name, under the ICP of the extension's node; its credentials are then overwritten
 //!   with the database's, as the phone system itself does.
@@ -16,7 +22,7 @@ use std::fmt;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::mbg::{Icp, NewSipDevice, SipDevice, SipDevicePatch};
-use crate::store::{Extension, ExtensionState, ReleasedDevice};
+use crate::store::{Extension, ExtensionState, Released};
 
 /// What a human must fix; the extension is not sent to the MBG until then.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +48,11 @@ pub enum Problem {
     /// Remote credentials are not set (they are generated before planning; seen only if that
     /// failed).
     MissingCredentials,
+    /// A value the MBG or the phone would refuse (written into the database by another program).
+    Invalid {
+        field: &'static str,
+        reason: String,
+    },
 }
 
 impl Problem {
@@ -62,6 +73,9 @@ impl Problem {
             ),
             Problem::MissingCredentials => {
                 "remote credentials are missing and could not be generated".to_string()
+            }
+            Problem::Invalid { field, reason } => {
+                format!("the extension's {field} {reason}: correct it in the database")
             }
         }
     }
@@ -88,31 +102,57 @@ pub enum Action {
         changes: Vec<&'static str>,
         patch: SipDevicePatch,
     },
-    /// Take over a device with exactly this number under the right ICP.
+    /// Take over a device: a foreign one with exactly this number under the right ICP, or one
+    /// of ours whose guid never reached the database.
     Adopt {
         extension_id: i64,
         number: String,
         guid: String,
         changes: Vec<&'static str>,
         patch: SipDevicePatch,
+        proof: Adoption,
     },
-    /// Remove a device we own; `extension_id` is `None` when the extension row was deleted.
+    /// Remove a device we own.
     Delete {
-        extension_id: Option<i64>,
+        owner: Owner,
         number: String,
         guid: String,
     },
-    /// Our record names a device the MBG no longer has: clear the record, no MBG call.
+    /// Our record names a device the MBG no longer has (or that another row holds): clear the
+    /// record, no MBG call.
     Forget {
-        extension_id: Option<i64>,
+        owner: Owner,
         number: String,
-        guid: String,
+        guid: Option<String>,
     },
     Report {
         extension_id: i64,
         number: String,
         problem: Problem,
     },
+}
+
+/// Why a device may be taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    /// Exactly the extension's number under the ICP of its node: the phone system's own rule.
+    ExactMatch,
+    /// It carries the extension's stored credentials: ours, from a create whose answer was lost.
+    OwnCredentials,
+}
+
+/// Whose device a [`Action::Delete`] or [`Action::Forget`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Extension(i64),
+    /// A deleted extension (a row of `released_extensions`); `last` when no other device of it
+    /// remains, so that the row can go once this one is gone.
+    Released {
+        id: i64,
+        last: bool,
+    },
+    /// A second device carrying an extension's credentials.
+    Duplicate,
 }
 
 impl Action {
@@ -133,9 +173,10 @@ impl Action {
             | Action::Update { extension_id, .. }
             | Action::Adopt { extension_id, .. }
             | Action::Report { extension_id, .. } => Some(*extension_id),
-            Action::Delete { extension_id, .. } | Action::Forget { extension_id, .. } => {
-                *extension_id
-            }
+            Action::Delete { owner, .. } | Action::Forget { owner, .. } => match owner {
+                Owner::Extension(id) => Some(*id),
+                _ => None,
+            },
         }
     }
 
@@ -146,6 +187,15 @@ impl Action {
             | Action::Adopt { guid, .. }
             | Action::Delete { guid, .. } => Some(guid),
             _ => None,
+        }
+    }
+
+    /// Whether applying this calls the MBG (an adoption with nothing to overwrite does not).
+    pub fn is_mbg_call(&self) -> bool {
+        match self {
+            Action::Create { .. } | Action::Delete { .. } => true,
+            Action::Update { patch, .. } | Action::Adopt { patch, .. } => !patch.is_empty(),
+            Action::Forget { .. } | Action::Report { .. } => false,
         }
     }
 
@@ -202,15 +252,73 @@ fn wanted_device(extension: &Extension, icp: &Icp) -> Result<NewSipDevice, Probl
     else {
         return Err(Problem::MissingCredentials);
     };
+    let invalid = |field, reason: &str| {
+        Err(Problem::Invalid {
+            field,
+            reason: reason.to_string(),
+        })
+    };
+    let number = &extension.number;
+    if !(1..=10).contains(&number.len()) || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return invalid("number", "must be 1 to 10 digits");
+    }
+    if !(1..=64).contains(&name.len())
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return invalid(
+            "remote auth name",
+            "must be 1 to 64 letters, digits, '.', '_' or '-'",
+        );
+    }
+    for (field, secret) in [
+        ("remote auth password", password),
+        ("SIP password", &extension.sip_password),
+    ] {
+        let secret = secret.expose_secret();
+        if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&secret.chars().count())
+            || secret.chars().any(char::is_control)
+        {
+            return invalid(
+                field,
+                &format!(
+                    "must be {MIN_PASSWORD} to {MAX_PASSWORD} characters, none of them control characters"
+                ),
+            );
+        }
+    }
     Ok(NewSipDevice {
         icp: icp.name.clone(),
         setside_username: name.clone(),
         setside_password: password.clone(),
-        icpside_username: extension.number.clone(),
+        icpside_username: number.clone(),
         icpside_password: extension.sip_password.clone(),
-        description: description(&extension.number),
+        description: description(number),
         enabled: true,
     })
+}
+
+/// The MBG refuses shorter passwords as weak (contract: 400 under 8 characters).
+const MIN_PASSWORD: usize = 8;
+const MAX_PASSWORD: usize = 128;
+
+/// Whether `device` carries this number and these remote credentials: the proof that one of our
+/// creates made it.
+fn proves(
+    device: &SipDevice,
+    number: &str,
+    name: &Option<String>,
+    password: &Option<SecretString>,
+) -> bool {
+    match (name, password) {
+        (Some(name), Some(password)) => {
+            device.icpside_username == number
+                && device.setside_username == *name
+                && device.setside_password.expose_secret() == password.expose_secret()
+        }
+        _ => false,
+    }
 }
 
 /// The fields of `device` that differ from `wanted`, as a patch and as names for humans.
@@ -252,78 +360,168 @@ pub fn diff(device: &SipDevice, wanted: &NewSipDevice) -> (SipDevicePatch, Vec<&
 /// The ICP and device an extension wants, or why it cannot have one.
 type Target<'a> = Result<(&'a Icp, NewSipDevice), Problem>;
 
+/// Who holds a device once the plan is applied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Extension(i64),
+    Released(usize),
+    Duplicate,
+}
+
 /// The plan. `budget` is `mbg.teleworker_licences`. At most one action per extension.
 pub fn plan(
     extensions: &[Extension],
-    released: &[ReleasedDevice],
+    released: &[Released],
     icps: &[Icp],
     devices: &[SipDevice],
     budget: Option<u32>,
 ) -> Plan {
-    let by_guid: HashMap<&str, &SipDevice> = devices.iter().map(|d| (d.guid.as_str(), d)).collect();
-    let owned: HashSet<&str> = extensions
-        .iter()
-        .filter(|e| e.provisioned_by_us)
-        .filter_map(|e| e.mbg_device_id.as_deref())
-        .chain(released.iter().map(|r| r.mbg_device_id.as_str()))
-        .collect();
-    let mut plan = Plan::default();
-
+    let mut devices: Vec<&SipDevice> = devices.iter().collect();
+    devices.sort_by(|a, b| a.guid.cmp(&b.guid));
+    let by_guid: HashMap<&str, &SipDevice> =
+        devices.iter().map(|d| (d.guid.as_str(), *d)).collect();
     let mut ordered: Vec<&Extension> = extensions.iter().collect();
     ordered
         .sort_by(|a, b| (a.number.len(), &a.number, a.id).cmp(&(b.number.len(), &b.number, b.id)));
+    // Wanted rows first: a guid that two rows claim goes to the row that wants it.
+    let by_priority: Vec<&Extension> = ordered
+        .iter()
+        .filter(|e| e.use_remote_auth)
+        .chain(ordered.iter().filter(|e| !e.use_remote_auth))
+        .copied()
+        .collect();
+    let recorded = |e: &Extension| {
+        e.mbg_device_id
+            .as_deref()
+            .filter(|_| e.provisioned_by_us)
+            .map(str::to_string)
+    };
+
+    // Which device each extension and each released row holds: its recorded guid, else the
+    // first device that proves itself ours; further proving devices are duplicates.
+    let mut claims: HashMap<&str, Claim> = HashMap::new();
+    let mut held_by_extension: HashMap<i64, &str> = HashMap::new();
+    let mut held_by_released: HashMap<usize, &str> = HashMap::new();
+    for e in &by_priority {
+        if let Some(guid) =
+            recorded(e).and_then(|g| by_guid.get_key_value(g.as_str()).map(|(k, _)| *k))
+            && !claims.contains_key(guid)
+        {
+            claims.insert(guid, Claim::Extension(e.id));
+            held_by_extension.insert(e.id, guid);
+        }
+    }
+    for (i, r) in released.iter().enumerate() {
+        if let Some(guid) = r
+            .mbg_device_id
+            .as_deref()
+            .and_then(|g| by_guid.get_key_value(g).map(|(k, _)| *k))
+            && !claims.contains_key(guid)
+        {
+            claims.insert(guid, Claim::Released(i));
+            held_by_released.insert(i, guid);
+        }
+    }
+    let mut duplicates: Vec<(&str, &str)> = Vec::new(); // (guid, number)
+    let mut has_duplicates: HashSet<usize> = HashSet::new();
+    let owners = by_priority
+        .iter()
+        .map(|e| {
+            (
+                Claim::Extension(e.id),
+                e.number.as_str(),
+                &e.remote_auth_name,
+                &e.remote_auth_password,
+            )
+        })
+        .chain(released.iter().enumerate().map(|(i, r)| {
+            (
+                Claim::Released(i),
+                r.number.as_str(),
+                &r.remote_auth_name,
+                &r.remote_auth_password,
+            )
+        }));
+    for (owner, number, name, password) in owners {
+        for device in devices.iter().filter(|d| proves(d, number, name, password)) {
+            let guid = device.guid.as_str();
+            if claims.contains_key(guid) {
+                continue;
+            }
+            let held = match owner {
+                Claim::Extension(id) => held_by_extension.entry(id).or_insert(guid),
+                Claim::Released(i) => held_by_released.entry(i).or_insert(guid),
+                Claim::Duplicate => unreachable!("owners are rows"),
+            };
+            if *held == guid {
+                claims.insert(guid, owner);
+            } else {
+                claims.insert(guid, Claim::Duplicate);
+                duplicates.push((guid, number));
+                if let Claim::Released(i) = owner {
+                    has_duplicates.insert(i);
+                }
+            }
+        }
+    }
+    let foreign = |d: &&&SipDevice| !claims.contains_key(d.guid.as_str());
+    let mut plan = Plan::default();
 
     // Deletions first: they free licences for the creations below.
     let mut deleted = 0usize;
     for extension in ordered.iter().filter(|e| !e.use_remote_auth) {
-        let ours = extension
-            .mbg_device_id
-            .as_deref()
-            .filter(|_| extension.provisioned_by_us);
-        let (action, state) = match ours {
-            Some(guid) if by_guid.contains_key(guid) => {
-                deleted += 1;
-                let action = Action::Delete {
-                    extension_id: Some(extension.id),
-                    number: extension.number.clone(),
-                    guid: guid.to_string(),
-                };
-                (Some(action), None)
-            }
-            Some(guid) => {
-                let action = Action::Forget {
-                    extension_id: Some(extension.id),
-                    number: extension.number.clone(),
-                    guid: guid.to_string(),
-                };
-                (Some(action), None)
-            }
-            None => (None, Some(ExtensionState::Idle)),
-        };
-        plan.actions.extend(action);
-        if let Some(state) = state {
+        let number = extension.number.clone();
+        let owner = Owner::Extension(extension.id);
+        if let Some(guid) = held_by_extension.get(&extension.id) {
+            deleted += 1;
+            plan.actions.push(Action::Delete {
+                owner,
+                number,
+                guid: guid.to_string(),
+            });
+        } else if let Some(guid) = recorded(extension) {
+            plan.actions.push(Action::Forget {
+                owner,
+                number,
+                guid: Some(guid),
+            });
+        } else {
             plan.settled.push(Settled {
                 extension_id: extension.id,
-                state,
+                state: ExtensionState::Idle,
             });
         }
     }
-    for device in released {
-        let guid = device.mbg_device_id.clone();
-        let number = device.number.clone();
-        plan.actions.push(if by_guid.contains_key(guid.as_str()) {
-            deleted += 1;
-            Action::Delete {
-                extension_id: None,
-                number,
-                guid,
+    for (i, r) in released.iter().enumerate() {
+        let number = r.number.clone();
+        match held_by_released.get(&i) {
+            Some(guid) => {
+                deleted += 1;
+                plan.actions.push(Action::Delete {
+                    owner: Owner::Released {
+                        id: r.id,
+                        last: !has_duplicates.contains(&i),
+                    },
+                    number,
+                    guid: guid.to_string(),
+                });
             }
-        } else {
-            Action::Forget {
-                extension_id: None,
+            None => plan.actions.push(Action::Forget {
+                owner: Owner::Released {
+                    id: r.id,
+                    last: true,
+                },
                 number,
-                guid,
-            }
+                guid: r.mbg_device_id.clone(),
+            }),
+        }
+    }
+    for (guid, number) in &duplicates {
+        deleted += 1;
+        plan.actions.push(Action::Delete {
+            owner: Owner::Duplicate,
+            number: number.to_string(),
+            guid: guid.to_string(),
         });
     }
 
@@ -346,20 +544,13 @@ pub fn plan(
             (*e, target)
         })
         .collect();
-    let current_of = |e: &Extension| {
-        e.mbg_device_id
-            .as_deref()
-            .filter(|_| e.provisioned_by_us)
-            .and_then(|guid| by_guid.get(guid).copied())
-    };
-    let not_owned = |d: &&SipDevice| !owned.contains(d.guid.as_str());
     let mut adoptions: HashMap<&str, (i64, String)> = HashMap::new(); // guid -> (adopter, name)
     for (e, target) in &wanted {
         let Ok((icp, device)) = target else { continue };
-        if current_of(e).is_some() {
+        if held_by_extension.contains_key(&e.id) {
             continue;
         }
-        if let Some(candidate) = devices.iter().filter(not_owned).find(|d| {
+        if let Some(candidate) = devices.iter().filter(foreign).find(|d| {
             d.icpside_username == e.number
                 && d.icp == icp.name
                 && !adoptions.contains_key(d.guid.as_str())
@@ -370,8 +561,9 @@ pub fn plan(
     let clash = |adoptions: &HashMap<&str, (i64, String)>, name: &str| {
         devices
             .iter()
-            .filter(not_owned)
+            .filter(foreign)
             .find(|d| d.setside_username == name && !adoptions.contains_key(d.guid.as_str()))
+            .copied()
     };
     loop {
         let giving_up: Vec<&str> = adoptions
@@ -387,7 +579,8 @@ pub fn plan(
         }
     }
 
-    let mut licences_left = budget.map(|b| (b as usize).saturating_sub(devices.len() - deleted));
+    let mut licences_left =
+        budget.map(|b| (b as usize).saturating_sub(devices.len().saturating_sub(deleted)));
     for (extension, target) in wanted {
         let report = |problem| Action::Report {
             extension_id: extension.id,
@@ -407,15 +600,25 @@ pub fn plan(
                 guid: d.guid.clone(),
             })
         };
-        if let Some(device) = current_of(extension) {
+        if let Some(device) = held_by_extension.get(&extension.id).map(|g| by_guid[g]) {
             let (patch, changes) = diff(device, &wanted);
-            if changes.is_empty() {
+            let is_recorded = recorded(extension).as_deref() == Some(device.guid.as_str());
+            if let Some(problem) = patch.setside_username.as_deref().and_then(&name_taken) {
+                plan.actions.push(report(problem));
+            } else if !is_recorded {
+                plan.actions.push(Action::Adopt {
+                    extension_id: extension.id,
+                    number: extension.number.clone(),
+                    guid: device.guid.clone(),
+                    changes,
+                    patch,
+                    proof: Adoption::OwnCredentials,
+                });
+            } else if changes.is_empty() {
                 plan.settled.push(Settled {
                     extension_id: extension.id,
                     state: ExtensionState::Provisioned,
                 });
-            } else if let Some(problem) = patch.setside_username.as_deref().and_then(&name_taken) {
-                plan.actions.push(report(problem));
             } else {
                 plan.actions.push(Action::Update {
                     extension_id: extension.id,
@@ -443,10 +646,11 @@ pub fn plan(
                 guid: device.guid.clone(),
                 changes,
                 patch,
+                proof: Adoption::ExactMatch,
             });
             continue;
         }
-        if let Some(elsewhere) = devices.iter().filter(not_owned).find(|d| {
+        if let Some(elsewhere) = devices.iter().filter(foreign).find(|d| {
             d.icpside_username == extension.number && !adoptions.contains_key(d.guid.as_str())
         }) {
             plan.actions.push(report(Problem::NumberUsedElsewhere {

@@ -60,6 +60,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// `false`: token info and renew answer 404, as on an MBG without them.
     pub token_api: bool,
+    /// Accept a set-side name already in use: no public document says a real MBG refuses it,
+    /// so the client must not rely on the refusal to avoid duplicates.
+    pub duplicate_setside_names: bool,
 }
 
 impl Default for SimConfig {
@@ -71,6 +74,7 @@ impl Default for SimConfig {
             licences: None,
             faults: Faults::default(),
             token_api: true,
+            duplicate_setside_names: false,
         }
     }
 }
@@ -113,6 +117,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimHa
         licences: config.licences,
         auto_approve: config.auto_approve,
         token_api: config.token_api,
+        duplicate_setside_names: config.duplicate_setside_names,
         clock_offset: 0,
         faults: config.faults,
         requests: Vec::new(),
@@ -316,7 +321,17 @@ async fn api(
         Ok(oauth) => oauth,
         Err(message) => return unauthorized(&message),
     };
-    route(state, method, resource, oauth, body)
+    let response = route(state, method, resource, oauth, body);
+    let mut s = lock(state);
+    if s.faults.lose_answer_next > 0 && *method != Method::GET {
+        s.faults.lose_answer_next -= 1;
+        // Carried out, but the client never learns it: a timeout or reset after the work.
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(failing_body())
+            .unwrap();
+    }
+    response
 }
 
 /// A body that fails after the headers were sent.

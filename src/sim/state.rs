@@ -86,6 +86,9 @@ pub struct Faults {
     pub retry_after_secs: u64,
     /// The next N signed requests have their connection dropped mid-answer.
     pub drop_next: u32,
+    /// The next N signed requests that change something are carried out, then their
+    /// connection is dropped: the client cannot tell whether a create went through.
+    pub lose_answer_next: u32,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -107,6 +110,7 @@ pub struct SimState {
     pub auto_approve: bool,
     /// `false`: the token info and renew endpoints answer 404, like an MBG without them.
     pub token_api: bool,
+    pub duplicate_setside_names: bool,
     pub clock_offset: i64,
     pub faults: Faults,
     pub requests: Vec<LoggedRequest>,
@@ -263,9 +267,11 @@ impl SimState {
                 return Err(format!("{name} is too weak: at least 8 characters"));
             }
         }
-        if self.devices.values().any(|other| {
-            other.guid != device.guid && other.setside_username == device.setside_username
-        }) {
+        if !self.duplicate_setside_names
+            && self.devices.values().any(|other| {
+                other.guid != device.guid && other.setside_username == device.setside_username
+            })
+        {
             return Err(format!(
                 "setside_username {:?} is already used by another device",
                 device.setside_username

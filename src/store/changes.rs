@@ -1,6 +1,6 @@
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Change, ReleasedDevice, Result, Store, StoreError};
+use super::{Change, Released, Result, Store, StoreError, get_secret};
 
 impl Store {
     /// The oldest `limit` recorded changes, in `seq` order.
@@ -45,18 +45,26 @@ impl Store {
         Ok(())
     }
 
-    pub async fn released_devices(&self) -> Result<Vec<ReleasedDevice>> {
+    pub async fn released(&self) -> Result<Vec<Released>> {
         let rows = sqlx::query(
-            "SELECT mbg_device_id, number, released_at FROM released_devices ORDER BY released_at",
+            "SELECT id, number, mbg_device_id, remote_auth_name, remote_auth_password, released_at
+               FROM released_extensions ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::Database)?;
         rows.iter()
             .map(|row| {
-                Ok(ReleasedDevice {
-                    mbg_device_id: row.try_get("mbg_device_id")?,
+                Ok(Released {
+                    id: row.try_get("id")?,
                     number: row.try_get("number")?,
+                    mbg_device_id: row
+                        .try_get::<Option<String>, _>("mbg_device_id")?
+                        .filter(|s| !s.is_empty()),
+                    remote_auth_name: row
+                        .try_get::<Option<String>, _>("remote_auth_name")?
+                        .filter(|s| !s.is_empty()),
+                    remote_auth_password: get_secret(row, "remote_auth_password")?,
                     released_at: row.try_get("released_at")?,
                 })
             })
@@ -64,10 +72,10 @@ impl Store {
             .map_err(StoreError::Database)
     }
 
-    /// Called once the released SIP user is gone from the MBG.
-    pub async fn forget_released_device(&self, mbg_device_id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM released_devices WHERE mbg_device_id = $1")
-            .bind(mbg_device_id)
+    /// Called once no SIP user of the released row is left on the MBG.
+    pub async fn forget_released(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM released_extensions WHERE id = $1")
+            .bind(id)
             .execute(&self.pool)
             .await
             .map_err(StoreError::Database)?;

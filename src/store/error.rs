@@ -130,6 +130,12 @@ const CONSTRAINTS: &[(&str, &str, &str, Violation)] = &[
         "use_remote_auth",
         Violation::Invalid("must be 0 or 1"),
     ),
+    (
+        "extensions_mbg_device_id_unique",
+        "extensions.mbg_device_id",
+        "MBG device id",
+        Violation::Duplicate,
+    ),
 ];
 
 /// Maps a driver error to a typed one; `value_of` gives what the caller tried to write into a

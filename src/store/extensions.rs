@@ -4,8 +4,8 @@ use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
 use super::error::classify;
 use super::{
-    Extension, ExtensionKind, ExtensionSpec, NotFound, Result, StateUpdate, Store, StoreError,
-    get_bool, get_parsed, get_secret, now,
+    DeviceFact, Extension, ExtensionKind, ExtensionSpec, NotFound, OutcomeWrite, Result,
+    StateUpdate, Store, StoreError, get_bool, get_parsed, get_secret, now,
 };
 
 const EXTENSION_SELECT: &str =
@@ -195,6 +195,54 @@ impl Store {
         .await
         .map_err(StoreError::Database)?;
         Ok(())
+    }
+
+    /// Writes an outcome of a pass in one transaction. Returns `false` when the row changed
+    /// after the plan was made (or is gone): its state is then left for the next pass.
+    pub async fn write_outcome(&self, outcome: &OutcomeWrite) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
+        let id = outcome.extension_id;
+        match &outcome.device {
+            DeviceFact::Unchanged => {}
+            DeviceFact::Holds(guid) => {
+                sqlx::query(
+                    "UPDATE extensions SET mbg_device_id = $2, provisioned_by_us = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(guid)
+                .bind(true)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify(e, |_| guid.clone()))?;
+            }
+            DeviceFact::Gone => {
+                sqlx::query(
+                    "UPDATE extensions SET mbg_device_id = NULL, provisioned_by_us = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::Database)?;
+            }
+        }
+        let update = &outcome.state;
+        let written = sqlx::query(
+            "UPDATE extensions SET state = $3, last_error = $4, attempts = $5, next_attempt_at = $6
+              WHERE id = $1 AND version = $2",
+        )
+        .bind(id)
+        .bind(outcome.planned_version)
+        .bind(update.state.as_str())
+        .bind(update.last_error.as_deref())
+        .bind(i64::from(update.attempts))
+        .bind(update.next_attempt_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::Database)?
+        .rows_affected();
+        tx.commit().await.map_err(StoreError::Database)?;
+        Ok(written > 0)
     }
 
     pub async fn set_state(&self, id: i64, update: &StateUpdate) -> Result<()> {

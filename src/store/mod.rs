@@ -8,6 +8,7 @@
 mod changes;
 mod error;
 mod extensions;
+mod lock;
 mod model;
 mod nodes;
 mod settings;
@@ -23,16 +24,25 @@ use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 use crate::config::DatabaseUrl;
 
 pub use error::{NotFound, StoreError};
+pub use lock::{Holder, LockError, PassLock};
 pub use model::*;
 
 /// Each schema version in both dialects: a version cannot be added for one backend only.
 /// Embedded with `include_str!` so the binary carries its schema (no `macros` feature needed).
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "schema",
-    include_str!("../../migrations/sqlite/0001_schema.sql"),
-    include_str!("../../migrations/postgres/0001_schema.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "schema",
+        include_str!("../../migrations/sqlite/0001_schema.sql"),
+        include_str!("../../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        "ownership",
+        include_str!("../../migrations/sqlite/0002_ownership.sql"),
+        include_str!("../../migrations/postgres/0002_ownership.sql"),
+    ),
+];
 
 fn migrator(backend: Backend) -> Migrator {
     Migrator::with_migrations(
@@ -136,11 +146,10 @@ impl Store {
 /// Creates a missing SQLite file readable by its owner only: it will hold the MBG access token
 /// and every SIP password. An existing file keeps the permissions its admin gave it.
 fn create_private_file(url: &str) -> std::io::Result<()> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or(path);
-    if path.is_empty() || path.contains(":memory:") || std::path::Path::new(path).exists() {
+    let Some(path) = sqlite_path(url) else {
+        return Ok(());
+    };
+    if path.exists() {
         return Ok(());
     }
     let mut options = std::fs::OpenOptions::new();
@@ -151,6 +160,15 @@ fn create_private_file(url: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         other => other.map(|_| ()),
     }
+}
+
+/// The file of a SQLite URL; `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && !path.contains(":memory:")).then(|| path.into())
 }
 
 /// Adds `mode=rwc` so a missing SQLite file is created, as an embedded default should.

@@ -148,12 +148,38 @@ pub struct Change {
     pub changed_at: i64,
 }
 
-/// A SIP user we created whose extension row has since been deleted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReleasedDevice {
-    pub mbg_device_id: String,
+/// A deleted extension row, kept until no SIP user of its remains on the MBG: the guid we
+/// recorded, if any, and the remote credentials, which prove a SIP user ours even when its guid
+/// never reached the database (a crash during the create).
+#[derive(Debug, Clone)]
+pub struct Released {
+    pub id: i64,
     pub number: String,
+    pub mbg_device_id: Option<String>,
+    pub remote_auth_name: Option<String>,
+    pub remote_auth_password: Option<SecretString>,
     pub released_at: i64,
+}
+
+/// What an MBG call established about the SIP user of an extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceFact {
+    Unchanged,
+    /// This SIP user is the extension's, and ours (created or adopted).
+    Holds(String),
+    /// The extension holds no SIP user any more (deleted, or gone from the MBG).
+    Gone,
+}
+
+/// One extension's outcome: the device fact is written whatever happened to the row meanwhile
+/// (it is a fact about the MBG, and losing it would orphan a SIP user), the state only if the row
+/// still has the version the plan was made from.
+#[derive(Debug, Clone)]
+pub struct OutcomeWrite {
+    pub extension_id: i64,
+    pub planned_version: i64,
+    pub device: DeviceFact,
+    pub state: StateUpdate,
 }
 
 /// The outcome of an MBG call, written to the extension row.

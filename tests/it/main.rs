@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod config;
+mod guarantees;
 mod mbg;
 mod reconcile;
 mod secrets;

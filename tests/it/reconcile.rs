@@ -1,7 +1,11 @@
 //! End to end: the database, the reconciler and the simulated MBG, on SQLite and PostgreSQL.
 
 use mbg_provision::mbg::MbgErrorKind;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use mbg_provision::reconcile::{self, Action, Mode, PassReport, Problem, Status};
+use mbg_provision::shutdown::Shutdown;
 use mbg_provision::sim::{Device, DeviceFields, Faults};
 use mbg_provision::store::{ExtensionKind, ExtensionSpec, ExtensionState, NewNode, Store};
 use secrecy::{ExposeSecret, SecretString};
@@ -14,6 +18,9 @@ crate::on_both_backends!(
     adopts_an_exact_match_and_heals_a_crash_without_duplicates,
     licence_limits_and_name_clashes_are_reported_on_the_right_extensions,
     a_dry_run_changes_nothing,
+    busy_reads_and_writes_are_retried_within_the_pass,
+    a_create_whose_answer_is_lost_is_found_not_posted_twice,
+    an_outcome_for_a_row_changed_meanwhile_is_left_for_the_next_pass,
 );
 
 fn now() -> i64 {
@@ -52,9 +59,16 @@ async fn set(store: &Store, number: &str, node: &str, remote: bool) -> i64 {
 
 async fn pass(h: &Harness) -> PassReport {
     let client = h.client().await;
-    reconcile::run_pass(&h.db.store, &client, &h.config, Mode::Apply, now())
-        .await
-        .unwrap()
+    reconcile::run_pass(
+        &h.db.store,
+        &client,
+        &h.config,
+        Mode::Apply,
+        &Shutdown::new(),
+        now(),
+    )
+    .await
+    .unwrap()
 }
 
 fn by_number<'a>(devices: &'a [Device], number: &str) -> Vec<&'a Device> {
@@ -197,7 +211,7 @@ async fn provisions_moves_and_removes_only_its_own_sip_users(db: TestDb) {
     store.delete_extension(b).await.unwrap();
     let gone = pass(&h).await;
     assert_eq!(verbs(&gone), [("1002".into(), "delete")]);
-    assert!(store.released_devices().await.unwrap().is_empty());
+    assert!(store.released().await.unwrap().is_empty());
 
     // The SIP user added by hand was never touched.
     let devices = h.sim.devices();
@@ -377,9 +391,16 @@ async fn a_dry_run_changes_nothing(db: TestDb) {
     h.sim.clear_requests();
     let before = store.extension(id).await.unwrap();
     let client = h.client().await;
-    let report = reconcile::run_pass(store, &client, &h.config, Mode::DryRun, now())
-        .await
-        .unwrap();
+    let report = reconcile::run_pass(
+        store,
+        &client,
+        &h.config,
+        Mode::DryRun,
+        &Shutdown::new(),
+        now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         verbs(&report),
         [("1001".into(), "create"), ("1002".into(), "problem")]
@@ -402,8 +423,141 @@ async fn a_dry_run_changes_nothing(db: TestDb) {
     );
 }
 
+fn count(h: &Harness, method: &str, path_end: &str, status: u16) -> usize {
+    h.sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == method && r.path.ends_with(path_end) && r.status == status)
+        .count()
+}
+
+async fn busy_reads_and_writes_are_retried_within_the_pass(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    let id = set(store, "1001", "pbx1", true).await;
+    // The ICP list, the device list and the create are each refused once, Retry-After 1 s.
+    h.sim.set_faults(Faults {
+        rate_limit_next: 3,
+        retry_after_secs: 1,
+        ..Faults::default()
+    });
+    let started = Instant::now();
+    let report = pass(&h).await;
+    assert!(report.succeeded(), "{:?}", report.applied);
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "Retry-After honoured"
+    );
+    let ext = store.extension(id).await.unwrap();
+    assert_eq!(ext.state, ExtensionState::Provisioned);
+    let limited = h.sim.requests().iter().filter(|r| r.status == 429).count();
+    assert_eq!(limited, 3, "each refusal was followed by a retry");
+    assert_eq!(count(&h, "POST", "/devices/sip/", 200), 1);
+    assert_eq!(by_number(&h.sim.devices(), "1001").len(), 1);
+}
+
+async fn a_create_whose_answer_is_lost_is_found_not_posted_twice(db: TestDb) {
+    let mut sim = sim_config();
+    sim.duplicate_setside_names = true;
+    let h = Harness::new(db, sim).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    let ids: Vec<i64> = [
+        set(store, "1001", "pbx1", true).await,
+        set(store, "1002", "pbx1", true).await,
+    ]
+    .to_vec();
+    // Both creates are carried out, then their connections dropped.
+    h.sim.set_faults(Faults {
+        lose_answer_next: 2,
+        ..Faults::default()
+    });
+    h.sim.clear_requests();
+    let report = pass(&h).await;
+    assert!(report.succeeded(), "{:?}", report.applied);
+    assert_eq!(
+        count(&h, "POST", "/devices/sip/", 200),
+        2,
+        "posted once each"
+    );
+    assert_eq!(
+        count(&h, "GET", "/devices/sip/all/", 200),
+        2,
+        "the pass's read and one shared lookup, not one per create"
+    );
+    let devices = h.sim.devices();
+    for id in ids {
+        let ext = store.extension(id).await.unwrap();
+        let mine = by_number(&devices, &ext.number);
+        assert_eq!(mine.len(), 1, "no duplicate");
+        assert_eq!(ext.mbg_device_id.as_deref(), Some(mine[0].guid.as_str()));
+        assert_eq!(ext.state, ExtensionState::Provisioned);
+    }
+}
+
+async fn an_outcome_for_a_row_changed_meanwhile_is_left_for_the_next_pass(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    let id = set(store, "1001", "pbx1", true).await;
+    pass(&h).await;
+    // Planned while the extension is off...
+    set(store, "1001", "pbx1", false).await;
+    let client = h.client().await;
+    let extensions = store.extensions().await.unwrap();
+    let plan = reconcile::plan::plan(
+        &extensions,
+        &store.released().await.unwrap(),
+        &client.icps().await.unwrap(),
+        &client.devices().await.unwrap(),
+        None,
+    );
+    assert_eq!(plan.actions.len(), 1);
+    // ...applied after it was switched back on.
+    set(store, "1001", "pbx1", true).await;
+    let planned: HashMap<i64, _> = extensions.into_iter().map(|e| (e.id, e)).collect();
+    let options = reconcile::ApplyOptions {
+        max_in_flight: 4,
+        max_retry_after: Duration::from_secs(5),
+        retry_until: Instant::now() + Duration::from_secs(5),
+        now: now(),
+    };
+    let shutdown = Shutdown::new();
+    let cx = reconcile::apply::Context {
+        store,
+        client: &client,
+        planned: &planned,
+        shutdown: &shutdown,
+        options: &options,
+    };
+    let applied = reconcile::apply::apply(&cx, &plan).await.unwrap();
+    assert_eq!(applied.outcomes[0].status, Status::Stale);
+    let ext = store.extension(id).await.unwrap();
+    assert_eq!(
+        ext.state,
+        ExtensionState::Provisioned,
+        "the stale outcome (idle) was not written"
+    );
+    assert!(
+        ext.mbg_device_id.is_none(),
+        "but the deleted SIP user is forgotten"
+    );
+    assert!(
+        !store.pending_changes(10).await.unwrap().is_empty(),
+        "the change is still to do"
+    );
+    // The next pass plans from the row as it is: wanted.
+    assert_eq!(verbs(&pass(&h).await), [("1001".into(), "create")]);
+    assert_eq!(by_number(&h.sim.devices(), "1001").len(), 1);
+    assert_eq!(
+        store.extension(id).await.unwrap().state,
+        ExtensionState::Provisioned
+    );
+}
+
 #[tokio::test]
-async fn faults_back_off_and_a_refused_token_stops_the_pass() {
+async fn failures_past_the_deadline_are_recorded_and_a_refused_token_stops_the_pass() {
     let h = Harness::new(TestDb::sqlite().await, sim_config())
         .await
         .with_token()
@@ -411,46 +565,68 @@ async fn faults_back_off_and_a_refused_token_stops_the_pass() {
     let store = &h.db.store;
     nodes(store).await;
     let id = set(store, "1001", "pbx1", true).await;
-    let client = h.client().await;
-    // The two GETs of the pass succeed; the POST is rate limited.
-    let start = now();
-    h.sim.set_faults(Faults::default());
-    let plan_reads = reconcile::run_pass(store, &client, &h.config, Mode::DryRun, start)
-        .await
-        .unwrap();
-    assert_eq!(plan_reads.plan.actions.len(), 1);
+    pass(&h).await;
+    set(store, "1001", "pbx2", true).await; // an update to make
+    // A Retry-After beyond the pass's deadline: the reads give up with a clear error.
+    let mut config = h.config.clone();
+    config.mbg.retry_deadline = Duration::from_secs(2);
     h.sim.set_faults(Faults {
-        rate_limit_next: 3,
+        rate_limit_next: 1,
         retry_after_secs: 7,
         ..Faults::default()
     });
+    let client = h.client().await;
+    let err = reconcile::run_pass(
+        store,
+        &client,
+        &config,
+        Mode::Apply,
+        &Shutdown::new(),
+        now(),
+    )
+    .await
+    .unwrap_err();
     assert!(
-        reconcile::run_pass(store, &client, &h.config, Mode::Apply, start)
-            .await
-            .is_err(),
-        "the GETs were limited"
+        err.to_string().contains("kept failing") && err.to_string().contains("retry after 7 s"),
+        "{err}"
     );
+    assert_eq!(
+        store.extension(id).await.unwrap().state,
+        ExtensionState::Provisioned
+    );
+
+    // The update itself limited past the deadline: recorded failed, Retry-After honoured.
     h.sim.set_faults(Faults::default());
-    // Now only the create fails: let the reads through, then limit.
-    let report = {
-        let client = h.client().await;
-        let pass = reconcile::run_pass(store, &client, &h.config, Mode::DryRun, start)
-            .await
-            .unwrap();
-        h.sim.set_faults(Faults {
-            rate_limit_next: 1,
-            retry_after_secs: 7,
-            ..Faults::default()
-        });
-        let options = reconcile::ApplyOptions {
-            max_in_flight: 4,
-            max_retry_after: h.config.mbg.max_retry_after,
-            now: start,
-        };
-        reconcile::apply::apply(store, &client, &pass.plan, &options)
-            .await
-            .unwrap()
+    let start = now();
+    let extensions = store.extensions().await.unwrap();
+    let plan = reconcile::plan::plan(
+        &extensions,
+        &[],
+        &client.icps().await.unwrap(),
+        &client.devices().await.unwrap(),
+        None,
+    );
+    h.sim.set_faults(Faults {
+        rate_limit_next: 1,
+        retry_after_secs: 7,
+        ..Faults::default()
+    });
+    let planned: HashMap<i64, _> = extensions.into_iter().map(|e| (e.id, e)).collect();
+    let options = reconcile::ApplyOptions {
+        max_in_flight: 4,
+        max_retry_after: config.mbg.max_retry_after,
+        retry_until: Instant::now() + Duration::from_secs(2),
+        now: start,
     };
+    let shutdown = Shutdown::new();
+    let cx = reconcile::apply::Context {
+        store,
+        client: &client,
+        planned: &planned,
+        shutdown: &shutdown,
+        options: &options,
+    };
+    let report = reconcile::apply::apply(&cx, &plan).await.unwrap();
     assert_eq!(report.outcomes[0].status, Status::Failed);
     let ext = store.extension(id).await.unwrap();
     assert_eq!(ext.state, ExtensionState::Failed);
@@ -461,9 +637,16 @@ async fn faults_back_off_and_a_refused_token_stops_the_pass() {
     // The token is revoked: the pass stops calling, and nothing is lost.
     let settings = store.mbg_settings().await.unwrap();
     h.sim.revoke(settings.access_token.unwrap().expose_secret());
-    let err = reconcile::run_pass(store, &client, &h.config, Mode::Apply, now())
-        .await
-        .unwrap_err();
+    let err = reconcile::run_pass(
+        store,
+        &client,
+        &h.config,
+        Mode::Apply,
+        &Shutdown::new(),
+        now(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, reconcile::ReconcileError::Mbg(ref e) if matches!(e.kind, MbgErrorKind::Unauthorized(_)))
     );

@@ -434,12 +434,12 @@ async fn deleting_an_owned_extension_keeps_its_device_for_removal(db: TestDb) {
         .unwrap();
     store.delete_extension(ours.id).await.unwrap();
     store.delete_extension(theirs.id).await.unwrap();
-    let released = store.released_devices().await.unwrap();
+    let released = store.released().await.unwrap();
     assert_eq!(released.len(), 1, "only a device we own is ours to remove");
-    assert_eq!(released[0].mbg_device_id, "guid-ours");
+    assert_eq!(released[0].mbg_device_id.as_deref(), Some("guid-ours"));
     assert_eq!(released[0].number, "1001");
-    store.forget_released_device("guid-ours").await.unwrap();
-    assert!(store.released_devices().await.unwrap().is_empty());
+    store.forget_released(released[0].id).await.unwrap();
+    assert!(store.released().await.unwrap().is_empty());
 }
 
 async fn state_settings_and_audit_round_trip(db: TestDb) {

@@ -102,7 +102,7 @@ fn patched(device: &mut SipDevice, patch: &SipDevicePatch) {
 /// What `apply` does to the database and the MBG when every action succeeds.
 fn apply_all(
     extensions: &mut [Extension],
-    released: &mut Vec<ReleasedDevice>,
+    released: &mut Vec<Released>,
     devices: &mut Vec<SipDevice>,
     plan: &Plan,
 ) {
@@ -136,22 +136,44 @@ fn apply_all(
                 extensions[i].mbg_device_id = Some(guid.clone());
                 extensions[i].provisioned_by_us = true;
             }
-            Action::Delete {
-                extension_id, guid, ..
-            }
-            | Action::Forget {
-                extension_id, guid, ..
-            } => {
+            Action::Delete { owner, guid, .. } => {
                 devices.retain(|d| &d.guid != guid);
-                released.retain(|r| &r.mbg_device_id != guid);
-                if let Some(i) = ext(extensions, *extension_id) {
-                    extensions[i].mbg_device_id = None;
-                    extensions[i].provisioned_by_us = false;
-                }
+                forget(extensions, released, *owner);
             }
+            Action::Forget { owner, .. } => forget(extensions, released, *owner),
             Action::Report { .. } => {}
         }
     }
+}
+
+fn forget(extensions: &mut [Extension], released: &mut Vec<Released>, owner: Owner) {
+    match owner {
+        Owner::Extension(id) => {
+            let e = extensions.iter_mut().find(|e| e.id == id).unwrap();
+            e.mbg_device_id = None;
+            e.provisioned_by_us = false;
+        }
+        Owner::Released { id, last: true } => released.retain(|r| r.id != id),
+        Owner::Released { last: false, .. } | Owner::Duplicate => {}
+    }
+}
+
+fn released_row(id: i64, number: &str, guid: Option<&str>) -> Released {
+    Released {
+        id,
+        number: number.into(),
+        mbg_device_id: guid.map(Into::into),
+        remote_auth_name: None,
+        remote_auth_password: None,
+        released_at: 0,
+    }
+}
+
+/// A device that one of our creates made for `e`, whose guid never reached the database.
+fn made_for(guid: &str, e: &Extension, icp: &str) -> SipDevice {
+    let mut d = as_created(guid, &wanted_device(e, &icps()[0]).unwrap());
+    d.icp = icp.into();
+    d
 }
 
 #[test]
@@ -273,21 +295,161 @@ fn the_licence_budget_counts_deletions_first() {
 #[test]
 fn released_devices_are_deleted_or_forgotten() {
     let released = [
-        ReleasedDevice {
-            mbg_device_id: "g1".into(),
-            number: "1001".into(),
-            released_at: 0,
-        },
-        ReleasedDevice {
-            mbg_device_id: "gone".into(),
-            number: "1002".into(),
-            released_at: 0,
-        },
+        released_row(1, "1001", Some("g1")),
+        released_row(2, "1002", Some("gone")),
     ];
     let devices = [device("g1", "1001", "MiVO250-1", "r1")];
     let plan = plan(&[], &released, &icps(), &devices, None);
     let verbs: Vec<&str> = plan.actions.iter().map(Action::verb).collect();
     assert_eq!(verbs, ["delete", "forget"]);
+}
+
+#[test]
+fn a_device_carrying_an_extensions_credentials_is_ours_wherever_it_is() {
+    // A create went through but its guid never reached the database (kill -9, lost answer).
+    let on = extension(1, "1001", "10.0.0.2", true);
+    let made = made_for("lost", &on, "MiVO250-1");
+    // Wanted, now on another node: taken back and moved, not reported as someone else's.
+    let plan_on = plan(
+        std::slice::from_ref(&on),
+        &[],
+        &icps(),
+        std::slice::from_ref(&made),
+        None,
+    );
+    assert!(
+        matches!(&plan_on.actions[..], [Action::Adopt { guid, proof: Adoption::OwnCredentials, changes, .. }]
+            if guid == "lost" && changes == &["icp"]),
+        "{plan_on:?}"
+    );
+    // Switched off: deleted.
+    let off = extension(1, "1001", "10.0.0.1", false);
+    let plan_off = plan(&[off], &[], &icps(), std::slice::from_ref(&made), None);
+    assert!(
+        matches!(&plan_off.actions[..], [Action::Delete { owner: Owner::Extension(1), guid, .. }] if guid == "lost"),
+        "{plan_off:?}"
+    );
+    // Row deleted: the released row keeps the credentials, and they find it.
+    let mut gone = released_row(7, "1001", None);
+    gone.remote_auth_name = on.remote_auth_name.clone();
+    gone.remote_auth_password = on.remote_auth_password.clone();
+    let plan_gone = plan(&[], &[gone], &icps(), std::slice::from_ref(&made), None);
+    assert!(
+        matches!(&plan_gone.actions[..], [Action::Delete { owner: Owner::Released { id: 7, last: true }, guid, .. }] if guid == "lost"),
+        "{plan_gone:?}"
+    );
+    // The same number and name with another password is not proof: left alone, reported.
+    let mut other = made.clone();
+    other.setside_password = SecretString::from("someone-elses-1");
+    let plan_other = plan(
+        &[extension(1, "1001", "10.0.0.2", false)],
+        &[],
+        &icps(),
+        &[other],
+        None,
+    );
+    assert!(plan_other.actions.is_empty(), "{plan_other:?}");
+}
+
+#[test]
+fn second_copies_of_our_device_are_deleted_and_the_recorded_one_kept() {
+    let e = owned(extension(1, "1001", "10.0.0.1", true), "b-recorded");
+    let devices = [
+        made_for("a-copy", &e, "MiVO250-1"),
+        made_for("b-recorded", &e, "MiVO250-1"),
+        made_for("c-copy", &e, "MiVO250-1"),
+    ];
+    let plan = plan(&[e], &[], &icps(), &devices, None);
+    let deleted: Vec<&str> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Delete {
+                owner: Owner::Duplicate,
+                guid,
+                ..
+            } => Some(guid.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, ["a-copy", "c-copy"]);
+    assert_eq!(plan.actions.len(), 2, "{plan:?}");
+    assert_eq!(plan.settled[0].state, ExtensionState::Provisioned);
+}
+
+#[test]
+fn a_guid_claimed_by_two_rows_is_never_deleted_while_one_wants_it() {
+    let wanted = owned(extension(1, "1001", "10.0.0.1", true), "g1");
+    let copy = owned(extension(2, "1002", "10.0.0.1", false), "g1");
+    let d = as_created("g1", &wanted_device(&wanted, &icps()[0]).unwrap());
+    let plan = plan(&[copy, wanted], &[], &icps(), &[d], Some(1));
+    assert!(
+        matches!(
+            &plan.actions[..],
+            [Action::Forget {
+                owner: Owner::Extension(2),
+                ..
+            }]
+        ),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn more_devices_than_the_budget_do_not_underflow() {
+    let devices: Vec<SipDevice> = (0..5)
+        .map(|i| {
+            device(
+                &format!("h{i}"),
+                &format!("20{i}"),
+                "MiVO250-1",
+                &format!("hand{i}"),
+            )
+        })
+        .collect();
+    let plan = plan(
+        &[extension(1, "1001", "10.0.0.1", true)],
+        &[],
+        &icps(),
+        &devices,
+        Some(2),
+    );
+    assert!(
+        matches!(
+            &plan.actions[..],
+            [Action::Report {
+                problem: Problem::LicenceBudget { budget: 2 },
+                ..
+            }]
+        ),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn values_the_mbg_would_refuse_are_reported_not_sent() {
+    let mut bad_name = extension(1, "1001", "10.0.0.1", true);
+    bad_name.remote_auth_name = Some("has space".into());
+    let mut short = extension(2, "1002", "10.0.0.1", true);
+    short.remote_auth_password = Some(SecretString::from("short"));
+    let plan = plan(&[bad_name, short], &[], &icps(), &[], None);
+    let fields: Vec<&str> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Report {
+                problem: Problem::Invalid { field, .. },
+                ..
+            } => Some(*field),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fields, ["remote auth name", "remote auth password"]);
+    for action in &plan.actions {
+        if let Action::Report { problem, .. } = action {
+            assert!(!problem.fix().contains("short"), "a password in: {problem}");
+        }
+    }
 }
 
 #[test]
@@ -348,14 +510,8 @@ prop_compose! {
     }
 }
 
-fn arb_state() -> impl Strategy<
-    Value = (
-        Vec<Extension>,
-        Vec<ReleasedDevice>,
-        Vec<SipDevice>,
-        Option<u32>,
-    ),
-> {
+fn arb_state() -> impl Strategy<Value = (Vec<Extension>, Vec<Released>, Vec<SipDevice>, Option<u32>)>
+{
     (
         prop::collection::vec(any::<u8>(), 0..10),
         prop::collection::vec(arb_device(), 0..10),
@@ -383,14 +539,24 @@ fn arb_state() -> impl Strategy<
             extensions.retain(|e| numbers.insert(e.number.clone()));
             let released = released
                 .into_iter()
-                .map(|g| format!("g{g}"))
-                .filter(|g| owners.insert(g.clone()))
-                .map(|g| ReleasedDevice {
-                    mbg_device_id: g,
-                    number: "999".into(),
-                    released_at: 0,
+                .enumerate()
+                .filter(|(_, g)| owners.insert(format!("g{g}")))
+                .map(|(i, g)| {
+                    // Some deleted rows left only their credentials (a lost create).
+                    let number = 1000 + u32::from(g);
+                    let mut r =
+                        released_row(i as i64 + 100, &number.to_string(), Some(&format!("g{g}")));
+                    if g % 3 == 0 {
+                        r.mbg_device_id = None;
+                    }
+                    if g % 2 == 0 {
+                        r.remote_auth_name = Some(format!("set{}", g % 8));
+                        r.remote_auth_password =
+                            Some(SecretString::from(format!("remote-pass-{number}")));
+                    }
+                    r
                 })
-                .collect();
+                .collect::<Vec<_>>();
             (extensions, released, devices, budget)
         })
 }
@@ -405,8 +571,13 @@ proptest! {
         let first = plan(&extensions, &released, &icps(), &devices, budget);
         apply_all(&mut extensions, &mut released, &mut devices, &first);
         let second = plan(&extensions, &released, &icps(), &devices, budget);
-        let changes: Vec<_> = second.changes().collect();
-        prop_assert!(changes.is_empty(), "second plan still changes: {changes:?}");
+        let calls: Vec<_> = second.actions.iter().filter(|a| a.is_mbg_call()).collect();
+        prop_assert!(calls.is_empty(), "second plan still calls the MBG: {calls:?}");
+        // What may remain is bookkeeping: a released row whose duplicates went with it.
+        apply_all(&mut extensions, &mut released, &mut devices, &second);
+        let third = plan(&extensions, &released, &icps(), &devices, budget);
+        let changes: Vec<_> = third.changes().collect();
+        prop_assert!(changes.is_empty(), "third plan still changes: {changes:?}");
     }
 
     #[test]
@@ -417,22 +588,44 @@ proptest! {
             .iter()
             .filter(|e| e.provisioned_by_us)
             .filter_map(|e| e.mbg_device_id.clone())
-            .chain(released.iter().map(|r| r.mbg_device_id.clone()))
+            .chain(released.iter().filter_map(|r| r.mbg_device_id.clone()))
             .collect();
+        // Proof by credentials: the number and both set-side values of a row, live or released.
+        let proven = |d: &SipDevice| {
+            extensions.iter().any(|e| proves(d, &e.number, &e.remote_auth_name, &e.remote_auth_password))
+                || released.iter().any(|r| proves(d, &r.number, &r.remote_auth_name, &r.remote_auth_password))
+        };
         let plan = plan(&extensions, &released, &icps(), &devices, budget);
         for action in &plan.actions {
             let Some(guid) = action.target_guid() else { continue };
-            if owned.contains(guid) {
+            let d = devices.iter().find(|d| d.guid == guid).unwrap();
+            if owned.contains(guid) || proven(d) {
                 continue;
             }
             let Action::Adopt { extension_id, .. } = action else {
                 return Err(TestCaseError::fail(format!("touches a device not ours: {action:?}")));
             };
             let e = extensions.iter().find(|e| e.id == *extension_id).unwrap();
-            let d = devices.iter().find(|d| d.guid == guid).unwrap();
             let icp = icps().into_iter().find(|i| i.address == e.node_address).unwrap();
             prop_assert_eq!(&d.icpside_username, &e.number);
             prop_assert_eq!(&d.icp, &icp.name);
+        }
+    }
+
+    #[test]
+    fn a_wanted_rows_device_is_never_deleted(
+        (extensions, released, devices, budget) in arb_state()
+    ) {
+        let plan = plan(&extensions, &released, &icps(), &devices, budget);
+        let kept: HashSet<&str> = extensions
+            .iter()
+            .filter(|e| e.use_remote_auth && e.provisioned_by_us)
+            .filter_map(|e| e.mbg_device_id.as_deref())
+            .collect();
+        for action in &plan.actions {
+            if let Action::Delete { guid, .. } = action {
+                prop_assert!(!kept.contains(guid.as_str()), "deletes {} that a wanted row holds", guid);
+            }
         }
     }
 

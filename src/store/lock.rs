@@ -1,0 +1,216 @@
+//! One pass at a time per database. Two passes that plan from the same state both create the
+//! same SIP users (duplicates on an MBG that allows them) and overwrite each other's outcomes, so
+//! whatever changes the MBG first takes this lock.
+//!
+//! The lock dies with its holder, whatever kills it: on PostgreSQL it is a session advisory lock
+//! on a connection of its own (released when the connection ends), on SQLite an exclusive
+//! `flock` on a file beside the database (released when the process ends). The `pass_holder`
+//! row only names the holder for whoever waits; it is not the lock.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sqlx::{AnyConnection, Connection, Row};
+
+use super::{Backend, Store, StoreError, now};
+
+/// The advisory lock key: any constant, since advisory locks are per database.
+const ADVISORY_KEY: i64 = 0x6d62_675f_7061_7373; // "mbg_pass"
+const POLL: Duration = Duration::from_millis(200);
+
+/// Who holds the pass lock, as it recorded itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub host: String,
+    pub pid: i64,
+    pub since: i64,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let since = chrono::DateTime::from_timestamp(self.since, 0)
+            .map_or(self.since.to_string(), |t| {
+                t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+            });
+        write!(
+            f,
+            "process {} on host {} (since {since})",
+            self.pid, self.host
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another mbg-provision pass is running on this database, held by {}; gave up after waiting {} s",
+        .holder.as_ref().map_or("an unknown process".to_string(), Holder::to_string),
+        .waited.as_secs()
+    )]
+    Busy {
+        holder: Option<Holder>,
+        waited: Duration,
+    },
+    #[error("cannot take the pass lock {path}: {error}")]
+    File {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot take the pass lock: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Held while a pass may change the MBG. Dropping it releases the lock too; [`PassLock::release`]
+/// also clears the holder row.
+pub struct PassLock {
+    store: Store,
+    hold: Hold,
+}
+
+enum Hold {
+    File(std::fs::File),
+    Postgres(AnyConnection),
+    /// An in-memory SQLite database: only this process can reach it.
+    Nothing,
+}
+
+impl fmt::Debug for PassLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PassLock")
+    }
+}
+
+impl PassLock {
+    pub async fn release(self) {
+        let _ = sqlx::query("DELETE FROM pass_holder WHERE id = 1")
+            .execute(&self.store.pool)
+            .await;
+        match self.hold {
+            Hold::Postgres(mut connection) => {
+                let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(ADVISORY_KEY)
+                    .execute(&mut connection)
+                    .await;
+                let _ = connection.close().await;
+            }
+            Hold::File(file) => drop(file),
+            Hold::Nothing => {}
+        }
+    }
+}
+
+impl Store {
+    /// Takes the pass lock, waiting up to `wait`; `on_wait` is called once, when the lock is
+    /// found taken, with its holder.
+    pub async fn lock_passes(
+        &self,
+        wait: Duration,
+        on_wait: impl FnOnce(Option<&Holder>),
+    ) -> Result<PassLock, LockError> {
+        let started = Instant::now();
+        let mut on_wait = Some(on_wait);
+        loop {
+            if let Some(lock) = self.try_lock_passes().await? {
+                return Ok(lock);
+            }
+            let holder = self.pass_holder().await?;
+            if started.elapsed() >= wait {
+                return Err(LockError::Busy {
+                    holder,
+                    waited: started.elapsed(),
+                });
+            }
+            if let Some(on_wait) = on_wait.take() {
+                on_wait(holder.as_ref());
+            }
+            tokio::time::sleep(POLL.min(wait.saturating_sub(started.elapsed()))).await;
+        }
+    }
+
+    /// Takes the pass lock if it is free.
+    pub async fn try_lock_passes(&self) -> Result<Option<PassLock>, LockError> {
+        let hold = match self.backend {
+            Backend::Postgres => {
+                let mut connection = AnyConnection::connect(self.url.expose())
+                    .await
+                    .map_err(StoreError::Database)?;
+                let taken: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS taken")
+                    .bind(ADVISORY_KEY)
+                    .fetch_one(&mut connection)
+                    .await
+                    .and_then(|row| row.try_get("taken"))
+                    .map_err(StoreError::Database)?;
+                if !taken {
+                    let _ = connection.close().await;
+                    return Ok(None);
+                }
+                Hold::Postgres(connection)
+            }
+            Backend::Sqlite => match super::sqlite_path(self.url.expose()) {
+                None => Hold::Nothing,
+                Some(db) => {
+                    let mut path = db.into_os_string();
+                    path.push(".lock");
+                    let path = PathBuf::from(path);
+                    let failed = |error| LockError::File {
+                        path: path.clone(),
+                        error,
+                    };
+                    let mut options = std::fs::OpenOptions::new();
+                    options.read(true).write(true).create(true).truncate(false);
+                    #[cfg(unix)]
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                    let file = options.open(&path).map_err(failed)?;
+                    match file.try_lock() {
+                        Ok(()) => Hold::File(file),
+                        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                        Err(std::fs::TryLockError::Error(error)) => return Err(failed(error)),
+                    }
+                }
+            },
+        };
+        sqlx::query(
+            "INSERT INTO pass_holder (id, host, pid, since) VALUES (1, $1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+                                            since = excluded.since",
+        )
+        .bind(host_name())
+        .bind(i64::from(std::process::id()))
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        Ok(Some(PassLock {
+            store: self.clone(),
+            hold,
+        }))
+    }
+
+    /// Who holds the pass lock, as it recorded itself (`None` between its taking the lock and
+    /// writing the row, or after a holder that died).
+    pub async fn pass_holder(&self) -> Result<Option<Holder>, StoreError> {
+        let row = sqlx::query("SELECT host, pid, since FROM pass_holder WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+        row.map(|row| {
+            Ok(Holder {
+                host: row.try_get("host")?,
+                pid: row.try_get("pid")?,
+                since: row.try_get("since")?,
+            })
+        })
+        .transpose()
+        .map_err(StoreError::Database)
+    }
+}
+
+fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "an unknown host".to_string())
+}

@@ -1,0 +1,339 @@
+//! The promises under stress, with the real binary: concurrent `sync`s, SIGKILL during creates,
+//! SIGINT, and the pass lock. Against a simulator that lets duplicate set-side names through, as
+//! a real MBG may, so that a duplicate shows up as a second SIP user rather than a 400.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mbg_provision::sim::{Faults, SimConfig};
+use mbg_provision::store::{ExtensionSpec, ExtensionState, NewNode, Store};
+use secrecy::SecretString;
+use sqlx::Connection;
+
+use crate::mbg::{Harness, sim_config};
+use crate::support::TestDb;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mbg-provision");
+
+crate::on_both_backends!(
+    three_syncs_at_once_make_one_sip_user_per_extension,
+    sigkill_during_creates_then_off_or_deleted_leaves_no_sip_user,
+    sigkill_during_creates_then_a_node_move_ends_with_one_sip_user_each,
+    a_second_sync_waits_then_names_the_holder,
+    sigint_finishes_and_records_the_calls_in_flight,
+);
+
+fn lenient_sim(latency_ms: u64) -> SimConfig {
+    let mut config = sim_config();
+    config.duplicate_setside_names = true;
+    config.faults = Faults {
+        latency_ms,
+        ..Faults::default()
+    };
+    config
+}
+
+async fn setup(db: TestDb, sim: SimConfig, count: usize) -> Harness {
+    let h = Harness::new(db, sim).await.with_token().await;
+    let store = &h.db.store;
+    for (name, address) in [("pbx1", "10.0.0.20"), ("pbx2", "10.0.0.21")] {
+        store
+            .add_node(&NewNode {
+                name: name.into(),
+                address: address.into(),
+                nat_address: None,
+                nat_sip_port: None,
+            })
+            .await
+            .unwrap();
+    }
+    let specs: Vec<ExtensionSpec> = (0..count)
+        .map(|i| ExtensionSpec {
+            number: (2000 + i).to_string(),
+            node: "pbx1".into(),
+            kind: None,
+            use_remote_auth: Some(true),
+            sip_password: None,
+        })
+        .collect();
+    store
+        .set_extensions(&specs, || SecretString::from("pbx-sip-password"))
+        .await
+        .unwrap();
+    h
+}
+
+fn command(h: &Harness, dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(dir)
+        .env("MBG_PROVISION_DATABASE__URL", &h.db.url)
+        .env("MBG_PROVISION_MBG__BASE_URL", h.sim.base_url())
+        .env("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "8")
+        .env_remove("RUST_LOG")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// A child whose pipes are drained from the start (a child blocked on a full pipe would stall,
+/// holding the pass lock), waited for without blocking the runtime that serves the simulator.
+struct Running {
+    pid: u32,
+    output: tokio::task::JoinHandle<Output>,
+}
+
+fn start(mut command: Command) -> Running {
+    let child = command.spawn().unwrap();
+    Running {
+        pid: child.id(),
+        output: tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()),
+    }
+}
+
+impl Running {
+    async fn finish(self) -> Output {
+        self.output.await.unwrap()
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// SIP users per ICP-side name (the extension number).
+fn devices_per_number(h: &Harness) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for device in h.sim.devices() {
+        *counts.entry(device.icpside_username).or_insert(0) += 1;
+    }
+    counts
+}
+
+async fn wait_for_devices(h: &Harness, at_least: usize, running: &Running) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.sim.devices().len() < at_least {
+        assert!(
+            !running.output.is_finished(),
+            "sync ended before it was interrupted"
+        );
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn sync_ok(h: &Harness, dir: &Path) -> String {
+    let output = start(command(h, dir, &["sync"])).finish().await;
+    assert!(
+        output.status.success(),
+        "sync failed: {}\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+async fn raw_sql(url: &str, sql: &str) {
+    let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+}
+
+async fn three_syncs_at_once_make_one_sip_user_per_extension(db: TestDb) {
+    let h = setup(db, lenient_sim(20), 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<Running> = (0..3)
+        .map(|_| start(command(&h, dir.path(), &["sync", "--wait", "120s"])))
+        .collect();
+    let mut waited = 0;
+    for child in children {
+        let output = child.finish().await;
+        let stderr = text(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{}\n{stderr}",
+            text(&output.stdout)
+        );
+        waited += usize::from(stderr.contains("waiting up to"));
+    }
+    assert!(waited >= 1, "the later syncs said that they waited");
+    let counts = devices_per_number(&h);
+    assert_eq!(counts.len(), 300);
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "SIP users created twice: {twice:?}");
+    let store = &h.db.store;
+    for e in store.extensions().await.unwrap() {
+        assert_eq!(
+            e.state,
+            ExtensionState::Provisioned,
+            "{}: {:?}",
+            e.number,
+            e.last_error
+        );
+    }
+    assert!(store.pending_changes(10).await.unwrap().is_empty());
+}
+
+/// Kills a `sync` with SIGKILL once `at_least` SIP users exist. Returns how many SIP users the
+/// database did not know at that moment (creates whose guid was never stored).
+async fn kill_during_creates(h: &Harness, dir: &Path, at_least: usize) -> usize {
+    let running = start(command(h, dir, &["sync"]));
+    wait_for_devices(h, at_least, &running).await;
+    running.signal("-KILL");
+    let output = running.finish().await;
+    assert!(!output.status.success());
+    let recorded: Vec<String> =
+        h.db.store
+            .extensions()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| e.mbg_device_id)
+            .collect();
+    let unknown = h
+        .sim
+        .devices()
+        .iter()
+        .filter(|d| !recorded.contains(&d.guid))
+        .count();
+    eprintln!(
+        "killed with {} SIP users on the MBG, {unknown} of them unknown to the database",
+        h.sim.devices().len()
+    );
+    unknown
+}
+
+async fn sigkill_during_creates_then_off_or_deleted_leaves_no_sip_user(db: TestDb) {
+    let h = setup(db, lenient_sim(15), 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    kill_during_creates(&h, dir.path(), 60).await;
+    // Half switched off by another program, half deleted outright.
+    raw_sql(
+        &h.db.url,
+        "UPDATE extensions SET use_remote_auth = false;
+         DELETE FROM extensions WHERE CAST(number AS INTEGER) % 2 = 1;",
+    )
+    .await;
+    sync_ok(&h, dir.path()).await;
+    let left = h.sim.devices();
+    assert!(
+        left.is_empty(),
+        "{} SIP users left behind, e.g. {:?}",
+        left.len(),
+        left.first().map(|d| &d.icpside_username)
+    );
+    let store = &h.db.store;
+    assert!(store.released().await.unwrap().is_empty());
+    assert!(store.pending_changes(10).await.unwrap().is_empty());
+    for e in store.extensions().await.unwrap() {
+        assert_eq!(e.state, ExtensionState::Idle, "{}", e.number);
+        assert!(e.mbg_device_id.is_none());
+    }
+}
+
+async fn sigkill_during_creates_then_a_node_move_ends_with_one_sip_user_each(db: TestDb) {
+    let h = setup(db, lenient_sim(15), 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    kill_during_creates(&h, dir.path(), 60).await;
+    raw_sql(
+        &h.db.url,
+        "UPDATE extensions SET node_id = (SELECT id FROM nodes WHERE name = 'pbx2');",
+    )
+    .await;
+    sync_ok(&h, dir.path()).await;
+    let counts = devices_per_number(&h);
+    assert_eq!(counts.len(), 200);
+    assert!(counts.values().all(|n| *n == 1), "a SIP user created twice");
+    assert!(h.sim.devices().iter().all(|d| d.icp == "MiVO250-2"));
+    for e in h.db.store.extensions().await.unwrap() {
+        assert_eq!(
+            e.state,
+            ExtensionState::Provisioned,
+            "{}: {:?}",
+            e.number,
+            e.last_error
+        );
+    }
+}
+
+async fn a_second_sync_waits_then_names_the_holder(db: TestDb) {
+    let h = setup(db, lenient_sim(0), 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lock =
+        h.db.store
+            .lock_passes(Duration::ZERO, |_| {})
+            .await
+            .unwrap();
+    let started = Instant::now();
+    let output = start(command(&h, dir.path(), &["sync", "--wait", "1s"]))
+        .finish()
+        .await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("waiting up to 1 s"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("process {} on host", std::process::id())),
+        "names the holder: {stderr}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(h.sim.devices().is_empty(), "changed nothing");
+    // A dry run needs no lock.
+    let dry = start(command(&h, dir.path(), &["sync", "--dry-run"]))
+        .finish()
+        .await;
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    lock.release().await;
+    sync_ok(&h, dir.path()).await;
+    assert_eq!(h.sim.devices().len(), 3);
+}
+
+async fn sigint_finishes_and_records_the_calls_in_flight(db: TestDb) {
+    let h = setup(db, lenient_sim(150), 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(command(&h, dir.path(), &["sync"]));
+    wait_for_devices(&h, 8, &running).await;
+    running.signal("-INT");
+    let output = running.finish().await;
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("Applied:"), "prints its summary: {stdout}");
+    let store: &Store = &h.db.store;
+    let extensions = store.extensions().await.unwrap();
+    let recorded: Vec<&str> = extensions
+        .iter()
+        .filter_map(|e| e.mbg_device_id.as_deref())
+        .collect();
+    let devices = h.sim.devices();
+    assert!(devices.len() < 100, "stopped before the end");
+    for device in &devices {
+        assert!(
+            recorded.contains(&device.guid.as_str()),
+            "SIP user of {} created but not recorded",
+            device.icpside_username
+        );
+    }
+    // What was not reached is still to do.
+    assert!(!store.pending_changes(1000).await.unwrap().is_empty());
+    sync_ok(&h, dir.path()).await;
+    assert_eq!(devices_per_number(&h).len(), 100);
+    assert!(devices_per_number(&h).values().all(|n| *n == 1));
+}
