@@ -460,9 +460,16 @@ fn path_segment(text: &str) -> String {
         .replace("%2D", "-")
 }
 
+/// The start of a body, for an error message. Redacted whole before it is cut: a cut can turn a
+/// JSON document into text that only the weaker scan reads, or end inside a secret.
 fn excerpt(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(EXCERPT_BYTES)]);
-    format!("{:?}", redact(&text))
+    let redacted = redact(&String::from_utf8_lossy(bytes));
+    let mut end = redacted.len().min(EXCERPT_BYTES);
+    while !redacted.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < redacted.len() { "…" } else { "" };
+    format!("{:?}{more}", &redacted[..end])
 }
 
 /// reqwest's message with its causes (connection refused, timed out, reset).
@@ -582,6 +589,30 @@ mod tests {
         assert!(token_from_form("POST token", "oauth_callback_confirmed=true").is_err());
         assert!(token_from_form("POST token", "oauth_token=&oauth_token_secret=s").is_err());
         assert!(token_from_form("POST token", "oauth_token=%FF&oauth_token_secret=s").is_err());
+    }
+
+    #[test]
+    fn excerpts_are_redacted_before_they_are_cut() {
+        // The escaped quote is inside the first 200 bytes and the closing quote beyond them.
+        let body = format!(
+            r#"{{"description":"{}","setside_password":"Leak\"Pass-{}"}}"#,
+            "x".repeat(150),
+            "1".repeat(100)
+        );
+        let quoted = excerpt(body.as_bytes());
+        assert!(
+            !quoted.contains("Pass") && !quoted.contains("Leak"),
+            "{quoted}"
+        );
+        assert!(
+            quoted.contains(r#"\"setside_password\":\"***\""#),
+            "{quoted}"
+        );
+        let long = excerpt(format!(r#"{{"error":"{}"}}"#, "é".repeat(300)).as_bytes());
+        assert!(long.len() <= EXCERPT_BYTES + 8, "{long}");
+        assert!(long.ends_with('…'), "says that it was cut: {long}");
+        let short = excerpt(b"<html>\xc3\xa9</html>");
+        assert_eq!(short, "\"<html>é</html>\"");
     }
 
     #[test]

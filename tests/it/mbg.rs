@@ -90,7 +90,39 @@ impl Harness {
     }
 }
 
-crate::on_both_backends!(the_whole_exchange_stores_a_working_token);
+crate::on_both_backends!(
+    the_whole_exchange_stores_a_working_token,
+    unencoded_token_answers_still_give_working_signed_calls
+);
+
+/// A real MBG may leave `+ / =` unencoded in its token answers (mbg-api.md); a `+` read as a
+/// space would store a token the MBG never issued.
+async fn unencoded_token_answers_still_give_working_signed_calls(db: TestDb) {
+    let mut config = sim_config();
+    config.unencoded_token_answers = true;
+    let h = Harness::new(db, config).await.with_token().await;
+    let access = h.access_token().await;
+    for value in [access.token.expose_secret(), access.secret.expose_secret()] {
+        assert!(
+            ['+', '/', '='].iter().all(|c| value.contains(*c)),
+            "the simulator issues MBG-shaped tokens"
+        );
+    }
+    assert!(
+        h.sim
+            .access_token_expiry(access.token.expose_secret())
+            .is_some(),
+        "the stored token is the one the MBG issued"
+    );
+    let client = h.client().await;
+    client.ping().await.unwrap();
+    assert_eq!(client.icps().await.unwrap().len(), 2);
+    let guid = client
+        .create_device(&device("dave01", "1004", "MiVO250-1"))
+        .await
+        .unwrap();
+    client.delete_device(&guid).await.unwrap();
+}
 
 async fn the_whole_exchange_stores_a_working_token(db: TestDb) {
     let h = Harness::new(db, sim_config()).await;
