@@ -1,5 +1,6 @@
 //! The MBG client, the token exchange and its renewal, against the in-process simulator, which
-//! verifies every signature with its own code.
+//! verifies every signature it receives (with `oauth`'s base string, which the unit tests check
+//! against RFC 5849 and against `oauth1-request`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
