@@ -231,6 +231,11 @@ impl Config {
             .split("__")
             .ignore(NON_CONFIG_VARS);
         figment = figment.merge(env);
+        // A source that cannot be read at all (a TOML syntax error) would fail every section
+        // below with the same error: report it once, naming the file.
+        if let Err(error) = figment.extract::<figment::value::Value>() {
+            return Err(ConfigError::Invalid(problems(&figment, error, &[])));
+        }
         // Section by section, so that every bad section is reported at once, not only the first.
         let mut found = Vec::new();
         check_section::<DatabaseConfig>(&figment, "database", &mut found);
@@ -434,6 +439,15 @@ impl FromStr for DatabaseUrl {
         let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
         match url.scheme() {
             "postgres" | "postgresql" if url.host_str().is_some_and(|h| !h.is_empty()) => {
+                // The driver logs every parameter it does not know, value and all.
+                if let Some((name, _)) = url.query_pairs().find(|(name, _)| {
+                    is_credential_param(name) && !DRIVER_CREDENTIAL_PARAMS.contains(&name.as_ref())
+                }) {
+                    return Err(format!(
+                        "the URL parameter \"{name}\" is not supported by the PostgreSQL driver; \
+                         remove it (give the password in the URL or as password=)"
+                    ));
+                }
                 Ok(Self(s.to_string()))
             }
             "postgres" | "postgresql" => Err("a PostgreSQL URL needs a host".into()),
@@ -444,15 +458,49 @@ impl FromStr for DatabaseUrl {
     }
 }
 
+/// The credential parameters that sqlx's PostgreSQL driver takes (`sslkey` is a file name).
+const DRIVER_CREDENTIAL_PARAMS: &[&str] = &["password", "sslkey", "ssl-key"];
+
+/// Whether a URL query parameter may carry a credential: libpq's `password`, `sslpassword`,
+/// `passfile`, and, erring on the safe side, anything named like a secret, token or key.
+fn is_credential_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token", "key"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+/// Shows the URL with every credential replaced by `***`: the password of the user info and the
+/// value of every query parameter that may carry one.
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match url::Url::parse(&self.0) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("***"));
-                f.write_str(url.as_str())
-            }
-            _ => f.write_str(&self.0),
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            return f.write_str(&self.0);
+        };
+        let mut redacted = false;
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+            redacted = true;
         }
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if is_credential_param(&name) {
+                    redacted = true;
+                    "***".to_string()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        if !redacted {
+            return f.write_str(&self.0);
+        }
+        if url.query().is_some() {
+            url.query_pairs_mut().clear().extend_pairs(&pairs);
+        }
+        f.write_str(url.as_str())
     }
 }
 
@@ -637,5 +685,31 @@ mod tests {
         assert!(!format!("{url:?} {url}").contains("hunter22"));
         assert!(url.expose().contains("hunter22"));
         assert!("mysql://x@y/z".parse::<DatabaseUrl>().is_err());
+    }
+
+    /// libpq takes credentials as query parameters too (`password`, `sslpassword`).
+    #[test]
+    fn database_url_hides_credentials_in_its_query() {
+        let text = "postgres://prov@db.example.com:5433/pbx?sslmode=require&password=hunter2&application_name=mbgp";
+        let url: DatabaseUrl = text.parse().unwrap();
+        for shown in [url.to_string(), format!("{url:?}"), format!("{url:#?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("prov@db.example.com:5433/pbx")
+                    && shown.contains("sslmode=require")
+                    && shown.contains("application_name=mbgp"),
+                "what is not a credential stays readable: {shown}"
+            );
+        }
+        assert_eq!(url.expose(), text);
+        let refused = "postgres://prov@db/pbx?sslpassword=pw-2"
+            .parse::<DatabaseUrl>()
+            .unwrap_err();
+        assert!(
+            refused.contains("sslpassword") && !refused.contains("pw-2"),
+            "{refused}"
+        );
+        let plain = "sqlite://mbg-provision.db?mode=rwc";
+        assert_eq!(plain.parse::<DatabaseUrl>().unwrap().to_string(), plain);
     }
 }

@@ -15,8 +15,53 @@ async fn main() -> ExitCode {
     match commands::run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", message(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, each said once. anyhow's `{:#}` prints every cause after its
+/// wrapper, but a wrapper may already quote its cause (thiserror's `"…: {0}"` on a `#[from]`
+/// field is a `#[source]` too), and the user would read "X: Y: X: Y".
+fn message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("MBG GET ping/: unavailable")]
+    struct Cause;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read the MBG's state: {0}")]
+    struct Quoting(#[from] Cause);
+
+    #[test]
+    fn every_cause_is_said_once() {
+        let error = anyhow::Error::from(Quoting(Cause)).context("sync failed");
+        assert_eq!(
+            message(&error),
+            "sync failed: cannot read the MBG's state: MBG GET ping/: unavailable"
+        );
+        let error = anyhow::Error::from(Cause).context("cannot open the database x");
+        assert_eq!(
+            message(&error),
+            "cannot open the database x: MBG GET ping/: unavailable"
+        );
     }
 }

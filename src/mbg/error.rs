@@ -76,10 +76,75 @@ impl fmt::Display for MbgError {
     }
 }
 
-/// Blanks the values of anything that looks like a password, secret or token in a body excerpt,
-/// in JSON (`"setside_password": "..."`) and in forms (`oauth_token_secret=...`).
+/// What a blanked value is replaced with.
+const BLANK: &str = "***";
+
+/// Whether a key names a secret: the device passwords, the consumer secret, the OAuth tokens.
+fn is_sensitive(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+/// Blanks every value whose key names a secret in a body that an error message quotes: a JSON
+/// document (at any depth), a form (`oauth_token_secret=...`), or, for anything else (an HTML
+/// page, a body cut short), every `key: value` or `key=value` whose key names a secret, to the end
+/// of its value or, when the value does not end, of the text.
 pub fn redact(text: &str) -> String {
-    const SENSITIVE: [&str; 3] = ["password", "secret", "token"];
+    if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) {
+        blank_json(&mut value);
+        return value.to_string();
+    }
+    if let Some(form) = redact_form(text.trim()) {
+        return form;
+    }
+    redact_text(text)
+}
+
+fn blank_json(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                if is_sensitive(key) {
+                    *value = Value::from(BLANK);
+                } else {
+                    blank_json(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(blank_json),
+        _ => {}
+    }
+}
+
+/// A form body (`name=value&...`, no spaces, quotes or brackets), with secret values blanked;
+/// `None` when the text is not shaped like one.
+fn redact_form(text: &str) -> Option<String> {
+    let is_form = !text.is_empty()
+        && !text.contains(|c: char| c.is_whitespace() || "\"'{}[]<>:,".contains(c))
+        && text.split('&').all(|pair| pair.contains('='));
+    if !is_form {
+        return None;
+    }
+    let pairs: Vec<String> = text
+        .split('&')
+        .map(|pair| {
+            let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            if is_sensitive(&decoded) {
+                format!("{name}={BLANK}")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect();
+    Some(pairs.join("&"))
+}
+
+/// The conservative scan, for text that is neither JSON nor a form.
+fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while !rest.is_empty() {
@@ -95,53 +160,121 @@ pub fn redact(text: &str) -> String {
         let key_start = before
             .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '"' || c == ' '))
             .map_or(0, |i| i + 1);
-        let key = before[key_start..].to_ascii_lowercase();
-        if SENSITIVE.iter().any(|s| key.contains(s)) {
-            let trimmed = rest.trim_start();
-            out.push_str(&rest[..rest.len() - trimmed.len()]);
-            if let Some(quoted) = trimmed.strip_prefix('"') {
-                let end = quoted.find('"').map_or(quoted.len(), |i| i + 1);
-                out.push_str("\"***\"");
-                rest = &quoted[end.min(quoted.len())..];
-            } else {
-                let end = trimmed.find(['&', ',', '}', ' ']).unwrap_or(trimmed.len());
-                out.push_str("***");
-                rest = &trimmed[end..];
-            }
+        if !is_sensitive(&before[key_start..]) {
+            continue;
         }
+        let value = rest.trim_start();
+        out.push_str(&rest[..rest.len() - value.len()]);
+        let end = match value.chars().next() {
+            Some('"') => quoted_end(value),
+            Some('{' | '[') => nested_end(value),
+            _ => value.find(['&', ',', '}', ']', ' ']).unwrap_or(value.len()),
+        };
+        out.push_str(if value.starts_with('"') {
+            "\"***\""
+        } else {
+            BLANK
+        });
+        rest = &value[end..];
     }
     out
+}
+
+/// The length of a JSON string at the start of `text`, escapes included; all of `text` when the
+/// string does not end.
+fn quoted_end(text: &str) -> usize {
+    let mut escaped = false;
+    for (i, c) in text.char_indices().skip(1) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return i + 1,
+            _ => {}
+        }
+    }
+    text.len()
+}
+
+/// The length of the object or array at the start of `text`; all of `text` when it does not end.
+fn nested_end(text: &str) -> usize {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < text.len() {
+        match text.as_bytes()[i] {
+            b'"' => {
+                i += quoted_end(&text[i..]);
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    text.len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn assert_hidden(redacted: &str, secrets: &[&str]) {
+        for secret in secrets {
+            assert!(!redacted.contains(secret), "{secret} in {redacted}");
+        }
+    }
+
     #[test]
-    fn redacts_json_and_form_secrets() {
-        let json = r#"{"guid":"g1","setside_password": "hunter22x","icpside_username":"1001","icpside_password":"pbxpass1"}"#;
+    fn redacts_json_at_any_depth_escaped_quotes_included() {
+        let json = r#"{"guid":"g1","setside_password":"Leak\"Pass-111111","icpside_username":"1001","icpside_password":"pbxpass1","nested":{"list":[{"oauth_token_secret":"deep-s3cret"}]},"Password":12345678}"#;
         let redacted = redact(json);
-        assert!(
-            !redacted.contains("hunter22x") && !redacted.contains("pbxpass1"),
-            "{redacted}"
+        assert_hidden(
+            &redacted,
+            &["Leak", "Pass-111111", "pbxpass1", "deep-s3cret", "12345678"],
         );
-        assert!(
-            redacted.contains("\"icpside_username\":\"1001\""),
-            "{redacted}"
-        );
-        let form = "oauth_token=abc%2B%3D&oauth_token_secret=xyz&oauth_callback_confirmed=true";
+        let value: serde_json::Value = serde_json::from_str(&redacted).unwrap();
+        assert_eq!(value["icpside_username"], "1001");
+        assert_eq!(value["guid"], "g1");
+        assert_eq!(value["setside_password"], "***");
+        assert_eq!(value["nested"]["list"][0]["oauth_token_secret"], "***");
+    }
+
+    #[test]
+    fn redacts_forms_encoded_or_not() {
+        let form = "oauth_token=or7z4alsrn2+pyuwm33djq==&oauth_token_secret=ab/c+d==&oauth_callback_confirmed=true";
         let redacted = redact(form);
-        assert!(
-            !redacted.contains("abc") && !redacted.contains("xyz"),
-            "{redacted}"
-        );
+        assert_hidden(&redacted, &["or7z4alsrn2", "pyuwm33djq", "ab/c", "+d=="]);
         assert!(
             redacted.contains("oauth_callback_confirmed=true"),
             "{redacted}"
         );
+        let encoded = redact("oauth%5Ftoken=abc%2B%3D&x=1");
+        assert_hidden(&encoded, &["abc"]);
+        assert!(encoded.ends_with("&x=1"), "{encoded}");
+    }
+
+    #[test]
+    fn redacts_bodies_that_are_cut_short_or_not_json() {
+        // Invalid JSON (cut by the server): the scan must step over the escaped quote.
+        let cut = r#"{"response": [{"setside_password": "Leak\"Pass-111111", "icpside_password": {"x": "nested-pass"}, "icp": "MiVO250-1""#;
+        let redacted = redact(cut);
+        assert_hidden(&redacted, &["Leak", "Pass-111111", "nested-pass"]);
+        assert!(redacted.contains(r#""icp": "MiVO250-1""#), "{redacted}");
+        // A value that never ends is blanked to the end.
+        let open = r#"{"guid": "g1", "setside_password": "Leak\"Pass-111111, more"#;
+        assert_hidden(&redact(open), &["Pass-111111", "more"]);
         assert_eq!(
             redact("<html>Server Error</html>"),
             "<html>Server Error</html>"
+        );
+        assert_hidden(
+            &redact("weak password: hunter22x, try again"),
+            &["hunter22x"],
         );
     }
 }

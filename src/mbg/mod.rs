@@ -386,12 +386,17 @@ impl MbgClient {
             endpoint: endpoint.clone(),
             kind,
         };
-        let url = self.base.join(path);
+        // Parsed once, so that what is signed is exactly what is sent.
+        let url = url::Url::parse(&self.base.join(path)).map_err(|e| {
+            fail(MbgErrorKind::Setup(format!(
+                "cannot build the URL of {endpoint}: {e}"
+            )))
+        })?;
         let authorization =
-            oauth::authorization(method.as_str(), &url, &[], &self.consumer, grant, None);
+            oauth::authorization(method.as_str(), &url, &self.consumer, grant, None);
         let mut request = self
             .http
-            .request(method.clone(), &url)
+            .request(method.clone(), url)
             .header(AUTHORIZATION, authorization);
         if let Some(body) = body {
             request = request.json(&body);
@@ -455,9 +460,16 @@ fn path_segment(text: &str) -> String {
         .replace("%2D", "-")
 }
 
+/// The start of a body, for an error message. Redacted whole before it is cut: a cut can turn a
+/// JSON document into text that only the weaker scan reads, or end inside a secret.
 fn excerpt(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(EXCERPT_BYTES)]);
-    format!("{:?}", redact(&text))
+    let redacted = redact(&String::from_utf8_lossy(bytes));
+    let mut end = redacted.len().min(EXCERPT_BYTES);
+    while !redacted.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < redacted.len() { "…" } else { "" };
+    format!("{:?}{more}", &redacted[..end])
 }
 
 /// reqwest's message with its causes (connection refused, timed out, reset).
@@ -513,17 +525,27 @@ pub fn permission_for(path: &str) -> &'static str {
 }
 
 /// Reads `oauth_token` and `oauth_token_secret` from a token answer, ignoring other parameters.
+///
+/// Not a form decoder: a server may leave a token's `+ / =` unencoded, and tokens never hold a
+/// space, so a bare `+` is a `+` here. Percent-escapes are decoded.
 fn token_from_form(endpoint: &str, form: &str) -> Result<TokenCredentials, MbgError> {
+    let malformed = |why: &str| MbgError {
+        endpoint: endpoint.to_string(),
+        kind: MbgErrorKind::Malformed(why.into()),
+    };
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| malformed("the token answer is not UTF-8 once decoded"))
+    };
     let mut token = None;
     let mut secret = None;
     for pair in form.trim().split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_encoding::percent_decode_str(&value.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned();
-        match name {
-            "oauth_token" => token = Some(value),
-            "oauth_token_secret" => secret = Some(value),
+        match decode(name)?.as_str() {
+            "oauth_token" => token = Some(decode(value)?),
+            "oauth_token_secret" => secret = Some(decode(value)?),
             _ => {}
         }
     }
@@ -532,12 +554,9 @@ fn token_from_form(endpoint: &str, form: &str) -> Result<TokenCredentials, MbgEr
             token: token.into(),
             secret: secret.into(),
         }),
-        _ => Err(MbgError {
-            endpoint: endpoint.to_string(),
-            kind: MbgErrorKind::Malformed(
-                "the answer lacks oauth_token or oauth_token_secret".into(),
-            ),
-        }),
+        _ => Err(malformed(
+            "the answer lacks oauth_token or oauth_token_secret",
+        )),
     }
 }
 
@@ -546,15 +565,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_answers_keep_plus_slash_and_equals() {
-        let t = token_from_form(
+    fn token_answers_keep_plus_slash_and_equals_encoded_or_not() {
+        let encoded = token_from_form(
             "POST token",
             "oauth_token=or7z4alsrn2%2Bpyuwm33djq%3D%3D&oauth_token_secret=a%2Fb%3D&oauth_authorized_realms=",
         )
         .unwrap();
-        assert_eq!(t.token.expose_secret(), "or7z4alsrn2+pyuwm33djq==");
-        assert_eq!(t.secret.expose_secret(), "a/b=");
+        assert_eq!(encoded.token.expose_secret(), "or7z4alsrn2+pyuwm33djq==");
+        assert_eq!(encoded.secret.expose_secret(), "a/b=");
+        // The shape of a real MBG's answer, left unencoded (mbg-api.md: `+ / =` must survive).
+        let bare = token_from_form(
+            "POST initiate",
+            "oauth_token=or7z4alsrn2+pyuwm33djq==&oauth_token_secret=ab/c+d==&oauth_callback_confirmed=true\n",
+        )
+        .unwrap();
+        assert_eq!(bare.token.expose_secret(), "or7z4alsrn2+pyuwm33djq==");
+        assert_eq!(bare.secret.expose_secret(), "ab/c+d==");
+        // A literal `%2B` next to a bare `+`: escapes decode, the bare `+` stays.
+        let mixed =
+            token_from_form("POST token", "oauth_token=a+b%2Bc&oauth_token_secret=").unwrap();
+        assert_eq!(mixed.token.expose_secret(), "a+b+c");
+        assert_eq!(mixed.secret.expose_secret(), "");
         assert!(token_from_form("POST token", "oauth_callback_confirmed=true").is_err());
+        assert!(token_from_form("POST token", "oauth_token=&oauth_token_secret=s").is_err());
+        assert!(token_from_form("POST token", "oauth_token=%FF&oauth_token_secret=s").is_err());
+    }
+
+    #[test]
+    fn excerpts_are_redacted_before_they_are_cut() {
+        // The escaped quote is inside the first 200 bytes and the closing quote beyond them.
+        let body = format!(
+            r#"{{"description":"{}","setside_password":"Leak\"Pass-{}"}}"#,
+            "x".repeat(150),
+            "1".repeat(100)
+        );
+        let quoted = excerpt(body.as_bytes());
+        assert!(
+            !quoted.contains("Pass") && !quoted.contains("Leak"),
+            "{quoted}"
+        );
+        assert!(
+            quoted.contains(r#"\"setside_password\":\"***\""#),
+            "{quoted}"
+        );
+        let long = excerpt(format!(r#"{{"error":"{}"}}"#, "é".repeat(300)).as_bytes());
+        assert!(long.len() <= EXCERPT_BYTES + 8, "{long}");
+        assert!(long.ends_with('…'), "says that it was cut: {long}");
+        let short = excerpt(b"<html>\xc3\xa9</html>");
+        assert_eq!(short, "\"<html>é</html>\"");
     }
 
     #[test]

@@ -20,6 +20,8 @@ use axum::response::{IntoResponse, Response};
 use rand::RngExt;
 use serde_json::json;
 
+use crate::oauth;
+
 use state::{
     ACCESS_TOKEN_LIFETIME, AccessToken, Consumer, SimState, TEMPORARY_TOKEN_LIFETIME,
     TIMESTAMP_WINDOW,
@@ -63,6 +65,9 @@ pub struct SimConfig {
     /// Accept a set-side name already in use: no public document says a real MBG refuses it,
     /// so the client must not rely on the refusal to avoid duplicates.
     pub duplicate_setside_names: bool,
+    /// `true`: the token answers carry tokens and secrets as they are, `+ / =` unencoded, as a
+    /// real MBG may; `false`: percent-encoded, as the form encoding asks.
+    pub unencoded_token_answers: bool,
 }
 
 impl Default for SimConfig {
@@ -75,6 +80,7 @@ impl Default for SimConfig {
             faults: Faults::default(),
             token_api: true,
             duplicate_setside_names: false,
+            unencoded_token_answers: false,
         }
     }
 }
@@ -118,6 +124,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimHa
         auto_approve: config.auto_approve,
         token_api: config.token_api,
         duplicate_setside_names: config.duplicate_setside_names,
+        unencoded_token_answers: config.unencoded_token_answers,
         clock_offset: 0,
         faults: config.faults,
         requests: Vec::new(),
@@ -181,6 +188,10 @@ impl SimHandle {
 
     pub fn set_token_api(&self, offered: bool) {
         self.state().token_api = offered;
+    }
+
+    pub fn set_unencoded_token_answers(&self, unencoded: bool) {
+        self.state().unencoded_token_answers = unencoded;
     }
 
     pub fn set_permissions(&self, consumer: &str, permissions: &[&str]) {
@@ -316,8 +327,12 @@ async fn api(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let base_uri = signature::base_uri("http", host, uri.path());
-    let oauth = match authenticate(state, method, &base_uri, uri.query(), headers) {
+    let path_and_query = uri.path_and_query().map_or("", |p| p.as_str());
+    let url = match signature::request_url("http", host, path_and_query) {
+        Ok(url) => url,
+        Err(message) => return unauthorized(&message),
+    };
+    let oauth = match authenticate(state, method, &url, headers) {
         Ok(oauth) => oauth,
         Err(message) => return unauthorized(&message),
     };
@@ -365,8 +380,7 @@ fn unauthorized(message: &str) -> Response {
 fn authenticate(
     state: &Shared,
     method: &Method,
-    base_uri: &str,
-    query: Option<&str>,
+    url: &url::Url,
     headers: &HeaderMap,
 ) -> Result<Signer, String> {
     let mut params = match headers
@@ -376,9 +390,7 @@ fn authenticate(
         Some(value) => signature::header_params(value)?,
         None => Vec::new(),
     };
-    if let Some(query) = query {
-        params.extend(signature::form_params(query)?);
-    }
+    params.extend(oauth::query_params(url));
     let get = |name: &str| {
         params
             .iter()
@@ -438,8 +450,8 @@ fn authenticate(
     } else {
         return Err("unknown token".into());
     };
-    let base = signature::base_string(method.as_str(), base_uri, &params);
-    if !signature::verify_hmac_sha1(&base, &consumer.secret, &token_secret, &signature) {
+    let base = oauth::base_string(method.as_str(), &oauth::base_uri(url), &params);
+    if !oauth::verify(&base, &consumer.secret, &token_secret, &signature) {
         return Err("invalid signature".into());
     }
     if !s.fresh_nonce(timestamp, &nonce, &token) {
@@ -463,10 +475,9 @@ fn route(
                 return unauthorized("oauth_callback is required");
             }
             let (token, secret) = s.new_temporary_token(&consumer);
+            let (token, secret) = s.token_answer(&token, &secret);
             form(format!(
-                "oauth_token={}&oauth_token_secret={}&oauth_callback_confirmed=true",
-                signature::encode(&token),
-                signature::encode(&secret)
+                "oauth_token={token}&oauth_token_secret={secret}&oauth_callback_confirmed=true"
             ))
         }
         (Method::POST, ["token"], Signer::Temporary { token, verifier }) => {
@@ -493,10 +504,9 @@ fn route(
                     revoked: false,
                 },
             );
+            let (access, secret) = s.token_answer(&access, &secret);
             form(format!(
-                "oauth_token={}&oauth_token_secret={}&oauth_authorized_realms=",
-                signature::encode(&access),
-                signature::encode(&secret)
+                "oauth_token={access}&oauth_token_secret={secret}&oauth_authorized_realms="
             ))
         }
         (_, ["initiate"] | ["token"], _) => unauthorized("wrong credentials for this step"),

@@ -1,21 +1,9 @@
-//! The simulator's own OAuth 1.0a verification, written from RFC 5849 section 3.4 without the
-//! client's signer, so that a bug in the client cannot hide behind the same bug here.
+//! How the simulator reads a signed request: the `Authorization` header and the query as the
+//! server received them, and the base string URI from the `Host` the client addressed. The base
+//! string and the HMAC are [`crate::oauth`]'s, the one RFC 5849 implementation of this crate,
+//! which its tests check against the RFC and against `oauth1-request`.
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use sha1::Sha1;
-
-/// RFC 5849 section 3.6: everything but ALPHA, DIGIT, `-`, `.`, `_`, `~` is encoded.
-const RFC3986: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-pub fn encode(text: &str) -> String {
-    utf8_percent_encode(text, RFC3986).to_string()
-}
+use percent_encoding::percent_decode_str;
 
 fn decode(text: &str) -> Result<String, String> {
     percent_decode_str(text)
@@ -52,74 +40,23 @@ pub fn header_params(header: &str) -> Result<Vec<(String, String)>, String> {
     Ok(params)
 }
 
-/// The parameters of a query string or form body, decoded (`+` is a space in forms).
-pub fn form_params(query: &str) -> Result<Vec<(String, String)>, String> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((
-                decode(&name.replace('+', " "))?,
-                decode(&value.replace('+', " "))?,
-            ))
-        })
-        .collect()
-}
-
-/// Section 3.4.1.2: lowercase scheme and host, the port only when it is not the default.
-pub fn base_uri(scheme: &str, host_header: &str, path: &str) -> String {
-    let scheme = scheme.to_ascii_lowercase();
-    let host = host_header.to_ascii_lowercase();
-    let host = match (scheme.as_str(), host.rsplit_once(':')) {
-        ("http", Some((h, "80"))) | ("https", Some((h, "443"))) => h.to_string(),
-        _ => host,
-    };
-    format!("{scheme}://{host}{path}")
-}
-
-/// Section 3.4.1: method, base URI and the normalized parameters, `oauth_signature` excluded.
-pub fn base_string(method: &str, base_uri: &str, params: &[(String, String)]) -> String {
-    let mut encoded: Vec<(String, String)> = params
-        .iter()
-        .filter(|(name, _)| name != "oauth_signature")
-        .map(|(n, v)| (encode(n), encode(v)))
-        .collect();
-    encoded.sort();
-    let normalized = encoded
-        .iter()
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    format!(
-        "{}&{}&{}",
-        method.to_ascii_uppercase(),
-        encode(base_uri),
-        encode(&normalized)
-    )
-}
-
-/// Section 3.4.2, compared in constant time.
-pub fn verify_hmac_sha1(
-    base_string: &str,
-    consumer_secret: &str,
-    token_secret: &str,
-    signature_base64: &str,
-) -> bool {
-    let Ok(signature) = base64::engine::general_purpose::STANDARD.decode(signature_base64) else {
-        return false;
-    };
-    let key = format!("{}&{}", encode(consumer_secret), encode(token_secret));
-    let mut mac = Hmac::<Sha1>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
-    mac.update(base_string.as_bytes());
-    mac.verify_slice(&signature).is_ok()
+/// The request as section 3.4.1 sees it: the base string URI and the query's parameters.
+pub fn request_url(
+    scheme: &str,
+    host_header: &str,
+    path_and_query: &str,
+) -> Result<url::Url, String> {
+    url::Url::parse(&format!("{scheme}://{host_header}{path_and_query}"))
+        .map_err(|e| format!("cannot read the request URL: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oauth;
 
-    /// RFC 5849 section 1.2, the protected resource request, as the RFC prints it.
+    /// RFC 5849 section 1.2, the protected resource request, as the RFC prints it: header with
+    /// `realm` and spaces, port 80 in `Host`.
     #[test]
     fn verifies_the_rfc_example_and_nothing_else() {
         let header = r#"OAuth realm="Photos", oauth_consumer_key="dpf43f3p2l4k3l03", oauth_token="nnch734d00sl2jdk", oauth_signature_method="HMAC-SHA1", oauth_timestamp="137131202", oauth_nonce="chapoH", oauth_signature="MdpQcU8iPSUjWoN%2FUDMsK2sui9I%3D""#;
@@ -130,10 +67,16 @@ mod tests {
             .unwrap()
             .1
             .clone();
-        params.extend(form_params("file=vacation.jpg&size=original").unwrap());
-        let uri = base_uri("http", "photos.example.net:80", "/photos");
+        let url = request_url(
+            "http",
+            "photos.example.net:80",
+            "/photos?file=vacation.jpg&size=original",
+        )
+        .unwrap();
+        params.extend(oauth::query_params(&url));
+        let uri = oauth::base_uri(&url);
         assert_eq!(uri, "http://photos.example.net/photos");
-        let base = base_string("GET", &uri, &params);
+        let base = oauth::base_string("GET", &uri, &params);
         assert_eq!(
             base,
             "GET&http%3A%2F%2Fphotos.example.net%2Fphotos&file%3Dvacation.jpg%26\
@@ -141,34 +84,24 @@ mod tests {
              oauth_signature_method%3DHMAC-SHA1%26oauth_timestamp%3D137131202%26\
              oauth_token%3Dnnch734d00sl2jdk%26size%3Doriginal"
         );
-        assert!(verify_hmac_sha1(
+        assert!(oauth::verify(
             &base,
             "kd94hf93k423kf44",
             "pfkkdhi9sl3r4s00",
             &signature
         ));
-        assert!(!verify_hmac_sha1(
+        assert!(!oauth::verify(
             &base,
             "kd94hf93k423kf45",
             "pfkkdhi9sl3r4s00",
             &signature
         ));
-        let other = base_string("POST", &uri, &params);
-        assert!(!verify_hmac_sha1(
+        let other = oauth::base_string("POST", &uri, &params);
+        assert!(!oauth::verify(
             &other,
             "kd94hf93k423kf44",
             "pfkkdhi9sl3r4s00",
             &signature
         ));
-    }
-
-    #[test]
-    fn encodes_as_section_3_6_says() {
-        assert_eq!(
-            encode("or7z4alsrn2+pyuwm33djq=="),
-            "or7z4alsrn2%2Bpyuwm33djq%3D%3D"
-        );
-        assert_eq!(encode("a b~c-d_e.f/g"), "a%20b~c-d_e.f%2Fg");
-        assert_eq!(encode("é"), "%C3%A9");
     }
 }

@@ -111,16 +111,23 @@ pub struct SimState {
     /// `false`: the token info and renew endpoints answer 404, like an MBG without them.
     pub token_api: bool,
     pub duplicate_setside_names: bool,
+    /// `true`: token answers leave `+ / =` unencoded, as some servers do.
+    pub unencoded_token_answers: bool,
     pub clock_offset: i64,
     pub faults: Faults,
     pub requests: Vec<LoggedRequest>,
 }
 
+/// A token or token secret in the shape of a real MBG's (`or7z4alsrn2+pyuwm33djq==`), with a `+`,
+/// a `/` and a `=` always, so that every exchange proves that they survive the round trip.
 pub fn random_token() -> String {
     use base64::Engine;
     let mut bytes = [0u8; 16];
     rand::rng().fill(&mut bytes[..]);
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    let mut token = base64::engine::general_purpose::STANDARD.encode(bytes);
+    token.replace_range(4..5, "+");
+    token.replace_range(9..10, "/");
+    token
 }
 
 fn random_guid() -> String {
@@ -150,6 +157,15 @@ impl SimState {
             address: address.to_string(),
             icptype: "MiVO250".to_string(),
         });
+    }
+
+    /// A token and its secret as a token answer writes them.
+    pub fn token_answer(&self, token: &str, secret: &str) -> (String, String) {
+        if self.unencoded_token_answers {
+            (token.to_string(), secret.to_string())
+        } else {
+            (crate::oauth::encode(token), crate::oauth::encode(secret))
+        }
     }
 
     pub fn new_temporary_token(&mut self, consumer: &str) -> (String, String) {

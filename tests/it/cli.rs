@@ -395,3 +395,152 @@ fn the_demo_runs_the_whole_cycle() {
         "the demo leaves nothing behind"
     );
 }
+
+/// How many times `needle` occurs in `haystack`.
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+/// A configured token against a fresh simulator, through the CLI as an operator does it.
+/// Returns the simulator, the database and the environment to run commands with.
+async fn with_cli_token(
+    sim_config: mbg_provision::sim::SimConfig,
+) -> (
+    mbg_provision::sim::SimHandle,
+    TestDb,
+    tempfile::TempDir,
+    Vec<(&'static str, String)>,
+) {
+    let sim = crate::mbg::start_sim(sim_config).await;
+    let db = TestDb::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("MBG_PROVISION_MBG__BASE_URL", sim.base_url()),
+        (
+            "MBG_PROVISION_CONSUMER_SECRET",
+            "shared+secret/42=".to_string(),
+        ),
+        ("MBG_PROVISION_MBG__TIMEOUT", "2s".to_string()),
+    ];
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cmd = |args: &[&str]| run_with(dir.path(), &db.url, &env_ref, args);
+    ok(cmd(&["node", "add", "pbx1", "--address", "10.0.0.20"]));
+    ok(cmd(&[
+        "extension",
+        "set",
+        "1001",
+        "--node",
+        "pbx1",
+        "--remote",
+        "on",
+    ]));
+    let requested = ok(cmd(&[
+        "token",
+        "request",
+        "--name",
+        "test",
+        "--consumer-id",
+        "MiVOAppSuite",
+    ]));
+    let temporary = requested
+        .lines()
+        .find_map(|l| l.strip_prefix("temporary token: "))
+        .unwrap();
+    let verifier = sim.approve(temporary).unwrap();
+    ok(cmd(&["token", "verify", &verifier]));
+    (sim, db, dir, env)
+}
+
+/// Issue 7: each MBG error was printed twice ("X: Y: X: Y").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mbg_error_is_printed_once() {
+    let mut config = crate::mbg::sim_config();
+    config.licences = Some(0);
+    let (sim, db, dir, env) = with_cli_token(config).await;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cmd = |args: &[&str]| run_with(dir.path(), &db.url, &env, args);
+
+    sim.set_faults(mbg_provision::sim::Faults {
+        fail_rate: 1.0,
+        ..Default::default()
+    });
+    let unavailable = cmd(&["sync"]);
+    assert_ne!(unavailable.status.code(), Some(0));
+    let text = format!("{}{}", stdout(&unavailable), stderr(&unavailable));
+    for part in ["GET mbg/v1/icps/all/", "503 Service Unavailable"] {
+        assert_eq!(count(&text, part), 1, "{part:?} once in:\n{text}");
+    }
+
+    // A 400 on the create: no teleworker licence left.
+    sim.set_faults(mbg_provision::sim::Faults::default());
+    let refused = cmd(&["sync"]);
+    assert_ne!(refused.status.code(), Some(0));
+    let text = format!("{}{}", stdout(&refused), stderr(&refused));
+    assert_eq!(
+        count(&text, "no teleworker licence available"),
+        1,
+        "once in:\n{text}"
+    );
+
+    // A 401 on the opening reads: the token was revoked on the MBG.
+    let token = db.store.mbg_settings().await.unwrap().access_token.unwrap();
+    assert!(sim.revoke(token.expose_secret()));
+    let revoked = cmd(&["sync"]);
+    assert_ne!(revoked.status.code(), Some(0));
+    let text = format!("{}{}", stdout(&revoked), stderr(&revoked));
+    for part in ["401 unauthorized", "token status"] {
+        assert_eq!(count(&text, part), 1, "{part:?} once in:\n{text}");
+    }
+}
+
+/// Issue 7: a TOML syntax error was printed once per configuration section (eight times).
+#[test]
+fn a_toml_syntax_error_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[mbg\nbase_url = \"https://10.0.0.5/mslrest\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["node", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let message = stderr(&out);
+    assert!(message.contains("config.toml"), "names the file: {message}");
+    assert!(message.contains("line 1"), "names the line: {message}");
+    for part in ["TOML parse error", "invalid table header"] {
+        assert_eq!(count(&message, part), 1, "{part:?} once in:\n{message}");
+    }
+}
+
+/// Issue 7: libpq takes a password in the URL's query too; "cannot open the database" printed it.
+#[test]
+fn a_database_url_is_printed_without_its_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    // `sslmode=bogus` makes the driver refuse the URL at once, with no server needed.
+    let url = "postgres://prov:userinfo-PW-1@127.0.0.1:1/pbx?password=query-PW-2&application_name=mbgp&sslmode=bogus";
+    let out = run(dir.path(), url, &["node", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    for secret in ["userinfo-PW-1", "query-PW-2"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    assert!(
+        text.contains("127.0.0.1:1/pbx") && text.contains("application_name=mbgp"),
+        "the rest of the URL still says which database: {text}"
+    );
+
+    // A credential the driver does not take would be logged by it, value included: refused.
+    let url = "postgres://prov@127.0.0.1:1/pbx?sslpassword=ssl-PW-3";
+    let out = run(dir.path(), url, &["node", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!text.contains("ssl-PW-3"), "leaked: {text}");
+    assert!(
+        text.contains("`database.url`") && text.contains("sslpassword"),
+        "names the key and the parameter: {text}"
+    );
+}
