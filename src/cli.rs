@@ -104,7 +104,12 @@ pub enum TokenCommand {
 /// page shows, so warnings come early rather than late.
 fn parse_date(text: &str) -> Result<i64, String> {
     chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp())
+        .map(|d| {
+            d.and_hms_opt(0, 0, 0)
+                .expect("midnight exists")
+                .and_utc()
+                .timestamp()
+        })
         .map_err(|e| format!("\"{text}\" is not a date as YYYY-MM-DD ({e})"))
 }
 

@@ -269,8 +269,15 @@ mod tests {
         let (a, b) = (key(&dir, "a.key"), key(&dir, "b.key"));
         let secret = SecretString::from("or7z4alsrn2+pyuwm33djq==");
         let sealed = a.seal("access_token", &secret).unwrap();
-        assert!(sealed.starts_with("v1:") && !sealed.contains("or7z4"), "{sealed}");
-        assert_ne!(sealed, a.seal("access_token", &secret).unwrap(), "fresh nonce");
+        assert!(
+            sealed.starts_with("v1:") && !sealed.contains("or7z4"),
+            "{sealed}"
+        );
+        assert_ne!(
+            sealed,
+            a.seal("access_token", &secret).unwrap(),
+            "fresh nonce"
+        );
         assert_eq!(
             a.open("access_token", &sealed).unwrap().expose_secret(),
             secret.expose_secret()
@@ -281,15 +288,26 @@ mod tests {
         ));
         b.seal("x", &secret).unwrap();
         let err = b.open("access_token", &sealed).unwrap_err();
-        assert!(err.to_string().contains("does not match the database"), "{err}");
+        assert!(
+            err.to_string().contains("does not match the database"),
+            "{err}"
+        );
         assert!(err.to_string().contains("token request"), "{err}");
         assert_eq!(
-            a.open("consumer_secret", "legacy-clear").unwrap().expose_secret(),
+            a.open("consumer_secret", "legacy-clear")
+                .unwrap()
+                .expose_secret(),
             "legacy-clear"
         );
         let missing = key(&dir, "gone.key").open("c", &sealed).unwrap_err();
-        assert!(matches!(missing, SecretsError::KeyMissing { .. }), "{missing}");
-        assert!(!dir.path().join("gone.key").exists(), "reading creates no key");
+        assert!(
+            matches!(missing, SecretsError::KeyMissing { .. }),
+            "{missing}"
+        );
+        assert!(
+            !dir.path().join("gone.key").exists(),
+            "reading creates no key"
+        );
     }
 
     #[test]

@@ -282,7 +282,9 @@ pub async fn renew_if_due(
                 .save_token_expiry(settings.token_generation, renewed)
                 .await?
             {
-                warn!("a new access token was stored during the renewal; the renewed one is not recorded");
+                warn!(
+                    "a new access token was stored during the renewal; the renewed one is not recorded"
+                );
             }
             info!(
                 previous = expires_at,
@@ -464,7 +466,8 @@ impl TokenStatus {
 
 impl fmt::Display for TokenStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NEW_TOKEN: &str = "run `mbg-provision token request` and `token verify` for a new one";
+        const NEW_TOKEN: &str =
+            "run `mbg-provision token request` and `token verify` for a new one";
         match self {
             TokenStatus::None => write!(f, "none: run `mbg-provision token request`"),
             TokenStatus::PendingApproval { requested_at } => write!(

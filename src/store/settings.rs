@@ -6,8 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::Row;
 
 use super::{
-    AuditEntry, MbgSettings, Result, Store, StoreError, TemporaryToken, get_parsed, get_secret,
-    now,
+    AuditEntry, MbgSettings, Result, Store, StoreError, TemporaryToken, get_parsed, get_secret, now,
 };
 
 /// We talk to one MBG; its settings are the row with this id.
@@ -187,7 +186,12 @@ impl Store {
     /// says, it no longer works. `reason` is shown by `token status` (no secret in it). `false`,
     /// writing nothing, when a newer token was stored meanwhile (it may well work). A temporary
     /// token waiting for approval keeps the state `pending`: approving it is the way out.
-    pub async fn mark_token_rejected(&self, generation: i64, at: i64, reason: &str) -> Result<bool> {
+    pub async fn mark_token_rejected(
+        &self,
+        generation: i64,
+        at: i64,
+        reason: &str,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE mbg_settings
                 SET token_state = CASE WHEN token_state = 'pending' THEN 'pending'
