@@ -942,7 +942,12 @@ async fn token_renewed_records_a_manual_renewal_once_the_mbg_accepts_the_token()
     let store = &h.db.store;
     let now = Harness::now();
     let generation = store.mbg_settings().await.unwrap().token_generation;
-    assert!(store.save_token_expiry(generation, now - DAY).await.unwrap());
+    assert!(
+        store
+            .save_token_expiry(generation, now - DAY)
+            .await
+            .unwrap()
+    );
     let past = TokenStatus::of(&store.mbg_settings().await.unwrap(), now);
     assert!(
         matches!(past, TokenStatus::ValidPastStoredExpiry { .. }),
@@ -970,7 +975,10 @@ async fn token_renewed_records_a_manual_renewal_once_the_mbg_accepts_the_token()
     );
     assert!(matches!(
         TokenStatus::of(&store.mbg_settings().await.unwrap(), now),
-        TokenStatus::Valid { days_left: 199 | 200, .. }
+        TokenStatus::Valid {
+            days_left: 199 | 200,
+            ..
+        }
     ));
 
     // A renewal is recorded only for a token the MBG accepts.
@@ -982,7 +990,11 @@ async fn token_renewed_records_a_manual_renewal_once_the_mbg_accepts_the_token()
     let settings = store.mbg_settings().await.unwrap();
     assert_eq!(settings.token_state, TokenState::Rejected);
     assert_eq!(settings.token_rejected_at, Some(now));
-    assert_eq!(settings.token_expires_at, Some(until), "nothing else written");
+    assert_eq!(
+        settings.token_expires_at,
+        Some(until),
+        "nothing else written"
+    );
 }
 
 #[tokio::test]
@@ -994,7 +1006,10 @@ async fn token_renewed_takes_the_expiry_from_the_mbg_when_it_tells_it() {
     let store = &h.db.store;
     let now = Harness::now();
     let generation = store.mbg_settings().await.unwrap().token_generation;
-    store.save_token_expiry(generation, now - DAY).await.unwrap();
+    store
+        .save_token_expiry(generation, now - DAY)
+        .await
+        .unwrap();
     let (expires_at, source) = token::record_renewal(store, &h.config, Some(now + DAY), now)
         .await
         .unwrap();
@@ -1028,7 +1043,10 @@ async fn a_401_on_renewal_marks_the_token_rejected_with_time_and_reason() {
         panic!("{status:?}")
     };
     assert_eq!(*at, now);
-    assert!(reason.contains("managetoken") && reason.contains("401"), "{reason}");
+    assert!(
+        reason.contains("managetoken") && reason.contains("401"),
+        "{reason}"
+    );
     assert!(status.to_string().contains(&token::date(now)), "{status}");
 }
 
