@@ -748,6 +748,10 @@ impl std::io::Write for Captured {
 async fn no_secret_reaches_a_log_line_or_an_error_message() {
     let captured = Captured::default();
     let writer = captured.clone();
+    // While only one subscriber exists, tracing asks the *calling thread's* subscriber whether a
+    // log line is wanted and caches the answer for every thread: other tests' threads, which have
+    // none, would switch this test's lines off. A second, silent subscriber makes it ask both.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_writer(move || writer.clone())
