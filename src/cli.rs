@@ -86,11 +86,34 @@ pub enum TokenCommand {
         #[command(flatten)]
         output: Output,
     },
-    /// none / pending approval / valid until DATE / expired / rejected
+    /// Record that an administrator pressed Renew on the MBG page (for MBGs without the token API)
+    ///
+    /// Checks with a signed call that the MBG still accepts the token, then records its expiry:
+    /// the MBG's own when it tells it, else the --until date, else 12 months from now. Also clears
+    /// the warning that the stored expiry has passed.
+    Renewed {
+        /// The expiry the MBG page shows, as YYYY-MM-DD (UTC) [default: 12 months from now]
+        #[arg(long, value_name = "DATE", value_parser = parse_date)]
+        until: Option<i64>,
+    },
+    /// none / pending approval / valid until DATE / valid past the stored date / rejected
     Status {
         #[command(flatten)]
         output: Output,
     },
+}
+
+/// A `YYYY-MM-DD` date as epoch seconds at 00:00 UTC: the earliest moment of the day the MBG
+/// page shows, so warnings come early rather than late.
+fn parse_date(text: &str) -> Result<i64, String> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|d| {
+            d.and_hms_opt(0, 0, 0)
+                .expect("midnight exists")
+                .and_utc()
+                .timestamp()
+        })
+        .map_err(|e| format!("\"{text}\" is not a date as YYYY-MM-DD ({e})"))
 }
 
 #[derive(Debug, Args)]

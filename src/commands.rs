@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use mbg_provision::config::{Config, LogFormat};
 use mbg_provision::credentials;
 use mbg_provision::import;
+use mbg_provision::secrets::{self, SecretKey};
 use mbg_provision::sim::{self, SimConfig, SimConsumer};
 use mbg_provision::store::{Extension, ExtensionKind, ExtensionSpec, NewNode, Node, Store};
 use mbg_provision::token::{self, TokenStatus};
@@ -32,7 +33,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     init_tracing(config.log.format);
     let store = Store::open(&config.database.url)
         .await
-        .with_context(|| format!("cannot open the database {}", config.database.url))?;
+        .with_context(|| format!("cannot open the database {}", config.database.url))?
+        .with_secret_key(SecretKey::new(config.key_file()));
+    for file in secrets::sqlite_file(&config.database.url)
+        .into_iter()
+        .chain([config.key_file()])
+    {
+        warn_if_exposed(&file);
+    }
     let code = match cli.command {
         Command::Migrate => {
             println!("database schema is up to date ({})", config.database.url);
@@ -46,7 +54,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             wait,
             output,
         } => reconcile_cli::sync(&store, &config, dry_run, wait, output.json).await?,
-        Command::Status { output } => reconcile_cli::status(&store, output.json).await?,
+        Command::Status { output } => reconcile_cli::status(&store, &config, output.json).await?,
         Command::Icps { output } => reconcile_cli::icps(&store, &config, output.json).await?,
         Command::Simulate(_) | Command::Demo => unreachable!("handled before the store is opened"),
     };
@@ -307,6 +315,13 @@ pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Says on stderr that a file holding secrets is readable beyond its owner.
+fn warn_if_exposed(path: &Path) {
+    if let Some(warning) = secrets::exposure_warning(path) {
+        eprintln!("warning: {warning}");
+    }
+}
+
 async fn token_command(store: &Store, config: &Config, command: TokenCommand) -> Result<ExitCode> {
     match command {
         TokenCommand::Request {
@@ -345,6 +360,28 @@ async fn token_command(store: &Store, config: &Config, command: TokenCommand) ->
             } else {
                 println!("{renewal}");
             }
+            if renewal.needs_human() {
+                return Ok(ExitCode::from(reconcile_cli::NEEDS_ATTENTION));
+            }
+        }
+        TokenCommand::Renewed { until } => {
+            if let Some(until) = until
+                && until <= now()
+            {
+                bail!("--until {} has passed", token::date(until));
+            }
+            let (expires_at, source) = token::record_renewal(store, config, until, now()).await?;
+            let how = match source {
+                token::ExpirySource::Mbg => "as the MBG says",
+                token::ExpirySource::Given => "as given",
+                token::ExpirySource::Assumed => {
+                    "12 months from now, what Renew gives (give --until DATE if the MBG page shows another date)"
+                }
+            };
+            println!(
+                "recorded: the MBG accepts the token; valid until {} ({how})",
+                token::date(expires_at)
+            );
         }
         TokenCommand::Status { output } => {
             let status = TokenStatus::of(&store.mbg_settings().await?, now());
@@ -353,8 +390,8 @@ async fn token_command(store: &Store, config: &Config, command: TokenCommand) ->
             } else {
                 println!("token: {status}");
             }
-            if !status.is_usable() {
-                return Ok(ExitCode::from(2));
+            if !matches!(status, TokenStatus::Valid { .. }) {
+                return Ok(ExitCode::from(reconcile_cli::NEEDS_ATTENTION));
             }
         }
     }
@@ -365,6 +402,7 @@ async fn token_command(store: &Store, config: &Config, command: TokenCommand) ->
 /// where every user of the machine can read it in the process list.
 fn consumer_secret(file: Option<&Path>) -> Result<SecretString> {
     if let Some(file) = file {
+        warn_if_exposed(file);
         return read_secret_file(file);
     }
     if let Ok(secret) = std::env::var("MBG_PROVISION_CONSUMER_SECRET")

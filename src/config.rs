@@ -35,6 +35,7 @@ pub struct Config {
     pub credentials: CredentialsConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub secrets: SecretsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +129,24 @@ impl Default for TokenConfig {
             renew_schedule: "0 0 3 * * *".parse().expect("default schedule parses"),
             renew_within_days: 30,
         }
+    }
+}
+
+/// Where the key that encrypts the token secrets in the database lives (see [`crate::secrets`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// `None`: [`crate::secrets::default_key_file`].
+    pub key_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// The key file in use: `secrets.key_file`, else the default beside the database.
+    pub fn key_file(&self) -> PathBuf {
+        self.secrets
+            .key_file
+            .clone()
+            .unwrap_or_else(|| crate::secrets::default_key_file(&self.database.url))
     }
 }
 
@@ -246,6 +265,7 @@ impl Config {
         check_section::<CredentialsConfig>(&figment, "credentials", &mut found);
         check_section::<HttpConfig>(&figment, "http", &mut found);
         check_section::<LogConfig>(&figment, "log", &mut found);
+        check_section::<SecretsConfig>(&figment, "secrets", &mut found);
         if !found.is_empty() {
             return Err(ConfigError::Invalid(found));
         }

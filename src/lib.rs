@@ -7,6 +7,7 @@ pub mod import;
 pub mod mbg;
 pub mod oauth;
 pub mod reconcile;
+pub mod secrets;
 pub mod shutdown;
 pub mod sim;
 pub mod store;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mbg_provision::config::Config;
-use mbg_provision::mbg::MbgClient;
+use mbg_provision::mbg::{MbgClient, MbgError};
 use mbg_provision::reconcile::{
     self, Action, Adoption, Mode, Owner, PassReport, ReconcileError, Status,
 };
@@ -22,12 +22,32 @@ pub const NEEDS_ATTENTION: u8 = 2;
 
 /// The client with the stored token, or an error that says how to get one.
 pub async fn client(store: &Store, config: &Config) -> Result<MbgClient> {
+    Ok(signed_client(store, config).await?.0)
+}
+
+/// The client and the generation of its token, which a 401 marks rejected. Refuses a token that
+/// is rejected or missing, but not one whose stored expiry has passed: the MBG may have renewed
+/// it (its *Renew* button), and only its 401 says otherwise.
+async fn signed_client(store: &Store, config: &Config) -> Result<(MbgClient, i64)> {
     let settings = store.mbg_settings().await?;
     let status = TokenStatus::of(&settings, now());
     if !status.is_usable() {
         bail!("the MBG access token is {status}");
     }
-    Ok(token::client(config, &settings)?)
+    warn_about_token(&status, config);
+    Ok((token::client(config, &settings)?, settings.token_generation))
+}
+
+fn warn_about_token(status: &TokenStatus, config: &Config) {
+    if let Some(warning) = status.warning(config.token.renew_within_days) {
+        eprintln!("warning: {warning}");
+    }
+}
+
+/// Marks the token rejected when `error` is the MBG's 401.
+async fn record_refusal(store: &Store, generation: i64, error: &MbgError) -> Result<()> {
+    token::record_refusal(store, generation, error, now()).await?;
+    Ok(())
 }
 
 pub async fn sync(
@@ -37,7 +57,7 @@ pub async fn sync(
     wait: Duration,
     json: bool,
 ) -> Result<ExitCode> {
-    let client = client(store, config).await?;
+    let (client, generation) = signed_client(store, config).await?;
     let shutdown = Shutdown::new();
     shutdown
         .on_signals()
@@ -66,8 +86,14 @@ pub async fn sync(
         lock.release().await;
     }
     let report = match result {
+        Ok(report) => report,
         Err(ReconcileError::Interrupted) => return Ok(signal_exit(&shutdown)),
-        other => other.context("sync failed")?,
+        Err(e) => {
+            if let Some(error) = e.mbg() {
+                record_refusal(store, generation, error).await?;
+            }
+            return Err(e).context("sync failed");
+        }
     };
     if let Some(waiting) = report.waiting {
         eprintln!(
@@ -91,6 +117,7 @@ pub async fn sync(
         .as_ref()
         .and_then(|a| a.token_refused.as_ref())
     {
+        record_refusal(store, generation, refused).await?;
         bail!("stopped calling the MBG: {refused}");
     }
     Ok(exit_code(&report))
@@ -270,9 +297,10 @@ fn report_json(report: &PassReport) -> serde_json::Value {
     })
 }
 
-pub async fn status(store: &Store, json: bool) -> Result<ExitCode> {
+pub async fn status(store: &Store, config: &Config, json: bool) -> Result<ExitCode> {
     let extensions = store.extensions().await?;
     let token = TokenStatus::of(&store.mbg_settings().await?, now());
+    warn_about_token(&token, config);
     if json {
         let rows: Vec<_> = extensions
             .iter()
@@ -313,8 +341,14 @@ pub async fn status(store: &Store, json: bool) -> Result<ExitCode> {
 }
 
 pub async fn icps(store: &Store, config: &Config, json: bool) -> Result<ExitCode> {
-    let client = client(store, config).await?;
-    let icps = client.icps().await?;
+    let (client, generation) = signed_client(store, config).await?;
+    let icps = match client.icps().await {
+        Ok(icps) => icps,
+        Err(e) => {
+            record_refusal(store, generation, &e).await?;
+            return Err(e.into());
+        }
+    };
     let nodes = store.nodes().await?;
     let rows: Vec<_> = nodes
         .iter()

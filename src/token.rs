@@ -1,9 +1,12 @@
 //! The OAuth token's life: the one-off exchange (request, administrator approval, verify), its
 //! status, and renewal before the 12 months run out.
 //!
-//! Every step stores its result in `mbg_settings` in one write, and a new temporary token never
-//! replaces a working access token: the old token keeps the service running until the new one is
-//! verified.
+//! Every step stores its result in `mbg_settings` in one targeted write, conditional on the token
+//! it started from, and a new temporary token never replaces a working access token: the old token
+//! keeps the service running until the new one is verified.
+//!
+//! The stored expiry is a hint (an administrator may press *Renew* on the MBG page without telling
+//! us); the MBG's 401 is the truth, and any 401 marks the token rejected.
 
 use std::fmt;
 
@@ -14,7 +17,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::mbg::{MbgClient, MbgError, MbgErrorKind};
 use crate::oauth::{ClientCredentials, TokenCredentials};
-use crate::store::{MbgSettings, Store, StoreError, TokenState};
+use crate::store::{MbgSettings, Store, StoreError, TemporaryToken, TokenState};
 
 /// What an MBG access token lives when the MBG does not say: 12 months.
 pub const ACCESS_TOKEN_LIFETIME_SECS: i64 = 365 * 86_400;
@@ -48,6 +51,10 @@ pub enum TokenError {
         "the MBG refused the verifier or the temporary token ({0}); check the six digits, or run `mbg-provision token request` again"
     )]
     Refused(MbgError),
+    #[error(
+        "another mbg-provision command stored a new token meanwhile; nothing was written: see `mbg-provision token status`"
+    )]
+    Changed,
     #[error(transparent)]
     Mbg(#[from] MbgError),
     #[error(transparent)]
@@ -83,6 +90,9 @@ pub fn client(config: &Config, settings: &MbgSettings) -> Result<MbgClient, Toke
 
 /// Step 1: asks the MBG for a temporary token and stores it. Returns the token, which the
 /// administrator looks for on the MBG page to approve it.
+///
+/// Also the way out when the key file does not match the database: the secrets it cannot open
+/// are replaced, and the access token, useless without its secret, is dropped.
 pub async fn request(
     store: &Store,
     config: &Config,
@@ -91,28 +101,51 @@ pub async fn request(
     consumer_secret: SecretString,
     now: i64,
 ) -> Result<SecretString, TokenError> {
-    let mut settings = store.mbg_settings().await?;
+    let (settings, discard_access_token) = match store.mbg_settings().await {
+        Ok(settings) => (settings, false),
+        Err(StoreError::Secrets(e)) if e.needs_new_exchange() => {
+            warn!(
+                key_file = %store.secret_key_path().display(),
+                "the stored token secrets cannot be decrypted with this key file; this exchange replaces them"
+            );
+            (MbgSettings::default(), true)
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(current) = &settings.consumer_id
         && current != consumer_id
-        && TokenStatus::of(&settings, now).is_usable()
+        && matches!(TokenStatus::of(&settings, now), TokenStatus::Valid { .. })
     {
         // The stored access token belongs to the current consumer; signing it with another
         // consumer's secret would stop the service until the new token is verified.
         return Err(TokenError::OtherConsumer(current.clone()));
     }
-    settings.consumer_name = Some(name.to_string());
-    settings.consumer_id = Some(consumer_id.to_string());
-    settings.consumer_secret = Some(consumer_secret);
-    let base = config.mbg.base_url.as_ref().ok_or(TokenError::NoBaseUrl)?;
-    settings.base_url = Some(base.to_string());
-    let temporary = client(config, &settings)?.initiate().await?;
-    settings.temp_token = Some(temporary.token.clone());
-    settings.temp_token_secret = Some(temporary.secret);
-    settings.temp_token_created_at = Some(now);
-    if settings.token_state != TokenState::Valid {
-        settings.token_state = TokenState::Pending;
-    }
-    store.save_mbg_settings(&settings).await?;
+    let base = config.mbg.base_url.clone().ok_or(TokenError::NoBaseUrl)?;
+    let consumer = ClientCredentials {
+        key: consumer_id.to_string(),
+        secret: consumer_secret.clone(),
+    };
+    let client = MbgClient::new(
+        base.clone(),
+        config.mbg.ca_file.as_deref(),
+        config.mbg.timeout,
+        consumer,
+    )?;
+    let temporary = client.initiate().await?;
+    store
+        .save_temporary_token(
+            &TemporaryToken {
+                base_url: base.to_string(),
+                consumer_name: name.to_string(),
+                consumer_id: consumer_id.to_string(),
+                consumer_secret,
+                token: temporary.token.clone(),
+                secret: temporary.secret,
+                created_at: now,
+            },
+            discard_access_token,
+        )
+        .await?;
     info!(
         consumer = consumer_id,
         "temporary token issued; waiting for approval on the MBG"
@@ -132,7 +165,7 @@ pub async fn verify(
     if verifier.len() != 6 || !verifier.bytes().all(|b| b.is_ascii_digit()) {
         return Err(TokenError::BadVerifier(verifier.to_string()));
     }
-    let mut settings = store.mbg_settings().await?;
+    let settings = store.mbg_settings().await?;
     let (Some(token), Some(secret), Some(created_at)) = (
         settings.temp_token.clone(),
         settings.temp_token_secret.clone(),
@@ -162,15 +195,19 @@ pub async fn verify(
             now + ACCESS_TOKEN_LIFETIME_SECS
         }
     };
-    settings.access_token = Some(access.token);
-    settings.access_token_secret = Some(access.secret);
-    settings.token_issued_at = Some(now);
-    settings.token_expires_at = Some(expires_at);
-    settings.token_state = TokenState::Valid;
-    settings.temp_token = None;
-    settings.temp_token_secret = None;
-    settings.temp_token_created_at = None;
-    store.save_mbg_settings(&settings).await?;
+    let stored = store
+        .save_access_token(
+            settings.token_generation,
+            created_at,
+            &access.token,
+            &access.secret,
+            now,
+            expires_at,
+        )
+        .await?;
+    if !stored {
+        return Err(TokenError::Changed);
+    }
     info!(expires_at, "access token stored");
     Ok(expires_at)
 }
@@ -193,6 +230,13 @@ pub enum Renewal {
     },
 }
 
+impl Renewal {
+    /// Only a person can go on from here: the renewal job must make cron mail someone.
+    pub fn needs_human(&self) -> bool {
+        matches!(self, Renewal::NotOffered { .. })
+    }
+}
+
 impl fmt::Display for Renewal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -204,7 +248,7 @@ impl fmt::Display for Renewal {
             }
             Renewal::NotOffered { expires_at } => write!(
                 f,
-                "this MBG does not offer token renewal through its API: an administrator must press Renew on the MBG page (Administration > Web services) before {}",
+                "this MBG does not offer token renewal through its API: an administrator must press Renew on the MBG page (Administration > Web services) before {}, then run `mbg-provision token renewed`",
                 date(*expires_at)
             ),
         }
@@ -219,7 +263,7 @@ pub async fn renew_if_due(
     now: i64,
     within_days: Option<u32>,
 ) -> Result<Renewal, TokenError> {
-    let mut settings = store.mbg_settings().await?;
+    let settings = store.mbg_settings().await?;
     let Some(expires_at) = settings
         .access_token
         .as_ref()
@@ -234,9 +278,14 @@ pub async fn renew_if_due(
     }
     match client(config, &settings)?.renew_token().await {
         Ok(renewed) => {
-            settings.token_expires_at = Some(renewed);
-            settings.token_state = TokenState::Valid;
-            store.save_mbg_settings(&settings).await?;
+            if !store
+                .save_token_expiry(settings.token_generation, renewed)
+                .await?
+            {
+                warn!(
+                    "a new access token was stored during the renewal; the renewed one is not recorded"
+                );
+            }
             info!(
                 previous = expires_at,
                 expires_at = renewed,
@@ -255,17 +304,85 @@ pub async fn renew_if_due(
             Ok(Renewal::NotOffered { expires_at })
         }
         Err(e) => {
-            if matches!(e.kind, MbgErrorKind::Unauthorized(_)) {
-                settings.token_state = if expires_at <= now {
-                    TokenState::Expired
-                } else {
-                    TokenState::Rejected
-                };
-                store.save_mbg_settings(&settings).await?;
-            }
+            record_refusal(store, settings.token_generation, &e, now).await?;
             Err(e.into())
         }
     }
+}
+
+/// Where the expiry recorded by [`record_renewal`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpirySource {
+    /// The MBG's token-info endpoint.
+    Mbg,
+    /// The date the administrator gave (`--until`).
+    Given,
+    /// Twelve months from now: what *Renew* gives, when the MBG cannot tell.
+    Assumed,
+}
+
+/// `token renewed`: an administrator pressed *Renew* on the MBG page. Checks with a signed call
+/// that the MBG still accepts the token, then records the expiry: the MBG's own when it tells
+/// it, else `until`, else 12 months from `now`.
+pub async fn record_renewal(
+    store: &Store,
+    config: &Config,
+    until: Option<i64>,
+    now: i64,
+) -> Result<(i64, ExpirySource), TokenError> {
+    let settings = store.mbg_settings().await?;
+    if settings.access_token.is_none() {
+        return Err(TokenError::NoAccessToken);
+    }
+    let client = client(config, &settings)?;
+    let answer = match client.token_expiry().await {
+        Ok(expires_at) => Ok((expires_at, ExpirySource::Mbg)),
+        Err(e) if e.kind == MbgErrorKind::NotFound => client.ping().await.map(|()| match until {
+            Some(until) => (until, ExpirySource::Given),
+            None => (now + ACCESS_TOKEN_LIFETIME_SECS, ExpirySource::Assumed),
+        }),
+        Err(e) => Err(e),
+    };
+    let (expires_at, source) = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            record_refusal(store, settings.token_generation, &e, now).await?;
+            return Err(e.into());
+        }
+    };
+    if !store
+        .save_token_expiry(settings.token_generation, expires_at)
+        .await?
+    {
+        return Err(TokenError::Changed);
+    }
+    info!(expires_at, ?source, "token renewal recorded");
+    Ok((expires_at, source))
+}
+
+/// Records that the MBG answered 401 to the access token of `generation` (as read with the
+/// settings that built the client); any other error is not about the token and is ignored.
+/// Returns whether the token is now marked rejected.
+pub async fn record_refusal(
+    store: &Store,
+    generation: i64,
+    error: &MbgError,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let MbgErrorKind::Unauthorized(why) = &error.kind else {
+        return Ok(false);
+    };
+    let mut reason = format!("{} answered 401: {why}", error.endpoint);
+    if let Some((cut, _)) = reason.char_indices().nth(200) {
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    let marked = store.mark_token_rejected(generation, now, &reason).await?;
+    if marked {
+        warn!(%reason, "the MBG refused the access token; marked rejected");
+    }
+    Ok(marked)
 }
 
 /// What `token status` reports.
@@ -273,20 +390,39 @@ pub async fn renew_if_due(
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TokenStatus {
     None,
-    PendingApproval { requested_at: i64 },
-    Valid { expires_at: i64, days_left: i64 },
-    Expired { expired_at: Option<i64> },
-    Rejected,
+    PendingApproval {
+        requested_at: i64,
+    },
+    Valid {
+        expires_at: i64,
+        days_left: i64,
+    },
+    /// The stored expiry has passed but the MBG has not refused the token: an administrator may
+    /// have pressed *Renew* on the MBG page. Still used; only a 401 stops the calls.
+    ValidPastStoredExpiry {
+        expires_at: i64,
+    },
+    /// Written by earlier versions; see [`TokenState::Expired`].
+    Expired {
+        expired_at: Option<i64>,
+    },
+    Rejected {
+        rejected_at: Option<i64>,
+        reason: Option<String>,
+    },
 }
 
 impl TokenStatus {
     pub fn of(settings: &MbgSettings, now: i64) -> TokenStatus {
         match (settings.token_state, settings.token_expires_at) {
-            (TokenState::Rejected, _) => TokenStatus::Rejected,
-            (TokenState::Expired, expired_at) => TokenStatus::Expired { expired_at },
-            (TokenState::Valid, Some(expires_at)) if expires_at <= now => TokenStatus::Expired {
-                expired_at: Some(expires_at),
+            (TokenState::Rejected, _) => TokenStatus::Rejected {
+                rejected_at: settings.token_rejected_at,
+                reason: settings.token_rejected_reason.clone(),
             },
+            (TokenState::Expired, expired_at) => TokenStatus::Expired { expired_at },
+            (TokenState::Valid, Some(expires_at)) if expires_at <= now => {
+                TokenStatus::ValidPastStoredExpiry { expires_at }
+            }
             (TokenState::Valid, Some(expires_at)) => TokenStatus::Valid {
                 expires_at,
                 days_left: (expires_at - now) / DAY,
@@ -300,13 +436,38 @@ impl TokenStatus {
         }
     }
 
+    /// The MBG may be called with this token: nothing but a 401 says it no longer works.
     pub fn is_usable(&self) -> bool {
-        matches!(self, TokenStatus::Valid { .. })
+        matches!(
+            self,
+            TokenStatus::Valid { .. } | TokenStatus::ValidPastStoredExpiry { .. }
+        )
+    }
+
+    /// What a command that uses the token should tell the operator on stderr: the stored
+    /// expiry has passed, or fewer than `renew_within_days` days are left.
+    pub fn warning(&self, renew_within_days: u32) -> Option<String> {
+        match self {
+            TokenStatus::ValidPastStoredExpiry { expires_at } => Some(format!(
+                "the stored expiry of the MBG access token, {}, has passed, but the MBG has not refused it: if you pressed Renew on the MBG, run `mbg-provision token renewed`",
+                date(*expires_at)
+            )),
+            TokenStatus::Valid {
+                expires_at,
+                days_left,
+            } if *days_left < i64::from(renew_within_days) => Some(format!(
+                "the MBG access token expires on {} ({days_left} days left): run `mbg-provision token renew`, or press Renew on the MBG page and run `mbg-provision token renewed`",
+                date(*expires_at)
+            )),
+            _ => None,
+        }
     }
 }
 
 impl fmt::Display for TokenStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const NEW_TOKEN: &str =
+            "run `mbg-provision token request` and `token verify` for a new one";
         match self {
             TokenStatus::None => write!(f, "none: run `mbg-provision token request`"),
             TokenStatus::PendingApproval { requested_at } => write!(
@@ -322,14 +483,26 @@ impl fmt::Display for TokenStatus {
                 "valid until {} ({days_left} days left)",
                 date(*expires_at)
             ),
+            TokenStatus::ValidPastStoredExpiry { expires_at } => write!(
+                f,
+                "valid by the MBG's last answer; the stored expiry {} has passed: if you pressed Renew on the MBG, run `mbg-provision token renewed`",
+                date(*expires_at)
+            ),
             TokenStatus::Expired { expired_at } => write!(
                 f,
-                "expired{}: run `mbg-provision token request` and `token verify` for a new one",
+                "expired{}: {NEW_TOKEN}",
                 expired_at.map_or(String::new(), |at| format!(" on {}", date(at)))
             ),
-            TokenStatus::Rejected => write!(
+            TokenStatus::Rejected {
+                rejected_at,
+                reason,
+            } => write!(
                 f,
-                "rejected by the MBG (revoked?): run `mbg-provision token request` and `token verify` for a new one"
+                "rejected by the MBG{}{} (revoked, expired or not renewed in time): {NEW_TOKEN}",
+                rejected_at.map_or(String::new(), |at| format!(" on {}", date(at))),
+                reason
+                    .as_deref()
+                    .map_or(String::new(), |why| format!(": {why}"))
             ),
         }
     }
@@ -366,11 +539,34 @@ mod tests {
                 days_left: 40
             }
         );
-        assert!(matches!(
-            TokenStatus::of(&s, now + 41 * DAY),
-            TokenStatus::Expired { .. }
-        ));
+        let past = TokenStatus::of(&s, now + 41 * DAY);
+        assert!(
+            matches!(past, TokenStatus::ValidPastStoredExpiry { .. }),
+            "{past:?}"
+        );
+        assert!(past.is_usable(), "only a 401 stops the calls");
+        assert!(past.to_string().contains("token renewed"), "{past}");
         s.token_state = TokenState::Rejected;
-        assert_eq!(TokenStatus::of(&s, now), TokenStatus::Rejected);
+        s.token_rejected_at = Some(now - 60);
+        let rejected = TokenStatus::of(&s, now);
+        assert!(!rejected.is_usable());
+        assert!(rejected.to_string().contains("token request"), "{rejected}");
+    }
+
+    #[test]
+    fn warnings_come_inside_the_renewal_window_and_past_the_stored_date() {
+        let now = 1_800_000_000;
+        let valid = |days: i64| TokenStatus::Valid {
+            expires_at: now + days * DAY + 5,
+            days_left: days,
+        };
+        assert_eq!(valid(30).warning(30), None);
+        let soon = valid(29).warning(30).expect("29 < 30 days left");
+        assert!(soon.contains("29 days left"), "{soon}");
+        let past = TokenStatus::ValidPastStoredExpiry { expires_at: now }
+            .warning(30)
+            .unwrap();
+        assert!(past.contains("token renewed"), "{past}");
+        assert_eq!(TokenStatus::None.warning(30), None);
     }
 }

@@ -17,6 +17,8 @@ pub enum StoreError {
     // Not `#[source]`: sqlx's messages already include their causes, and anyhow would repeat them.
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

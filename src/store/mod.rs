@@ -16,12 +16,13 @@ mod settings;
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
 use crate::config::DatabaseUrl;
+use crate::secrets::{self, SecretKey};
 
 pub use error::{NotFound, StoreError};
 pub use lock::{Holder, LockError, PassLock};
@@ -41,6 +42,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "ownership",
         include_str!("../../migrations/sqlite/0002_ownership.sql"),
         include_str!("../../migrations/postgres/0002_ownership.sql"),
+    ),
+    (
+        4,
+        "token rejected",
+        include_str!("../../migrations/sqlite/0004_token_rejected.sql"),
+        include_str!("../../migrations/postgres/0004_token_rejected.sql"),
     ),
 ];
 
@@ -76,6 +83,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     url: DatabaseUrl,
+    /// Seals the token secrets in `mbg_settings` (see [`crate::secrets`]).
+    secret_key: std::sync::Arc<SecretKey>,
 }
 
 impl std::fmt::Debug for Store {
@@ -83,6 +92,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("backend", &self.backend)
             .field("url", &self.url)
+            .field("secret_key", &self.secret_key)
             .finish()
     }
 }
@@ -113,6 +123,7 @@ impl Store {
             pool,
             backend,
             url: url.clone(),
+            secret_key: std::sync::Arc::new(SecretKey::new(secrets::default_key_file(url))),
         };
         store.migrate().await?;
         Ok(store)
@@ -124,6 +135,16 @@ impl Store {
 
     pub fn url(&self) -> &DatabaseUrl {
         &self.url
+    }
+
+    /// Uses `key` instead of the default key file ([`secrets::default_key_file`]).
+    pub fn with_secret_key(mut self, key: SecretKey) -> Store {
+        self.secret_key = std::sync::Arc::new(key);
+        self
+    }
+
+    pub fn secret_key_path(&self) -> &std::path::Path {
+        self.secret_key.path()
     }
 
     pub async fn migrate(&self) -> Result<()> {
@@ -203,8 +224,4 @@ fn get_parsed<T: FromStr<Err = String>>(row: &AnyRow, column: &str) -> Result<T,
     row.try_get::<String, _>(column)?
         .parse()
         .map_err(|e: String| sqlx::Error::Decode(e.into()))
-}
-
-fn expose(secret: &Option<SecretString>) -> Option<&str> {
-    secret.as_ref().map(|s| s.expose_secret())
 }

@@ -199,8 +199,10 @@ pub enum TokenState {
     /// A temporary token waits for an administrator's approval on the MBG.
     Pending,
     Valid,
+    /// Written by earlier versions after a 401 past the stored expiry; now every 401 is
+    /// [`TokenState::Rejected`]. Still read, because a database may hold it.
     Expired,
-    /// The MBG refused the token (revoked, or the verifier was wrong).
+    /// The MBG answered 401 to the access token (revoked, expired, or not renewed in time).
     Rejected,
 }
 
@@ -245,8 +247,29 @@ pub struct MbgSettings {
     pub access_token: Option<SecretString>,
     pub access_token_secret: Option<SecretString>,
     pub token_issued_at: Option<i64>,
+    /// Only a hint: the MBG's own date counts, and an admin may press *Renew* on the MBG page
+    /// without telling us (`token renewed` records it).
     pub token_expires_at: Option<i64>,
     pub token_state: TokenState,
+    /// When and why the MBG last answered 401 to the access token; cleared by a new token.
+    pub token_rejected_at: Option<i64>,
+    pub token_rejected_reason: Option<String>,
+    /// Counts the access tokens stored so far. Writes about "the current token" (its renewed
+    /// expiry, a 401) name the generation they started from, and do nothing if a newer token
+    /// was stored meanwhile.
+    pub token_generation: i64,
+}
+
+/// What step 1 of the token exchange stores: the consumer and the temporary token.
+#[derive(Debug, Clone)]
+pub struct TemporaryToken {
+    pub base_url: String,
+    pub consumer_name: String,
+    pub consumer_id: String,
+    pub consumer_secret: SecretString,
+    pub token: SecretString,
+    pub secret: SecretString,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

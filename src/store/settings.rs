@@ -1,20 +1,25 @@
+//! `mbg_settings`: one targeted, conditional write per step of the token's life, never a
+//! rewrite of the whole row from a copy read before a network call (which let a slow
+//! `token renew` put back the token that a concurrent `token verify` had just replaced).
+
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::Row;
 
 use super::{
-    AuditEntry, MbgSettings, Result, Store, StoreError, expose, get_parsed, get_secret, now,
+    AuditEntry, MbgSettings, Result, Store, StoreError, TemporaryToken, get_parsed, get_secret, now,
 };
 
 /// We talk to one MBG; its settings are the row with this id.
 const MBG_SETTINGS_ID: i64 = 1;
 
 impl Store {
-    /// The MBG's settings; all empty before the first `token request`.
+    /// The MBG's settings, secrets decrypted; all empty before the first `token request`.
     pub async fn mbg_settings(&self) -> Result<MbgSettings> {
         let row = sqlx::query(
             "SELECT base_url, internal_address, ca_certificate, consumer_name, consumer_id,
                     consumer_secret, temp_token, temp_token_secret, temp_token_created_at,
                     access_token, access_token_secret, token_issued_at, token_expires_at,
-                    token_state
+                    token_state, token_rejected_at, token_rejected_reason, token_generation
                FROM mbg_settings WHERE id = $1",
         )
         .bind(MBG_SETTINGS_ID)
@@ -24,6 +29,13 @@ impl Store {
         let Some(row) = row else {
             return Ok(MbgSettings::default());
         };
+        let secret = |column: &'static str| -> Result<Option<SecretString>> {
+            get_secret(&row, column)
+                .map_err(StoreError::Database)?
+                .map(|sealed| self.secret_key.open(column, sealed.expose_secret()))
+                .transpose()
+                .map_err(StoreError::from)
+        };
         let read = || -> Result<MbgSettings, sqlx::Error> {
             Ok(MbgSettings {
                 base_url: row.try_get("base_url")?,
@@ -31,62 +43,171 @@ impl Store {
                 ca_certificate: row.try_get("ca_certificate")?,
                 consumer_name: row.try_get("consumer_name")?,
                 consumer_id: row.try_get("consumer_id")?,
-                consumer_secret: get_secret(&row, "consumer_secret")?,
-                temp_token: get_secret(&row, "temp_token")?,
-                temp_token_secret: get_secret(&row, "temp_token_secret")?,
+                consumer_secret: None,
+                temp_token: None,
+                temp_token_secret: None,
                 temp_token_created_at: row.try_get("temp_token_created_at")?,
-                access_token: get_secret(&row, "access_token")?,
-                access_token_secret: get_secret(&row, "access_token_secret")?,
+                access_token: None,
+                access_token_secret: None,
                 token_issued_at: row.try_get("token_issued_at")?,
                 token_expires_at: row.try_get("token_expires_at")?,
                 token_state: get_parsed(&row, "token_state")?,
+                token_rejected_at: row.try_get("token_rejected_at")?,
+                token_rejected_reason: row.try_get("token_rejected_reason")?,
+                token_generation: row.try_get("token_generation")?,
             })
         };
-        read().map_err(StoreError::Database)
+        Ok(MbgSettings {
+            consumer_secret: secret("consumer_secret")?,
+            temp_token: secret("temp_token")?,
+            temp_token_secret: secret("temp_token_secret")?,
+            access_token: secret("access_token")?,
+            access_token_secret: secret("access_token_secret")?,
+            ..read().map_err(StoreError::Database)?
+        })
     }
 
-    /// Replaces the MBG's settings as a whole, in one statement, so a token and its secret are
-    /// never stored half-updated.
-    pub async fn save_mbg_settings(&self, s: &MbgSettings) -> Result<()> {
+    /// Step 1 of the exchange: the consumer and the temporary token. A working access token is
+    /// kept (it serves until the new one is verified), unless `discard_access_token`: then its
+    /// secrets, which this key cannot open, are dropped with it.
+    pub async fn save_temporary_token(
+        &self,
+        t: &TemporaryToken,
+        discard_access_token: bool,
+    ) -> Result<()> {
+        let key = &self.secret_key;
+        let consumer_secret = key.seal("consumer_secret", &t.consumer_secret)?;
+        let token = key.seal("temp_token", &t.token)?;
+        let secret = key.seal("temp_token_secret", &t.secret)?;
+        let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
+        if discard_access_token {
+            sqlx::query(
+                "UPDATE mbg_settings
+                    SET access_token = NULL, access_token_secret = NULL, token_issued_at = NULL,
+                        token_expires_at = NULL, token_state = 'none', token_rejected_at = NULL,
+                        token_rejected_reason = NULL, token_generation = token_generation + 1
+                  WHERE id = $1",
+            )
+            .bind(MBG_SETTINGS_ID)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::Database)?;
+        }
         sqlx::query(
-            "INSERT INTO mbg_settings (id, base_url, internal_address, ca_certificate,
-                    consumer_name, consumer_id, consumer_secret, temp_token, temp_token_secret,
-                    temp_token_created_at, access_token, access_token_secret, token_issued_at,
-                    token_expires_at, token_state, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+            "INSERT INTO mbg_settings (id, base_url, consumer_name, consumer_id, consumer_secret,
+                    temp_token, temp_token_secret, temp_token_created_at, token_state, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9)
              ON CONFLICT (id) DO UPDATE SET
-                    base_url = excluded.base_url, internal_address = excluded.internal_address,
-                    ca_certificate = excluded.ca_certificate,
-                    consumer_name = excluded.consumer_name, consumer_id = excluded.consumer_id,
+                    base_url = excluded.base_url, consumer_name = excluded.consumer_name,
+                    consumer_id = excluded.consumer_id,
                     consumer_secret = excluded.consumer_secret, temp_token = excluded.temp_token,
                     temp_token_secret = excluded.temp_token_secret,
                     temp_token_created_at = excluded.temp_token_created_at,
-                    access_token = excluded.access_token,
-                    access_token_secret = excluded.access_token_secret,
-                    token_issued_at = excluded.token_issued_at,
-                    token_expires_at = excluded.token_expires_at,
-                    token_state = excluded.token_state, updated_at = excluded.updated_at",
+                    token_state = CASE WHEN mbg_settings.token_state = 'valid'
+                                       THEN 'valid' ELSE 'pending' END,
+                    updated_at = excluded.updated_at",
         )
         .bind(MBG_SETTINGS_ID)
-        .bind(s.base_url.as_deref())
-        .bind(s.internal_address.as_deref())
-        .bind(s.ca_certificate.as_deref())
-        .bind(s.consumer_name.as_deref())
-        .bind(s.consumer_id.as_deref())
-        .bind(expose(&s.consumer_secret))
-        .bind(expose(&s.temp_token))
-        .bind(expose(&s.temp_token_secret))
-        .bind(s.temp_token_created_at)
-        .bind(expose(&s.access_token))
-        .bind(expose(&s.access_token_secret))
-        .bind(s.token_issued_at)
-        .bind(s.token_expires_at)
-        .bind(s.token_state.as_str())
+        .bind(&t.base_url)
+        .bind(&t.consumer_name)
+        .bind(&t.consumer_id)
+        .bind(consumer_secret)
+        .bind(token)
+        .bind(secret)
+        .bind(t.created_at)
         .bind(now())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::Database)?;
+        tx.commit().await.map_err(StoreError::Database)?;
+        Ok(())
+    }
+
+    /// Step 3: the access token that replaced the temporary token issued at
+    /// `temp_token_created_at`, when `generation` is still the stored one. Clears the temporary
+    /// token and any rejection. `false` when another process stored a token meanwhile: nothing
+    /// is written.
+    pub async fn save_access_token(
+        &self,
+        generation: i64,
+        temp_token_created_at: i64,
+        token: &SecretString,
+        secret: &SecretString,
+        issued_at: i64,
+        expires_at: i64,
+    ) -> Result<bool> {
+        let token = self.secret_key.seal("access_token", token)?;
+        let secret = self.secret_key.seal("access_token_secret", secret)?;
+        let done = sqlx::query(
+            "UPDATE mbg_settings
+                SET access_token = $1, access_token_secret = $2, token_issued_at = $3,
+                    token_expires_at = $4, token_state = 'valid', temp_token = NULL,
+                    temp_token_secret = NULL, temp_token_created_at = NULL,
+                    token_rejected_at = NULL, token_rejected_reason = NULL,
+                    token_generation = token_generation + 1, updated_at = $5
+              WHERE id = $6 AND token_generation = $7 AND temp_token_created_at = $8",
+        )
+        .bind(token)
+        .bind(secret)
+        .bind(issued_at)
+        .bind(expires_at)
+        .bind(now())
+        .bind(MBG_SETTINGS_ID)
+        .bind(generation)
+        .bind(temp_token_created_at)
         .execute(&self.pool)
         .await
         .map_err(StoreError::Database)?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The MBG accepted the access token of `generation` and gave (or we assume) this expiry:
+    /// a renewal, by the API or recorded by hand. `false`, writing nothing, when a newer token
+    /// was stored meanwhile.
+    pub async fn save_token_expiry(&self, generation: i64, expires_at: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE mbg_settings
+                SET token_expires_at = $1,
+                    token_state = CASE WHEN token_state = 'pending' THEN 'pending' ELSE 'valid' END,
+                    token_rejected_at = NULL, token_rejected_reason = NULL, updated_at = $2
+              WHERE id = $3 AND token_generation = $4 AND access_token IS NOT NULL",
+        )
+        .bind(expires_at)
+        .bind(now())
+        .bind(MBG_SETTINGS_ID)
+        .bind(generation)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The MBG answered 401 to the access token of `generation`: whatever its stored expiry
+    /// says, it no longer works. `reason` is shown by `token status` (no secret in it). `false`,
+    /// writing nothing, when a newer token was stored meanwhile (it may well work). A temporary
+    /// token waiting for approval keeps the state `pending`: approving it is the way out.
+    pub async fn mark_token_rejected(
+        &self,
+        generation: i64,
+        at: i64,
+        reason: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE mbg_settings
+                SET token_state = CASE WHEN token_state = 'pending' THEN 'pending'
+                                       ELSE 'rejected' END,
+                    token_rejected_at = $1, token_rejected_reason = $2, updated_at = $3
+              WHERE id = $4 AND token_generation = $5 AND access_token IS NOT NULL",
+        )
+        .bind(at)
+        .bind(reason)
+        .bind(now())
+        .bind(MBG_SETTINGS_ID)
+        .bind(generation)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Appends to the audit log. Callers pass no secrets; the log is for humans and auditors.

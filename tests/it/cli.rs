@@ -544,3 +544,247 @@ fn a_database_url_is_printed_without_its_credentials() {
         "names the key and the parameter: {text}"
     );
 }
+/// Token truth (issue 7, item 5) and file permissions (item 7), as an operator meets them.
+/// Multi-threaded: the binary blocks this thread while the simulator answers on another.
+mod token_truth {
+    use std::path::Path;
+    use std::process::Output;
+
+    use mbg_provision::store::Store;
+    use secrecy::ExposeSecret;
+
+    use super::{ok, run_with, stderr, stdout};
+    use crate::mbg::{Harness, sim_config};
+    use crate::support::TestDb;
+
+    const DAY: i64 = 86_400;
+    const SECRET: &str = "shared+secret/42=";
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    /// Runs the binary on the harness's database, MBG and key file.
+    fn cli(h: &Harness, dir: &Path, args: &[&str]) -> Output {
+        let base = h.sim.base_url();
+        let key = h.db.key_file.to_str().unwrap();
+        let env = [
+            ("MBG_PROVISION_MBG__BASE_URL", base.as_str()),
+            ("MBG_PROVISION_SECRETS__KEY_FILE", key),
+            ("MBG_PROVISION_CONSUMER_SECRET", SECRET),
+        ];
+        run_with(dir, &h.db.url, &env, args)
+    }
+
+    async fn set_expiry(store: &Store, expires_at: i64) {
+        let generation = store.mbg_settings().await.unwrap().token_generation;
+        assert!(
+            store
+                .save_token_expiry(generation, expires_at)
+                .await
+                .unwrap()
+        );
+    }
+
+    /// `token request`, approval on the "MBG page", `token verify`, all through the binary.
+    fn new_exchange(h: &Harness, dir: &Path) {
+        let requested = ok(cli(
+            h,
+            dir,
+            &[
+                "token",
+                "request",
+                "--name",
+                "t",
+                "--consumer-id",
+                "MiVOAppSuite",
+            ],
+        ));
+        let temporary = requested
+            .lines()
+            .find_map(|l| l.strip_prefix("temporary token: "))
+            .unwrap();
+        let verifier = h.sim.approve(temporary).unwrap();
+        ok(cli(h, dir, &["token", "verify", &verifier]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sync_and_icps_go_on_past_the_stored_expiry_and_warn() {
+        let h = Harness::new(TestDb::sqlite().await, sim_config())
+            .await
+            .with_token()
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        set_expiry(&h.db.store, now() - DAY).await;
+
+        h.sim.clear_requests();
+        let sync = cli(&h, d, &["sync"]);
+        assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
+        assert!(!h.sim.requests().is_empty(), "the MBG was asked");
+        assert!(
+            stderr(&sync).contains("has passed") && stderr(&sync).contains("token renewed"),
+            "{}",
+            stderr(&sync)
+        );
+        let icps = cli(&h, d, &["icps"]);
+        assert_eq!(icps.status.code(), Some(0), "{}", stderr(&icps));
+        assert!(stderr(&icps).contains("token renewed"), "{}", stderr(&icps));
+        let status = cli(&h, d, &["token", "status"]);
+        assert_eq!(status.status.code(), Some(2), "a human should confirm");
+        let text = stdout(&status);
+        assert!(
+            text.contains("valid by the MBG's last answer; the stored expiry")
+                && text.contains("run `mbg-provision token renewed`"),
+            "{text}"
+        );
+
+        let renewed = ok(cli(&h, d, &["token", "renewed"]));
+        assert!(renewed.contains("valid until"), "{renewed}");
+        assert!(ok(cli(&h, d, &["token", "status"])).contains("valid until"));
+
+        // Inside the renewal window: `sync` and `status` warn.
+        set_expiry(&h.db.store, now() + 10 * DAY).await;
+        for command in ["sync", "status"] {
+            let out = cli(&h, d, &[command]);
+            assert_eq!(out.status.code(), Some(0), "{command}: {}", stderr(&out));
+            assert!(
+                stderr(&out).contains("days left") && stderr(&out).contains("token renew"),
+                "{command}: {}",
+                stderr(&out)
+            );
+        }
+        set_expiry(&h.db.store, now() + 100 * DAY).await;
+        assert!(!stderr(&cli(&h, d, &["sync"])).contains("warning"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_401_marks_the_token_rejected_until_a_new_exchange() {
+        let h = Harness::new(TestDb::sqlite().await, sim_config())
+            .await
+            .with_token()
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let revoke = async |h: &Harness| {
+            let settings = h.db.store.mbg_settings().await.unwrap();
+            assert!(h.sim.revoke(settings.access_token.unwrap().expose_secret()));
+        };
+
+        revoke(&h).await;
+        let sync = cli(&h, d, &["sync"]);
+        assert_eq!(sync.status.code(), Some(1), "{}", stderr(&sync));
+        let status = cli(&h, d, &["token", "status"]);
+        assert_eq!(status.status.code(), Some(2));
+        let text = stdout(&status);
+        assert!(text.contains("rejected by the MBG on"), "{text}");
+        assert!(
+            text.contains("401") && text.contains("token request"),
+            "{text}"
+        );
+        h.sim.clear_requests();
+        let icps = cli(&h, d, &["icps"]);
+        assert_eq!(icps.status.code(), Some(1));
+        assert!(stderr(&icps).contains("rejected"), "{}", stderr(&icps));
+        assert!(h.sim.requests().is_empty(), "no call with a rejected token");
+
+        new_exchange(&h, d);
+        assert!(ok(cli(&h, d, &["token", "status"])).contains("valid until"));
+
+        // `icps` records a 401 too.
+        revoke(&h).await;
+        assert_eq!(cli(&h, d, &["icps"]).status.code(), Some(1));
+        assert!(stdout(&cli(&h, d, &["token", "status"])).contains("rejected by the MBG on"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_renew_exits_2_when_a_human_must_press_renew() {
+        let mut config = sim_config();
+        config.token_api = false;
+        let h = Harness::new(TestDb::sqlite().await, config)
+            .await
+            .with_token()
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        set_expiry(&h.db.store, now() + 10 * DAY).await;
+        let due = cli(
+            &h,
+            dir.path(),
+            &["token", "renew", "--if-within-days", "30"],
+        );
+        assert_eq!(due.status.code(), Some(2), "cron must mail someone");
+        assert!(
+            stdout(&due).contains("press Renew on the MBG page"),
+            "{}",
+            stdout(&due)
+        );
+        let not_due = cli(&h, dir.path(), &["token", "renew", "--if-within-days", "5"]);
+        assert_eq!(not_due.status.code(), Some(0));
+        assert!(stdout(&not_due).contains("not due"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_that_does_not_match_is_explained_and_token_request_starts_over() {
+        let h = Harness::new(TestDb::sqlite().await, sim_config())
+            .await
+            .with_token()
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(&h.db.key_file, [42u8; 32]).unwrap();
+        for command in [&["token", "status"][..], &["sync"]] {
+            let out = cli(&h, d, command);
+            assert_eq!(out.status.code(), Some(1));
+            let err = stderr(&out);
+            assert!(
+                err.contains("does not match the database")
+                    && err.contains("token request")
+                    && err.contains(h.db.key_file.to_str().unwrap()),
+                "{err}"
+            );
+        }
+        new_exchange(&h, d);
+        assert!(ok(cli(&h, d, &["token", "status"])).contains("valid until"));
+        assert_eq!(cli(&h, d, &["sync"]).status.code(), Some(0));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_readable_by_others_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let h = Harness::new(TestDb::sqlite().await, sim_config())
+            .await
+            .with_token()
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let database = h.db.url.trim_start_matches("sqlite://").to_string();
+        let key = h.db.key_file.to_str().unwrap().to_string();
+        let secret_file = d.join("secret");
+        std::fs::write(&secret_file, SECRET).unwrap();
+        let secret = secret_file.to_str().unwrap().to_string();
+        let chmod = |mode: u32| {
+            for file in [&database, &key, &secret] {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+        };
+        let request = [
+            "token",
+            "request",
+            "--name",
+            "t",
+            "--consumer-id",
+            "MiVOAppSuite",
+            "--secret-file",
+            &secret,
+        ];
+        chmod(0o640);
+        let err = stderr(&cli(&h, d, &request));
+        for file in [&database, &key, &secret] {
+            assert!(err.contains(&format!("chmod 600 {file}")), "{file}: {err}");
+        }
+        chmod(0o600);
+        let err = stderr(&cli(&h, d, &request));
+        assert!(!err.contains("chmod"), "{err}");
+    }
+}

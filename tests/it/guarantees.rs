@@ -70,6 +70,7 @@ fn command(h: &Harness, dir: &Path, args: &[&str]) -> Command {
     command
         .current_dir(dir)
         .env("MBG_PROVISION_DATABASE__URL", &h.db.url)
+        .env("MBG_PROVISION_SECRETS__KEY_FILE", &h.db.key_file)
         .env("MBG_PROVISION_MBG__BASE_URL", h.sim.base_url())
         .env("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "8")
         .env_remove("RUST_LOG")

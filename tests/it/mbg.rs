@@ -786,6 +786,10 @@ impl std::io::Write for Captured {
 async fn no_secret_reaches_a_log_line_or_an_error_message() {
     let captured = Captured::default();
     let writer = captured.clone();
+    // While only one subscriber exists, tracing asks the *calling thread's* subscriber whether a
+    // log line is wanted and caches the answer for every thread: other tests' threads, which have
+    // none, would switch this test's lines off. A second, silent subscriber makes it ask both.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_writer(move || writer.clone())
@@ -966,4 +970,161 @@ async fn the_simulator_admin_api_works_over_http() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
+}
+
+/// `token renewed`, for an MBG whose admin pressed *Renew* on its page (issue 7, item 5).
+#[tokio::test]
+async fn token_renewed_records_a_manual_renewal_once_the_mbg_accepts_the_token() {
+    let mut config = sim_config();
+    config.token_api = false;
+    let h = Harness::new(TestDb::sqlite().await, config)
+        .await
+        .with_token()
+        .await;
+    let store = &h.db.store;
+    let now = Harness::now();
+    let generation = store.mbg_settings().await.unwrap().token_generation;
+    assert!(
+        store
+            .save_token_expiry(generation, now - DAY)
+            .await
+            .unwrap()
+    );
+    let past = TokenStatus::of(&store.mbg_settings().await.unwrap(), now);
+    assert!(
+        matches!(past, TokenStatus::ValidPastStoredExpiry { .. }),
+        "{past:?}"
+    );
+    assert!(past.is_usable(), "the stored date is only a hint");
+    let text = past.to_string();
+    assert!(
+        text.starts_with("valid by the MBG's last answer; the stored expiry")
+            && text.contains("mbg-provision token renewed"),
+        "{text}"
+    );
+
+    let (expires_at, source) = token::record_renewal(store, &h.config, None, now)
+        .await
+        .unwrap();
+    assert_eq!(source, token::ExpirySource::Assumed);
+    assert_eq!(expires_at, now + 365 * DAY);
+    let until = now + 200 * DAY;
+    assert_eq!(
+        token::record_renewal(store, &h.config, Some(until), now)
+            .await
+            .unwrap(),
+        (until, token::ExpirySource::Given)
+    );
+    assert!(matches!(
+        TokenStatus::of(&store.mbg_settings().await.unwrap(), now),
+        TokenStatus::Valid {
+            days_left: 199 | 200,
+            ..
+        }
+    ));
+
+    // A renewal is recorded only for a token the MBG accepts.
+    assert!(h.sim.revoke(h.access_token().await.token.expose_secret()));
+    let err = token::record_renewal(store, &h.config, None, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenError::Mbg(_)), "{err:?}");
+    let settings = store.mbg_settings().await.unwrap();
+    assert_eq!(settings.token_state, TokenState::Rejected);
+    assert_eq!(settings.token_rejected_at, Some(now));
+    assert_eq!(
+        settings.token_expires_at,
+        Some(until),
+        "nothing else written"
+    );
+}
+
+#[tokio::test]
+async fn token_renewed_takes_the_expiry_from_the_mbg_when_it_tells_it() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let store = &h.db.store;
+    let now = Harness::now();
+    let generation = store.mbg_settings().await.unwrap().token_generation;
+    store
+        .save_token_expiry(generation, now - DAY)
+        .await
+        .unwrap();
+    let (expires_at, source) = token::record_renewal(store, &h.config, Some(now + DAY), now)
+        .await
+        .unwrap();
+    assert_eq!(source, token::ExpirySource::Mbg);
+    assert_eq!(
+        Some(expires_at),
+        h.sim
+            .access_token_expiry(h.access_token().await.token.expose_secret())
+    );
+}
+
+/// Every 401 marks the token rejected, whatever the stored date says.
+#[tokio::test]
+async fn a_401_on_renewal_marks_the_token_rejected_with_time_and_reason() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let store = &h.db.store;
+    assert!(h.sim.revoke(h.access_token().await.token.expose_secret()));
+    let now = Harness::now();
+    token::renew_if_due(store, &h.config, now, None)
+        .await
+        .unwrap_err();
+    let status = TokenStatus::of(&store.mbg_settings().await.unwrap(), now);
+    let TokenStatus::Rejected {
+        rejected_at: Some(at),
+        reason: Some(reason),
+    } = &status
+    else {
+        panic!("{status:?}")
+    };
+    assert_eq!(*at, now);
+    assert!(
+        reason.contains("managetoken") && reason.contains("401"),
+        "{reason}"
+    );
+    assert!(status.to_string().contains(&token::date(now)), "{status}");
+}
+
+/// A lost or replaced key file: the message says so, and `token request` starts over.
+#[tokio::test]
+async fn token_request_recovers_from_a_key_that_does_not_match() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let store = mbg_provision::store::Store::open(&h.db.url.parse().unwrap())
+        .await
+        .unwrap()
+        .with_secret_key(mbg_provision::secrets::SecretKey::new(
+            elsewhere.path().join("new.key"),
+        ));
+    let err = store.mbg_settings().await.unwrap_err();
+    assert!(err.to_string().contains("token request"), "{err}");
+    let now = Harness::now();
+    let temporary = token::request(&store, &h.config, "t", CONSUMER, SECRET.into(), now)
+        .await
+        .expect("a new exchange works without the old key");
+    let verifier = h.sim.approve(temporary.expose_secret()).unwrap();
+    token::verify(&store, &h.config, &verifier, now)
+        .await
+        .unwrap();
+    let settings = store.mbg_settings().await.unwrap();
+    assert!(TokenStatus::of(&settings, now).is_usable());
+    token::client(&h.config, &settings)
+        .unwrap()
+        .ping()
+        .await
+        .expect("the new token signs");
+    assert!(
+        h.db.store.mbg_settings().await.is_err(),
+        "the old key no longer opens the new secrets"
+    );
 }

@@ -1,7 +1,7 @@
 //! No secret may reach `Debug` output: a stray `{:?}` in a log line must not leak a password.
 
 use mbg_provision::config::Config;
-use mbg_provision::store::{ExtensionSpec, MbgSettings, TokenState};
+use mbg_provision::store::{ExtensionSpec, TemporaryToken, TokenState};
 use secrecy::SecretString;
 
 use crate::support::TestDb;
@@ -59,19 +59,34 @@ async fn debug_output_never_shows_a_secret() {
     );
     assert_no_secret(&debug);
 
-    let settings = MbgSettings {
-        consumer_id: Some("MiVOAppSuite".into()),
-        consumer_secret: Some(SECRETS[2].into()),
-        temp_token: Some(SECRETS[3].into()),
-        temp_token_secret: Some(SECRETS[4].into()),
-        access_token: Some(SECRETS[5].into()),
-        access_token_secret: Some(SECRETS[6].into()),
-        token_state: TokenState::Valid,
-        ..MbgSettings::default()
+    let temporary = TemporaryToken {
+        base_url: "https://10.0.0.5/mslrest".into(),
+        consumer_name: "provisioning".into(),
+        consumer_id: "MiVOAppSuite".into(),
+        consumer_secret: SECRETS[2].into(),
+        token: SECRETS[3].into(),
+        secret: SECRETS[4].into(),
+        created_at: 1_800_000_000,
     };
-    store.save_mbg_settings(&settings).await.unwrap();
+    store.save_temporary_token(&temporary, false).await.unwrap();
+    let generation = store.mbg_settings().await.unwrap().token_generation;
+    assert!(
+        store
+            .save_access_token(
+                generation,
+                temporary.created_at,
+                &SECRETS[5].into(),
+                &SECRETS[6].into(),
+                temporary.created_at,
+                1_900_000_000,
+            )
+            .await
+            .unwrap()
+    );
+    store.save_temporary_token(&temporary, false).await.unwrap();
     let read = store.mbg_settings().await.unwrap();
-    assert_no_secret(&format!("{settings:?} {read:?} {read:#?}"));
+    assert_eq!(read.token_state, TokenState::Valid);
+    assert_no_secret(&format!("{temporary:?} {read:?} {read:#?}"));
 
     let mut config = Config::default();
     config.database.url = format!("postgres://prov:{}@db.example.com/pbx", SECRETS[7])

@@ -1,8 +1,8 @@
 //! The store suite: one body per test, run on SQLite and on PostgreSQL.
 
 use mbg_provision::store::{
-    AuditEntry, Backend, ExtensionKind, ExtensionSpec, ExtensionState, MbgSettings, NewNode,
-    NotFound, StateUpdate, Store, StoreError, TokenState,
+    AuditEntry, Backend, ExtensionKind, ExtensionSpec, ExtensionState, NewNode, NotFound,
+    StateUpdate, Store, StoreError, TemporaryToken, TokenState,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection, Executor};
@@ -467,17 +467,13 @@ async fn state_settings_and_audit_round_trip(db: TestDb) {
         store.mbg_settings().await.unwrap().token_state,
         TokenState::None
     );
-    let settings = MbgSettings {
-        base_url: Some("https://10.0.0.5/mslrest".into()),
-        consumer_id: Some("MiVOAppSuite".into()),
-        consumer_secret: Some(secret("shared-secret")),
-        access_token: Some(secret("or7z4alsrn2+pyuwm33djq==")),
-        access_token_secret: Some(secret("tok+secret/==")),
-        token_expires_at: Some(1_900_000_000),
-        token_state: TokenState::Valid,
-        ..MbgSettings::default()
-    };
-    store.save_mbg_settings(&settings).await.unwrap();
+    exchange(
+        store,
+        "or7z4alsrn2+pyuwm33djq==",
+        "tok+secret/==",
+        1_900_000_000,
+    )
+    .await;
     let read = store.mbg_settings().await.unwrap();
     assert_eq!(read.token_state, TokenState::Valid);
     assert_eq!(read.consumer_id.as_deref(), Some("MiVOAppSuite"));
@@ -491,11 +487,12 @@ async fn state_settings_and_audit_round_trip(db: TestDb) {
     );
     assert_eq!(read.token_expires_at, Some(1_900_000_000));
     assert!(read.temp_token.is_none());
-    let renewed = MbgSettings {
-        token_expires_at: Some(1_931_536_000),
-        ..store.mbg_settings().await.unwrap()
-    };
-    store.save_mbg_settings(&renewed).await.unwrap();
+    assert!(
+        store
+            .save_token_expiry(read.token_generation, 1_931_536_000)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         store.mbg_settings().await.unwrap().token_expires_at,
         Some(1_931_536_000),
@@ -579,4 +576,369 @@ async fn notifications_reach_a_postgres_listener(db: TestDb) {
         .unwrap();
     assert_eq!(note.channel(), "extension_changes");
     assert_eq!(note.payload(), ext.id.to_string());
+}
+
+/// The whole exchange as the store sees it: step 1, then step 3 with this access token.
+async fn exchange(store: &Store, token: &str, secret: &str, expires_at: i64) {
+    let created_at = 1_800_000_000;
+    store
+        .save_temporary_token(&temporary("temp-TOKEN", created_at), false)
+        .await
+        .unwrap();
+    let generation = store.mbg_settings().await.unwrap().token_generation;
+    assert!(
+        store
+            .save_access_token(
+                generation,
+                created_at,
+                &secret_of(token),
+                &secret_of(secret),
+                created_at,
+                expires_at,
+            )
+            .await
+            .unwrap(),
+        "nothing raced this exchange"
+    );
+}
+
+fn secret_of(value: &str) -> SecretString {
+    SecretString::from(value)
+}
+
+fn temporary(token: &str, created_at: i64) -> TemporaryToken {
+    TemporaryToken {
+        base_url: "https://10.0.0.5/mslrest".into(),
+        consumer_name: "provisioning".into(),
+        consumer_id: "MiVOAppSuite".into(),
+        consumer_secret: secret_of("consumer-SECRET"),
+        token: secret_of(token),
+        secret: secret_of(&format!("{token}-secret")),
+        created_at,
+    }
+}
+
+/// Token truth (issue 7, item 5) and secrets at rest (item 7), on both backends.
+mod token {
+    use mbg_provision::config::DatabaseUrl;
+    use mbg_provision::secrets::{SecretKey, SecretsError};
+    use mbg_provision::store::{Store, StoreError, TokenState};
+    use mbg_provision::token::TokenStatus;
+    use secrecy::ExposeSecret;
+    use sqlx::Connection;
+
+    use super::{exchange, secret_of, temporary};
+    use crate::support::TestDb;
+
+    crate::on_both_backends!(
+        a_stale_renewal_or_refusal_cannot_undo_a_newer_token,
+        a_401_marks_the_token_rejected_until_a_new_token_is_verified,
+        token_secrets_are_sealed_at_rest_with_the_key_file,
+        a_wrong_or_missing_key_is_explained_and_a_new_exchange_overwrites,
+        legacy_cleartext_secrets_are_read_and_sealed_on_the_next_write,
+        a_sealed_value_moved_to_another_column_does_not_open,
+    );
+
+    const SECRET_COLUMNS: [&str; 5] = [
+        "consumer_secret",
+        "temp_token",
+        "temp_token_secret",
+        "access_token",
+        "access_token_secret",
+    ];
+
+    /// Another process on the same database, with the same key file.
+    async fn second_store(db: &TestDb, key_file: &std::path::Path) -> Store {
+        Store::open(&db.url.parse::<DatabaseUrl>().unwrap())
+            .await
+            .unwrap()
+            .with_secret_key(SecretKey::new(key_file))
+    }
+
+    async fn raw(db: &TestDb, sql: &str) -> Vec<Option<String>> {
+        let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        use sqlx::Row;
+        let values = row.map_or_else(Vec::new, |row| {
+            (0..row.len())
+                .map(|i| row.try_get::<Option<String>, _>(i).unwrap())
+                .collect()
+        });
+        conn.close().await.ok();
+        values
+    }
+
+    async fn raw_secrets(db: &TestDb) -> Vec<Option<String>> {
+        raw(
+            db,
+            &format!(
+                "SELECT {} FROM mbg_settings WHERE id = 1",
+                SECRET_COLUMNS.join(", ")
+            ),
+        )
+        .await
+    }
+
+    async fn a_stale_renewal_or_refusal_cannot_undo_a_newer_token(db: TestDb) {
+        let store = &db.store;
+        exchange(store, "old-TOKEN", "old-token-SECRET", 1_900_000_000).await;
+        // `token renew` reads the settings, then waits on the MBG...
+        let stale = store.mbg_settings().await.unwrap();
+        // ...while `token verify` in another process stores a new token.
+        let other = second_store(&db, &db.key_file).await;
+        other
+            .save_temporary_token(&temporary("next-temp", 1_800_000_100), false)
+            .await
+            .unwrap();
+        let read = other.mbg_settings().await.unwrap();
+        assert!(
+            other
+                .save_access_token(
+                    read.token_generation,
+                    1_800_000_100,
+                    &secret_of("new-TOKEN"),
+                    &secret_of("new-token-SECRET"),
+                    1_800_000_100,
+                    1_950_000_000,
+                )
+                .await
+                .unwrap()
+        );
+        // The stale renewal, a stale 401 and a stale verify all write nothing.
+        assert!(
+            !store
+                .save_token_expiry(stale.token_generation, 1_931_536_000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .mark_token_rejected(stale.token_generation, 1_800_000_200, "old token: 401")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .save_access_token(
+                    stale.token_generation,
+                    1_800_000_000,
+                    &secret_of("old-TOKEN"),
+                    &secret_of("old-token-SECRET"),
+                    1_800_000_000,
+                    1_900_000_000,
+                )
+                .await
+                .unwrap()
+        );
+        let now = store.mbg_settings().await.unwrap();
+        assert_eq!(now.access_token.unwrap().expose_secret(), "new-TOKEN");
+        assert_eq!(
+            now.access_token_secret.unwrap().expose_secret(),
+            "new-token-SECRET"
+        );
+        assert_eq!(now.token_expires_at, Some(1_950_000_000));
+        assert_eq!(now.token_state, TokenState::Valid);
+        assert!(now.token_rejected_at.is_none());
+        other.close().await;
+    }
+
+    async fn a_401_marks_the_token_rejected_until_a_new_token_is_verified(db: TestDb) {
+        let store = &db.store;
+        let now = 1_800_000_000;
+        exchange(store, "TOKEN", "token-SECRET", now + 364 * 86_400).await;
+        let generation = store.mbg_settings().await.unwrap().token_generation;
+        let reason = "GET mbg/v1/icps/all/ answered 401: token revoked";
+        assert!(
+            store
+                .mark_token_rejected(generation, now + 60, reason)
+                .await
+                .unwrap()
+        );
+        let settings = store.mbg_settings().await.unwrap();
+        assert_eq!(settings.token_state, TokenState::Rejected);
+        assert_eq!(settings.token_rejected_at, Some(now + 60));
+        let status = TokenStatus::of(&settings, now + 120);
+        assert!(!status.is_usable(), "364 days left on paper, but refused");
+        let text = status.to_string();
+        assert!(text.starts_with("rejected by the MBG on "), "{text}");
+        assert!(text.contains("token revoked"), "{text}");
+        assert!(text.contains("token request"), "{text}");
+
+        // A new exchange clears it.
+        exchange(store, "TOKEN-2", "token-SECRET-2", now + 365 * 86_400).await;
+        let settings = store.mbg_settings().await.unwrap();
+        assert_eq!(settings.token_state, TokenState::Valid);
+        assert!(settings.token_rejected_at.is_none());
+        assert!(settings.token_rejected_reason.is_none());
+        assert!(TokenStatus::of(&settings, now).is_usable());
+    }
+
+    async fn token_secrets_are_sealed_at_rest_with_the_key_file(db: TestDb) {
+        let store = &db.store;
+        assert!(!db.key_file.exists(), "no key before the first secret");
+        exchange(
+            store,
+            "access-TOKEN-6",
+            "access-token-SECRET-7",
+            1_900_000_000,
+        )
+        .await;
+        store
+            .save_temporary_token(&temporary("temp-TOKEN-4", 1_800_000_500), false)
+            .await
+            .unwrap();
+        let plain = [
+            "consumer-SECRET",
+            "temp-TOKEN-4",
+            "temp-TOKEN-4-secret",
+            "access-TOKEN-6",
+            "access-token-SECRET-7",
+        ];
+        let stored = raw_secrets(&db).await;
+        for (column, value) in SECRET_COLUMNS.iter().zip(&stored) {
+            let value = value.as_deref().unwrap_or_else(|| panic!("{column} empty"));
+            assert!(value.starts_with("v1:"), "{column}: {value}");
+            for secret in plain {
+                assert!(!value.contains(secret), "{column} holds {secret}");
+            }
+        }
+        let key = std::fs::read(&db.key_file).unwrap();
+        assert_eq!(key.len(), 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&db.key_file)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
+
+        let other = second_store(&db, &db.key_file).await;
+        let read = other.mbg_settings().await.unwrap();
+        let values = [
+            read.consumer_secret,
+            read.temp_token,
+            read.temp_token_secret,
+            read.access_token,
+            read.access_token_secret,
+        ];
+        for (value, expected) in values.iter().zip(plain) {
+            assert_eq!(value.as_ref().unwrap().expose_secret(), expected);
+        }
+        other.close().await;
+    }
+
+    async fn a_wrong_or_missing_key_is_explained_and_a_new_exchange_overwrites(db: TestDb) {
+        exchange(&db.store, "access-TOKEN", "access-SECRET", 1_900_000_000).await;
+        let elsewhere = tempfile::tempdir().unwrap();
+        let missing = elsewhere.path().join("missing.key");
+        let wrong = elsewhere.path().join("wrong.key");
+        std::fs::write(&wrong, [7u8; 32]).unwrap();
+
+        let lost = second_store(&db, &missing).await;
+        let err = lost.mbg_settings().await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Secrets(SecretsError::KeyMissing { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("token request"), "{err}");
+        assert!(!missing.exists(), "reading creates no key");
+
+        let replaced = second_store(&db, &wrong).await;
+        let err = replaced.mbg_settings().await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("key file") && text.contains("does not match the database"),
+            "{text}"
+        );
+        assert!(
+            text.contains("token request") && text.contains("token verify"),
+            "{text}"
+        );
+        assert!(!text.contains("access-SECRET"));
+
+        // `token request` in that state: overwrite, dropping the access token it cannot open.
+        replaced
+            .save_temporary_token(&temporary("fresh-temp", 1_800_000_900), true)
+            .await
+            .unwrap();
+        let fresh = replaced.mbg_settings().await.unwrap();
+        assert!(fresh.access_token.is_none() && fresh.access_token_secret.is_none());
+        assert_eq!(fresh.temp_token.unwrap().expose_secret(), "fresh-temp");
+        assert_eq!(fresh.token_state, TokenState::Pending);
+        lost.close().await;
+        replaced.close().await;
+    }
+
+    async fn legacy_cleartext_secrets_are_read_and_sealed_on_the_next_write(db: TestDb) {
+        let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO mbg_settings (id, consumer_id, consumer_secret, access_token,
+                    access_token_secret, token_expires_at, token_state, updated_at)
+             VALUES (1, 'MiVOAppSuite', 'legacy-SECRET', 'legacy-TOKEN', 'legacy-token-SECRET',
+                    1900000000, 'valid', 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.ok();
+        let read = db.store.mbg_settings().await.unwrap();
+        assert_eq!(
+            read.consumer_secret.unwrap().expose_secret(),
+            "legacy-SECRET"
+        );
+        assert_eq!(read.access_token.unwrap().expose_secret(), "legacy-TOKEN");
+
+        db.store
+            .save_temporary_token(&temporary("temp", 1_800_000_000), false)
+            .await
+            .unwrap();
+        let generation = db.store.mbg_settings().await.unwrap().token_generation;
+        assert!(
+            db.store
+                .save_access_token(
+                    generation,
+                    1_800_000_000,
+                    &secret_of("new-TOKEN"),
+                    &secret_of("new-token-SECRET"),
+                    1_800_000_000,
+                    1_950_000_000,
+                )
+                .await
+                .unwrap()
+        );
+        for (column, value) in SECRET_COLUMNS.iter().zip(raw_secrets(&db).await) {
+            if let Some(value) = value {
+                assert!(value.starts_with("v1:"), "{column} still clear: {value}");
+            }
+        }
+    }
+
+    async fn a_sealed_value_moved_to_another_column_does_not_open(db: TestDb) {
+        exchange(&db.store, "access-TOKEN", "access-SECRET", 1_900_000_000).await;
+        let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+        sqlx::query(
+            "UPDATE mbg_settings
+                SET access_token = access_token_secret, access_token_secret = access_token",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.ok();
+        let err = db.store.mbg_settings().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Secrets(SecretsError::KeyMismatch {
+                    column: "access_token",
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+    }
 }

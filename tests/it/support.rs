@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use mbg_provision::config::DatabaseUrl;
+use mbg_provision::secrets::SecretKey;
 use mbg_provision::store::{Backend, Store};
 use sqlx::{Connection, Executor};
 
@@ -13,6 +14,8 @@ pub struct TestDb {
     pub store: Store,
     /// The URL a second, independent connection can use.
     pub url: String,
+    /// The key that seals the token secrets; for SQLite, where the binary looks by default.
+    pub key_file: std::path::PathBuf,
     _dir: Option<tempfile::TempDir>,
     postgres: Option<PostgresDb>,
 }
@@ -26,12 +29,15 @@ impl TestDb {
     pub async fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let key_file = dir.path().join("test.key");
         let store = Store::open(&url.parse::<DatabaseUrl>().unwrap())
             .await
-            .expect("open SQLite store");
+            .expect("open SQLite store")
+            .with_secret_key(SecretKey::new(&key_file));
         TestDb {
             store,
             url,
+            key_file,
             _dir: Some(dir),
             postgres: None,
         }
@@ -64,14 +70,18 @@ impl TestDb {
         let mut url = url::Url::parse(&admin_url).expect("TEST_POSTGRES_URL is a URL");
         url.set_path(&name);
         let url = url.to_string();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_file = dir.path().join("mbg-provision.key");
         let store = Store::open(&url.parse::<DatabaseUrl>().unwrap())
             .await
-            .expect("open PostgreSQL store");
+            .expect("open PostgreSQL store")
+            .with_secret_key(SecretKey::new(&key_file));
         assert_eq!(store.backend(), Backend::Postgres);
         Some(TestDb {
             store,
             url,
-            _dir: None,
+            key_file,
+            _dir: Some(dir),
             postgres: Some(PostgresDb { admin_url, name }),
         })
     }
