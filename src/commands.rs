@@ -159,7 +159,10 @@ fn check_address(option: &str, address: &str) -> Result<()> {
     if address.parse::<std::net::IpAddr>().is_ok() || is_host_name {
         Ok(())
     } else {
-        bail!("{option} {} is not an IP address or host name", quote(address))
+        bail!(
+            "{option} {} is not an IP address or host name",
+            quote(address)
+        )
     }
 }
 

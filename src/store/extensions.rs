@@ -215,7 +215,9 @@ impl Store {
         .map_err(StoreError::Database)?;
         match rows.first() {
             Some(row) => decode_one(row),
-            None => Err(StoreError::NotFound(NotFound::Extension(number.to_string()))),
+            None => Err(StoreError::NotFound(NotFound::Extension(
+                number.to_string(),
+            ))),
         }
     }
 

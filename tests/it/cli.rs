@@ -403,7 +403,11 @@ async fn bad_rows_are_listed_as_needing_attention_and_the_rest_still_shows(db: T
 
     let dir = tempfile::tempdir().unwrap();
     let (d, url) = (dir.path(), db.url.as_str());
-    ok(run(d, url, &["node", "add", "pbx1", "--address", "10.0.0.20"]));
+    ok(run(
+        d,
+        url,
+        &["node", "add", "pbx1", "--address", "10.0.0.20"],
+    ));
     ok(run(d, url, &["extension", "set", "1001", "--node", "pbx1"]));
     ok(run(d, url, &["extension", "set", "1002", "--node", "pbx1"]));
     let id = db.store.extension_by_number("1002").await.unwrap().id;
@@ -425,7 +429,10 @@ async fn bad_rows_are_listed_as_needing_attention_and_the_rest_still_shows(db: T
     assert_eq!(listed.status.code(), Some(2), "{}", stderr(&listed));
     let text = stdout(&listed);
     assert!(text.contains("1001"), "{text}");
-    assert!(text.contains("need attention") && text.contains(&named), "{text}");
+    assert!(
+        text.contains("need attention") && text.contains(&named),
+        "{text}"
+    );
 
     let json = run(d, url, &["extension", "list", "--json"]);
     assert_eq!(json.status.code(), Some(2));
@@ -449,7 +456,11 @@ fn a_huge_csv_field_gives_a_short_error_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let url = format!("sqlite://{}", d.join("huge.db").display());
-    ok(run(d, &url, &["node", "add", "pbx1", "--address", "10.0.0.20"]));
+    ok(run(
+        d,
+        &url,
+        &["node", "add", "pbx1", "--address", "10.0.0.20"],
+    ));
     let huge = "9".repeat(5_000_000);
     std::fs::write(
         d.join("huge.csv"),
@@ -462,10 +473,17 @@ fn a_huge_csv_field_gives_a_short_error_naming_the_line() {
     assert_eq!(out.status.code(), Some(1));
     let message = stderr(&out);
     assert!(message.len() < 2_000, "{} bytes of error", message.len());
-    for line in ["line 2: number \"999", "line 3: node \"999", "line 4: unknown kind \"999"] {
+    for line in [
+        "line 2: number \"999",
+        "line 3: node \"999",
+        "line 4: unknown kind \"999",
+    ] {
         assert!(message.contains(line), "{line} missing from {message}");
     }
-    assert!(message.contains("(5000001 bytes)"), "says how long: {message}");
+    assert!(
+        message.contains("(5000001 bytes)"),
+        "says how long: {message}"
+    );
     assert!(message.contains("remote \"999"), "{message}");
 }
 
@@ -487,7 +505,10 @@ fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(out.status.success(), "{}", stderr(&out));
     let logged = stderr(&out);
     assert!(!logged.is_empty(), "expected log lines");
-    assert!(!logged.contains('\u{1b}'), "colour codes in a pipe: {logged:?}");
+    assert!(
+        !logged.contains('\u{1b}'),
+        "colour codes in a pipe: {logged:?}"
+    );
 }
 
 #[tokio::test]
@@ -534,7 +555,9 @@ fn an_unreachable_database_is_named_within_the_connect_timeout() {
     assert_eq!(hung.status.code(), Some(1));
     let message = stderr(&hung);
     assert!(
-        message.contains(&format!("cannot connect to 127.0.0.1:{port}: no answer within 1s")),
+        message.contains(&format!(
+            "cannot connect to 127.0.0.1:{port}: no answer within 1s"
+        )),
         "{message}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(15));

@@ -277,7 +277,10 @@ fn seven_field_cron_lines_are_refused() {
             "{message}"
         );
         assert!(message.contains("7 fields"), "{message}");
-        assert!(message.contains("\"0 0 3 * * *\""), "suggests the fix: {message}");
+        assert!(
+            message.contains("\"0 0 3 * * *\""),
+            "suggests the fix: {message}"
+        );
         Ok(())
     });
 }

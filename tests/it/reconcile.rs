@@ -14,6 +14,7 @@ crate::on_both_backends!(
     adopts_an_exact_match_and_heals_a_crash_without_duplicates,
     licence_limits_and_name_clashes_are_reported_on_the_right_extensions,
     a_dry_run_changes_nothing,
+    a_node_address_change_moves_its_extensions_to_the_matching_icp,
 );
 
 fn now() -> i64 {
@@ -470,4 +471,51 @@ async fn faults_back_off_and_a_refused_token_stops_the_pass() {
     let ext = store.extension(id).await.unwrap();
     assert!(ext.remote_auth_name.is_some(), "credentials kept");
     assert_eq!(ext.state, ExtensionState::Failed, "still to do");
+}
+
+async fn a_node_address_change_moves_its_extensions_to_the_matching_icp(db: TestDb) {
+    use sqlx::{Connection, Executor};
+
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    set(store, "1001", "pbx1", true).await;
+    set(store, "2001", "pbx2", true).await;
+    assert!(pass(&h).await.succeeded());
+    let before = h.sim.devices();
+    assert_eq!(by_number(&before, "1001")[0].icp, "MiVO250-1");
+
+    // The phone system's admin re-addresses the nodes, in SQL: pbx1 now has MiVO250-2's address.
+    let mut other = sqlx::AnyConnection::connect(&h.db.url).await.unwrap();
+    other
+        .execute("UPDATE nodes SET address = '10.0.0.98' WHERE name = 'pbx2'")
+        .await
+        .unwrap();
+    other
+        .execute("UPDATE nodes SET address = '10.0.0.21' WHERE name = 'pbx1'")
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    let changed: Vec<i64> = store
+        .pending_changes(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.extension_id)
+        .collect();
+    assert_eq!(changed.len(), 2, "one change per re-addressed extension");
+
+    let moved = pass(&h).await;
+    assert!(
+        verbs(&moved).contains(&("1001".into(), "update")),
+        "{:?}",
+        verbs(&moved)
+    );
+    let after = h.sim.devices();
+    let [device] = by_number(&after, "1001")[..] else {
+        panic!("still one device for 1001")
+    };
+    assert_eq!(device.guid, by_number(&before, "1001")[0].guid);
+    assert_eq!(device.icp, "MiVO250-2");
+    assert!(store.pending_changes(100).await.unwrap().is_empty());
 }

@@ -668,7 +668,10 @@ async fn bad_rows_are_reported_and_the_others_carry_on(db: TestDb) {
         .collect::<Vec<_>>()
         .join("\n");
     for expected in [
-        format!("extension row id {} (number \"1001\"): column state", ids["1001"]),
+        format!(
+            "extension row id {} (number \"1001\"): column state",
+            ids["1001"]
+        ),
         "\"bogus\"".to_string(),
         "\"fax\"".to_string(),
         "-3".to_string(),
