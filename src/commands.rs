@@ -10,7 +10,9 @@ use mbg_provision::credentials;
 use mbg_provision::import;
 use mbg_provision::secrets::{self, SecretKey};
 use mbg_provision::sim::{self, SimConfig, SimConsumer};
-use mbg_provision::store::{Extension, ExtensionKind, ExtensionSpec, NewNode, Node, Store};
+use mbg_provision::store::{
+    BadRow, Extension, ExtensionKind, ExtensionSpec, NewNode, Node, OpenOptions, Store, quote,
+};
 use mbg_provision::token::{self, TokenStatus};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -31,7 +33,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
     let config = Config::load(cli.config.as_deref())?;
     init_tracing(config.log.format);
-    let store = Store::open(&config.database.url)
+    let options = OpenOptions {
+        connect_timeout: config.database.connect_timeout,
+        create: may_create_database(&cli.command),
+    };
+    let store = Store::open_with(&config.database.url, &options)
         .await
         .with_context(|| format!("cannot open the database {}", config.database.url))?
         .with_secret_key(SecretKey::new(config.key_file()));
@@ -62,16 +68,44 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     Ok(code)
 }
 
+/// Only the commands that put data in may start a new SQLite file. Any other command run in a
+/// folder without configuration would otherwise create an empty `./mbg-provision.db` and report
+/// "no extensions" or "no token" as if that were the truth.
+fn may_create_database(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Migrate
+            | Command::Node(NodeCommand::Add { .. })
+            | Command::Extension(ExtensionCommand::Set { .. } | ExtensionCommand::Import { .. })
+    )
+}
+
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // sqlx logs every PostgreSQL NOTICE at INFO, and the migrator's `CREATE ... IF NOT EXISTS`
+    // sends one on every start. Keep sqlx to warnings unless RUST_LOG asks for it by name.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx")) {
+        filter = filter.add_directive("sqlx=warn".parse().expect("a valid directive"));
+    }
+    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(use_colour(
+            stderr_is_terminal,
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Colour codes are noise in a file or a pipe, and NO_COLOR (https://no-color.org) turns them
+/// off when set to anything but the empty string.
+fn use_colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 pub fn print_json(value: &impl Serialize) -> Result<()> {
@@ -135,7 +169,10 @@ fn check_address(option: &str, address: &str) -> Result<()> {
     if address.parse::<std::net::IpAddr>().is_ok() || is_host_name {
         Ok(())
     } else {
-        bail!("{option} \"{address}\" is not an IP address or host name")
+        bail!(
+            "{option} {} is not an IP address or host name",
+            quote(address)
+        )
     }
 }
 
@@ -239,12 +276,21 @@ async fn extension(store: &Store, config: &Config, command: ExtensionCommand) ->
             }
         }
         ExtensionCommand::List { output } => {
-            let extensions = store.extensions().await?;
+            let rows = store.extension_rows().await?;
             if output.json {
-                let views: Vec<ExtensionView> = extensions.iter().map(Into::into).collect();
+                // The JSON stays a list of usable extensions; bad rows go to stderr and the
+                // exit code, where a script notices them.
+                let views: Vec<ExtensionView> = rows.good.iter().map(Into::into).collect();
                 print_json(&views)?;
+                for bad in &rows.bad {
+                    eprintln!("needs attention: {bad}");
+                }
             } else {
-                print_extensions(&extensions);
+                print_extensions(&rows.good);
+                print_bad_rows(&rows.bad);
+            }
+            if !rows.bad.is_empty() {
+                return Ok(ExitCode::from(reconcile_cli::NEEDS_ATTENTION));
             }
         }
         ExtensionCommand::Import { file, output } => {
@@ -308,6 +354,20 @@ fn print_extensions(extensions: &[Extension]) {
             e.mbg_device_id.as_deref().unwrap_or("-"),
             e.state
         );
+    }
+}
+
+/// Rows another program wrote that cannot be used: each one with its id and the column to fix.
+pub fn print_bad_rows(rows: &[BadRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "{} extension row(s) need attention (fix them in the database; the others carry on):",
+        rows.len()
+    );
+    for bad in rows {
+        println!("  {bad}");
     }
 }
 
@@ -451,4 +511,43 @@ async fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     println!("admin API: http://{}/sim/ (loopback only)", handle.addr());
     tokio::signal::ctrl_c().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))), "empty means unset");
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn only_commands_that_put_data_in_may_create_the_database() {
+        use clap::Parser;
+        let creates = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["mbg-provision"], args].concat()).unwrap();
+            may_create_database(&cli.command)
+        };
+        assert!(creates(&["migrate"]));
+        assert!(creates(&["node", "add", "p", "--address", "10.0.0.1"]));
+        assert!(creates(&["extension", "set", "1001", "--node", "p"]));
+        assert!(creates(&["extension", "import", "x.csv"]));
+        for read_only in [
+            &["status"][..],
+            &["sync"],
+            &["icps"],
+            &["node", "list"],
+            &["extension", "list"],
+            &["token", "status"],
+            &["token", "renew"],
+        ] {
+            assert!(!creates(read_only), "{read_only:?}");
+        }
+    }
 }

@@ -42,12 +42,17 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub url: DatabaseUrl,
+    /// How long to wait for the database server before saying it cannot be reached, rather than
+    /// leaving the user with sqlx's "pool timed out" after its 30 s default.
+    #[serde(with = "nonzero_duration")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: DatabaseUrl("sqlite://mbg-provision.db".into()),
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -60,7 +65,7 @@ pub struct MbgConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(deserialize_with = "de_max_in_flight")]
     pub max_in_flight: usize,
-    #[serde(with = "human_duration")]
+    #[serde(with = "nonzero_duration")]
     pub timeout: Duration,
     /// Upper bound on a `Retry-After` we obey, so a misbehaving MBG cannot park us for a day.
     #[serde(with = "human_duration")]
@@ -89,7 +94,7 @@ impl Default for MbgConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
-    #[serde(with = "human_duration")]
+    #[serde(with = "nonzero_duration")]
     pub poll_interval: Duration,
 }
 
@@ -104,7 +109,7 @@ impl Default for WatchConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileConfig {
-    #[serde(with = "human_duration")]
+    #[serde(with = "nonzero_duration")]
     pub interval: Duration,
 }
 
@@ -120,6 +125,7 @@ impl Default for ReconcileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TokenConfig {
     pub renew_schedule: CronSchedule,
+    #[serde(deserialize_with = "de_renew_within_days")]
     pub renew_within_days: u32,
 }
 
@@ -364,6 +370,34 @@ fn de_password_length<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error
     Ok(n)
 }
 
+/// Tokens live 12 months: a window of a year or more would renew on every run of the job.
+fn de_renew_within_days<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n > 364 {
+        return Err(serde::de::Error::custom(format!(
+            "{n} is out of range: a token lives 365 days, so renew at most 364 days before expiry"
+        )));
+    }
+    Ok(n)
+}
+
+/// A duration that must not be zero: a zero timeout fails every call, and a zero interval spins.
+mod nonzero_duration {
+    use super::*;
+
+    pub use human_duration::serialize;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let duration = human_duration::deserialize(d)?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom(
+                "must be more than zero: write e.g. \"500ms\" or \"30s\"",
+            ));
+        }
+        Ok(duration)
+    }
+}
+
 /// Durations written as a number and a unit: `500ms`, `30s`, `5m`, `2h`, `1d`.
 pub mod human_duration {
     use super::*;
@@ -600,7 +634,7 @@ impl<'de> Deserialize<'de> for MbgUrl {
     }
 }
 
-/// A cron schedule in the `cron` crate's six- or seven-field syntax, evaluated in UTC.
+/// A cron schedule in six fields (or `@daily` and the like), evaluated in UTC.
 #[derive(Clone)]
 pub struct CronSchedule {
     expression: String,
@@ -630,6 +664,13 @@ impl FromStr for CronSchedule {
         if fields == 5 {
             return Err(format!(
                 "\"{s}\" has 5 fields, but 6 fields are needed: seconds first (sec min hour day-of-month month day-of-week), e.g. \"0 {s}\""
+            ));
+        }
+        // The cron crate also takes a seventh field, the year: a schedule that stops firing in
+        // some year would let the token expire silently, so only the six-field form is accepted.
+        if fields == 7 {
+            return Err(format!(
+                "\"{s}\" has 7 fields, but exactly 6 are accepted (sec min hour day-of-month month day-of-week, no year), e.g. \"0 0 3 * * *\""
             ));
         }
         let schedule = cron::Schedule::from_str(s).map_err(|e| {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Read;
 
-use crate::store::{ExtensionKind, ExtensionSpec, StoreError};
+use crate::store::{ExtensionKind, ExtensionSpec, StoreError, quote};
 
 /// The columns of an import file; `kind` and `remote` may be left out or empty.
 pub const HEADER: &str = "number,node,kind,remote";
@@ -67,15 +67,18 @@ pub fn parse(
     let column = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
     let (Some(number_col), Some(node_col)) = (column("number"), column("node")) else {
         return Err(ImportError::Header(format!(
-            "found `{}`",
-            header.iter().collect::<Vec<_>>().join(",")
+            "found {}",
+            quote(&header.iter().collect::<Vec<_>>().join(","))
         )));
     };
     if let Some(unknown) = header
         .iter()
         .find(|h| !["number", "node", "kind", "remote"].contains(&h.to_ascii_lowercase().as_str()))
     {
-        return Err(ImportError::Header(format!("unknown column `{unknown}`")));
+        return Err(ImportError::Header(format!(
+            "unknown column {}",
+            quote(unknown)
+        )));
     }
     let (kind_col, remote_col) = (column("kind"), column("remote"));
 
@@ -100,21 +103,27 @@ pub fn parse(
 
         let number = field(Some(number_col)).to_string();
         if !(1..=10).contains(&number.len()) || !number.bytes().all(|b| b.is_ascii_digit()) {
-            problems.push(format!("number \"{number}\" must be 1 to 10 digits"));
+            problems.push(format!("number {} must be 1 to 10 digits", quote(&number)));
         } else if let Some(first) = first_line_of.insert(number.clone(), line) {
             problems.push(format!("number {number} is already on line {first}"));
         }
         let node = field(Some(node_col)).to_string();
         if !known_nodes.contains(&node) {
             problems.push(format!(
-                "node \"{node}\" does not exist (add it with `node add`)"
+                "node {} does not exist (add it with `node add`)",
+                quote(&node)
             ));
         }
         let kind = match field(kind_col) {
             "" => None,
             text => text
                 .parse::<ExtensionKind>()
-                .map_err(|e| problems.push(e))
+                .map_err(|_| {
+                    problems.push(format!(
+                        "unknown kind {}: use sip or sip-hot-desk",
+                        quote(text)
+                    ))
+                })
                 .ok(),
         };
         let use_remote_auth = match parse_switch(field(remote_col)) {
@@ -155,7 +164,7 @@ pub fn parse_switch(text: &str) -> Result<Option<bool>, String> {
         "" => Ok(None),
         "on" | "true" | "yes" | "1" => Ok(Some(true)),
         "off" | "false" | "no" | "0" => Ok(Some(false)),
-        other => Err(format!("remote \"{other}\" must be on or off")),
+        other => Err(format!("remote {} must be on or off", quote(other))),
     }
 }
 

@@ -15,7 +15,7 @@ use mbg_provision::store::Store;
 use mbg_provision::token::{self, TokenStatus};
 use serde_json::json;
 
-use crate::commands::{now, print_json};
+use crate::commands::{now, print_bad_rows, print_json};
 
 /// Exit code of `sync` when something needs a human; 1 is for errors.
 pub const NEEDS_ATTENTION: u8 = 2;
@@ -108,6 +108,7 @@ pub async fn sync(
     } else {
         print_plan(&report);
         print_results(&report);
+        print_bad_rows(&report.bad_rows);
     }
     if shutdown.is_triggered() {
         return Ok(signal_exit(&shutdown));
@@ -292,17 +293,24 @@ fn report_json(report: &PassReport) -> serde_json::Value {
         "dry_run": report.applied.is_none(),
         "plan": plan,
         "results": results,
+        "bad_rows": report.bad_rows,
         "needs_attention": report.needs_attention(),
         "succeeded": report.succeeded(),
     })
 }
 
 pub async fn status(store: &Store, config: &Config, json: bool) -> Result<ExitCode> {
-    let extensions = store.extensions().await?;
+    let rows = store.extension_rows().await?;
     let token = TokenStatus::of(&store.mbg_settings().await?, now());
     warn_about_token(&token, config);
+    let code = if rows.bad.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(NEEDS_ATTENTION)
+    };
     if json {
-        let rows: Vec<_> = extensions
+        let extensions: Vec<_> = rows
+            .good
             .iter()
             .map(|e| {
                 json!({
@@ -317,15 +325,15 @@ pub async fn status(store: &Store, config: &Config, json: bool) -> Result<ExitCo
                 })
             })
             .collect();
-        print_json(&json!({ "token": token, "extensions": rows }))?;
-        return Ok(ExitCode::SUCCESS);
+        print_json(&json!({ "token": token, "extensions": extensions, "bad_rows": rows.bad }))?;
+        return Ok(code);
     }
     println!("token: {token}");
     println!(
         "{:<11} {:<12} {:<7} {:<38} {:<16} {:<20} LAST ERROR",
         "EXTENSION", "NODE", "WANTED", "MBG GUID", "STATE", "NEXT RETRY"
     );
-    for e in &extensions {
+    for e in &rows.good {
         println!(
             "{:<11} {:<12} {:<7} {:<38} {:<16} {:<20} {}",
             e.number,
@@ -337,7 +345,8 @@ pub async fn status(store: &Store, config: &Config, json: bool) -> Result<ExitCo
             e.last_error.as_deref().unwrap_or("")
         );
     }
-    Ok(ExitCode::SUCCESS)
+    print_bad_rows(&rows.bad);
+    Ok(code)
 }
 
 pub async fn icps(store: &Store, config: &Config, json: bool) -> Result<ExitCode> {

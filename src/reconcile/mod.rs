@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::credentials;
 use crate::mbg::{MbgClient, MbgError};
 use crate::shutdown::Shutdown;
-use crate::store::{Extension, ExtensionState, Store, StoreError};
+use crate::store::{BadRow, Extension, ExtensionState, Store, StoreError};
 pub use apply::{ApplyOptions, ApplyReport, Outcome, Status};
 pub use plan::{Action, Adoption, Owner, Plan, Problem};
 
@@ -77,10 +77,15 @@ pub struct PassReport {
     /// Extensions by id, as planned (for printing node names and such).
     pub extensions: HashMap<i64, Extension>,
     pub waiting: Option<Waiting>,
+    /// Rows that cannot be read (written by another program); marked `needs_attention`.
+    pub bad_rows: Vec<BadRow>,
 }
 
 impl PassReport {
     pub fn needs_attention(&self) -> bool {
+        if !self.bad_rows.is_empty() {
+            return true;
+        }
         match &self.applied {
             Some(report) => report
                 .outcomes
@@ -128,8 +133,9 @@ pub async fn run_pass(
     };
     if mode == Mode::Apply {
         for extension in store
-            .extensions()
+            .extension_rows()
             .await?
+            .good
             .iter()
             .filter(|e| needs_credentials(e))
         {
@@ -146,7 +152,14 @@ pub async fn run_pass(
         Mode::Apply => store.pending_changes(u32::MAX).await?,
         Mode::DryRun => Vec::new(),
     };
-    let mut extensions = store.extensions().await?;
+    let rows = store.extension_rows().await?;
+    for bad in &rows.bad {
+        warn!(row = bad.id, column = bad.column, "{bad}");
+        if mode == Mode::Apply {
+            store.mark_bad_row(bad.id, &bad.to_string()).await?;
+        }
+    }
+    let mut extensions = rows.good;
     if mode == Mode::DryRun {
         for extension in extensions.iter_mut().filter(|e| needs_credentials(e)) {
             let (name, password) = new_credentials();
@@ -157,13 +170,26 @@ pub async fn run_pass(
     let waiting = waiting_retries(&extensions, now);
     let released = store.released().await?;
     let icps = read_with_retry(config, shutdown, retry_until, || client.icps()).await?;
-    let devices = read_with_retry(config, shutdown, retry_until, || client.devices()).await?;
+    let mut devices = read_with_retry(config, shutdown, retry_until, || client.devices()).await?;
+    // A row that cannot be read still holds its SIP user: keep it out of the plan's reach (it
+    // would look like nobody's), but count its licence.
+    let held_by_bad_rows: HashSet<&str> = rows
+        .bad
+        .iter()
+        .filter_map(|b| b.mbg_device_id.as_deref())
+        .collect();
+    let before = devices.len();
+    devices.retain(|d| !held_by_bad_rows.contains(d.guid.as_str()));
+    let hidden = u32::try_from(before - devices.len()).unwrap_or(u32::MAX);
     let plan = plan::plan(
         &extensions,
         &released,
         &icps,
         &devices,
-        config.mbg.teleworker_licences,
+        config
+            .mbg
+            .teleworker_licences
+            .map(|b| b.saturating_sub(hidden)),
     );
     let by_id: HashMap<i64, Extension> = extensions.into_iter().map(|e| (e.id, e)).collect();
     let mut report = PassReport {
@@ -171,6 +197,7 @@ pub async fn run_pass(
         applied: None,
         extensions: by_id,
         waiting,
+        bad_rows: rows.bad,
     };
     if mode == Mode::DryRun {
         return Ok(report);

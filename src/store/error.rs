@@ -21,6 +21,29 @@ pub enum StoreError {
     Secrets(#[from] crate::secrets::SecretsError),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Said plainly, within `database.connect_timeout`, instead of sqlx's "pool timed out".
+    #[error("cannot connect to {address}: {reason}")]
+    Unreachable { address: String, reason: String },
+    #[error(
+        "the SQLite database {} does not exist: create it with `mbg-provision migrate` (or `node add`), or set database.url to the existing one",
+        .0.display()
+    )]
+    MissingDatabase(std::path::PathBuf),
+    #[error("{0}")]
+    BadRow(super::BadRow),
+}
+
+/// How much of a user's value an error message quotes.
+const QUOTE_CHARS: usize = 64;
+
+/// Quotes a value for an error message, cut to [`QUOTE_CHARS`] characters: the value may be a
+/// 50 MB CSV field or a column written by another program, and the message goes to a terminal or
+/// a log line.
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_CHARS) {
+        None => format!("\"{value}\""),
+        Some((cut, _)) => format!("\"{}…\" ({} bytes)", &value[..cut], value.len()),
+    }
 }
 
 /// What was looked for and not found.
@@ -33,7 +56,10 @@ pub enum NotFound {
 impl fmt::Display for NotFound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NotFound::Node(name) => write!(f, "no node named \"{name}\" (see `node list`)"),
+            NotFound::Node(name) => write!(f, "no node named {} (see `node list`)", quote(name)),
+            NotFound::Extension(number) if number.len() > QUOTE_CHARS => {
+                write!(f, "no extension {}", quote(number))
+            }
             NotFound::Extension(number) => write!(f, "no extension {number}"),
         }
     }
@@ -153,7 +179,7 @@ pub(crate) fn classify(error: sqlx::Error, value_of: impl Fn(&str) -> String) ->
     match found {
         Some((_, _, field, Violation::Duplicate)) => StoreError::Duplicate {
             field,
-            value: format!("\"{}\"", value_of(field)),
+            value: quote(&value_of(field)),
         },
         Some((_, _, field, Violation::Invalid(reason))) => StoreError::Invalid {
             field,

@@ -1,52 +1,139 @@
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::AnyRow;
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction, ValueRef};
 
-use super::error::classify;
+use super::error::{classify, quote};
 use super::{
-    DeviceFact, Extension, ExtensionKind, ExtensionSpec, NotFound, OutcomeWrite, Result,
-    StateUpdate, Store, StoreError, get_bool, get_parsed, get_secret, now,
+    BadRow, DeviceFact, Extension, ExtensionKind, ExtensionRows, ExtensionSpec, ExtensionState,
+    NotFound, OutcomeWrite, Result, StateUpdate, Store, StoreError, get_bool, now,
 };
 
+// A LEFT JOIN, so that an extension whose node was deleted behind our back (foreign keys off in a
+// DBA's shell, or a dropped constraint) is reported instead of silently missing.
 const EXTENSION_SELECT: &str =
     "SELECT e.id, e.node_id, n.name AS node_name, n.address AS node_address,
         e.number, e.kind, e.sip_password, e.use_remote_auth, e.remote_auth_name,
         e.remote_auth_password, e.mbg_device_id, e.provisioned_by_us, e.state, e.last_error,
         e.attempts, e.next_attempt_at, e.version, e.updated_at
-    FROM extensions e JOIN nodes n ON n.id = e.node_id";
+    FROM extensions e LEFT JOIN nodes n ON n.id = e.node_id";
 
-fn extension_from_row(row: &AnyRow) -> Result<Extension, sqlx::Error> {
-    Ok(Extension {
-        id: row.try_get("id")?,
-        node_id: row.try_get("node_id")?,
-        node_name: row.try_get("node_name")?,
-        node_address: row.try_get("node_address")?,
-        number: row.try_get("number")?,
-        kind: get_parsed(row, "kind")?,
-        sip_password: get_secret(row, "sip_password")?.unwrap_or_default(),
-        use_remote_auth: get_bool(row, "use_remote_auth")?,
-        remote_auth_name: row
-            .try_get::<Option<String>, _>("remote_auth_name")?
-            .filter(|s| !s.is_empty()),
-        remote_auth_password: get_secret(row, "remote_auth_password")?,
-        mbg_device_id: row
-            .try_get::<Option<String>, _>("mbg_device_id")?
-            .filter(|s| !s.is_empty()),
-        provisioned_by_us: get_bool(row, "provisioned_by_us")?,
-        state: get_parsed(row, "state")?,
-        last_error: row.try_get("last_error")?,
-        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        version: row.try_get("version")?,
-        updated_at: row.try_get("updated_at")?,
+/// The column that makes a row unusable, and why.
+type Field<T> = std::result::Result<T, (&'static str, String)>;
+
+/// Reads a column as `T`; a failure says what was expected, never the value (which may be a
+/// credential).
+fn read<'r, T>(row: &'r AnyRow, column: &'static str, expected: &str) -> Field<T>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get::<T, _>(column).map_err(|_| {
+        let is_null = row.try_get_raw(column).is_ok_and(|v| v.is_null());
+        let reason = if is_null {
+            "is NULL".to_string()
+        } else {
+            format!("is not {expected}")
+        };
+        (column, reason)
     })
 }
 
-fn extensions_from_rows(rows: &[AnyRow]) -> Result<Vec<Extension>> {
-    rows.iter()
-        .map(extension_from_row)
-        .collect::<Result<_, _>>()
-        .map_err(StoreError::Database)
+fn read_bool(row: &AnyRow, column: &'static str) -> Field<bool> {
+    get_bool(row, column).map_err(|_| (column, "is not a boolean (0 or 1)".to_string()))
+}
+
+fn read_text(row: &AnyRow, column: &'static str) -> Field<Option<String>> {
+    Ok(read::<Option<String>>(row, column, "text")?.filter(|s| !s.is_empty()))
+}
+
+fn read_secret(row: &AnyRow, column: &'static str) -> Field<Option<SecretString>> {
+    Ok(read_text(row, column)?.map(SecretString::from))
+}
+
+fn read_number(row: &AnyRow) -> Field<String> {
+    let number: String = read(row, "number", "text")?;
+    validate_number(&number).map_err(|_| {
+        (
+            "number",
+            format!("{} is not 1 to 10 digits", quote(&number)),
+        )
+    })?;
+    Ok(number)
+}
+
+fn read_kind(row: &AnyRow) -> Field<ExtensionKind> {
+    let kind: String = read(row, "kind", "text")?;
+    match kind.as_str() {
+        "sip" => Ok(ExtensionKind::Sip),
+        "sip_hot_desk" => Ok(ExtensionKind::SipHotDesk),
+        _ => Err((
+            "kind",
+            format!("{} is not sip or sip_hot_desk", quote(&kind)),
+        )),
+    }
+}
+
+fn read_state(row: &AnyRow) -> Field<ExtensionState> {
+    let state: String = read(row, "state", "text")?;
+    state.parse().map_err(|_| {
+        (
+            "state",
+            format!(
+                "{} is not idle, pending, provisioned, failed or needs_attention",
+                quote(&state)
+            ),
+        )
+    })
+}
+
+fn extension_from_row(row: &AnyRow) -> Field<Extension> {
+    let node_id: i64 = read(row, "node_id", "an integer")?;
+    let (Some(node_name), Some(node_address)) = (
+        read::<Option<String>>(row, "node_name", "text")?,
+        read::<Option<String>>(row, "node_address", "text")?,
+    ) else {
+        return Err(("node_id", format!("node {node_id} does not exist")));
+    };
+    let attempts: i64 = read(row, "attempts", "an integer")?;
+    Ok(Extension {
+        id: read(row, "id", "an integer")?,
+        node_id,
+        node_name,
+        node_address,
+        number: read_number(row)?,
+        kind: read_kind(row)?,
+        sip_password: read_secret(row, "sip_password")?
+            .ok_or(("sip_password", "is empty".to_string()))?,
+        use_remote_auth: read_bool(row, "use_remote_auth")?,
+        remote_auth_name: read_text(row, "remote_auth_name")?,
+        remote_auth_password: read_secret(row, "remote_auth_password")?,
+        mbg_device_id: read_text(row, "mbg_device_id")?,
+        provisioned_by_us: read_bool(row, "provisioned_by_us")?,
+        state: read_state(row)?,
+        last_error: read(row, "last_error", "text")?,
+        attempts: u32::try_from(attempts)
+            .map_err(|_| ("attempts", format!("{attempts} is not a retry count")))?,
+        next_attempt_at: read(row, "next_attempt_at", "an integer (epoch seconds)")?,
+        version: read(row, "version", "an integer")?,
+        updated_at: read(row, "updated_at", "an integer (epoch seconds)")?,
+    })
+}
+
+/// The row as an extension, or what is wrong with it. Only a row without a readable id is an
+/// error: without it, nobody can point at the row.
+fn decode(row: &AnyRow) -> Result<Result<Extension, BadRow>> {
+    let id: i64 = row.try_get("id").map_err(StoreError::Database)?;
+    Ok(extension_from_row(row).map_err(|(column, reason)| BadRow {
+        id,
+        number: row.try_get::<String, _>("number").ok(),
+        mbg_device_id: read_text(row, "mbg_device_id").ok().flatten(),
+        column,
+        reason,
+    }))
+}
+
+/// For lookups of one row: a bad row is an error that says which row and column.
+fn decode_one(row: &AnyRow) -> Result<Extension> {
+    decode(row)?.map_err(StoreError::BadRow)
 }
 
 /// The number as the database stores it; checked here too so that a bad number is reported the
@@ -57,7 +144,7 @@ pub fn validate_number(number: &str) -> Result<()> {
     } else {
         Err(StoreError::Invalid {
             field: "extension number",
-            reason: format!("\"{number}\" must be 1 to 10 digits"),
+            reason: format!("{} must be 1 to 10 digits", quote(number)),
         })
     }
 }
@@ -115,10 +202,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(StoreError::Database)?;
-        row.as_ref()
-            .map(extension_from_row)
-            .transpose()
-            .map_err(StoreError::Database)
+        row.as_ref().map(decode_one).transpose()
     }
 
     pub async fn extension_by_number(&self, number: &str) -> Result<Extension> {
@@ -129,20 +213,59 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::Database)?;
-        extensions_from_rows(&rows)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::NotFound(NotFound::Extension(number.to_string())))
+        match rows.first() {
+            Some(row) => decode_one(row),
+            None => Err(StoreError::NotFound(NotFound::Extension(
+                number.to_string(),
+            ))),
+        }
     }
 
+    /// Every extension, failing on the first row that cannot be used. Prefer
+    /// [`Store::extension_rows`], which carries on without the bad rows.
     pub async fn extensions(&self) -> Result<Vec<Extension>> {
+        let rows = self.extension_rows().await?;
+        match rows.bad.into_iter().next() {
+            Some(bad) => Err(StoreError::BadRow(bad)),
+            None => Ok(rows.good),
+        }
+    }
+
+    /// Every extension that can be used, and every row that cannot (for [`Store::mark_bad_row`]),
+    /// so that one row written badly by another program does not stop the others.
+    pub async fn extension_rows(&self) -> Result<ExtensionRows> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "{EXTENSION_SELECT} ORDER BY n.name, length(e.number), e.number"
+            "{EXTENSION_SELECT} ORDER BY n.name, length(e.number), e.number, e.id"
         )))
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::Database)?;
-        extensions_from_rows(&rows)
+        let mut found = ExtensionRows::default();
+        for row in &rows {
+            match decode(row)? {
+                Ok(extension) => found.good.push(extension),
+                Err(bad) => found.bad.push(bad),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Flags a row that cannot be decoded as needing attention, with `reason` as its last error.
+    /// A plain UPDATE of columns we own, so it works whatever else in the row is wrong; it also
+    /// resets the retry bookkeeping, so that a bad `state`, `attempts` or `next_attempt_at` is
+    /// repaired by the flagging itself. Whatever the MBG holds is left alone.
+    pub async fn mark_bad_row(&self, id: i64, reason: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE extensions
+                SET state = 'needs_attention', last_error = $2, attempts = 0, next_attempt_at = NULL
+              WHERE id = $1",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        Ok(())
     }
 
     pub async fn delete_extension(&self, id: i64) -> Result<()> {

@@ -150,7 +150,7 @@ impl Store {
             Backend::Sqlite => match super::sqlite_path(self.url.expose()) {
                 None => Hold::Nothing,
                 Some(db) => {
-                    let mut path = db.into_os_string();
+                    let mut path = db.as_os_str().to_owned();
                     path.push(".lock");
                     let path = PathBuf::from(path);
                     let failed = |error| LockError::File {

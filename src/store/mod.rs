@@ -19,12 +19,12 @@ use std::time::Duration;
 use secrecy::SecretString;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Row, SqlSafeStr};
 
 use crate::config::DatabaseUrl;
 use crate::secrets::{self, SecretKey};
 
-pub use error::{NotFound, StoreError};
+pub use error::{NotFound, StoreError, quote};
 pub use lock::{Holder, LockError, PassLock};
 pub use model::*;
 
@@ -42,6 +42,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "ownership",
         include_str!("../../migrations/sqlite/0002_ownership.sql"),
         include_str!("../../migrations/postgres/0002_ownership.sql"),
+    ),
+    (
+        3,
+        "node changes",
+        include_str!("../../migrations/sqlite/0003_node_changes.sql"),
+        include_str!("../../migrations/postgres/0003_node_changes.sql"),
     ),
     (
         4,
@@ -99,19 +105,52 @@ impl std::fmt::Debug for Store {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How [`Store::open_with`] opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// How long a database server may take to accept a connection.
+    pub connect_timeout: Duration,
+    /// Create a missing SQLite file. Commands that only read or act on existing data leave it
+    /// off, so that one run in the wrong folder cannot start from an empty database.
+    pub create: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            create: true,
+        }
+    }
+}
+
 impl Store {
     /// Opens the database (creating a SQLite file if needed) and brings its schema up to date.
     pub async fn open(url: &DatabaseUrl) -> Result<Store> {
+        Self::open_with(url, &OpenOptions::default()).await
+    }
+
+    pub async fn open_with(url: &DatabaseUrl, options: &OpenOptions) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let (backend, connect_url) = if url.is_postgres() {
+            probe(url, options.connect_timeout).await?;
             (Backend::Postgres, url.expose().to_string())
-        } else {
+        } else if options.create {
             create_private_file(url.expose()).map_err(|e| {
                 StoreError::Database(sqlx::Error::Configuration(
                     format!("cannot create the SQLite file of {url}: {e}").into(),
                 ))
             })?;
             (Backend::Sqlite, sqlite_url(url.expose()))
+        } else {
+            match sqlite_path(url.expose()) {
+                Some(path) if !path.exists() => {
+                    return Err(StoreError::MissingDatabase(
+                        std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+                    ));
+                }
+                _ => (Backend::Sqlite, url.expose().to_string()),
+            }
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
@@ -164,15 +203,50 @@ impl Store {
     }
 }
 
+/// One connection first, with its own deadline: the pool would retry a refused connection until
+/// its acquire timeout and then say only "pool timed out".
+async fn probe(url: &DatabaseUrl, timeout: Duration) -> Result<()> {
+    let unreachable = |reason: String| {
+        let parsed = url::Url::parse(url.expose()).ok();
+        let host = parsed.as_ref().and_then(|u| u.host_str()).unwrap_or("?");
+        let port = parsed.as_ref().and_then(|u| u.port()).unwrap_or(5432);
+        StoreError::Unreachable {
+            address: format!("{host}:{port}"),
+            reason,
+        }
+    };
+    match tokio::time::timeout(timeout, AnyConnection::connect(url.expose())).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+        Ok(Err(sqlx::Error::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(unreachable("connection refused".into()))
+        }
+        Ok(Err(sqlx::Error::Io(e))) => Err(unreachable(e.to_string())),
+        Ok(Err(other)) => Err(StoreError::Database(other)),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {} (database.connect_timeout)",
+            crate::config::human_duration::format(&timeout)
+        ))),
+    }
+}
+
+/// The file of a SQLite URL; `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<&std::path::Path> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && !path.contains(":memory:")).then(|| std::path::Path::new(path))
+}
+
 /// Creates a missing SQLite file readable by its owner only: it will hold the MBG access token
 /// and every SIP password. An existing file keeps the permissions its admin gave it.
 fn create_private_file(url: &str) -> std::io::Result<()> {
-    let Some(path) = sqlite_path(url) else {
+    let Some(path) = sqlite_path(url).filter(|p| !p.exists()) else {
         return Ok(());
     };
-    if path.exists() {
-        return Ok(());
-    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -181,15 +255,6 @@ fn create_private_file(url: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         other => other.map(|_| ()),
     }
-}
-
-/// The file of a SQLite URL; `None` for an in-memory database.
-fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or(path);
-    (!path.is_empty() && !path.contains(":memory:")).then(|| path.into())
 }
 
 /// Adds `mode=rwc` so a missing SQLite file is created, as an embedded default should.

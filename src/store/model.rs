@@ -129,6 +129,39 @@ pub struct Extension {
     pub updated_at: i64,
 }
 
+/// An extension row that cannot be used as it is: written by another program with a value our
+/// own checks would refuse, or pointing at a node that no longer exists. It is reported, and the
+/// other rows carry on without it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BadRow {
+    pub id: i64,
+    /// `None` when the number itself is what cannot be read.
+    pub number: Option<String>,
+    /// The SIP user the row claims, when readable: a plan must leave it alone, not take it for
+    /// one that nobody claims.
+    pub mbg_device_id: Option<String>,
+    pub column: &'static str,
+    /// Never quotes a credential column's value.
+    pub reason: String,
+}
+
+impl fmt::Display for BadRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "extension row id {}", self.id)?;
+        if let Some(number) = &self.number {
+            write!(f, " (number {})", super::error::quote(number))?;
+        }
+        write!(f, ": column {}: {}", self.column, self.reason)
+    }
+}
+
+/// Every extension row: those that can be used, and those that need a human first.
+#[derive(Debug, Clone, Default)]
+pub struct ExtensionRows {
+    pub good: Vec<Extension>,
+    pub bad: Vec<BadRow>,
+}
+
 /// What `extension set` and `extension import` write: only the database, as the phone system's
 /// own page would. `None` leaves a field as it is (or at its default for a new extension).
 #[derive(Debug, Clone)]

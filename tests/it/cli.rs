@@ -49,7 +49,8 @@ fn list(dir: &Path, url: &str) -> serde_json::Value {
 
 crate::on_both_backends!(
     nodes_and_extensions_from_the_command_line,
-    import_is_all_or_nothing
+    import_is_all_or_nothing,
+    bad_rows_are_listed_as_needing_attention_and_the_rest_still_shows,
 );
 
 async fn nodes_and_extensions_from_the_command_line(db: TestDb) {
@@ -380,7 +381,7 @@ fn the_demo_runs_the_whole_cycle() {
         "+ create   1003",
         "Plan: 3 to create, 0 to update, 0 to adopt, 0 to delete, 1 problem(s) to fix.",
         "no ICP on the MBG has the address 10.0.0.99 of node pbx2",
-        "Applied: 3 done, 0 failed (retried later), 1 need attention, 0 skipped.",
+        "Applied: 3 done, 0 failed (retried later), 1 need attention, 0 skipped",
         "- delete   1002",
         "+ create   1004",
         "added by hand, is still there",
@@ -457,7 +458,8 @@ async fn an_mbg_error_is_printed_once() {
     let mut config = crate::mbg::sim_config();
     config.licences = Some(0);
     let (sim, db, dir, env) = with_cli_token(config).await;
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("MBG_PROVISION_MBG__RETRY_DEADLINE", "1s"));
     let cmd = |args: &[&str]| run_with(dir.path(), &db.url, &env, args);
 
     sim.set_faults(mbg_provision::sim::Faults {
@@ -466,9 +468,14 @@ async fn an_mbg_error_is_printed_once() {
     });
     let unavailable = cmd(&["sync"]);
     assert_ne!(unavailable.status.code(), Some(0));
-    let text = format!("{}{}", stdout(&unavailable), stderr(&unavailable));
+    // The reads are retried (each retry is logged); the final error says it once.
+    let stderr_text = stderr(&unavailable);
+    let error = stderr_text
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr_text}"));
     for part in ["GET mbg/v1/icps/all/", "503 Service Unavailable"] {
-        assert_eq!(count(&text, part), 1, "{part:?} once in:\n{text}");
+        assert_eq!(count(error, part), 1, "{part:?} once in:\n{error}");
     }
 
     // A 400 on the create: no teleworker licence left.
@@ -787,4 +794,207 @@ mod token_truth {
         let err = stderr(&cli(&h, d, &request));
         assert!(!err.contains("chmod"), "{err}");
     }
+}
+
+async fn bad_rows_are_listed_as_needing_attention_and_the_rest_still_shows(db: TestDb) {
+    use mbg_provision::store::Backend;
+    use sqlx::{Connection, Executor};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (d, url) = (dir.path(), db.url.as_str());
+    ok(run(
+        d,
+        url,
+        &["node", "add", "pbx1", "--address", "10.0.0.20"],
+    ));
+    ok(run(d, url, &["extension", "set", "1001", "--node", "pbx1"]));
+    ok(run(d, url, &["extension", "set", "1002", "--node", "pbx1"]));
+    let id = db.store.extension_by_number("1002").await.unwrap().id;
+    // Another program writes a state that our schema's CHECK would refuse.
+    let mut other = sqlx::AnyConnection::connect(url).await.unwrap();
+    let bypass = match db.store.backend() {
+        Backend::Sqlite => "PRAGMA ignore_check_constraints = ON",
+        Backend::Postgres => "ALTER TABLE extensions DROP CONSTRAINT extensions_state_valid",
+    };
+    other.execute(bypass).await.unwrap();
+    other
+        .execute("UPDATE extensions SET state = 'bogus' WHERE number = '1002'")
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    let named = format!("extension row id {id} (number \"1002\"): column state");
+
+    let listed = run(d, url, &["extension", "list"]);
+    assert_eq!(listed.status.code(), Some(2), "{}", stderr(&listed));
+    let text = stdout(&listed);
+    assert!(text.contains("1001"), "{text}");
+    assert!(
+        text.contains("need attention") && text.contains(&named),
+        "{text}"
+    );
+
+    let json = run(d, url, &["extension", "list", "--json"]);
+    assert_eq!(json.status.code(), Some(2));
+    let good: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(good.as_array().unwrap().len(), 1);
+    assert_eq!(good[0]["number"], "1001");
+    assert!(stderr(&json).contains(&named), "{}", stderr(&json));
+
+    let status = run(d, url, &["status"]);
+    assert_eq!(status.status.code(), Some(2), "{}", stderr(&status));
+    assert!(stdout(&status).contains("1001") && stdout(&status).contains(&named));
+    let status = run(d, url, &["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["extensions"][0]["extension"], "1001");
+    assert_eq!(report["bad_rows"][0]["id"], id);
+    assert_eq!(report["bad_rows"][0]["column"], "state");
+}
+
+#[test]
+fn a_huge_csv_field_gives_a_short_error_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!("sqlite://{}", d.join("huge.db").display());
+    ok(run(
+        d,
+        &url,
+        &["node", "add", "pbx1", "--address", "10.0.0.20"],
+    ));
+    let huge = "9".repeat(5_000_000);
+    std::fs::write(
+        d.join("huge.csv"),
+        format!(
+            "number,node,kind,remote\n{huge}1,pbx1,sip,on\n1002,{huge}2,sip,on\n1003,pbx1,{huge}3,{huge}4\n"
+        ),
+    )
+    .unwrap();
+    let out = run(d, &url, &["extension", "import", "huge.csv"]);
+    assert_eq!(out.status.code(), Some(1));
+    let message = stderr(&out);
+    assert!(message.len() < 2_000, "{} bytes of error", message.len());
+    for line in [
+        "line 2: number \"999",
+        "line 3: node \"999",
+        "line 4: unknown kind \"999",
+    ] {
+        assert!(message.contains(line), "{line} missing from {message}");
+    }
+    assert!(
+        message.contains("(5000001 bytes)"),
+        "says how long: {message}"
+    );
+    assert!(message.contains("remote \"999"), "{message}");
+}
+
+#[test]
+fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!("sqlite://{}", d.join("plain.db").display());
+    ok(run(d, &url, &["migrate"]));
+    // sqlx logs each statement at debug: something to look at.
+    let out = Command::new(BIN)
+        .current_dir(d)
+        .env("MBG_PROVISION_DATABASE__URL", &url)
+        .env("RUST_LOG", "sqlx=debug")
+        .env_remove("NO_COLOR")
+        .args(["node", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let logged = stderr(&out);
+    assert!(!logged.is_empty(), "expected log lines");
+    assert!(
+        !logged.contains('\u{1b}'),
+        "colour codes in a pipe: {logged:?}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_notices_are_not_printed_on_every_command() {
+    let Some(db) = TestDb::postgres("postgres_notices_are_not_printed_on_every_command").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (d, url) = (dir.path(), db.url.as_str());
+    ok(run(d, url, &["node", "list"]));
+    let second = run(d, url, &["node", "list"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let logged = stderr(&second).to_lowercase();
+    assert!(!logged.contains("notice"), "{logged}");
+    assert!(!logged.contains("already exists"), "{logged}");
+}
+
+#[test]
+fn an_unreachable_database_is_named_within_the_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let started = std::time::Instant::now();
+    let refused = run(d, "postgres://postgres@127.0.0.1:1/test", &["status"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = stderr(&refused);
+    assert!(
+        message.contains("cannot connect to 127.0.0.1:1: connection refused"),
+        "{message}"
+    );
+    assert!(!message.contains("pool timed out"), "{message}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+
+    // A server that accepts the connection and never answers: the configured timeout applies.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let hung = run_with(
+        d,
+        &format!("postgres://postgres@127.0.0.1:{port}/test"),
+        &[("MBG_PROVISION_DATABASE__CONNECT_TIMEOUT", "1s")],
+        &["status"],
+    );
+    assert_eq!(hung.status.code(), Some(1));
+    let message = stderr(&hung);
+    assert!(
+        message.contains(&format!(
+            "cannot connect to 127.0.0.1:{port}: no answer within 1s"
+        )),
+        "{message}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    drop(silent);
+}
+
+#[test]
+fn a_missing_database_is_an_error_except_for_commands_that_create_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bare = |args: &[&str]| {
+        Command::new(BIN)
+            .current_dir(d)
+            .env_remove("MBG_PROVISION_DATABASE__URL")
+            .env_remove("RUST_LOG")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let file = d.join("mbg-provision.db");
+    for args in [
+        &["status"][..],
+        &["extension", "list"],
+        &["node", "list"],
+        &["token", "status"],
+    ] {
+        let out = bare(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let message = stderr(&out);
+        assert!(message.contains("does not exist"), "{args:?}: {message}");
+        assert!(
+            message.contains("mbg-provision migrate") && message.contains("database.url"),
+            "says how to create it: {message}"
+        );
+        assert!(message.contains("mbg-provision.db"), "{message}");
+        assert!(!file.exists(), "{args:?} created the database");
+    }
+    ok(bare(&["migrate"]));
+    assert!(file.exists());
+    ok(bare(&["status"]));
 }

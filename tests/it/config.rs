@@ -206,3 +206,81 @@ fn out_of_range_numbers_and_several_problems_are_all_reported() {
         Ok(())
     });
 }
+
+#[test]
+fn zero_durations_are_refused_naming_the_key_and_the_source() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            "[mbg]\ntimeout = \"0s\"\n[reconcile]\ninterval = \"0m\"\n[database]\nconnect_timeout = \"0ms\"\n",
+        )?;
+        jail.set_env("MBG_PROVISION_WATCH__POLL_INTERVAL", "0ms");
+        let message = problems(Config::load(None).unwrap_err());
+        for key in [
+            "`mbg.timeout` in config file",
+            "`reconcile.interval` in config file",
+            "`database.connect_timeout` in config file",
+            "`watch.poll_interval` in environment variable MBG_PROVISION_WATCH__POLL_INTERVAL",
+        ] {
+            assert!(message.contains(key), "{key} missing from: {message}");
+        }
+        assert!(message.contains("config.toml"), "{message}");
+        assert_eq!(
+            message.matches("more than zero").count(),
+            4,
+            "one problem per key: {message}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn the_database_connect_timeout_defaults_to_five_seconds_and_can_be_set() {
+    Jail::expect_with(|jail| {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example");
+        let config = Config::load(Some(&example)).expect("example loads");
+        assert_eq!(config.database.connect_timeout, Duration::from_secs(5));
+        assert_eq!(
+            Config::default().database.connect_timeout,
+            Duration::from_secs(5)
+        );
+        jail.set_env("MBG_PROVISION_DATABASE__CONNECT_TIMEOUT", "750ms");
+        let config = Config::load(None).expect("loads");
+        assert_eq!(config.database.connect_timeout, Duration::from_millis(750));
+        Ok(())
+    });
+}
+
+#[test]
+fn a_renewal_window_of_a_year_or_more_is_refused() {
+    Jail::expect_with(|jail| {
+        jail.create_file("config.toml", "[token]\nrenew_within_days = 365\n")?;
+        let message = problems(Config::load(None).unwrap_err());
+        assert!(message.contains("`token.renew_within_days`"), "{message}");
+        assert!(message.contains("config.toml"), "{message}");
+        assert!(message.contains("364"), "says the limit: {message}");
+
+        jail.create_file("config.toml", "[token]\nrenew_within_days = 364\n")?;
+        assert_eq!(Config::load(None).unwrap().token.renew_within_days, 364);
+        Ok(())
+    });
+}
+
+#[test]
+fn seven_field_cron_lines_are_refused() {
+    Jail::expect_with(|jail| {
+        jail.set_env("MBG_PROVISION_TOKEN__RENEW_SCHEDULE", "0 0 3 * * * 2030");
+        let message = problems(Config::load(None).unwrap_err());
+        assert!(message.contains("`token.renew_schedule`"), "{message}");
+        assert!(
+            message.contains("environment variable MBG_PROVISION_TOKEN__RENEW_SCHEDULE"),
+            "{message}"
+        );
+        assert!(message.contains("7 fields"), "{message}");
+        assert!(
+            message.contains("\"0 0 3 * * *\""),
+            "suggests the fix: {message}"
+        );
+        Ok(())
+    });
+}

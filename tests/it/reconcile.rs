@@ -21,6 +21,8 @@ crate::on_both_backends!(
     busy_reads_and_writes_are_retried_within_the_pass,
     a_create_whose_answer_is_lost_is_found_not_posted_twice,
     an_outcome_for_a_row_changed_meanwhile_is_left_for_the_next_pass,
+    a_row_that_cannot_be_read_keeps_its_sip_user_and_the_others_go_on,
+    a_node_address_change_moves_its_extensions_to_the_matching_icp,
 );
 
 fn now() -> i64 {
@@ -653,4 +655,93 @@ async fn failures_past_the_deadline_are_recorded_and_a_refused_token_stops_the_p
     let ext = store.extension(id).await.unwrap();
     assert!(ext.remote_auth_name.is_some(), "credentials kept");
     assert_eq!(ext.state, ExtensionState::Failed, "still to do");
+}
+
+async fn a_node_address_change_moves_its_extensions_to_the_matching_icp(db: TestDb) {
+    use sqlx::{Connection, Executor};
+
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    set(store, "1001", "pbx1", true).await;
+    set(store, "2001", "pbx2", true).await;
+    assert!(pass(&h).await.succeeded());
+    let before = h.sim.devices();
+    assert_eq!(by_number(&before, "1001")[0].icp, "MiVO250-1");
+
+    // The phone system's admin re-addresses the nodes, in SQL: pbx1 now has MiVO250-2's address.
+    let mut other = sqlx::AnyConnection::connect(&h.db.url).await.unwrap();
+    other
+        .execute("UPDATE nodes SET address = '10.0.0.98' WHERE name = 'pbx2'")
+        .await
+        .unwrap();
+    other
+        .execute("UPDATE nodes SET address = '10.0.0.21' WHERE name = 'pbx1'")
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    let changed: Vec<i64> = store
+        .pending_changes(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.extension_id)
+        .collect();
+    assert_eq!(changed.len(), 2, "one change per re-addressed extension");
+
+    let moved = pass(&h).await;
+    assert!(
+        verbs(&moved).contains(&("1001".into(), "update")),
+        "{:?}",
+        verbs(&moved)
+    );
+    let after = h.sim.devices();
+    let [device] = by_number(&after, "1001")[..] else {
+        panic!("still one device for 1001")
+    };
+    assert_eq!(device.guid, by_number(&before, "1001")[0].guid);
+    assert_eq!(device.icp, "MiVO250-2");
+    assert!(store.pending_changes(100).await.unwrap().is_empty());
+}
+
+async fn a_row_that_cannot_be_read_keeps_its_sip_user_and_the_others_go_on(db: TestDb) {
+    use sqlx::Executor;
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    let broken = set(store, "1001", "pbx1", true).await;
+    set(store, "1002", "pbx1", true).await;
+    pass(&h).await;
+    let held = store
+        .extension(broken)
+        .await
+        .unwrap()
+        .mbg_device_id
+        .unwrap();
+    // Another program writes a value we cannot read into 1001, and switches 1002 off.
+    let mut other = crate::store::foreign_writer(&h.db).await;
+    other
+        .execute(sqlx::AssertSqlSafe(format!(
+            "UPDATE extensions SET kind = 'analogue', use_remote_auth = false WHERE id = {broken}"
+        )))
+        .await
+        .unwrap();
+    set(store, "1002", "pbx1", false).await;
+    let report = pass(&h).await;
+    assert_eq!(report.bad_rows.len(), 1);
+    assert_eq!(report.bad_rows[0].column, "kind");
+    assert!(report.needs_attention(), "sync exits 2");
+    assert_eq!(
+        verbs(&report),
+        [("1002".into(), "delete")],
+        "the others go on"
+    );
+    let devices = h.sim.devices();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(
+        devices[0].guid, held,
+        "the unreadable row's SIP user is left alone"
+    );
+    let rows = store.extension_rows().await.unwrap();
+    assert!(rows.good.iter().all(|e| e.number != "1001"));
 }

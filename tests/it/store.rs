@@ -20,6 +20,10 @@ crate::on_both_backends!(
     state_settings_and_audit_round_trip,
     bulk_set_is_all_or_nothing,
     notifications_reach_a_postgres_listener,
+    bad_rows_are_reported_and_the_others_carry_on,
+    marking_a_bad_row_needs_no_decoding_and_repairs_our_own_columns,
+    an_extension_on_a_missing_node_is_reported_not_dropped,
+    a_node_address_change_is_a_change_to_each_of_its_extensions,
 );
 
 fn node(name: &str, address: &str) -> NewNode {
@@ -941,4 +945,299 @@ mod token {
             "{err:?}"
         );
     }
+}
+
+/// A connection as another program has it: on SQLite with CHECKs and foreign keys off (as a DBA
+/// can), on PostgreSQL with the constraints dropped.
+pub(crate) async fn foreign_writer(db: &TestDb) -> sqlx::AnyConnection {
+    let mut other = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    let setup: &[&str] = match db.store.backend() {
+        Backend::Sqlite => &[
+            "PRAGMA ignore_check_constraints = ON",
+            "PRAGMA foreign_keys = OFF",
+        ],
+        Backend::Postgres => &[
+            "ALTER TABLE extensions DROP CONSTRAINT extensions_state_valid",
+            "ALTER TABLE extensions DROP CONSTRAINT extensions_kind_valid",
+            "ALTER TABLE extensions DROP CONSTRAINT extensions_number_valid",
+            "ALTER TABLE extensions DROP CONSTRAINT extensions_node_id_fkey",
+            "ALTER TABLE extensions ALTER COLUMN sip_password DROP NOT NULL",
+        ],
+    };
+    for sql in setup {
+        other.execute(*sql).await.unwrap();
+    }
+    other
+}
+
+async fn bad_rows_are_reported_and_the_others_carry_on(db: TestDb) {
+    let store = &db.store;
+    with_nodes(store).await;
+    let mut ids = std::collections::HashMap::new();
+    for number in ["1001", "1002", "1003", "1004", "1005", "1006"] {
+        let (e, _) = store
+            .set_extension(&spec(number, "pbx1"), &secret("p"))
+            .await
+            .unwrap();
+        ids.insert(number, e.id);
+    }
+    let mut other = foreign_writer(&db).await;
+    let backend_specific = match store.backend() {
+        // INTEGER affinity keeps text that is not a number as text.
+        Backend::Sqlite => (
+            "UPDATE extensions SET version = 'new' WHERE number = '1006'",
+            "version",
+        ),
+        Backend::Postgres => (
+            "UPDATE extensions SET sip_password = NULL WHERE number = '1006'",
+            "sip_password",
+        ),
+    };
+    for sql in [
+        "UPDATE extensions SET state = 'bogus', remote_auth_password = 'Leak-Pass-1' WHERE number = '1001'",
+        "UPDATE extensions SET attempts = -3 WHERE number = '1002'",
+        "UPDATE extensions SET kind = 'fax' WHERE number = '1004'",
+        "UPDATE extensions SET number = '10a5' WHERE number = '1005'",
+        backend_specific.0,
+    ] {
+        other.execute(sql).await.unwrap();
+    }
+    other.close().await.unwrap();
+
+    let rows = store.extension_rows().await.unwrap();
+    let good: Vec<&str> = rows.good.iter().map(|e| e.number.as_str()).collect();
+    assert_eq!(good, ["1003"], "the good row is still there");
+    let mut bad: Vec<(i64, Option<&str>, &str)> = rows
+        .bad
+        .iter()
+        .map(|b| (b.id, b.number.as_deref(), b.column))
+        .collect();
+    bad.sort();
+    assert_eq!(
+        bad,
+        [
+            (ids["1001"], Some("1001"), "state"),
+            (ids["1002"], Some("1002"), "attempts"),
+            (ids["1004"], Some("1004"), "kind"),
+            (ids["1005"], Some("10a5"), "number"),
+            (ids["1006"], Some("1006"), backend_specific.1),
+        ]
+    );
+    let text = rows
+        .bad
+        .iter()
+        .map(|b| format!("{b} {b:?}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for expected in [
+        format!(
+            "extension row id {} (number \"1001\"): column state",
+            ids["1001"]
+        ),
+        "\"bogus\"".to_string(),
+        "\"fax\"".to_string(),
+        "-3".to_string(),
+    ] {
+        assert!(text.contains(&expected), "{expected} missing from {text}");
+    }
+    assert!(!text.contains("Leak-Pass"), "a secret in a report: {text}");
+
+    // Callers that want every row or nothing get an error that names the row.
+    let err = store.extensions().await.unwrap_err();
+    assert!(matches!(err, StoreError::BadRow(_)), "{err:?}");
+    assert!(err.to_string().contains("extension row id"), "{err}");
+    let err = store.extension(ids["1001"]).await.unwrap_err();
+    assert!(err.to_string().contains("column state"), "{err}");
+}
+
+async fn marking_a_bad_row_needs_no_decoding_and_repairs_our_own_columns(db: TestDb) {
+    let store = &db.store;
+    with_nodes(store).await;
+    let (state, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let (attempts, _) = store
+        .set_extension(&spec("1002", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let (kind, _) = store
+        .set_extension(&spec("1003", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let mut other = foreign_writer(&db).await;
+    for sql in [
+        "UPDATE extensions SET state = 'bogus' WHERE number = '1001'",
+        "UPDATE extensions SET attempts = -3, next_attempt_at = 99 WHERE number = '1002'",
+        "UPDATE extensions SET kind = 'fax' WHERE number = '1003'",
+    ] {
+        other.execute(sql).await.unwrap();
+    }
+    other.close().await.unwrap();
+    let changes_before = store.pending_changes(100).await.unwrap().len();
+
+    let rows = store.extension_rows().await.unwrap();
+    assert_eq!(rows.bad.len(), 3);
+    for bad in &rows.bad {
+        store.mark_bad_row(bad.id, &bad.to_string()).await.unwrap();
+    }
+
+    // The flag repairs what is ours (state, retry bookkeeping) ...
+    let rows = store.extension_rows().await.unwrap();
+    let repaired: Vec<i64> = rows.good.iter().map(|e| e.id).collect();
+    assert_eq!(repaired, [state.id, attempts.id]);
+    for e in &rows.good {
+        assert_eq!(e.state, ExtensionState::NeedsAttention);
+        assert_eq!(e.attempts, 0);
+        assert_eq!(e.next_attempt_at, None);
+        assert!(
+            e.last_error
+                .as_deref()
+                .is_some_and(|m| m.contains(&format!("extension row id {}", e.id))),
+            "{:?}",
+            e.last_error
+        );
+    }
+    // ... and leaves the rest for a human, still reported.
+    assert_eq!(rows.bad.len(), 1);
+    assert_eq!((rows.bad[0].id, rows.bad[0].column), (kind.id, "kind"));
+    let mut raw = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    let (flagged, last_error): (String, String) =
+        sqlx::query_as("SELECT state, last_error FROM extensions WHERE id = $1")
+            .bind(kind.id)
+            .fetch_one(&mut raw)
+            .await
+            .unwrap();
+    raw.close().await.unwrap();
+    assert_eq!(flagged, "needs_attention");
+    assert!(last_error.contains("column kind"), "{last_error}");
+    assert_eq!(
+        store.pending_changes(100).await.unwrap().len(),
+        changes_before,
+        "flagging is not a change to what the MBG holds"
+    );
+}
+
+async fn an_extension_on_a_missing_node_is_reported_not_dropped(db: TestDb) {
+    let store = &db.store;
+    with_nodes(store).await;
+    store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let (orphan, _) = store
+        .set_extension(&spec("2001", "pbx2"), &secret("p"))
+        .await
+        .unwrap();
+    store
+        .record_device(orphan.id, Some("guid-2001"), true)
+        .await
+        .unwrap();
+    let mut other = foreign_writer(&db).await;
+    other
+        .execute("DELETE FROM nodes WHERE name = 'pbx2'")
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+
+    let rows = store.extension_rows().await.unwrap();
+    assert_eq!(rows.good.len(), 1);
+    assert_eq!(rows.good[0].number, "1001");
+    assert_eq!(rows.bad.len(), 1, "{:?}", rows.bad);
+    let bad = &rows.bad[0];
+    assert_eq!(
+        (bad.id, bad.number.as_deref(), bad.column),
+        (orphan.id, Some("2001"), "node_id")
+    );
+    assert_eq!(bad.mbg_device_id.as_deref(), Some("guid-2001"));
+    assert!(
+        bad.reason
+            .contains(&format!("node {} does not exist", orphan.node_id)),
+        "{bad}"
+    );
+    // Not "gone": a row that is gone would have its SIP user removed.
+    let err = store.find_extension(orphan.id).await.unwrap_err();
+    assert!(matches!(err, StoreError::BadRow(_)), "{err:?}");
+}
+
+async fn a_node_address_change_is_a_change_to_each_of_its_extensions(db: TestDb) {
+    let store = &db.store;
+    with_nodes(store).await;
+    let mut on_pbx1 = Vec::new();
+    for number in ["1001", "1002"] {
+        let (e, _) = store
+            .set_extension(&spec(number, "pbx1"), &secret("p"))
+            .await
+            .unwrap();
+        on_pbx1.push(e);
+    }
+    let (elsewhere, _) = store
+        .set_extension(&spec("2001", "pbx2"), &secret("p"))
+        .await
+        .unwrap();
+    let recorded: Vec<i64> = store
+        .pending_changes(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    store.acknowledge_changes(&recorded).await.unwrap();
+
+    let mut listener = match store.backend() {
+        Backend::Postgres => {
+            let mut l = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+            l.listen("extension_changes").await.unwrap();
+            Some(l)
+        }
+        Backend::Sqlite => None,
+    };
+    let mut other = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    other
+        .execute("UPDATE nodes SET address = '10.0.0.99' WHERE name = 'pbx1'")
+        .await
+        .unwrap();
+
+    let mut changed: Vec<i64> = store
+        .pending_changes(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.extension_id)
+        .collect();
+    changed.sort();
+    assert_eq!(changed, [on_pbx1[0].id, on_pbx1[1].id], "one change each");
+    for before in &on_pbx1 {
+        let after = store.extension(before.id).await.unwrap();
+        assert_eq!(after.node_address, "10.0.0.99");
+        assert!(after.version > before.version, "{}", after.number);
+    }
+    assert_eq!(
+        store.extension(elsewhere.id).await.unwrap().version,
+        elsewhere.version,
+        "another node's extension is untouched"
+    );
+    if let Some(listener) = listener.as_mut() {
+        let mut woken = Vec::new();
+        for _ in 0..2 {
+            let note = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+                .await
+                .expect("notification within 10 s")
+                .unwrap();
+            woken.push(note.payload().parse::<i64>().unwrap());
+        }
+        woken.sort();
+        assert_eq!(woken, changed);
+    }
+
+    // What does not reach the MBG is not a change: the name, NAT settings, the same address.
+    for sql in [
+        "UPDATE nodes SET name = 'pbx-one' WHERE name = 'pbx1'",
+        "UPDATE nodes SET nat_address = '203.0.113.7', nat_sip_port = 5062",
+        "UPDATE nodes SET address = address",
+    ] {
+        other.execute(sql).await.unwrap();
+    }
+    other.close().await.unwrap();
+    assert_eq!(store.pending_changes(100).await.unwrap().len(), 2);
 }
