@@ -316,7 +316,7 @@ impl Store {
         .bind(provisioned_by_us && mbg_device_id.is_some())
         .execute(&self.pool)
         .await
-        .map_err(StoreError::Database)?;
+        .map_err(|e| classify(e, |_| mbg_device_id.unwrap_or_default().to_string()))?;
         Ok(())
     }
 

@@ -23,6 +23,7 @@ crate::on_both_backends!(
     sigkill_during_creates_then_a_node_move_ends_with_one_sip_user_each,
     a_second_sync_waits_then_names_the_holder,
     sigint_finishes_and_records_the_calls_in_flight,
+    sync_says_which_failed_extensions_were_waiting_and_retries_them,
 );
 
 fn lenient_sim(latency_ms: u64) -> SimConfig {
@@ -337,4 +338,30 @@ async fn sigint_finishes_and_records_the_calls_in_flight(db: TestDb) {
     sync_ok(&h, dir.path()).await;
     assert_eq!(devices_per_number(&h).len(), 100);
     assert!(devices_per_number(&h).values().all(|n| *n == 1));
+}
+
+async fn sync_says_which_failed_extensions_were_waiting_and_retries_them(db: TestDb) {
+    let h = setup(db, lenient_sim(0), 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let due = chrono::Utc::now().timestamp() + 3600;
+    raw_sql(
+        &h.db.url,
+        &format!(
+            "UPDATE extensions SET state = 'failed', attempts = 2, next_attempt_at = {due}
+              WHERE number IN ('2000', '2001')"
+        ),
+    )
+    .await;
+    let output = start(command(&h, dir.path(), &["sync"])).finish().await;
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2 extension(s) had failed and were waiting for their retry"),
+        "{stderr}"
+    );
+    assert_eq!(
+        devices_per_number(&h).len(),
+        3,
+        "retried at once all the same"
+    );
 }

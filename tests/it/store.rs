@@ -24,6 +24,9 @@ crate::on_both_backends!(
     marking_a_bad_row_needs_no_decoding_and_repairs_our_own_columns,
     an_extension_on_a_missing_node_is_reported_not_dropped,
     a_node_address_change_is_a_change_to_each_of_its_extensions,
+    one_sip_user_belongs_to_one_row,
+    a_deleted_row_keeps_the_credentials_that_prove_its_sip_user,
+    outcome_writes_follow_the_planned_version,
 );
 
 fn node(name: &str, address: &str) -> NewNode {
@@ -1240,4 +1243,114 @@ async fn a_node_address_change_is_a_change_to_each_of_its_extensions(db: TestDb)
     }
     other.close().await.unwrap();
     assert_eq!(store.pending_changes(100).await.unwrap().len(), 2);
+}
+
+async fn one_sip_user_belongs_to_one_row(db: TestDb) {
+    let store = &db.store;
+    with_nodes(store).await;
+    let (a, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let (b, _) = store
+        .set_extension(&spec("1002", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    store
+        .record_device(a.id, Some("guid-1"), true)
+        .await
+        .unwrap();
+    let err = store
+        .record_device(b.id, Some("guid-1"), true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Duplicate {
+                field: "MBG device id",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("guid-1"), "{err}");
+    assert!(store.extension(b.id).await.unwrap().mbg_device_id.is_none());
+    // A row with no SIP user is not a claim: many rows may have none.
+    store.record_device(a.id, None, false).await.unwrap();
+    store.record_device(b.id, None, false).await.unwrap();
+}
+
+async fn a_deleted_row_keeps_the_credentials_that_prove_its_sip_user(db: TestDb) {
+    let store = &db.store;
+    with_nodes(store).await;
+    let (never, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let (lost, _) = store
+        .set_extension(&spec("1002", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    // Credentials written ahead, the create's guid never stored (a crash).
+    store
+        .fill_remote_credentials(lost.id, "lostname01", &secret("lost-password-1"))
+        .await
+        .unwrap();
+    store.delete_extension(never.id).await.unwrap();
+    store.delete_extension(lost.id).await.unwrap();
+    let released = store.released().await.unwrap();
+    assert_eq!(
+        released.len(),
+        1,
+        "a row that never had credentials leaves nothing"
+    );
+    assert_eq!(released[0].number, "1002");
+    assert_eq!(released[0].mbg_device_id, None);
+    assert_eq!(released[0].remote_auth_name.as_deref(), Some("lostname01"));
+    assert_eq!(
+        released[0]
+            .remote_auth_password
+            .as_ref()
+            .map(|p| p.expose_secret().to_string()),
+        Some("lost-password-1".to_string())
+    );
+}
+
+async fn outcome_writes_follow_the_planned_version(db: TestDb) {
+    use mbg_provision::store::{DeviceFact, ExtensionState, OutcomeWrite, StateUpdate};
+    let store = &db.store;
+    with_nodes(store).await;
+    let (ext, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let provisioned = StateUpdate {
+        state: ExtensionState::Provisioned,
+        last_error: None,
+        attempts: 0,
+        next_attempt_at: None,
+    };
+    let write = |version, device| OutcomeWrite {
+        extension_id: ext.id,
+        planned_version: version,
+        device,
+        state: provisioned.clone(),
+    };
+    // The row changes after the plan: the state is not written, the SIP user is recorded.
+    let mut changed = spec("1001", "pbx1");
+    changed.use_remote_auth = Some(true);
+    store.set_extension(&changed, &secret("p")).await.unwrap();
+    let stale = write(ext.version, DeviceFact::Holds("guid-9".into()));
+    assert!(!store.write_outcome(&stale).await.unwrap());
+    let now = store.extension(ext.id).await.unwrap();
+    assert_eq!(now.state, ExtensionState::Idle);
+    assert_eq!(now.mbg_device_id.as_deref(), Some("guid-9"));
+    assert!(now.version > ext.version);
+    let current = write(now.version, DeviceFact::Unchanged);
+    assert!(store.write_outcome(&current).await.unwrap());
+    assert_eq!(
+        store.extension(ext.id).await.unwrap().state,
+        ExtensionState::Provisioned
+    );
 }
