@@ -425,6 +425,33 @@ async fn a_dry_run_changes_nothing(db: TestDb) {
     );
 }
 
+/// Applies a plan made from `extensions`, retrying for at most `retry_for`.
+async fn apply_planned(
+    store: &Store,
+    client: &mbg_provision::mbg::MbgClient,
+    plan: &reconcile::Plan,
+    extensions: Vec<mbg_provision::store::Extension>,
+    retry_for: Duration,
+    now: i64,
+) -> reconcile::ApplyReport {
+    let planned: HashMap<i64, _> = extensions.into_iter().map(|e| (e.id, e)).collect();
+    let options = reconcile::ApplyOptions {
+        max_in_flight: 4,
+        max_retry_after: Duration::from_secs(300),
+        retry_until: Instant::now() + retry_for,
+        now,
+    };
+    let shutdown = Shutdown::new();
+    let cx = reconcile::apply::Context {
+        store,
+        client,
+        planned: &planned,
+        shutdown: &shutdown,
+        options: &options,
+    };
+    reconcile::apply::apply(&cx, plan).await.unwrap()
+}
+
 fn count(h: &Harness, method: &str, path_end: &str, status: u16) -> usize {
     h.sim
         .requests()
@@ -518,22 +545,15 @@ async fn an_outcome_for_a_row_changed_meanwhile_is_left_for_the_next_pass(db: Te
     assert_eq!(plan.actions.len(), 1);
     // ...applied after it was switched back on.
     set(store, "1001", "pbx1", true).await;
-    let planned: HashMap<i64, _> = extensions.into_iter().map(|e| (e.id, e)).collect();
-    let options = reconcile::ApplyOptions {
-        max_in_flight: 4,
-        max_retry_after: Duration::from_secs(5),
-        retry_until: Instant::now() + Duration::from_secs(5),
-        now: now(),
-    };
-    let shutdown = Shutdown::new();
-    let cx = reconcile::apply::Context {
+    let applied = apply_planned(
         store,
-        client: &client,
-        planned: &planned,
-        shutdown: &shutdown,
-        options: &options,
-    };
-    let applied = reconcile::apply::apply(&cx, &plan).await.unwrap();
+        &client,
+        &plan,
+        extensions,
+        Duration::from_secs(5),
+        now(),
+    )
+    .await;
     assert_eq!(applied.outcomes[0].status, Status::Stale);
     let ext = store.extension(id).await.unwrap();
     assert_eq!(
@@ -613,22 +633,15 @@ async fn failures_past_the_deadline_are_recorded_and_a_refused_token_stops_the_p
         retry_after_secs: 7,
         ..Faults::default()
     });
-    let planned: HashMap<i64, _> = extensions.into_iter().map(|e| (e.id, e)).collect();
-    let options = reconcile::ApplyOptions {
-        max_in_flight: 4,
-        max_retry_after: config.mbg.max_retry_after,
-        retry_until: Instant::now() + Duration::from_secs(2),
-        now: start,
-    };
-    let shutdown = Shutdown::new();
-    let cx = reconcile::apply::Context {
+    let report = apply_planned(
         store,
-        client: &client,
-        planned: &planned,
-        shutdown: &shutdown,
-        options: &options,
-    };
-    let report = reconcile::apply::apply(&cx, &plan).await.unwrap();
+        &client,
+        &plan,
+        extensions,
+        Duration::from_secs(2),
+        start,
+    )
+    .await;
     assert_eq!(report.outcomes[0].status, Status::Failed);
     let ext = store.extension(id).await.unwrap();
     assert_eq!(ext.state, ExtensionState::Failed);
