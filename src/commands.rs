@@ -11,7 +11,7 @@ use mbg_provision::import;
 use mbg_provision::secrets::{self, SecretKey};
 use mbg_provision::sim::{self, SimConfig, SimConsumer};
 use mbg_provision::store::{
-    BadRow, Extension, ExtensionKind, ExtensionSpec, NewNode, Node, OpenOptions, Store, quote,
+    Extension, ExtensionKind, ExtensionSpec, NewNode, Node, OpenOptions, Store, quote,
 };
 use mbg_provision::token::{self, TokenStatus};
 use secrecy::{ExposeSecret, SecretString};
@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::cli::{
     Cli, Command, ExtensionCommand, Kind, NodeCommand, SimulateArgs, Switch, TokenCommand,
 };
+use crate::output::{now, print_bad_rows, print_json};
 use crate::reconcile_cli;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
@@ -40,10 +41,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let store = Store::open_with(&config.database.url, &options)
         .await
         .with_context(|| format!("cannot open the database {}", config.database.url))?
-        .with_secret_key(SecretKey::new(config.key_file()));
+        .with_secret_key(SecretKey::new(secrets::key_file(&config)));
     for file in secrets::sqlite_file(&config.database.url)
         .into_iter()
-        .chain([config.key_file()])
+        .chain([secrets::key_file(&config)])
     {
         warn_if_exposed(&file);
     }
@@ -106,11 +107,6 @@ fn init_tracing(format: LogFormat) {
 /// off when set to anything but the empty string.
 fn use_colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     is_terminal && no_color.is_none_or(|v| v.is_empty())
-}
-
-pub fn print_json(value: &impl Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 async fn node(store: &Store, command: NodeCommand) -> Result<ExitCode> {
@@ -358,23 +354,6 @@ fn print_extensions(extensions: &[Extension]) {
 }
 
 /// Rows another program wrote that cannot be used: each one with its id and the column to fix.
-pub fn print_bad_rows(rows: &[BadRow]) {
-    if rows.is_empty() {
-        return;
-    }
-    println!(
-        "{} extension row(s) need attention (fix them in the database; the others carry on):",
-        rows.len()
-    );
-    for bad in rows {
-        println!("  {bad}");
-    }
-}
-
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 /// Says on stderr that a file holding secrets is readable beyond its owner.
 fn warn_if_exposed(path: &Path) {
     if let Some(warning) = secrets::exposure_warning(path) {

@@ -142,18 +142,8 @@ impl Default for TokenConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsConfig {
-    /// `None`: [`crate::secrets::default_key_file`].
+    /// `None`: the default place (`secrets::key_file` says where).
     pub key_file: Option<PathBuf>,
-}
-
-impl Config {
-    /// The key file in use: `secrets.key_file`, else the default beside the database.
-    pub fn key_file(&self) -> PathBuf {
-        self.secrets
-            .key_file
-            .clone()
-            .unwrap_or_else(|| crate::secrets::default_key_file(&self.database.url))
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use mbg_provision::store::{ExtensionKind, ExtensionSpec, NewNode, Store};
 use mbg_provision::{credentials, token};
 use secrecy::ExposeSecret;
 
-use crate::commands::now;
+use crate::output::now;
 use crate::reconcile_cli::{print_plan, print_results};
 
 const CONSUMER: &str = "MiVOAppSuite";

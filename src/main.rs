@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod demo;
+mod output;
 mod reconcile_cli;
 
 use std::process::ExitCode;

@@ -23,7 +23,7 @@ use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::DatabaseUrl;
+use crate::config::{Config, DatabaseUrl};
 
 /// The key file's name when nothing else names it.
 pub const KEY_FILE_NAME: &str = "mbg-provision.key";
@@ -191,6 +191,15 @@ fn create_key_file(path: &Path) -> std::io::Result<Vec<u8>> {
         Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path),
         Err(e) => Err(e.error),
     }
+}
+
+/// The key file in use: `secrets.key_file`, else the default for the database.
+pub fn key_file(config: &Config) -> PathBuf {
+    config
+        .secrets
+        .key_file
+        .clone()
+        .unwrap_or_else(|| default_key_file(&config.database.url))
 }
 
 /// Where the key lives when `secrets.key_file` is not set:
