@@ -1,8 +1,12 @@
 //! mbg-provision: keeps the SIP users of a MiVoice Border Gateway in step with the extension
 //! database of a MiVoice Office phone system.
 
+pub mod app;
+pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod daemon;
+pub mod health;
 pub mod import;
 pub mod mbg;
 pub mod oauth;
