@@ -127,6 +127,10 @@ pub struct TokenConfig {
     pub renew_schedule: CronSchedule,
     #[serde(deserialize_with = "de_renew_within_days")]
     pub renew_within_days: u32,
+    /// After a 401 the daemon stops calling the MBG and looks this often for a new token
+    /// stored by `token verify` (a database read, no MBG call).
+    #[serde(with = "nonzero_duration")]
+    pub recheck_interval: Duration,
 }
 
 impl Default for TokenConfig {
@@ -134,6 +138,7 @@ impl Default for TokenConfig {
         Self {
             renew_schedule: "0 0 3 * * *".parse().expect("default schedule parses"),
             renew_within_days: 30,
+            recheck_interval: Duration::from_secs(60),
         }
     }
 }

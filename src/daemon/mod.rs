@@ -1,16 +1,38 @@
 //! `run`: the daemon. Watches the database for changes and applies each at once, reconciles in
 //! full at start-up and every `reconcile.interval`, retries failed extensions when due, renews
-//! the token on `token.renew_schedule`, and serves `/healthz` and `/metrics`.
+//! the token on `token.renew_schedule`, and reports its health.
+//!
+//! One instance leads: it holds the database's pass lock (the one `sync` takes), on PostgreSQL an
+//! advisory lock on a connection of its own. Others wait as standby and take over when the
+//! leader's connection dies. The MBG, not the daemon, is the limit on throughput, so there is
+//! nothing to gain from sharing the work.
+
+mod watch;
+mod worker;
+
+use std::time::Duration;
+
+use tracing::{info, warn};
 
 use crate::app::App;
+use crate::health::{HealthState, Role};
 use crate::shutdown::Shutdown;
+use crate::store::{Backend, Holder, LockError, StoreError};
+
+/// How often a standby tries the leader lock.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
     #[error("{0}")]
-    Lock(#[from] crate::store::LockError),
+    Lock(#[from] LockError),
+    #[error(
+        "another mbg-provision daemon or sync runs on this SQLite database: {}; stop it first (a SQLite database has one daemon)",
+        .0.as_ref().map_or("holder unknown".to_string(), Holder::to_string)
+    )]
+    AlreadyRunning(Option<Holder>),
     #[error("cannot serve http.listen {addr}: {error}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -18,8 +40,94 @@ pub enum DaemonError {
     },
 }
 
-/// Runs until `shutdown` is triggered; then finishes the calls in flight and returns `Ok`.
+/// Runs until `shutdown` is triggered; then lets the calls in flight finish, records them and
+/// returns `Ok`.
 pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
-    let _ = (app, shutdown);
-    unimplemented!("the daemon is being built")
+    let health = HealthState::default();
+    run_with(app, shutdown, health).await
+}
+
+/// [`run`], reporting into `health` (which the HTTP endpoints read).
+pub async fn run_with(
+    app: App,
+    shutdown: Shutdown,
+    health: HealthState,
+) -> Result<(), DaemonError> {
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    if app.store.backend() == Backend::Postgres {
+        watch::listen(&app, wake.clone(), shutdown.clone());
+    }
+    let mut worker = worker::Worker::new(app, health.clone(), shutdown.clone(), wake);
+    loop {
+        let Some(mut lock) = acquire(&worker.app, &health, &shutdown).await? else {
+            break;
+        };
+        info!("leading: this instance applies the changes");
+        health.update(|h| h.role = Role::Leader);
+        let lost = worker.lead(&mut lock).await;
+        health.update(|h| h.role = Role::Stopping);
+        match lost {
+            worker::Ended::Stopped => {
+                lock.release().await;
+                break;
+            }
+            worker::Ended::LostLeadership => {
+                warn!(
+                    "lost the leader lock (its database connection died): stopped calling the MBG"
+                );
+                drop(lock);
+            }
+        }
+    }
+    health.update(|h| h.role = Role::Stopping);
+    info!("stopped");
+    Ok(())
+}
+
+/// The leader lock, or `None` once a stop is asked while waiting. On SQLite a second daemon
+/// refuses to start; on PostgreSQL it waits as standby.
+async fn acquire(
+    app: &App,
+    health: &HealthState,
+    shutdown: &Shutdown,
+) -> Result<Option<crate::store::PassLock>, DaemonError> {
+    let store = &app.store;
+    let mut said = false;
+    loop {
+        if shutdown.is_triggered() {
+            return Ok(None);
+        }
+        match store.try_lock_passes().await {
+            Ok(Some(lock)) => return Ok(Some(lock)),
+            Ok(None) if store.backend() == Backend::Sqlite => {
+                return Err(DaemonError::AlreadyRunning(store.pass_holder().await?));
+            }
+            Ok(None) => {
+                if !said {
+                    let holder = store.pass_holder().await.ok().flatten();
+                    info!(
+                        leader = %holder.map_or("unknown".to_string(), |h| h.to_string()),
+                        "standby: another instance leads; taking over if it stops"
+                    );
+                    said = true;
+                }
+                health.update(|h| {
+                    h.role = Role::Standby;
+                    h.database.ok = true;
+                    h.database.error = None;
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot reach the database for the leader lock");
+                health.update(|h| {
+                    h.database.ok = false;
+                    h.database.error = Some(e.to_string());
+                });
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = shutdown.triggered() => return Ok(None),
+        }
+    }
 }

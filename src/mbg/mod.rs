@@ -63,6 +63,20 @@ pub struct NewSipDevice {
 }
 
 impl NewSipDevice {
+    /// The device as the MBG holds it once created under `guid`.
+    pub fn created(&self, guid: &str) -> SipDevice {
+        SipDevice {
+            guid: guid.to_string(),
+            icp: self.icp.clone(),
+            setside_username: self.setside_username.clone(),
+            setside_password: self.setside_password.clone(),
+            icpside_username: self.icpside_username.clone(),
+            icpside_password: self.icpside_password.clone(),
+            description: self.description.clone(),
+            enabled: self.enabled,
+        }
+    }
+
     fn to_json(&self) -> Value {
         json!({
             "icp": self.icp,
@@ -89,6 +103,28 @@ pub struct SipDevicePatch {
 }
 
 impl SipDevicePatch {
+    /// `device` as the MBG holds it once this patch is applied.
+    pub fn apply_to(&self, device: &mut SipDevice) {
+        let set = |field: &mut String, value: &Option<String>| {
+            if let Some(value) = value {
+                field.clone_from(value);
+            }
+        };
+        set(&mut device.icp, &self.icp);
+        set(&mut device.setside_username, &self.setside_username);
+        set(&mut device.icpside_username, &self.icpside_username);
+        set(&mut device.description, &self.description);
+        if let Some(password) = &self.setside_password {
+            device.setside_password = password.clone();
+        }
+        if let Some(password) = &self.icpside_password {
+            device.icpside_password = password.clone();
+        }
+        if let Some(enabled) = self.enabled {
+            device.enabled = enabled;
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.to_json().as_object().is_none_or(|o| o.is_empty())
     }

@@ -21,7 +21,7 @@ use secrecy::ExposeSecret;
 use tracing::{Instrument, info, warn};
 
 use super::plan::{Action, Adoption, Owner, Plan};
-use crate::mbg::{MbgClient, MbgError, MbgErrorKind, NewSipDevice};
+use crate::mbg::{MbgClient, MbgError, MbgErrorKind, NewSipDevice, SipDevice, SipDevicePatch};
 use crate::shutdown::Shutdown;
 use crate::store::{
     AuditEntry, DeviceFact, Extension, ExtensionState, OutcomeWrite, StateUpdate, Store, StoreError,
@@ -68,6 +68,16 @@ pub struct Outcome {
     pub status: Status,
     /// What happened, for humans: the guid, the MBG's message, the fix. Never a secret.
     pub detail: String,
+    /// What the MBG now holds differently, for a cached view of it.
+    pub effect: Option<DeviceEffect>,
+}
+
+/// A change the MBG confirmed (or, for `Removed`, showed by a 404).
+#[derive(Debug, Clone)]
+pub enum DeviceEffect {
+    Created(SipDevice),
+    Patched { guid: String, patch: SipDevicePatch },
+    Removed(String),
 }
 
 #[derive(Debug, Default)]
@@ -298,6 +308,26 @@ fn outcome(action: &Action, status: Status, detail: String) -> Outcome {
         verb: action.verb(),
         status,
         detail,
+        effect: None,
+    }
+}
+
+/// What a successful action changed on the MBG.
+fn effect_of(action: &Action, created: Option<&str>) -> Option<DeviceEffect> {
+    match action {
+        Action::Create { device, .. } => {
+            created.map(|guid| DeviceEffect::Created(device.created(guid)))
+        }
+        Action::Update { guid, patch, .. } | Action::Adopt { guid, patch, .. }
+            if !patch.is_empty() =>
+        {
+            Some(DeviceEffect::Patched {
+                guid: guid.clone(),
+                patch: patch.clone(),
+            })
+        }
+        Action::Delete { guid, .. } => Some(DeviceEffect::Removed(guid.clone())),
+        _ => None,
     }
 }
 
@@ -354,6 +384,7 @@ async fn record_success(
     action: &Action,
     created: Option<String>,
 ) -> Result<Outcome, StoreError> {
+    let effect = effect_of(action, created.as_deref());
     let provisioned = settled(ExtensionState::Provisioned);
     let (current, detail) = match action {
         Action::Create { extension_id, .. } => {
@@ -444,7 +475,7 @@ async fn record_success(
     };
     audit(cx, action, "ok", &detail).await?;
     info!(extension = %action.number(), "{detail}");
-    Ok(if current {
+    let mut done = if current {
         outcome(action, Status::Done, detail)
     } else {
         outcome(
@@ -452,7 +483,9 @@ async fn record_success(
             Status::Stale,
             format!("{detail}; the extension changed meanwhile: the next pass takes it from here"),
         )
-    })
+    };
+    done.effect = effect;
+    Ok(done)
 }
 
 /// The bookkeeping once a device of `owner` is gone. `false` when the row changed meanwhile.
@@ -523,11 +556,13 @@ async fn record_failure(
     };
     warn!(extension = %action.number(), error = %error, "failed");
     let current = write(cx, extension_id, device, update).await?;
-    Ok(outcome(
-        action,
-        if current { status } else { Status::Stale },
-        detail,
-    ))
+    let mut failed = outcome(action, if current { status } else { Status::Stale }, detail);
+    if error.kind == MbgErrorKind::NotFound {
+        failed.effect = action
+            .target_guid()
+            .map(|g| DeviceEffect::Removed(g.to_string()));
+    }
+    Ok(failed)
 }
 
 async fn audit(

@@ -12,10 +12,10 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::credentials;
-use crate::mbg::{MbgClient, MbgError};
+use crate::mbg::{Icp, MbgClient, MbgError, SipDevice};
 use crate::shutdown::Shutdown;
 use crate::store::{BadRow, Extension, ExtensionState, Store, StoreError};
-pub use apply::{ApplyOptions, ApplyReport, Outcome, Status};
+pub use apply::{ApplyOptions, ApplyReport, DeviceEffect, Outcome, Status};
 pub use plan::{Action, Adoption, Owner, Plan, Problem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,10 +110,70 @@ impl PassReport {
     }
 }
 
-/// One full reconcile: credentials first (committed before any MBG call), then the MBG's state,
-/// the plan, and in [`Mode::Apply`] its execution. Changes recorded before the pass are
-/// acknowledged after it, except those of extensions that changed meanwhile or were not reached
-/// (stopped, token refused): the next pass takes them.
+/// What the MBG holds, as a pass plans from it. The daemon keeps one between passes: refreshed
+/// by each full pass, corrected by each answer, so that a single change does not fetch every
+/// SIP user again.
+#[derive(Debug, Clone, Default)]
+pub struct MbgView {
+    pub icps: Vec<Icp>,
+    pub devices: Vec<SipDevice>,
+}
+
+impl MbgView {
+    /// Reads both lists, retrying a busy MBG until `mbg.retry_deadline`.
+    pub async fn read(
+        client: &MbgClient,
+        config: &Config,
+        shutdown: &Shutdown,
+    ) -> Result<MbgView, ReconcileError> {
+        let retry_until = Instant::now() + config.mbg.retry_deadline;
+        Ok(MbgView {
+            icps: read_with_retry(config, shutdown, retry_until, || client.icps()).await?,
+            devices: read_with_retry(config, shutdown, retry_until, || client.devices()).await?,
+        })
+    }
+
+    /// Takes in what the MBG confirmed during a pass.
+    pub fn absorb(&mut self, outcomes: &[Outcome]) {
+        for effect in outcomes.iter().filter_map(|o| o.effect.as_ref()) {
+            match effect {
+                DeviceEffect::Created(device) => {
+                    self.devices.retain(|d| d.guid != device.guid);
+                    self.devices.push(device.clone());
+                }
+                DeviceEffect::Patched { guid, patch } => {
+                    if let Some(device) = self.devices.iter_mut().find(|d| &d.guid == guid) {
+                        patch.apply_to(device);
+                    }
+                }
+                DeviceEffect::Removed(guid) => self.devices.retain(|d| &d.guid != guid),
+            }
+        }
+    }
+}
+
+/// Which extensions a pass acts on. Every pass plans from every row (the plan needs them all to
+/// know whose SIP user is whose), but a targeted pass applies only what concerns `only`, and a
+/// pass that honours backoff leaves failed extensions alone until their `next_attempt_at`.
+/// Deleted rows (released SIP users, duplicates) are always handled.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub only: Option<HashSet<i64>>,
+    pub honour_backoff: bool,
+}
+
+impl Scope {
+    fn includes(&self, extension: &Extension, now: i64) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&extension.id))
+            && !(self.honour_backoff
+                && extension.state == ExtensionState::Failed
+                && extension.next_attempt_at.is_some_and(|at| at > now))
+    }
+}
+
+/// One full reconcile, as `sync` runs it: the MBG's state, then [`run_pass_with`].
 ///
 /// In [`Mode::Apply`] the caller must hold the pass lock ([`Store::lock_passes`]).
 pub async fn run_pass(
@@ -123,6 +183,36 @@ pub async fn run_pass(
     mode: Mode,
     shutdown: &Shutdown,
     now: i64,
+) -> Result<PassReport, ReconcileError> {
+    let mut view = MbgView::read(client, config, shutdown).await?;
+    run_pass_with(
+        store,
+        client,
+        config,
+        mode,
+        shutdown,
+        now,
+        &mut view,
+        &Scope::default(),
+    )
+    .await
+}
+
+/// A pass against a known view of the MBG: credentials first (committed before any MBG call),
+/// the plan, and in [`Mode::Apply`] its execution, with `view` corrected by the answers.
+/// Changes recorded before the pass for extensions in scope are acknowledged after it, except
+/// those of extensions that changed meanwhile or were not reached (stopped, token refused): the
+/// next pass takes them.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_pass_with(
+    store: &Store,
+    client: &MbgClient,
+    config: &Config,
+    mode: Mode,
+    shutdown: &Shutdown,
+    now: i64,
+    view: &mut MbgView,
+    scope: &Scope,
 ) -> Result<PassReport, ReconcileError> {
     let retry_until = Instant::now() + config.mbg.retry_deadline;
     let new_credentials = || {
@@ -169,8 +259,7 @@ pub async fn run_pass(
     }
     let waiting = waiting_retries(&extensions, now);
     let released = store.released().await?;
-    let icps = read_with_retry(config, shutdown, retry_until, || client.icps()).await?;
-    let mut devices = read_with_retry(config, shutdown, retry_until, || client.devices()).await?;
+    let mut devices = view.devices.clone();
     // A row that cannot be read still holds its SIP user: keep it out of the plan's reach (it
     // would look like nobody's), but count its licence.
     let held_by_bad_rows: HashSet<&str> = rows
@@ -181,10 +270,10 @@ pub async fn run_pass(
     let before = devices.len();
     devices.retain(|d| !held_by_bad_rows.contains(d.guid.as_str()));
     let hidden = u32::try_from(before - devices.len()).unwrap_or(u32::MAX);
-    let plan = plan::plan(
+    let mut plan = plan::plan(
         &extensions,
         &released,
-        &icps,
+        &view.icps,
         &devices,
         config
             .mbg
@@ -192,6 +281,11 @@ pub async fn run_pass(
             .map(|b| b.saturating_sub(hidden)),
     );
     let by_id: HashMap<i64, Extension> = extensions.into_iter().map(|e| (e.id, e)).collect();
+    let in_scope = |id: Option<i64>| {
+        id.is_none_or(|id| by_id.get(&id).is_some_and(|e| scope.includes(e, now)))
+    };
+    plan.actions.retain(|a| in_scope(a.extension_id()));
+    plan.settled.retain(|s| in_scope(Some(s.extension_id)));
     let mut report = PassReport {
         plan,
         applied: None,
@@ -241,6 +335,7 @@ pub async fn run_pass(
         options: &options,
     };
     let applied = apply::apply(&cx, &report.plan).await?;
+    view.absorb(&applied.outcomes);
     stale.extend(
         applied
             .outcomes
@@ -253,6 +348,12 @@ pub async fn run_pass(
     let cut_short = applied.token_refused.is_some() || applied.interrupted;
     let seqs: Vec<i64> = covered_changes
         .iter()
+        .filter(|c| {
+            scope
+                .only
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&c.extension_id))
+        })
         .filter(|c| !stale.contains(&c.extension_id))
         .filter(|c| !cut_short || report.extensions.contains_key(&c.extension_id))
         .map(|c| c.seq)

@@ -81,4 +81,37 @@ impl Store {
             .map_err(StoreError::Database)?;
         Ok(())
     }
+
+    /// Failed extensions whose retry is due at `now`.
+    pub async fn due_retries(&self, now: i64) -> Result<Vec<i64>> {
+        sqlx::query_scalar(
+            "SELECT id FROM extensions
+              WHERE state = 'failed' AND COALESCE(next_attempt_at, 0) <= $1 ORDER BY id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Database)
+    }
+
+    /// When the next failed extension is due for a retry, if any is waiting.
+    pub async fn next_retry_at(&self) -> Result<Option<i64>> {
+        sqlx::query_scalar(
+            "SELECT MIN(COALESCE(next_attempt_at, 0)) FROM extensions WHERE state = 'failed'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::Database)
+    }
+
+    /// Extensions with a change not yet applied, and failed ones waiting for a retry.
+    pub async fn queue_depth(&self) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT (SELECT COUNT(DISTINCT extension_id) FROM extension_changes)
+                  + (SELECT COUNT(*) FROM extensions WHERE state = 'failed')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::Database)
+    }
 }

@@ -18,6 +18,10 @@ use super::{Backend, Store, StoreError, now};
 /// The advisory lock key: any constant, since advisory locks are per database.
 const ADVISORY_KEY: i64 = 0x6d62_675f_7061_7373; // "mbg_pass"
 const POLL: Duration = Duration::from_millis(200);
+/// How often a held PostgreSQL lock checks that its connection still answers, and how long it
+/// waits for the answer.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Who holds the pass lock, as it recorded itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +70,8 @@ pub enum LockError {
 pub struct PassLock {
     store: Store,
     hold: Hold,
+    /// When [`PassLock::lost`] next checks the connection.
+    next_check: tokio::time::Instant,
 }
 
 enum Hold {
@@ -82,6 +88,28 @@ impl fmt::Debug for PassLock {
 }
 
 impl PassLock {
+    /// Returns when the lock is lost: on PostgreSQL, when its connection stops answering (the
+    /// server then releases it, and another instance may take over at once). A file lock is
+    /// never lost while the process lives.
+    pub async fn lost(&mut self) {
+        let Hold::Postgres(connection) = &mut self.hold else {
+            return std::future::pending().await;
+        };
+        loop {
+            // The schedule lives in the lock: a caller that polls this in a loop of shorter
+            // turns must not put the check off for ever.
+            tokio::time::sleep_until(self.next_check).await;
+            let alive = tokio::time::timeout(LIVENESS_TIMEOUT, async {
+                sqlx::query("SELECT 1").execute(&mut *connection).await
+            })
+            .await;
+            if !matches!(alive, Ok(Ok(_))) {
+                return;
+            }
+            self.next_check = tokio::time::Instant::now() + LIVENESS_INTERVAL;
+        }
+    }
+
     pub async fn release(self) {
         let _ = sqlx::query("DELETE FROM pass_holder WHERE id = 1")
             .execute(&self.store.pool)
@@ -184,6 +212,7 @@ impl Store {
         Ok(Some(PassLock {
             store: self.clone(),
             hold,
+            next_check: tokio::time::Instant::now() + LIVENESS_INTERVAL,
         }))
     }
 

@@ -15,8 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::support::TestDb;
 
-const CONSUMER: &str = "MiVOAppSuite";
-const SECRET: &str = "shared+secret/42=";
+pub const CONSUMER: &str = "MiVOAppSuite";
+pub const SECRET: &str = "shared+secret/42=";
 const DAY: i64 = 86_400;
 
 pub struct Harness {

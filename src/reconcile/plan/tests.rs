@@ -63,40 +63,11 @@ fn owned(mut e: Extension, guid: &str) -> Extension {
 
 /// The device an extension's create would produce, as the MBG would then hold it.
 fn as_created(guid: &str, d: &NewSipDevice) -> SipDevice {
-    SipDevice {
-        guid: guid.into(),
-        icp: d.icp.clone(),
-        setside_username: d.setside_username.clone(),
-        setside_password: d.setside_password.clone(),
-        icpside_username: d.icpside_username.clone(),
-        icpside_password: d.icpside_password.clone(),
-        description: d.description.clone(),
-        enabled: d.enabled,
-    }
+    d.created(guid)
 }
 
 fn patched(device: &mut SipDevice, patch: &SipDevicePatch) {
-    if let Some(v) = &patch.icp {
-        device.icp = v.clone();
-    }
-    if let Some(v) = &patch.setside_username {
-        device.setside_username = v.clone();
-    }
-    if let Some(v) = &patch.setside_password {
-        device.setside_password = v.clone();
-    }
-    if let Some(v) = &patch.icpside_username {
-        device.icpside_username = v.clone();
-    }
-    if let Some(v) = &patch.icpside_password {
-        device.icpside_password = v.clone();
-    }
-    if let Some(v) = &patch.description {
-        device.description = v.clone();
-    }
-    if let Some(v) = patch.enabled {
-        device.enabled = v;
-    }
+    patch.apply_to(device);
 }
 
 /// What `apply` does to the database and the MBG when every action succeeds.

@@ -1,0 +1,310 @@
+//! The daemon in-process against the simulator, on SQLite and PostgreSQL: another program's SQL
+//! reaches the MBG, drift is repaired, a node move follows, a refused token stops the calls
+//! until a new one is stored, and the renewal job renews.
+
+use std::time::{Duration, Instant};
+
+use mbg_provision::app::App;
+use mbg_provision::clock::Clock;
+use mbg_provision::daemon;
+use mbg_provision::health::{HealthState, Role};
+use mbg_provision::shutdown::Shutdown;
+use mbg_provision::store::{ExtensionSpec, NewNode};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::Connection;
+
+use crate::mbg::{Harness, sim_config};
+use crate::support::TestDb;
+
+crate::on_both_backends!(
+    sql_flips_drift_and_node_moves_reach_the_mbg,
+    a_refused_token_stops_the_calls_until_a_new_one_is_stored,
+    the_renewal_job_renews_on_its_schedule,
+);
+
+/// A daemon beside the test body. Not spawned: the pass futures are not provably `Send` for
+/// every lifetime (rust-lang/rust#102211); the binary awaits `run` on its main task likewise.
+struct Running {
+    health: HealthState,
+}
+
+/// Runs `body` while the daemon runs, then stops the daemon with SIGTERM's path and checks that
+/// it ends cleanly.
+async fn with_daemon<F: std::future::Future<Output = ()>>(
+    h: &Harness,
+    tune: impl FnOnce(&mut mbg_provision::config::Config),
+    body: impl FnOnce(Running) -> F,
+) {
+    let mut config = h.config.clone();
+    config.watch.poll_interval = Duration::from_millis(200);
+    config.reconcile.interval = Duration::from_secs(600);
+    tune(&mut config);
+    let app = App {
+        config,
+        config_path: None,
+        store: h.db.store.clone(),
+        clock: Clock,
+    };
+    let shutdown = Shutdown::new();
+    let health = HealthState::default();
+    let daemon = daemon::run_with(app, shutdown.clone(), health.clone());
+    let running = Running { health };
+    let test = async move {
+        body(running).await;
+        shutdown.trigger(mbg_provision::shutdown::SIGTERM);
+    };
+    let (ended, ()) = tokio::join!(
+        async { tokio::time::timeout(Duration::from_secs(120), daemon).await },
+        test
+    );
+    ended.expect("the daemon stops").expect("and exits cleanly");
+}
+
+/// Waits up to `limit` for `done`, checking every 20 ms.
+async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+async fn sql(db: &TestDb, statement: &str) {
+    let mut other = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+}
+
+async fn node_and_extensions(h: &Harness, numbers: &[&str]) {
+    let store = &h.db.store;
+    store
+        .add_node(&NewNode {
+            name: "pbx1".into(),
+            address: "10.0.0.20".into(),
+            nat_address: None,
+            nat_sip_port: None,
+        })
+        .await
+        .unwrap();
+    for number in numbers {
+        let spec = ExtensionSpec {
+            number: number.to_string(),
+            node: "pbx1".into(),
+            kind: None,
+            use_remote_auth: Some(false),
+            sip_password: None,
+        };
+        store
+            .set_extension(&spec, &SecretString::from("pbx-sip-password"))
+            .await
+            .unwrap();
+    }
+}
+
+fn has(h: &Harness, number: &str) -> bool {
+    h.sim.devices().iter().any(|d| d.icpside_username == number)
+}
+
+async fn sql_flips_drift_and_node_moves_reach_the_mbg(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    node_and_extensions(&h, &["1001", "1002"]).await;
+    let h = &h;
+    with_daemon(
+        h,
+        |c| c.reconcile.interval = Duration::from_secs(2),
+        |daemon| async move {
+            eventually("leading", Duration::from_secs(10), || {
+                daemon.health.snapshot().role == Role::Leader
+            })
+            .await;
+
+            sql(
+                &h.db,
+                "UPDATE extensions SET use_remote_auth = true WHERE number = '1001'",
+            )
+            .await;
+            let took = eventually("the SIP user appears", Duration::from_secs(10), || {
+                has(h, "1001")
+            })
+            .await;
+            eprintln!("flag set to SIP user: {took:?}");
+            sql(
+                &h.db,
+                "UPDATE extensions SET use_remote_auth = false WHERE number = '1001'",
+            )
+            .await;
+            eventually("the SIP user goes", Duration::from_secs(10), || {
+                !has(h, "1001")
+            })
+            .await;
+
+            // Drift: a SIP user of ours deleted by hand on the MBG comes back with the full reconcile.
+            sql(
+                &h.db,
+                "UPDATE extensions SET use_remote_auth = true WHERE number = '1002'",
+            )
+            .await;
+            eventually("1002 appears", Duration::from_secs(10), || has(h, "1002")).await;
+            let guid = h.sim.devices()[0].guid.clone();
+            h.client().await.delete_device(&guid).await.unwrap();
+            assert!(!has(h, "1002"));
+            eventually(
+                "restored by the full reconcile",
+                Duration::from_secs(15),
+                || has(h, "1002"),
+            )
+            .await;
+
+            // The node's address changes to the other ICP's: its SIP users follow.
+            sql(
+                &h.db,
+                "UPDATE nodes SET address = '10.0.0.21' WHERE name = 'pbx1'",
+            )
+            .await;
+            eventually("moved to MiVO250-2", Duration::from_secs(10), || {
+                h.sim
+                    .devices()
+                    .iter()
+                    .any(|d| d.icpside_username == "1002" && d.icp == "MiVO250-2")
+            })
+            .await;
+            assert_eq!(h.sim.devices().len(), 1, "moved, not copied");
+            let health = daemon.health.snapshot();
+            assert!(health.is_healthy(), "{health:?}");
+            assert!(health.last_full_reconcile.is_some());
+        },
+    )
+    .await;
+    assert!(h.db.store.pending_changes(10).await.unwrap().is_empty());
+}
+
+/// A new access token, as `token request` + approval + `token verify` from another shell.
+async fn new_token(h: &Harness) {
+    let now = chrono::Utc::now().timestamp();
+    let temporary = mbg_provision::token::request(
+        &h.db.store,
+        &h.config,
+        "test",
+        crate::mbg::CONSUMER,
+        crate::mbg::SECRET.into(),
+        now,
+    )
+    .await
+    .unwrap();
+    let verifier = h.sim.approve(temporary.expose_secret()).unwrap();
+    mbg_provision::token::verify(&h.db.store, &h.config, &verifier, now)
+        .await
+        .unwrap();
+}
+
+async fn a_refused_token_stops_the_calls_until_a_new_one_is_stored(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    node_and_extensions(&h, &["1001", "1002"]).await;
+    let h = &h;
+    with_daemon(
+        h,
+        |c| c.token.recheck_interval = Duration::from_secs(1),
+        |daemon| async move {
+            eventually("leading", Duration::from_secs(10), || {
+                daemon.health.snapshot().role == Role::Leader
+            })
+            .await;
+            let token =
+                h.db.store
+                    .mbg_settings()
+                    .await
+                    .unwrap()
+                    .access_token
+                    .unwrap();
+            assert!(h.sim.revoke(token.expose_secret()));
+            sql(
+                &h.db,
+                "UPDATE extensions SET use_remote_auth = true WHERE number = '1001'",
+            )
+            .await;
+            eventually(
+                "unhealthy, naming the token",
+                Duration::from_secs(10),
+                || {
+                    let health = daemon.health.snapshot();
+                    !health.is_healthy() && health.unhealthy.iter().any(|u| u.starts_with("token:"))
+                },
+            )
+            .await;
+            let calls = h.sim.requests().len();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert_eq!(
+                h.sim.requests().len(),
+                calls,
+                "no MBG call with a refused token"
+            );
+            assert!(
+                !h.db.store.pending_changes(10).await.unwrap().is_empty(),
+                "the change is kept"
+            );
+            assert!(!has(h, "1001"));
+
+            new_token(h).await;
+            eventually(
+                "applied with the new token",
+                Duration::from_secs(15),
+                || has(h, "1001"),
+            )
+            .await;
+            eventually("healthy again", Duration::from_secs(5), || {
+                daemon.health.snapshot().is_healthy()
+            })
+            .await;
+        },
+    )
+    .await;
+}
+
+async fn the_renewal_job_renews_on_its_schedule(db: TestDb) {
+    // A token issued two days "ago" by the MBG's clock: 363 days left, inside a 364-day window.
+    let h = Harness::new(db, sim_config()).await;
+    h.sim.advance_clock(-2 * 86_400);
+    let h = h.with_token().await;
+    node_and_extensions(&h, &[]).await;
+    let before =
+        h.db.store
+            .mbg_settings()
+            .await
+            .unwrap()
+            .token_expires_at
+            .unwrap();
+    let h = &h;
+    let tune = |c: &mut mbg_provision::config::Config| {
+        c.token.renew_schedule = "* * * * * *".parse().unwrap();
+        c.token.renew_within_days = 364;
+    };
+    with_daemon(h, tune, |_daemon| async move {
+        let started = Instant::now();
+        loop {
+            let now =
+                h.db.store
+                    .mbg_settings()
+                    .await
+                    .unwrap()
+                    .token_expires_at
+                    .unwrap();
+            if now > before {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "not renewed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let renewals = h
+            .sim
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.ends_with("/managetoken/"))
+            .count();
+        assert!(renewals >= 1);
+    })
+    .await;
+}
