@@ -40,6 +40,9 @@ pub struct Worker {
     /// The client and the token generation it signs with.
     client: Option<(i64, MbgClient)>,
     next_full: Instant,
+    /// When the next failed extension is due; recomputed after each pass, since only passes
+    /// (this leader's) write retry times.
+    retry_at: Instant,
     /// Set after a 401: the generation refused, and when to look for a new token.
     blocked: Option<(i64, Instant)>,
 }
@@ -61,6 +64,7 @@ impl Worker {
             view: None,
             client: None,
             next_full: Instant::now(),
+            retry_at: Instant::now(),
             blocked: None,
         }
     }
@@ -74,7 +78,7 @@ impl Worker {
         loop {
             let wake = {
                 let poll = tokio::time::sleep(self.app.config.watch.poll_interval);
-                let retry = self.next_retry().await;
+                let retry = self.retry_at;
                 let renewal = next_cron(&self.app.config);
                 tokio::select! {
                     _ = self.shutdown.triggered() => return Ended::Stopped,
@@ -104,8 +108,7 @@ impl Worker {
         }
     }
 
-    /// When the next failed extension is due (capped: a far retry must not park the loop, and a
-    /// retry time written by another process is read again on the next wake).
+    /// When the next failed extension is due (capped: a far retry must not park the loop).
     async fn next_retry(&self) -> Instant {
         let cap = Instant::now() + self.app.config.reconcile.interval;
         let Ok(Some(at)) = self.app.store.next_retry_at().await else {
@@ -118,7 +121,6 @@ impl Worker {
 
     async fn work(&mut self) {
         let now = self.app.clock.now();
-        self.report_queue().await;
         if let Some((refused, recheck)) = self.blocked {
             if Instant::now() < recheck {
                 return;
@@ -135,17 +137,29 @@ impl Worker {
             self.client = None;
             self.next_full = Instant::now();
         }
+        let full = self.view.is_none() || Instant::now() >= self.next_full;
+        // The common case, every poll: one query, and nothing to do.
+        let targets = if full {
+            None
+        } else {
+            match self.targets(now).await {
+                Ok(ids) if ids.is_empty() => return,
+                Ok(ids) => Some(ids),
+                Err(e) => {
+                    self.unhealthy_database(&e.to_string());
+                    return;
+                }
+            }
+        };
         let Some((generation, client)) = self.client().await else {
             return;
         };
-        let full = self.view.is_none() || Instant::now() >= self.next_full;
-        let result = if full {
-            self.full_pass(&client, now).await
-        } else {
-            self.targeted_pass(&client, now).await
+        let result = match targets {
+            None => self.full_pass(&client, now).await,
+            Some(ids) => self.targeted_pass(&client, now, ids).await,
         };
         match result {
-            Ok(Some(report)) => {
+            Ok(report) => {
                 self.health.update(|h| {
                     h.mbg.ok = true;
                     h.mbg.error = None;
@@ -159,7 +173,6 @@ impl Worker {
                     self.token_refused(generation, &refused).await;
                 }
             }
-            Ok(None) => {}
             Err(ReconcileError::Interrupted) => {}
             Err(e) => {
                 if let Some(mbg) = e.mbg()
@@ -180,7 +193,23 @@ impl Worker {
                 }
             }
         }
+        self.retry_at = self.next_retry().await;
         self.report_queue().await;
+    }
+
+    /// The extensions named by recorded changes, and the failed (or pending) ones now due.
+    async fn targets(&self, now: i64) -> Result<HashSet<i64>, crate::store::StoreError> {
+        let store = &self.app.store;
+        let mut ids: HashSet<i64> = store
+            .pending_changes(BATCH)
+            .await?
+            .iter()
+            .map(|c| c.extension_id)
+            .collect();
+        if Instant::now() >= self.retry_at {
+            ids.extend(store.due_retries(now).await?);
+        }
+        Ok(ids)
     }
 
     /// Reads the MBG afresh and reconciles every extension (failed ones only when due).
@@ -188,7 +217,7 @@ impl Worker {
         &mut self,
         client: &MbgClient,
         now: i64,
-    ) -> Result<Option<PassReport>, ReconcileError> {
+    ) -> Result<PassReport, ReconcileError> {
         let config = &self.app.config;
         let mut view = MbgView::read(client, config, &self.shutdown).await?;
         let scope = Scope {
@@ -212,7 +241,7 @@ impl Worker {
             self.health.update(|h| h.last_full_reconcile = Some(now));
         }
         log_pass("full reconcile", &report);
-        Ok(Some(report))
+        Ok(report)
     }
 
     /// Reconciles the extensions named by recorded changes and the failed ones now due, against
@@ -221,18 +250,8 @@ impl Worker {
         &mut self,
         client: &MbgClient,
         now: i64,
-    ) -> Result<Option<PassReport>, ReconcileError> {
-        let store = &self.app.store;
-        let mut ids: HashSet<i64> = store
-            .pending_changes(BATCH)
-            .await?
-            .iter()
-            .map(|c| c.extension_id)
-            .collect();
-        ids.extend(store.due_retries(now).await?);
-        if ids.is_empty() {
-            return Ok(None);
-        }
+        ids: HashSet<i64>,
+    ) -> Result<PassReport, ReconcileError> {
         let scope = Scope {
             only: Some(ids),
             honour_backoff: false,
@@ -242,7 +261,7 @@ impl Worker {
             .as_mut()
             .expect("a targeted pass follows a full one");
         let report = reconcile::run_pass_with(
-            store,
+            &self.app.store,
             client,
             &self.app.config,
             Mode::Apply,
@@ -253,7 +272,7 @@ impl Worker {
         )
         .await?;
         log_pass("changes applied", &report);
-        Ok(Some(report))
+        Ok(report)
     }
 
     /// The renewal job: renews when the stored expiry is inside `token.renew_within_days`.

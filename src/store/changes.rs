@@ -82,11 +82,13 @@ impl Store {
         Ok(())
     }
 
-    /// Failed extensions whose retry is due at `now`.
+    /// Failed (or pending) extensions whose retry is due at `now`. Pending: a SIP user that
+    /// vanished under an update, to be created anew.
     pub async fn due_retries(&self, now: i64) -> Result<Vec<i64>> {
         sqlx::query_scalar(
             "SELECT id FROM extensions
-              WHERE state = 'failed' AND COALESCE(next_attempt_at, 0) <= $1 ORDER BY id",
+              WHERE state IN ('failed', 'pending') AND COALESCE(next_attempt_at, 0) <= $1
+              ORDER BY id",
         )
         .bind(now)
         .fetch_all(&self.pool)
@@ -97,7 +99,8 @@ impl Store {
     /// When the next failed extension is due for a retry, if any is waiting.
     pub async fn next_retry_at(&self) -> Result<Option<i64>> {
         sqlx::query_scalar(
-            "SELECT MIN(COALESCE(next_attempt_at, 0)) FROM extensions WHERE state = 'failed'",
+            "SELECT MIN(COALESCE(next_attempt_at, 0)) FROM extensions
+              WHERE state IN ('failed', 'pending')",
         )
         .fetch_one(&self.pool)
         .await
