@@ -15,7 +15,7 @@ use mbg_provision::store::Store;
 use mbg_provision::token::{self, TokenStatus};
 use serde_json::json;
 
-use crate::output::{now, print_bad_rows, print_json};
+use super::output::{now, print_bad_rows, print_json};
 
 /// Exit code of `sync` when something needs a human; 1 is for errors.
 pub const NEEDS_ATTENTION: u8 = 2;

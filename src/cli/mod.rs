@@ -17,11 +17,15 @@ use mbg_provision::token::{self, TokenStatus};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use crate::cli::{
-    Cli, Command, ExtensionCommand, Kind, NodeCommand, SimulateArgs, Switch, TokenCommand,
-};
-use crate::output::{now, print_bad_rows, print_json};
-use crate::reconcile_cli;
+mod args;
+mod demo;
+mod output;
+mod sync;
+
+pub use args::Cli;
+use args::{Command, ExtensionCommand, Kind, NodeCommand, SimulateArgs, Switch, TokenCommand};
+use output::{now, print_bad_rows, print_json};
+use sync as reconcile_cli;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -29,7 +33,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             init_tracing(LogFormat::Text);
             return simulate(args).await;
         }
-        Command::Demo => return crate::demo::run().await,
+        Command::Demo => return demo::run().await,
         _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;

@@ -12,8 +12,8 @@ use mbg_provision::store::{ExtensionKind, ExtensionSpec, NewNode, Store};
 use mbg_provision::{credentials, token};
 use secrecy::ExposeSecret;
 
-use crate::output::now;
-use crate::reconcile_cli::{print_plan, print_results};
+use super::output::now;
+use super::sync::{print_plan, print_results};
 
 const CONSUMER: &str = "MiVOAppSuite";
 
@@ -90,7 +90,7 @@ pub async fn run() -> Result<ExitCode> {
         "3. verifier traded for the access token, valid until {}",
         token::date(expires)
     );
-    let client = crate::reconcile_cli::client(&store, &config).await?;
+    let client = super::sync::client(&store, &config).await?;
 
     step("sync --dry-run: the plan, nothing changed yet");
     let dry = reconcile::run_pass(
