@@ -1,14 +1,26 @@
-//! What every command prints the same way, shared by the command modules (which do not import
-//! each other).
+//! What every command prints the same way: JSON for scripts, the rows that need attention, and
+//! the exit codes. Shared by the command modules, which do not import each other.
+
+use std::process::ExitCode;
 
 use anyhow::Result;
 use mbg_provision::store::BadRow;
 use serde::Serialize;
 
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+/// Exit code when something needs a human (a bad row, an unmapped node, a token to renew by
+/// hand, a problem in a pass); 1 is for errors.
+pub const NEEDS_ATTENTION: u8 = 2;
+
+/// [`NEEDS_ATTENTION`] when `needed`, else success.
+pub fn attention_if(needed: bool) -> ExitCode {
+    if needed {
+        ExitCode::from(NEEDS_ATTENTION)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
+/// A `--json` output: one document on stdout, pretty-printed.
 pub fn print_json(value: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
