@@ -1,10 +1,6 @@
-//! The `mbg-provision` command: parses the command line and hands over to [`commands`].
+//! The `mbg-provision` command: parses the command line and hands over to [`cli::run`].
 
 mod cli;
-mod commands;
-mod demo;
-mod output;
-mod reconcile_cli;
 
 use std::process::ExitCode;
 
@@ -13,7 +9,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    match commands::run(cli).await {
+    match cli::run(cli).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {}", message(&error));

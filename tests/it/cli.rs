@@ -259,6 +259,36 @@ fn a_bad_config_names_key_and_file_and_exits_non_zero() {
     assert!(stderr(&missing).contains("elsewhere.toml does not exist"));
 }
 
+/// `run` is the daemon (tested in its own module); here only that the command line has it and
+/// that it refuses to start on a database that does not exist rather than create an empty one.
+#[test]
+fn run_is_the_daemon_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let bare = |args: &[&str]| {
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .env_remove("MBG_PROVISION_DATABASE__URL")
+            .env_remove("RUST_LOG")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let help = ok(bare(&["run", "--help"]));
+    for promise in [
+        "reconcile.interval",
+        "token.renew_schedule",
+        "/healthz",
+        "http.listen",
+    ] {
+        assert!(help.contains(promise), "{promise}: {help}");
+    }
+    assert!(ok(bare(&["--help"])).contains("run "));
+    let out = bare(&["run"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert!(!dir.path().join("mbg-provision.db").exists());
+}
+
 /// The operator's whole path: token exchange, dry run, sync, status, icps, exit codes.
 /// Multi-threaded: the binary blocks this thread while the simulator answers on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

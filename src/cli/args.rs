@@ -1,4 +1,4 @@
-//! The command-line interface, as clap types. Behaviour lives in `commands`.
+//! The command-line interface, as clap types. Behaviour lives in one module per command group.
 
 use std::path::PathBuf;
 
@@ -53,6 +53,13 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// The daemon: watch the database and apply each change, full reconcile every
+    /// reconcile.interval, token renewal on token.renew_schedule, /healthz and /metrics on
+    /// http.listen
+    ///
+    /// SIGTERM or SIGINT: no new work; the MBG calls in flight finish and are recorded, then it
+    /// exits 0.
+    Run,
     /// A narrated tour on a temporary database and the built-in MBG simulator
     Demo,
     /// Serve the MBG simulator, for tests and demos

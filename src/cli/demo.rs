@@ -4,6 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, ensure};
+use mbg_provision::app::App;
+use mbg_provision::clock::Clock;
 use mbg_provision::config::Config;
 use mbg_provision::reconcile::{self, Mode};
 use mbg_provision::shutdown::Shutdown;
@@ -12,8 +14,8 @@ use mbg_provision::store::{ExtensionKind, ExtensionSpec, NewNode, Store};
 use mbg_provision::{credentials, token};
 use secrecy::ExposeSecret;
 
-use crate::output::now;
-use crate::reconcile_cli::{print_plan, print_results};
+use super::context;
+use super::report::{print_plan, print_results};
 
 const CONSUMER: &str = "MiVOAppSuite";
 
@@ -40,7 +42,13 @@ pub async fn run() -> Result<ExitCode> {
         .parse()
         .map_err(anyhow::Error::msg)?;
     config.mbg.base_url = Some(mbg.base_url().parse().map_err(anyhow::Error::msg)?);
-    let store = Store::open(&config.database.url).await?;
+    let app = App {
+        store: Store::open(&config.database.url).await?,
+        config,
+        config_path: None,
+        clock: Clock,
+    };
+    let (store, config, clock) = (&app.store, &app.config, app.clock);
     println!("database: {}", config.database.url);
     println!(
         "MBG simulator: {} with one ICP, MiVO250-1 at 10.0.0.20",
@@ -69,7 +77,7 @@ pub async fn run() -> Result<ExitCode> {
         ("2001", "pbx2", ExtensionKind::Sip, true),
     ];
     for (number, node, kind, remote) in extensions {
-        set(&store, &config, number, node, Some(kind), remote).await?;
+        set(store, config, number, node, Some(kind), remote).await?;
         println!(
             "extension {number} on {node} ({kind}), remote credentials {}",
             if remote { "on" } else { "off" }
@@ -77,7 +85,7 @@ pub async fn run() -> Result<ExitCode> {
     }
 
     step("The OAuth token exchange");
-    let temporary = token::request(&store, &config, "demo", CONSUMER, secret, now()).await?;
+    let temporary = token::request(store, config, "demo", CONSUMER, secret, clock.now()).await?;
     println!("1. temporary token requested from the MBG");
     let verifier = mbg
         .approve(temporary.expose_secret())
@@ -85,21 +93,21 @@ pub async fn run() -> Result<ExitCode> {
     println!(
         "2. an administrator approves it on the MBG page and reads the verifier (the simulator plays this part)"
     );
-    let expires = token::verify(&store, &config, &verifier, now()).await?;
+    let expires = token::verify(store, config, &verifier, clock.now()).await?;
     println!(
         "3. verifier traded for the access token, valid until {}",
         token::date(expires)
     );
-    let client = crate::reconcile_cli::client(&store, &config).await?;
+    let client = context::client(&app).await?;
 
     step("sync --dry-run: the plan, nothing changed yet");
     let dry = reconcile::run_pass(
-        &store,
+        store,
         &client,
-        &config,
+        config,
         Mode::DryRun,
         &Shutdown::new(),
-        now(),
+        clock.now(),
     )
     .await?;
     print_plan(&dry);
@@ -107,12 +115,12 @@ pub async fn run() -> Result<ExitCode> {
 
     step("sync: provision");
     let first = reconcile::run_pass(
-        &store,
+        store,
         &client,
-        &config,
+        config,
         Mode::Apply,
         &Shutdown::new(),
-        now(),
+        clock.now(),
     )
     .await?;
     print_plan(&first);
@@ -132,17 +140,17 @@ pub async fn run() -> Result<ExitCode> {
         })
         .map_err(anyhow::Error::msg)?;
     println!("SIP user {manual} (1999) added by hand");
-    set(&store, &config, "1002", "pbx1", None, false).await?;
-    set(&store, &config, "1004", "pbx1", None, true).await?;
+    set(store, config, "1002", "pbx1", None, false).await?;
+    set(store, config, "1004", "pbx1", None, true).await?;
 
     step("sync again: 1002 removed, 1004 provisioned, the hand-made user left alone");
     let second = reconcile::run_pass(
-        &store,
+        store,
         &client,
-        &config,
+        config,
         Mode::Apply,
         &Shutdown::new(),
-        now(),
+        clock.now(),
     )
     .await?;
     print_plan(&second);
@@ -167,12 +175,12 @@ pub async fn run() -> Result<ExitCode> {
         );
     }
     let third = reconcile::run_pass(
-        &store,
+        store,
         &client,
-        &config,
+        config,
         Mode::DryRun,
         &Shutdown::new(),
-        now(),
+        clock.now(),
     )
     .await?;
     ensure!(

@@ -1,0 +1,146 @@
+//! The command line: clap types in [`args`], one module per command group, and shared helpers
+//! ([`output`], [`report`], [`context`], [`files`]). Command modules never import each other;
+//! this dispatcher loads the configuration, starts logging, opens the store and hands over.
+
+mod args;
+mod context;
+mod demo;
+mod extension;
+mod files;
+mod icps;
+mod node;
+mod output;
+mod report;
+mod run;
+mod simulate;
+mod status;
+mod sync;
+mod token;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use mbg_provision::config::{Config, LogFormat};
+
+pub use args::Cli;
+use args::{Command, ExtensionCommand, NodeCommand};
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Simulate(args) => {
+            init_tracing(LogFormat::Text);
+            return simulate::run(args).await;
+        }
+        Command::Demo => return demo::run().await,
+        _ => {}
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    init_tracing(config.log.format);
+    let config_path = context::config_file(cli.config.as_deref());
+    let create = may_create_database(&cli.command);
+    let app = context::open(config, config_path, create).await?;
+    let code = match cli.command {
+        Command::Migrate => {
+            println!(
+                "database schema is up to date ({})",
+                app.config.database.url
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Node(command) => node::run(&app, command).await?,
+        Command::Extension(command) => extension::run(&app, command).await?,
+        Command::Token(command) => token::run(&app, command).await?,
+        Command::Sync {
+            dry_run,
+            wait,
+            output,
+        } => sync::run(&app, dry_run, wait, output.json).await?,
+        Command::Status { output } => status::run(&app, output.json).await?,
+        Command::Icps { output } => icps::run(&app, output.json).await?,
+        // The daemon owns the store from here and closes it when it stops.
+        Command::Run => return run::run(app).await,
+        Command::Simulate(_) | Command::Demo => unreachable!("handled before the store is opened"),
+    };
+    app.store.close().await;
+    Ok(code)
+}
+
+/// Only the commands that put data in may start a new SQLite file. Any other command run in a
+/// folder without configuration would otherwise create an empty `./mbg-provision.db` and report
+/// "no extensions" or "no token" as if that were the truth.
+fn may_create_database(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Migrate
+            | Command::Node(NodeCommand::Add { .. })
+            | Command::Extension(ExtensionCommand::Set { .. } | ExtensionCommand::Import { .. })
+    )
+}
+
+fn init_tracing(format: LogFormat) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // sqlx logs every PostgreSQL NOTICE at INFO, and the migrator's `CREATE ... IF NOT EXISTS`
+    // sends one on every start. Keep sqlx to warnings unless RUST_LOG asks for it by name.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx")) {
+        filter = filter.add_directive("sqlx=warn".parse().expect("a valid directive"));
+    }
+    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(use_colour(
+            stderr_is_terminal,
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Colour codes are noise in a file or a pipe, and NO_COLOR (https://no-color.org) turns them
+/// off when set to anything but the empty string.
+fn use_colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))), "empty means unset");
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn only_commands_that_put_data_in_may_create_the_database() {
+        use clap::Parser;
+        let creates = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["mbg-provision"], args].concat()).unwrap();
+            may_create_database(&cli.command)
+        };
+        assert!(creates(&["migrate"]));
+        assert!(creates(&["node", "add", "p", "--address", "10.0.0.1"]));
+        assert!(creates(&["extension", "set", "1001", "--node", "p"]));
+        assert!(creates(&["extension", "import", "x.csv"]));
+        for read_only in [
+            &["status"][..],
+            &["sync"],
+            &["icps"],
+            &["run"],
+            &["node", "list"],
+            &["extension", "list"],
+            &["token", "status"],
+            &["token", "renew"],
+        ] {
+            assert!(!creates(read_only), "{read_only:?}");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `node add` and `node list`: the PBX nodes.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use mbg_provision::app::App;
+use mbg_provision::store::{NewNode, Node, quote};
+
+use super::args::NodeCommand;
+use super::output::print_json;
+
+/// `--json` prints the stored node (`node add`) or the list of them (`node list`), each with
+/// `id`, `name`, `address`, `nat_address` and `nat_sip_port`.
+pub async fn run(app: &App, command: NodeCommand) -> Result<ExitCode> {
+    match command {
+        NodeCommand::Add {
+            name,
+            address,
+            nat_address,
+            nat_sip_port,
+            output,
+        } => {
+            check_address("--address", &address)?;
+            if let Some(nat) = &nat_address {
+                check_address("--nat-address", nat)?;
+            }
+            let node = app
+                .store
+                .add_node(&NewNode {
+                    name,
+                    address,
+                    nat_address,
+                    nat_sip_port,
+                })
+                .await?;
+            if output.json {
+                print_json(&node)?;
+            } else {
+                println!("added node {} ({})", node.name, node.address);
+            }
+        }
+        NodeCommand::List { output } => {
+            let nodes = app.store.nodes().await?;
+            if output.json {
+                print_json(&nodes)?;
+            } else {
+                print_nodes(&nodes);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An IP address or a DNS host name, as the MBG's ICP page accepts.
+fn check_address(option: &str, address: &str) -> Result<()> {
+    let is_host_name = !address.is_empty()
+        && address.len() <= 253
+        && address.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && !address.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if address.parse::<std::net::IpAddr>().is_ok() || is_host_name {
+        Ok(())
+    } else {
+        bail!(
+            "{option} {} is not an IP address or host name",
+            quote(address)
+        )
+    }
+}
+
+fn print_nodes(nodes: &[Node]) {
+    if nodes.is_empty() {
+        println!("no nodes yet: add one with `mbg-provision node add NAME --address IP`");
+        return;
+    }
+    println!(
+        "{:<20} {:<40} {:<40} NAT SIP PORT",
+        "NAME", "ADDRESS", "NAT ADDRESS"
+    );
+    for node in nodes {
+        println!(
+            "{:<20} {:<40} {:<40} {}",
+            node.name,
+            node.address,
+            node.nat_address.as_deref().unwrap_or("-"),
+            node.nat_sip_port.map_or("-".to_string(), |p| p.to_string())
+        );
+    }
+}

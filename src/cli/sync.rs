@@ -1,0 +1,201 @@
+//! `sync`: one reconcile pass, under the pass lock, then exit.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use mbg_provision::app::App;
+use mbg_provision::reconcile::{self, Mode, PassReport, ReconcileError, Status};
+use mbg_provision::shutdown::{self, Shutdown};
+use mbg_provision::store::BadRow;
+use mbg_provision::token;
+use serde::Serialize;
+
+use super::context::{record_refusal, signed_client};
+use super::output::{NEEDS_ATTENTION, print_bad_rows, print_json};
+use super::report::{describe, print_plan, print_results};
+
+/// `sync --json`: the pass's plan and how each action ended.
+#[derive(Serialize)]
+pub struct SyncOutput<'a> {
+    /// `true` for `--dry-run`: nothing was changed and `results` is `null`.
+    dry_run: bool,
+    /// Every action the pass planned, problems included, in the order they were planned.
+    plan: Vec<PlannedAction<'a>>,
+    /// How each action applied ended; `null` on a dry run.
+    results: Option<Vec<ActionResult<'a>>>,
+    /// Extension rows that cannot be used (see `status --json`); their SIP users are left alone.
+    bad_rows: &'a [BadRow],
+    /// Something needs a human: a problem in the plan, an action that needs attention, a bad row
+    /// (exit code 2).
+    needs_attention: bool,
+    /// No action failed (exit code 1 otherwise).
+    succeeded: bool,
+}
+
+/// One planned action of `sync --json`.
+#[derive(Serialize)]
+struct PlannedAction<'a> {
+    /// `create`, `update`, `adopt`, `delete`, `forget` or `problem`.
+    action: &'static str,
+    /// The extension number.
+    extension: &'a str,
+    /// The SIP user acted on, when there is one already (not for `create`).
+    guid: Option<&'a str>,
+    /// For people: where it goes, what changes, or how to fix the problem.
+    detail: String,
+}
+
+/// How one action ended, in `sync --json`.
+#[derive(Serialize)]
+struct ActionResult<'a> {
+    /// The action's verb, as in `plan`.
+    action: &'static str,
+    /// The extension number.
+    extension: &'a str,
+    /// `done`, `failed` (retried later), `needsattention`, `skipped` (not attempted: the token
+    /// was refused or a stop was asked) or `stale` (done, but the row changed meanwhile; the
+    /// next pass plans from the new row).
+    status: &'static str,
+    /// What happened: the guid, the MBG's message, the fix. Never a secret.
+    detail: &'a str,
+}
+
+impl<'a> SyncOutput<'a> {
+    fn of(report: &'a PassReport) -> Self {
+        SyncOutput {
+            dry_run: report.applied.is_none(),
+            plan: report
+                .plan
+                .actions
+                .iter()
+                .map(|a| PlannedAction {
+                    action: a.verb(),
+                    extension: a.number(),
+                    guid: a.target_guid(),
+                    detail: describe(report, a),
+                })
+                .collect(),
+            results: report.applied.as_ref().map(|applied| {
+                applied
+                    .outcomes
+                    .iter()
+                    .map(|o| ActionResult {
+                        action: o.verb,
+                        extension: &o.number,
+                        status: status_name(&o.status),
+                        detail: &o.detail,
+                    })
+                    .collect()
+            }),
+            bad_rows: &report.bad_rows,
+            needs_attention: report.needs_attention(),
+            succeeded: report.succeeded(),
+        }
+    }
+}
+
+fn status_name(status: &Status) -> &'static str {
+    match status {
+        Status::Done => "done",
+        Status::Failed => "failed",
+        Status::NeedsAttention => "needsattention",
+        Status::Skipped => "skipped",
+        Status::Stale => "stale",
+    }
+}
+
+pub async fn run(app: &App, dry_run: bool, wait: Duration, json: bool) -> Result<ExitCode> {
+    let (client, generation) = signed_client(app).await?;
+    let shutdown = Shutdown::new();
+    shutdown
+        .on_signals()
+        .context("cannot listen for SIGINT/SIGTERM")?;
+    let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+    let store = &app.store;
+    // A dry run changes nothing, so it needs no lock and never waits.
+    let lock = match mode {
+        Mode::DryRun => None,
+        Mode::Apply => {
+            let waiting = store.lock_passes(wait, |holder| {
+                eprintln!(
+                    "waiting up to {} s for the pass running on this database ({}) to end",
+                    wait.as_secs(),
+                    holder.map_or("holder unknown".to_string(), |h| h.to_string())
+                );
+            });
+            let lock = tokio::select! {
+                lock = waiting => lock?,
+                _ = shutdown.triggered() => return Ok(signal_exit(&shutdown)),
+            };
+            Some(lock)
+        }
+    };
+    let result = reconcile::run_pass(
+        store,
+        &client,
+        &app.config,
+        mode,
+        &shutdown,
+        app.clock.now(),
+    )
+    .await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    let report = match result {
+        Ok(report) => report,
+        Err(ReconcileError::Interrupted) => return Ok(signal_exit(&shutdown)),
+        Err(e) => {
+            if let Some(error) = e.mbg() {
+                record_refusal(app, generation, error).await?;
+            }
+            return Err(e).context("sync failed");
+        }
+    };
+    if let Some(waiting) = report.waiting {
+        eprintln!(
+            "{} extension(s) had failed and were waiting for their retry (due {} to {}); retrying them now",
+            waiting.count,
+            token::date(waiting.due_from),
+            token::date(waiting.due_until)
+        );
+    }
+    if json {
+        print_json(&SyncOutput::of(&report))?;
+    } else {
+        print_plan(&report);
+        print_results(&report);
+        print_bad_rows(&report.bad_rows);
+    }
+    if shutdown.is_triggered() {
+        return Ok(signal_exit(&shutdown));
+    }
+    if let Some(refused) = report
+        .applied
+        .as_ref()
+        .and_then(|a| a.token_refused.as_ref())
+    {
+        record_refusal(app, generation, refused).await?;
+        bail!("stopped calling the MBG: {refused}");
+    }
+    Ok(exit_code(&report))
+}
+
+/// 128 + the signal's number, as shells report a process ended by it: 130 for SIGINT, 143 for
+/// SIGTERM.
+fn signal_exit(shutdown: &Shutdown) -> ExitCode {
+    let signal = shutdown.signal().unwrap_or(shutdown::SIGINT);
+    eprintln!("stopped by signal {signal}: calls in flight were finished and recorded");
+    ExitCode::from(128 + signal as u8)
+}
+
+fn exit_code(report: &PassReport) -> ExitCode {
+    if !report.succeeded() {
+        ExitCode::FAILURE
+    } else if report.needs_attention() {
+        ExitCode::from(NEEDS_ATTENTION)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
