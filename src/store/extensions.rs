@@ -234,17 +234,103 @@ impl Store {
     /// Every extension that can be used, and every row that cannot (for [`Store::mark_bad_row`]),
     /// so that one row written badly by another program does not stop the others.
     pub async fn extension_rows(&self) -> Result<ExtensionRows> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let rows = match sqlx::query(AssertSqlSafe(format!(
             "{EXTENSION_SELECT} ORDER BY n.name, length(e.number), e.number, e.id"
         )))
         .fetch_all(&self.pool)
         .await
-        .map_err(StoreError::Database)?;
+        {
+            Ok(rows) => rows,
+            // SQLite stores whatever bytes it is given; one text value that is not UTF-8 fails
+            // the whole read. Find that row, and read the others one by one.
+            Err(e @ (sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }))
+                if self.backend == super::Backend::Sqlite =>
+            {
+                tracing::warn!(error = %e, "a row cannot be read; reading the rows one by one");
+                return self.extension_rows_one_by_one().await;
+            }
+            Err(e) => return Err(StoreError::Database(e)),
+        };
         let mut found = ExtensionRows::default();
         for row in &rows {
             match decode(row)? {
                 Ok(extension) => found.good.push(extension),
                 Err(bad) => found.bad.push(bad),
+            }
+        }
+        Ok(found)
+    }
+
+    /// The slow path of [`Store::extension_rows`]: each row on its own, so that a row SQLite
+    /// cannot hand over as text is reported, naming its column, and the others carry on.
+    async fn extension_rows_one_by_one(&self) -> Result<ExtensionRows> {
+        const TEXT_COLUMNS: [&str; 9] = [
+            "number",
+            "kind",
+            "sip_password",
+            "remote_auth_name",
+            "remote_auth_password",
+            "mbg_device_id",
+            "state",
+            "last_error",
+            "node_id",
+        ];
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM extensions ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+        let mut found = ExtensionRows::default();
+        for id in ids {
+            let row = sqlx::query(AssertSqlSafe(format!("{EXTENSION_SELECT} WHERE e.id = $1")))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await;
+            match row {
+                Ok(Some(row)) => match decode(&row)? {
+                    Ok(extension) => found.good.push(extension),
+                    Err(bad) => found.bad.push(bad),
+                },
+                Ok(None) => {}
+                Err(sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }) => {
+                    let mut column = "node";
+                    for candidate in TEXT_COLUMNS {
+                        let bytes: Option<Vec<u8>> = sqlx::query_scalar(AssertSqlSafe(format!(
+                            "SELECT CAST({candidate} AS BLOB) FROM extensions WHERE id = $1"
+                        )))
+                        .bind(id)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(StoreError::Database)?;
+                        if bytes.is_some_and(|b| std::str::from_utf8(&b).is_err()) {
+                            column = candidate;
+                            break;
+                        }
+                    }
+                    // What can still be read: the SIP user the row holds must be left alone.
+                    let text_of = |candidate: &str| {
+                        let query = format!(
+                            "SELECT CAST({candidate} AS BLOB) FROM extensions WHERE id = $1"
+                        );
+                        async move {
+                            sqlx::query_scalar::<_, Option<Vec<u8>>>(AssertSqlSafe(query))
+                                .bind(id)
+                                .fetch_one(&self.pool)
+                                .await
+                                .ok()
+                                .flatten()
+                                .and_then(|b| String::from_utf8(b).ok())
+                                .filter(|s| !s.is_empty())
+                        }
+                    };
+                    found.bad.push(BadRow {
+                        id,
+                        number: text_of("number").await,
+                        mbg_device_id: text_of("mbg_device_id").await,
+                        column,
+                        reason: "holds bytes that are not UTF-8 text".to_string(),
+                    });
+                }
+                Err(e) => return Err(StoreError::Database(e)),
             }
         }
         Ok(found)
