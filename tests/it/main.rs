@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod config;
 mod guarantees;
+mod http;
 mod mbg;
 mod reconcile;
 mod secrets;
