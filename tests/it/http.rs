@@ -201,7 +201,11 @@ async fn metrics_has_every_family_and_the_latency_buckets() {
         status: Status::NeedsAttention,
         detail: String::new(),
     }]);
-    telemetry::mbg_request("PUT", "mbg/v1/devices/sip/guid-xyz/", Duration::from_millis(7));
+    telemetry::mbg_request(
+        "PUT",
+        "mbg/v1/devices/sip/guid-xyz/",
+        Duration::from_millis(7),
+    );
     telemetry::extensions_by_state(&[(ExtensionState::Provisioned, 42)]);
     telemetry::token_expiry(1_000 + 86_400, 1_000);
     telemetry::token_needs_attention(true);
@@ -305,7 +309,13 @@ crate::on_both_backends!(mbg_requests_are_timed_without_guids);
 #[tokio::test]
 async fn anything_else_is_404() {
     let server = Server::start().await;
-    for path in ["/", "/health", "/healthz/extra", "/metrics.json", "/sim/tokens"] {
+    for path in [
+        "/",
+        "/health",
+        "/healthz/extra",
+        "/metrics.json",
+        "/sim/tokens",
+    ] {
         let response = server.get(path).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
@@ -343,7 +353,11 @@ async fn serve_stops_when_shutdown_is_triggered() {
 
 /// The value of the sample line `series VALUE` (`series` with its labels, if any).
 fn counter_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
