@@ -73,8 +73,8 @@ impl Telemetry {
     /// tests and a restarted daemon loop in one process can all call it.
     ///
     /// If some other recorder was installed first (not by this crate), the returned handle
-    /// renders only the descriptions: recording keeps going to the other recorder. That is
-    /// logged, not fatal: metrics must never stop provisioning.
+    /// renders nothing: recording keeps going to the other recorder. That is logged, not
+    /// fatal: metrics must never stop provisioning.
     pub fn install() -> Telemetry {
         INSTALLED
             .get_or_init(|| {
