@@ -57,6 +57,26 @@ impl Health {
     pub fn is_healthy(&self) -> bool {
         self.unhealthy.is_empty()
     }
+
+    /// One word for dashboards and alerts, from the two reason lists.
+    pub fn status(&self) -> HealthStatus {
+        if !self.unhealthy.is_empty() {
+            HealthStatus::Unhealthy
+        } else if !self.degraded.is_empty() {
+            HealthStatus::Degraded
+        } else {
+            HealthStatus::Ok
+        }
+    }
+}
+
+/// The summary `/healthz` puts first: `ok` and `degraded` answer 200, `unhealthy` 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+    Degraded,
+    Unhealthy,
 }
 
 /// Shared between the daemon (writer) and the HTTP endpoints (readers).
@@ -70,5 +90,22 @@ impl HealthState {
 
     pub fn update(&self, change: impl FnOnce(&mut Health)) {
         change(&mut self.0.write().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_follows_the_reason_lists() {
+        let state = HealthState::default();
+        assert_eq!(state.snapshot().status(), HealthStatus::Ok);
+        state.update(|h| h.degraded.push("token renewal needs a human".into()));
+        assert_eq!(state.snapshot().status(), HealthStatus::Degraded);
+        assert!(state.snapshot().is_healthy());
+        state.update(|h| h.unhealthy.push("token rejected".into()));
+        assert_eq!(state.snapshot().status(), HealthStatus::Unhealthy);
+        assert!(!state.snapshot().is_healthy());
     }
 }

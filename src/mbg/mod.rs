@@ -437,10 +437,14 @@ impl MbgClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| fail(MbgErrorKind::Unavailable(transport_error(&e))))?;
+        // Latency metric: from sending to the whole body read, failures included. Labelled by
+        // method and endpoint group only (telemetry::endpoint_group), never by path or guid.
+        let started = std::time::Instant::now();
+        let record = || crate::telemetry::mbg_request(method.as_str(), path, started.elapsed());
+        let response = request.send().await.map_err(|e| {
+            record();
+            fail(MbgErrorKind::Unavailable(transport_error(&e)))
+        })?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -454,9 +458,9 @@ impl MbgClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let bytes = response
-            .bytes()
-            .await
+        let bytes = response.bytes().await;
+        record();
+        let bytes = bytes
             .map_err(|e| fail(MbgErrorKind::Unavailable(transport_error(&e))))?
             .to_vec();
         if !status.is_success() {

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod daemon;
 mod guarantees;
+mod http;
 mod mbg;
 mod reconcile;
 mod secrets;
