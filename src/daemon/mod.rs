@@ -18,6 +18,8 @@ use crate::app::App;
 use crate::health::{HealthState, Role};
 use crate::shutdown::Shutdown;
 use crate::store::{Backend, Holder, LockError, StoreError};
+use crate::telemetry::{self, Telemetry};
+use crate::{http, systemd};
 
 /// How often a standby tries the leader lock.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
@@ -41,10 +43,33 @@ pub enum DaemonError {
 }
 
 /// Runs until `shutdown` is triggered; then lets the calls in flight finish, records them and
-/// returns `Ok`.
+/// returns `Ok`. Serves `/healthz` and `/metrics` on `http.listen` meanwhile, and tells systemd
+/// (when it started us with `Type=notify`) that it is ready, alive and stopping.
 pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
     let health = HealthState::default();
-    run_with(app, shutdown, health).await
+    let telemetry = Telemetry::install();
+    telemetry::leader(false);
+    let listener = http::bind(app.config.http.listen)
+        .await
+        .map_err(|e| DaemonError::Listen {
+            addr: e.addr,
+            error: e.error,
+        })?;
+    info!(listen = %app.config.http.listen, "serving /healthz and /metrics");
+    let server = tokio::spawn(http::serve(
+        listener,
+        health.clone(),
+        telemetry,
+        shutdown.clone(),
+    ));
+    systemd::ready();
+    let result = run_with(app, shutdown.clone(), health).await;
+    systemd::stopping();
+    if result.is_err() {
+        server.abort();
+    }
+    let _ = server.await;
+    result
 }
 
 /// [`run`], reporting into `health` (which the HTTP endpoints read).
@@ -64,7 +89,10 @@ pub async fn run_with(
         };
         info!("leading: this instance applies the changes");
         health.update(|h| h.role = Role::Leader);
+        telemetry::leader(true);
+        systemd::status("leader");
         let lost = worker.lead(&mut lock).await;
+        telemetry::leader(false);
         health.update(|h| h.role = Role::Stopping);
         match lost {
             worker::Ended::Stopped => {
@@ -116,6 +144,7 @@ async fn acquire(
                     h.database.ok = true;
                     h.database.error = None;
                 });
+                systemd::status("standby");
             }
             Err(e) => {
                 warn!(error = %e, "cannot reach the database for the leader lock");
@@ -125,6 +154,7 @@ async fn acquire(
                 });
             }
         }
+        systemd::watchdog_ping();
         tokio::select! {
             _ = tokio::time::sleep(STANDBY_POLL) => {}
             _ = shutdown.triggered() => return Ok(None),

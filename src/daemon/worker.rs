@@ -19,6 +19,7 @@ use crate::reconcile::{self, MbgView, Mode, PassReport, ReconcileError, Scope};
 use crate::shutdown::Shutdown;
 use crate::store::PassLock;
 use crate::token::{self, TokenStatus};
+use crate::{systemd, telemetry};
 
 /// After a full pass fails (the MBG unreachable past `mbg.retry_deadline`), try again this soon.
 const FULL_PASS_RETRY: Duration = Duration::from_secs(30);
@@ -52,6 +53,7 @@ enum Wake {
     Work,
     Renew,
     Reload,
+    Watchdog,
 }
 
 impl Worker {
@@ -80,6 +82,12 @@ impl Worker {
                 let poll = tokio::time::sleep(self.app.config.watch.poll_interval);
                 let retry = self.retry_at;
                 let renewal = next_cron(&self.app.config);
+                // Pinged from this loop, not from a timer of its own: a loop that hangs must
+                // get the daemon restarted.
+                let watchdog = systemd::watchdog_interval()
+                    .map_or(Instant::now() + Duration::from_secs(86_400), |every| {
+                        Instant::now() + every
+                    });
                 tokio::select! {
                     _ = self.shutdown.triggered() => return Ended::Stopped,
                     _ = lock.lost() => return Ended::LostLeadership,
@@ -89,6 +97,7 @@ impl Worker {
                     _ = tokio::time::sleep_until(retry) => Wake::Work,
                     _ = tokio::time::sleep_until(renewal) => Wake::Renew,
                     _ = hangup(&mut hangups) => Wake::Reload,
+                    _ = tokio::time::sleep_until(watchdog) => Wake::Watchdog,
                 }
             };
             let step = async {
@@ -96,12 +105,14 @@ impl Worker {
                     Wake::Work => self.work().await,
                     Wake::Renew => self.renew().await,
                     Wake::Reload => self.reload(),
+                    Wake::Watchdog => {}
                 }
             };
             tokio::select! {
                 _ = step => {}
                 _ = lock.lost() => return Ended::LostLeadership,
             }
+            systemd::watchdog_ping();
             if self.shutdown.is_triggered() {
                 return Ended::Stopped;
             }
@@ -160,6 +171,9 @@ impl Worker {
         };
         match result {
             Ok(report) => {
+                if let Some(applied) = &report.applied {
+                    telemetry::action_outcomes(&applied.outcomes);
+                }
                 self.health.update(|h| {
                     h.mbg.ok = true;
                     h.mbg.error = None;
@@ -200,12 +214,9 @@ impl Worker {
     /// The extensions named by recorded changes, and the failed (or pending) ones now due.
     async fn targets(&self, now: i64) -> Result<HashSet<i64>, crate::store::StoreError> {
         let store = &self.app.store;
-        let mut ids: HashSet<i64> = store
-            .pending_changes(BATCH)
-            .await?
-            .iter()
-            .map(|c| c.extension_id)
-            .collect();
+        let changes = store.pending_changes(BATCH).await?;
+        telemetry::changes_seen(changes.len() as u64);
+        let mut ids: HashSet<i64> = changes.iter().map(|c| c.extension_id).collect();
         if Instant::now() >= self.retry_at {
             ids.extend(store.due_retries(now).await?);
         }
@@ -239,6 +250,7 @@ impl Worker {
         self.next_full = Instant::now() + config.reconcile.interval;
         if report.succeeded() {
             self.health.update(|h| h.last_full_reconcile = Some(now));
+            telemetry::full_reconcile_done(now);
         }
         log_pass("full reconcile", &report);
         Ok(report)
@@ -409,6 +421,10 @@ impl Worker {
         let warning = status.warning(self.app.config.token.renew_within_days);
         let usable = status.is_usable();
         let days_left = settings.token_expires_at.map(|at| (at - now) / 86_400);
+        if let Some(expires_at) = settings.token_expires_at {
+            telemetry::token_expiry(expires_at, now);
+        }
+        telemetry::token_needs_attention(!usable || warning.is_some());
         let state = serde_json::to_value(&status)
             .ok()
             .and_then(|v| v.get("state").and_then(|s| s.as_str().map(str::to_string)))
@@ -429,6 +445,9 @@ impl Worker {
     }
 
     async fn report_queue(&self) {
+        if let Ok(counts) = self.app.store.count_by_state().await {
+            telemetry::extensions_by_state(&counts);
+        }
         match self.app.store.queue_depth().await {
             Ok(depth) => self.health.update(|h| {
                 h.queue_depth = usize::try_from(depth).unwrap_or(0);

@@ -117,4 +117,17 @@ impl Store {
         .await
         .map_err(StoreError::Database)
     }
+
+    /// How many extensions are in each state, for the metrics.
+    pub async fn count_by_state(&self) -> Result<Vec<(super::ExtensionState, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM extensions GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::Database)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(state, n)| Some((state.parse().ok()?, u64::try_from(n).ok()?)))
+            .collect())
+    }
 }

@@ -200,6 +200,7 @@ async fn metrics_has_every_family_and_the_latency_buckets() {
         verb: "delete",
         status: Status::NeedsAttention,
         detail: String::new(),
+        effect: None,
     }]);
     telemetry::mbg_request(
         "PUT",

@@ -10,4 +10,5 @@ mod http;
 mod mbg;
 mod reconcile;
 mod secrets;
+mod service;
 mod store;

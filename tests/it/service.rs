@@ -1,0 +1,358 @@
+//! `mbg-provision run` as a service runs: the real binary, `/healthz`, SIGTERM, SIGKILL in the
+//! middle of a batch, two instances on one PostgreSQL, and the latency from an SQL commit to
+//! the SIP user on the MBG.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mbg_provision::sim::{Faults, SimConfig};
+use mbg_provision::store::{ExtensionSpec, NewNode};
+use secrecy::SecretString;
+use sqlx::Connection;
+
+use crate::mbg::{Harness, sim_config};
+use crate::support::TestDb;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mbg-provision");
+
+crate::on_both_backends!(
+    flips_reach_the_mbg_healthz_answers_and_sigterm_exits_0,
+    a_daemon_killed_mid_batch_converges_on_restart,
+);
+
+async fn setup(db: TestDb, sim: SimConfig, count: usize) -> Harness {
+    let h = Harness::new(db, sim).await.with_token().await;
+    let store = &h.db.store;
+    for (name, address) in [("pbx1", "10.0.0.20"), ("pbx2", "10.0.0.21")] {
+        store
+            .add_node(&NewNode {
+                name: name.into(),
+                address: address.into(),
+                nat_address: None,
+                nat_sip_port: None,
+            })
+            .await
+            .unwrap();
+    }
+    let specs: Vec<ExtensionSpec> = (0..count)
+        .map(|i| ExtensionSpec {
+            number: (3000 + i).to_string(),
+            node: "pbx1".into(),
+            kind: None,
+            use_remote_auth: Some(false),
+            sip_password: None,
+        })
+        .collect();
+    store
+        .set_extensions(&specs, || SecretString::from("pbx-sip-password"))
+        .await
+        .unwrap();
+    h
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A daemon process; killed (SIGKILL) if the test ends without stopping it.
+struct Daemon {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(h: &Harness, dir: &std::path::Path) -> Daemon {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .arg("run")
+            .current_dir(dir)
+            .env("MBG_PROVISION_DATABASE__URL", &h.db.url)
+            .env("MBG_PROVISION_SECRETS__KEY_FILE", &h.db.key_file)
+            .env("MBG_PROVISION_MBG__BASE_URL", h.sim.base_url())
+            .env("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "8")
+            .env("MBG_PROVISION_WATCH__POLL_INTERVAL", "200ms")
+            .env("MBG_PROVISION_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child: Some(child),
+            port,
+        }
+    }
+
+    async fn health(&self) -> Option<(u16, serde_json::Value)> {
+        let url = format!("http://127.0.0.1:{}/healthz", self.port);
+        let response = reqwest::get(url).await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.ok()?))
+    }
+
+    async fn role(&self) -> Option<String> {
+        let (_, body) = self.health().await?;
+        Some(body["role"].as_str()?.to_string())
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits for the process to end; its exit code.
+    async fn wait(mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait().unwrap().code())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn eventually(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    started.elapsed()
+}
+
+async fn sql(url: &str, statement: &str) {
+    let mut other = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+}
+
+fn per_number(h: &Harness) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for device in h.sim.devices() {
+        *counts.entry(device.icpside_username).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn flips_reach_the_mbg_healthz_answers_and_sigterm_exits_0(db: TestDb) {
+    let flips: usize = std::env::var("MBGP_FLIPS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30);
+    let h = setup(db, sim_config(), flips).await;
+    let backend = format!("{:?}", h.db.store.backend());
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&h, dir.path());
+    eventually("leading, healthy", Duration::from_secs(20), async || {
+        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
+    })
+    .await;
+
+    // One flip at a time: the time from the UPDATE's commit to the SIP user on the MBG.
+    let mut latencies = Vec::new();
+    for i in 0..flips {
+        let number = (3000 + i).to_string();
+        sql(
+            &h.db.url,
+            &format!("UPDATE extensions SET use_remote_auth = true WHERE number = '{number}'"),
+        )
+        .await;
+        let took = eventually(
+            "the SIP user appears",
+            Duration::from_secs(10),
+            async || h.sim.devices().iter().any(|d| d.icpside_username == number),
+        )
+        .await;
+        latencies.push(took);
+    }
+    latencies.sort();
+    eprintln!(
+        "{backend}: SQL commit to SIP user over {flips} flips: median {:?}, p95 {:?}, max {:?}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.95),
+        latencies[latencies.len() - 1]
+    );
+    // Cleared: gone.
+    sql(&h.db.url, "UPDATE extensions SET use_remote_auth = false").await;
+    eventually("all gone", Duration::from_secs(20), async || {
+        h.sim.devices().is_empty()
+    })
+    .await;
+    let (status, body) = daemon.health().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", daemon.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("mbg_provision_leader 1"), "{metrics}");
+    assert!(metrics.contains("mbg_provision_actions_total"), "{metrics}");
+
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait().await, Some(0), "SIGTERM exits 0");
+}
+
+async fn a_daemon_killed_mid_batch_converges_on_restart(db: TestDb) {
+    let mut sim = sim_config();
+    sim.duplicate_setside_names = true;
+    sim.faults = Faults {
+        latency_ms: 20,
+        ..Faults::default()
+    };
+    let h = setup(db, sim, 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start(&h, dir.path());
+    eventually("leading", Duration::from_secs(20), async || {
+        first.role().await.as_deref() == Some("leader")
+    })
+    .await;
+    sql(&h.db.url, "UPDATE extensions SET use_remote_auth = true").await;
+    eventually("the batch under way", Duration::from_secs(30), async || {
+        h.sim.devices().len() >= 60
+    })
+    .await;
+    first.signal("-KILL");
+    first.wait().await;
+    let at_kill = h.sim.devices().len();
+
+    let second = Daemon::start(&h, dir.path());
+    eventually("converged", Duration::from_secs(60), async || {
+        per_number(&h).len() == 300
+    })
+    .await;
+    let twice = per_number(&h).into_iter().filter(|(_, n)| *n > 1).count();
+    assert_eq!(
+        twice, 0,
+        "SIP users created twice (killed with {at_kill} made)"
+    );
+    eventually(
+        "every row provisioned",
+        Duration::from_secs(30),
+        async || {
+            h.db.store
+                .extensions()
+                .await
+                .unwrap()
+                .iter()
+                .all(|e| e.state == mbg_provision::store::ExtensionState::Provisioned)
+        },
+    )
+    .await;
+    sql(&h.db.url, "UPDATE extensions SET use_remote_auth = false").await;
+    eventually("no orphan", Duration::from_secs(60), async || {
+        h.sim.devices().is_empty()
+    })
+    .await;
+    second.signal("-TERM");
+    assert_eq!(second.wait().await, Some(0));
+}
+
+#[tokio::test]
+async fn two_daemons_on_postgres_fail_over_without_duplicates() {
+    let Some(db) = TestDb::postgres("two_daemons_on_postgres_fail_over_without_duplicates").await
+    else {
+        return;
+    };
+    let mut sim = sim_config();
+    sim.duplicate_setside_names = true;
+    let h = setup(db, sim, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&h, dir.path());
+    let b = Daemon::start(&h, dir.path());
+    let mut roles = Vec::new();
+    eventually(
+        "one leader, one standby",
+        Duration::from_secs(20),
+        async || {
+            roles = vec![a.role().await, b.role().await];
+            roles.contains(&Some("leader".into())) && roles.contains(&Some("standby".into()))
+        },
+    )
+    .await;
+    let (leader, standby) = if roles[0].as_deref() == Some("leader") {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    // 200 flips, one statement each; the leader dies a third of the way through.
+    let flip = |i: usize| {
+        let url = h.db.url.clone();
+        async move {
+            sql(
+                &url,
+                &format!(
+                    "UPDATE extensions SET use_remote_auth = true WHERE number = '{}'",
+                    3000 + i
+                ),
+            )
+            .await
+        }
+    };
+    for i in 0..66 {
+        flip(i).await;
+    }
+    leader.signal("-KILL");
+    let killed = Instant::now();
+    drop(leader);
+    // The next flip after the kill: applied by the standby within 10 s.
+    flip(66).await;
+    eventually(
+        "the next flip, by the standby",
+        Duration::from_secs(10),
+        async || per_number(&h).contains_key("3066"),
+    )
+    .await;
+    let next_flip = killed.elapsed();
+    assert_eq!(standby.role().await.as_deref(), Some("leader"));
+    for i in 67..200 {
+        flip(i).await;
+    }
+    eventually("every flip applied", Duration::from_secs(30), async || {
+        per_number(&h).len() == 200
+    })
+    .await;
+    eprintln!(
+        "leader killed: the next flip applied by the standby {next_flip:?} after the kill; all 200 applied {:?} after it",
+        killed.elapsed()
+    );
+    let twice = per_number(&h).into_iter().filter(|(_, n)| *n > 1).count();
+    assert_eq!(twice, 0, "a SIP user created twice");
+    // The next flip after the takeover is applied within 10 s.
+    sql(
+        &h.db.url,
+        "UPDATE extensions SET use_remote_auth = false WHERE number = '3000'",
+    )
+    .await;
+    eventually("the next flip", Duration::from_secs(10), async || {
+        !per_number(&h).contains_key("3000")
+    })
+    .await;
+    standby.signal("-TERM");
+    assert_eq!(standby.wait().await, Some(0));
+}
