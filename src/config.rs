@@ -209,12 +209,44 @@ pub struct ConfigProblem {
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A parser quotes the offending line or value, which may be a URL with a password.
+        let message = redact_url_passwords(&self.message);
         if self.key.is_empty() {
-            write!(f, "{}: {}", self.origin, self.message)
+            write!(f, "{}: {message}", self.origin)
         } else {
-            write!(f, "`{}` in {}: {}", self.key, self.origin, self.message)
+            write!(f, "`{}` in {}: {message}", self.key, self.origin)
         }
     }
+}
+
+/// Blanks the password of every `scheme://user:password@host` in `text`.
+pub fn redact_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| {
+                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
+            })
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority
+            .rfind('@')
+            .and_then(|a| authority[..a].find(':').map(|c| (c, a)))
+        {
+            Some((colon, at)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -696,6 +728,20 @@ impl<'de> Deserialize<'de> for CronSchedule {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn url_passwords_in_quoted_text_are_blanked() {
+        assert_eq!(
+            super::redact_url_passwords(
+                "expected `=`, found line url = \"postgres://u:Hunter2Pass@db:5432/x\" and http://a:b@h/"
+            ),
+            "expected `=`, found line url = \"postgres://u:***@db:5432/x\" and http://a:***@h/"
+        );
+        assert_eq!(
+            super::redact_url_passwords("sqlite://x.db and https://host/p?q=1 user@host"),
+            "sqlite://x.db and https://host/p?q=1 user@host"
+        );
+    }
+
     use super::*;
 
     #[test]

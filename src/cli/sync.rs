@@ -131,15 +131,25 @@ pub async fn run(app: &App, dry_run: bool, wait: Duration, json: bool) -> Result
             Some(lock)
         }
     };
-    let result = reconcile::run_pass(
+    let pass = reconcile::run_pass(
         store,
         &client,
         &app.config,
         mode,
         &shutdown,
         app.clock.now(),
-    )
-    .await;
+    );
+    let (result, lock) = match lock {
+        None => (pass.await, None),
+        // Losing the lock (its connection ended by the server, an idle timeout, a failover)
+        // lets another pass start: stop calling the MBG at once, dropping the calls in flight.
+        Some(mut lock) => tokio::select! {
+            result = pass => (result, Some(lock)),
+            _ = lock.lost() => bail!(
+                "lost the pass lock (its database connection ended): stopped calling the MBG; run sync again"
+            ),
+        },
+    };
     if let Some(lock) = lock {
         lock.release().await;
     }

@@ -139,10 +139,11 @@ pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreEr
     let refused = std::sync::atomic::AtomicBool::new(false);
     let mut pending: Vec<&Action> = plan.actions.iter().collect();
     for round in 1.. {
+        let throttled: std::sync::Mutex<Option<MbgError>> = std::sync::Mutex::new(None);
         let steps: Vec<(Step, bool)> = futures_util::stream::iter(pending)
             .map(|action| {
                 let span = tracing::info_span!("apply", extension = %action.number(), action = action.verb());
-                let refused = &refused;
+                let (refused, throttled) = (&refused, &throttled);
                 async move {
                     if action.is_change() {
                         let why = if refused.load(std::sync::atomic::Ordering::SeqCst) {
@@ -156,6 +157,13 @@ pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreEr
                             return (Step::Recorded(outcome(action, Status::Skipped, why.into())), false);
                         }
                     }
+                    // The MBG asked us to slow down: what has not started waits for the next
+                    // round (after its Retry-After) instead of meeting the same 429.
+                    if action.is_mbg_call()
+                        && let Some(limited) = throttled.lock().unwrap_or_else(|e| e.into_inner()).clone()
+                    {
+                        return (Step::Retry(action, limited), false);
+                    }
                     let called = action.is_mbg_call();
                     // Recorded as soon as the MBG answers: a guid must reach the database even
                     // if the process dies before the rest of the round is done.
@@ -168,6 +176,12 @@ pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreEr
                                 audit(cx, action, "failed", &error.to_string()).await.ok();
                                 Step::Refused(outcome(action, Status::Skipped, error.to_string()), error)
                             } else if error.is_retryable() {
+                                if let MbgErrorKind::RateLimited(Some(_)) = error.kind {
+                                    throttled
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .get_or_insert_with(|| error.clone());
+                                }
                                 Step::Retry(action, error)
                             } else {
                                 Step::Recorded(recorded(action, record_failure(cx, action, &error).await))
@@ -238,7 +252,14 @@ pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreEr
             Ok(Vec::new())
         } else {
             report.calls += 1;
-            cx.client.devices().await
+            // Retried like the pass's opening reads: one busy answer must not fail them all.
+            super::read_with_retry(
+                cx.options.max_retry_after,
+                cx.shutdown,
+                cx.options.retry_until,
+                || cx.client.devices(),
+            )
+            .await
         };
         for (action, error) in &retry {
             let lost_create = lost.iter().any(|(a, _)| std::ptr::eq(*a, *action));

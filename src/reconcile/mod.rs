@@ -127,9 +127,10 @@ impl MbgView {
         shutdown: &Shutdown,
     ) -> Result<MbgView, ReconcileError> {
         let retry_until = Instant::now() + config.mbg.retry_deadline;
+        let cap = config.mbg.max_retry_after;
         Ok(MbgView {
-            icps: read_with_retry(config, shutdown, retry_until, || client.icps()).await?,
-            devices: read_with_retry(config, shutdown, retry_until, || client.devices()).await?,
+            icps: read_with_retry(cap, shutdown, retry_until, || client.icps()).await?,
+            devices: read_with_retry(cap, shutdown, retry_until, || client.devices()).await?,
         })
     }
 
@@ -365,8 +366,8 @@ pub async fn run_pass_with(
 
 /// Reads the MBG's state, retrying a 429, a 503 or a lost connection with backoff (honouring
 /// `Retry-After`) until `retry_until`: one busy moment must not abort a whole pass.
-async fn read_with_retry<T, F, Fut>(
-    config: &Config,
+pub(crate) async fn read_with_retry<T, F, Fut>(
+    max_retry_after: Duration,
     shutdown: &Shutdown,
     retry_until: Instant,
     mut read: F,
@@ -386,7 +387,7 @@ where
             crate::mbg::MbgErrorKind::RateLimited(after) => after,
             _ => None,
         };
-        let delay = apply::in_pass_delay(attempt - 1, after, config.mbg.max_retry_after);
+        let delay = apply::in_pass_delay(attempt - 1, after, max_retry_after);
         if Instant::now() + delay > retry_until {
             return Err(ReconcileError::GaveUp {
                 attempts: attempt,

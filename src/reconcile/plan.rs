@@ -48,6 +48,11 @@ pub enum Problem {
     /// Remote credentials are not set (they are generated before planning; seen only if that
     /// failed).
     MissingCredentials,
+    /// Another wanted extension has the same remote auth name: two phones would log in as one.
+    SetsideNameShared {
+        name: String,
+        number: String,
+    },
     /// A value the MBG or the phone would refuse (written into the database by another program).
     Invalid {
         field: &'static str,
@@ -74,6 +79,9 @@ impl Problem {
             Problem::MissingCredentials => {
                 "remote credentials are missing and could not be generated".to_string()
             }
+            Problem::SetsideNameShared { name, number } => format!(
+                "extension {number} already has the remote auth name {name}: give one of them another (clear it and one is generated)"
+            ),
             Problem::Invalid { field, reason } => {
                 format!("the extension's {field} {reason}: correct it in the database")
             }
@@ -581,12 +589,24 @@ pub fn plan(
 
     let mut licences_left =
         budget.map(|b| (b as usize).saturating_sub(devices.len().saturating_sub(deleted)));
+    // The first wanted extension (in number order) with a remote auth name keeps it.
+    let mut name_holders: HashMap<&str, &str> = HashMap::new();
     for (extension, target) in wanted {
         let report = |problem| Action::Report {
             extension_id: extension.id,
             number: extension.number.clone(),
             problem,
         };
+        if let Some(name) = extension.remote_auth_name.as_deref()
+            && let Some(holder) = name_holders.insert(name, &extension.number)
+        {
+            name_holders.insert(name, holder);
+            plan.actions.push(report(Problem::SetsideNameShared {
+                name: name.to_string(),
+                number: holder.to_string(),
+            }));
+            continue;
+        }
         let (_, wanted) = match target {
             Ok(target) => target,
             Err(problem) => {

@@ -178,7 +178,9 @@ impl Store {
             Backend::Sqlite => match super::sqlite_path(self.url.expose()) {
                 None => Hold::Nothing,
                 Some(db) => {
-                    let mut path = db.as_os_str().to_owned();
+                    // The real file: two URLs naming it through a link must share one lock.
+                    let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
+                    let mut path = db.into_os_string();
                     path.push(".lock");
                     let path = PathBuf::from(path);
                     let failed = |error| LockError::File {

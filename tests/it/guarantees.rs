@@ -365,3 +365,59 @@ async fn sync_says_which_failed_extensions_were_waiting_and_retries_them(db: Tes
         "retried at once all the same"
     );
 }
+
+#[tokio::test]
+async fn a_sync_that_loses_its_lock_connection_stops_calling_the_mbg() {
+    let Some(db) =
+        TestDb::postgres("a_sync_that_loses_its_lock_connection_stops_calling_the_mbg").await
+    else {
+        return;
+    };
+    let h = setup(db, lenient_sim(200), 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(command(&h, dir.path(), &["sync"]));
+    wait_for_devices(&h, 4, &running).await;
+    // The server ends the session that holds the advisory lock (an idle timeout, a failover).
+    raw_sql(
+        &h.db.url,
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'",
+    )
+    .await;
+    let ended = Instant::now();
+    let output = running.finish().await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("lost the pass lock"), "{stderr}");
+    assert!(ended.elapsed() < Duration::from_secs(10));
+    let made = h.sim.devices().len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        h.sim.devices().len(),
+        made,
+        "no MBG call after the lock was lost"
+    );
+    sync_ok(&h, dir.path()).await;
+    let counts = devices_per_number(&h);
+    assert_eq!(counts.len(), 100);
+    assert!(counts.values().all(|n| *n == 1));
+}
+
+#[tokio::test]
+async fn a_link_to_the_database_shares_its_lock() {
+    let h = setup(TestDb::sqlite().await, lenient_sim(0), 3).await;
+    let real = h.db.url.trim_start_matches("sqlite://").to_string();
+    let link = format!("{real}-link.db");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let lock =
+        h.db.store
+            .lock_passes(Duration::ZERO, |_| {})
+            .await
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut through_link = command(&h, dir.path(), &["sync", "--wait", "1s"]);
+    through_link.env("MBG_PROVISION_DATABASE__URL", format!("sqlite://{link}"));
+    let output = start(through_link).finish().await;
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert!(h.sim.devices().is_empty());
+    lock.release().await;
+}

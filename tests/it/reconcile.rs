@@ -758,3 +758,65 @@ async fn a_row_that_cannot_be_read_keeps_its_sip_user_and_the_others_go_on(db: T
     let rows = store.extension_rows().await.unwrap();
     assert!(rows.good.iter().all(|e| e.number != "1001"));
 }
+
+#[tokio::test]
+async fn a_retry_after_holds_back_the_rest_of_the_round() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let store = &h.db.store;
+    nodes(store).await;
+    for i in 0..40 {
+        let id = set(store, &format!("40{i:02}"), "pbx1", true).await;
+        store
+            .fill_remote_credentials(
+                id,
+                &format!("name40{i:02}"),
+                &SecretString::from(format!("password-40{i:02}")),
+            )
+            .await
+            .unwrap();
+    }
+    let client = h.client().await;
+    let extensions = store.extensions().await.unwrap();
+    let plan = reconcile::plan::plan(
+        &extensions,
+        &[],
+        &client.icps().await.unwrap(),
+        &client.devices().await.unwrap(),
+        None,
+    );
+    assert_eq!(plan.changes().count(), 40);
+    // The MBG refuses everything for a while, asking for 1 s between tries.
+    h.sim.set_faults(Faults {
+        rate_limit_next: 10_000,
+        retry_after_secs: 1,
+        ..Faults::default()
+    });
+    h.sim.clear_requests();
+    let report = apply_planned(
+        store,
+        &client,
+        &plan,
+        extensions,
+        Duration::from_secs(3),
+        now(),
+    )
+    .await;
+    let posts = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    // At most max_in_flight (4) calls per round, and at most 4 rounds: no storm of 40 x 4.
+    assert!(posts <= 16, "{posts} POSTs");
+    assert!(report.outcomes.iter().all(|o| o.status == Status::Failed));
+    let failed = store.extensions().await.unwrap();
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.state == ExtensionState::Failed && e.next_attempt_at.is_some())
+    );
+}

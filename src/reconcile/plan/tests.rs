@@ -367,6 +367,20 @@ fn a_guid_claimed_by_two_rows_is_never_deleted_while_one_wants_it() {
 }
 
 #[test]
+fn two_wanted_rows_never_share_a_set_side_login() {
+    let first = owned(extension(1, "1001", "10.0.0.1", true), "g1");
+    let mut copy = extension(2, "1002", "10.0.0.1", true);
+    copy.remote_auth_name = first.remote_auth_name.clone();
+    let d = as_created("g1", &wanted_device(&first, &icps()[0]).unwrap());
+    let plan = plan(&[first, copy], &[], &icps(), &[d], None);
+    assert!(
+        matches!(&plan.actions[..], [Action::Report { number, problem: Problem::SetsideNameShared { number: holder, .. }, .. }]
+            if number == "1002" && holder == "1001"),
+        "{plan:?}"
+    );
+}
+
+#[test]
 fn more_devices_than_the_budget_do_not_underflow() {
     let devices: Vec<SipDevice> = (0..5)
         .map(|i| {
