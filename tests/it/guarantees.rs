@@ -380,7 +380,9 @@ async fn a_sync_that_loses_its_lock_connection_stops_calling_the_mbg() {
     // The server ends the session that holds the advisory lock (an idle timeout, a failover).
     raw_sql(
         &h.db.url,
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'",
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+          WHERE locktype = 'advisory'
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .await;
     let ended = Instant::now();
