@@ -78,6 +78,9 @@ pub async fn run_with(
     shutdown: Shutdown,
     health: HealthState,
 ) -> Result<(), DaemonError> {
+    // From the start, so that a SIGHUP while standby does not end the process (its default);
+    // the leader's loop reloads on it.
+    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     if app.store.backend() == Backend::Postgres {
         watch::listen(&app, wake.clone(), shutdown.clone());

@@ -67,8 +67,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(h: &Harness, dir: &std::path::Path) -> Daemon {
+        Daemon::start_with(h, dir, &[])
+    }
+
+    /// With extra arguments; its log goes to `dir/daemon-PORT.log`.
+    fn start_with(h: &Harness, dir: &std::path::Path, args: &[&str]) -> Daemon {
         let port = free_port();
+        let log = std::fs::File::create(dir.join(format!("daemon-{port}.log"))).unwrap();
         let child = Command::new(BIN)
+            .args(args)
             .arg("run")
             .current_dir(dir)
             .env("MBG_PROVISION_DATABASE__URL", &h.db.url)
@@ -79,13 +86,17 @@ impl Daemon {
             .env("MBG_PROVISION_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         Daemon {
             child: Some(child),
             port,
         }
+    }
+
+    fn log(&self, dir: &std::path::Path) -> String {
+        std::fs::read_to_string(dir.join(format!("daemon-{}.log", self.port))).unwrap_or_default()
     }
 
     async fn health(&self) -> Option<(u16, serde_json::Value)> {
@@ -355,4 +366,68 @@ async fn two_daemons_on_postgres_fail_over_without_duplicates() {
     .await;
     standby.signal("-TERM");
     assert_eq!(standby.wait().await, Some(0));
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_one_sqlite_file_refuses_to_start() {
+    let h = setup(TestDb::sqlite().await, sim_config(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start(&h, dir.path());
+    eventually("leading", Duration::from_secs(20), async || {
+        first.role().await.as_deref() == Some("leader")
+    })
+    .await;
+    let second = Daemon::start(&h, dir.path());
+    let port = second.port;
+    assert_eq!(second.wait().await, Some(1));
+    let log = std::fs::read_to_string(dir.path().join(format!("daemon-{port}.log"))).unwrap();
+    assert!(
+        log.contains("another mbg-provision daemon or sync runs on this SQLite database")
+            && log.contains(&format!("process {}", first.child.as_ref().unwrap().id())),
+        "{log}"
+    );
+    first.signal("-TERM");
+    assert_eq!(first.wait().await, Some(0));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_configuration_and_keeps_it_when_the_new_one_is_bad() {
+    let h = setup(TestDb::sqlite().await, sim_config(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[reconcile]\ninterval = \"10m\"\n").unwrap();
+    let daemon = Daemon::start_with(&h, dir.path(), &["--config", config.to_str().unwrap()]);
+    eventually("leading", Duration::from_secs(20), async || {
+        daemon.role().await.as_deref() == Some("leader")
+    })
+    .await;
+    std::fs::write(&config, "[reconcile]\ninterval = \"0s\"\n").unwrap();
+    daemon.signal("-HUP");
+    eventually(
+        "the bad file refused",
+        Duration::from_secs(10),
+        async || {
+            daemon
+                .log(dir.path())
+                .contains("the new configuration is refused; keeping the old one")
+        },
+    )
+    .await;
+    assert!(
+        daemon.log(dir.path()).contains("reconcile.interval"),
+        "names the key"
+    );
+    std::fs::write(&config, "[reconcile]\ninterval = \"7m\"\n").unwrap();
+    daemon.signal("-HUP");
+    eventually("the good file taken", Duration::from_secs(10), async || {
+        daemon.log(dir.path()).contains("configuration reloaded")
+    })
+    .await;
+    assert_eq!(
+        daemon.role().await.as_deref(),
+        Some("leader"),
+        "still running"
+    );
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait().await, Some(0));
 }
