@@ -80,7 +80,11 @@ impl Worker {
         loop {
             let wake = {
                 let poll = tokio::time::sleep(self.app.config.watch.poll_interval);
-                let retry = self.retry_at;
+                // Only timers in the future: a past one would spin the loop.
+                let due = match self.blocked {
+                    Some((_, recheck)) => recheck,
+                    None => self.next_full.min(self.retry_at),
+                };
                 let renewal = next_cron(&self.app.config);
                 // Pinged from this loop, not from a timer of its own: a loop that hangs must
                 // get the daemon restarted.
@@ -93,8 +97,7 @@ impl Worker {
                     _ = lock.lost() => return Ended::LostLeadership,
                     _ = self.wake.notified() => Wake::Work,
                     _ = poll => Wake::Work,
-                    _ = tokio::time::sleep_until(self.next_full) => Wake::Work,
-                    _ = tokio::time::sleep_until(retry) => Wake::Work,
+                    _ = tokio::time::sleep_until(due) => Wake::Work,
                     _ = tokio::time::sleep_until(renewal) => Wake::Renew,
                     _ = hangup(&mut hangups) => Wake::Reload,
                     _ = tokio::time::sleep_until(watchdog) => Wake::Watchdog,
@@ -153,7 +156,11 @@ impl Worker {
         let targets = if full {
             None
         } else {
-            match self.targets(now).await {
+            let targets = self.targets(now).await;
+            if Instant::now() >= self.retry_at {
+                self.retry_at = self.next_retry().await;
+            }
+            match targets {
                 Ok(ids) if ids.is_empty() => return,
                 Ok(ids) => Some(ids),
                 Err(e) => {
@@ -163,6 +170,9 @@ impl Worker {
             }
         };
         let Some((generation, client)) = self.client().await else {
+            if full {
+                self.next_full = Instant::now() + FULL_PASS_RETRY;
+            }
             return;
         };
         let result = match targets {
