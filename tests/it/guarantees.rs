@@ -37,6 +37,18 @@ fn lenient_sim(latency_ms: u64) -> SimConfig {
 }
 
 async fn setup(db: TestDb, sim: SimConfig, count: usize) -> Harness {
+    with_extensions(db, sim, 2000, count, true).await
+}
+
+/// A token, nodes pbx1 (10.0.0.20) and pbx2 (10.0.0.21), and `count` extensions on pbx1
+/// numbered from `first`, with the remote flag as given.
+pub(crate) async fn with_extensions(
+    db: TestDb,
+    sim: SimConfig,
+    first: usize,
+    count: usize,
+    remote: bool,
+) -> Harness {
     let h = Harness::new(db, sim).await.with_token().await;
     let store = &h.db.store;
     for (name, address) in [("pbx1", "10.0.0.20"), ("pbx2", "10.0.0.21")] {
@@ -50,12 +62,12 @@ async fn setup(db: TestDb, sim: SimConfig, count: usize) -> Harness {
             .await
             .unwrap();
     }
-    let specs: Vec<ExtensionSpec> = (0..count)
-        .map(|i| ExtensionSpec {
-            number: (2000 + i).to_string(),
+    let specs: Vec<ExtensionSpec> = (first..first + count)
+        .map(|number| ExtensionSpec {
+            number: number.to_string(),
             node: "pbx1".into(),
             kind: None,
-            use_remote_auth: Some(true),
+            use_remote_auth: Some(remote),
             sip_password: None,
         })
         .collect();

@@ -7,8 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mbg_provision::sim::{Faults, SimConfig};
-use mbg_provision::store::{ExtensionSpec, NewNode};
-use secrecy::SecretString;
 use sqlx::Connection;
 
 use crate::mbg::{Harness, sim_config};
@@ -22,33 +20,7 @@ crate::on_both_backends!(
 );
 
 async fn setup(db: TestDb, sim: SimConfig, count: usize) -> Harness {
-    let h = Harness::new(db, sim).await.with_token().await;
-    let store = &h.db.store;
-    for (name, address) in [("pbx1", "10.0.0.20"), ("pbx2", "10.0.0.21")] {
-        store
-            .add_node(&NewNode {
-                name: name.into(),
-                address: address.into(),
-                nat_address: None,
-                nat_sip_port: None,
-            })
-            .await
-            .unwrap();
-    }
-    let specs: Vec<ExtensionSpec> = (0..count)
-        .map(|i| ExtensionSpec {
-            number: (3000 + i).to_string(),
-            node: "pbx1".into(),
-            kind: None,
-            use_remote_auth: Some(false),
-            sip_password: None,
-        })
-        .collect();
-    store
-        .set_extensions(&specs, || SecretString::from("pbx-sip-password"))
-        .await
-        .unwrap();
-    h
+    crate::guarantees::with_extensions(db, sim, 3000, count, false).await
 }
 
 fn free_port() -> u16 {
