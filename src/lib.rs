@@ -2,6 +2,7 @@
 //! database of a MiVoice Office phone system.
 
 pub mod app;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod credentials;

@@ -64,6 +64,36 @@ pub enum Command {
     Demo,
     /// Serve the MBG simulator, for tests and demos
     Simulate(SimulateArgs),
+    /// Measure import and sync on a temporary database against the in-process simulator
+    ///
+    /// Prints each figure beside its bound ((N + 2) requests × latency / in-flight for a sync)
+    /// and its target, and the same sync at max_in_flight = 1 for comparison. Needs no
+    /// configuration file; touches nothing outside a temporary folder (or, with a PostgreSQL
+    /// URL, a database it creates on that server and drops at the end).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// How many extensions to import and provision
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub extensions: usize,
+    /// Latency the simulator adds to every API answer
+    #[arg(long, value_name = "L", default_value_t = 20)]
+    pub latency_ms: u64,
+    /// mbg.max_in_flight for the sync
+    #[arg(long, value_name = "C", default_value_t = 32)]
+    pub in_flight: usize,
+    /// `sqlite` (a temporary file) or a postgres://… URL of a server on which to create, and
+    /// then drop, a fresh database
+    #[arg(long, value_name = "DB", default_value = "sqlite")]
+    pub database: mbg_provision::bench::BenchDatabase,
+    /// Extensions for the max_in_flight = 1 comparison (0 skips it) [default: N, cut so that
+    /// N × L ≤ 10 s, and to 1,000 with no latency]
+    #[arg(long, value_name = "N")]
+    pub serial_extensions: Option<usize>,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 //! this dispatcher loads the configuration, starts logging, opens the store and hands over.
 
 mod args;
+mod bench;
 mod context;
 mod demo;
 mod extension;
@@ -32,6 +33,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             return simulate::run(args).await;
         }
         Command::Demo => return demo::run().await,
+        Command::Bench(args) => {
+            init_tracing_at(LogFormat::Text, "warn");
+            return bench::run(args).await;
+        }
         _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;
@@ -59,7 +64,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Icps { output } => icps::run(&app, output.json).await?,
         // The daemon owns the store from here and closes it when it stops.
         Command::Run => return run::run(app).await,
-        Command::Simulate(_) | Command::Demo => unreachable!("handled before the store is opened"),
+        Command::Simulate(_) | Command::Demo | Command::Bench(_) => {
+            unreachable!("handled before the store is opened")
+        }
     };
     app.store.close().await;
     Ok(code)
@@ -78,8 +85,13 @@ fn may_create_database(command: &Command) -> bool {
 }
 
 fn init_tracing(format: LogFormat) {
+    init_tracing_at(format, "info");
+}
+
+/// Logging at `level` unless RUST_LOG says otherwise.
+fn init_tracing_at(format: LogFormat, level: &str) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // sqlx logs every PostgreSQL NOTICE at INFO, and the migrator's `CREATE ... IF NOT EXISTS`
     // sends one on every start. Keep sqlx to warnings unless RUST_LOG asks for it by name.
     if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx")) {

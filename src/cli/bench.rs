@@ -1,0 +1,104 @@
+//! `bench`: the library's bench ([`mbg_provision::bench`]) and its table. Exits 0 when the bench
+//! ran, whether or not the targets were met: the table says which were missed.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use mbg_provision::bench::{self, BenchDatabase, BenchOptions, Figure, SyncFigure};
+
+use super::args::BenchArgs;
+use super::output::print_json;
+
+pub async fn run(args: BenchArgs) -> Result<ExitCode> {
+    let options = BenchOptions {
+        extensions: args.extensions,
+        latency_ms: args.latency_ms,
+        in_flight: args.in_flight,
+        database: args.database,
+        serial_extensions: args.serial_extensions,
+    };
+    if !args.output.json {
+        let database = match &options.database {
+            BenchDatabase::Sqlite => "SQLite (a temporary file)".to_string(),
+            BenchDatabase::Postgres(_) => "PostgreSQL (a database created for the bench)".into(),
+        };
+        println!(
+            "bench: {} extensions, {} ms MBG latency, max_in_flight {}, {database}",
+            options.extensions, options.latency_ms, options.in_flight
+        );
+        let serial = options.serial_size();
+        if serial > 0 && serial < options.extensions {
+            println!(
+                "the max_in_flight = 1 comparison runs on {serial} extensions: {} would take about {:.0} s",
+                options.extensions,
+                options.extensions as f64 * options.latency_ms as f64 / 1000.0
+            );
+        }
+    }
+    let report = bench::run(&options).await.context("the bench failed")?;
+    if args.output.json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!();
+    println!(
+        "{:<34} {:>10} {:>10} {:>8} {:>10}  target",
+        "", "measured", "bound", "ratio", "target"
+    );
+    row(
+        &format!("import, {} rows", report.import.rows),
+        &report.import.figure,
+    );
+    sync_row("sync, new extensions", &report.sync);
+    sync_row("no-change sync", &report.no_change_sync);
+    if let Some(serial) = &report.serial_sync {
+        sync_row("sync, new extensions", serial);
+    }
+    if let Some(speedup) = report.speedup {
+        println!(
+            "\nspeed-up of max_in_flight = {} over 1, per extension: {speedup:.1} ×",
+            report.in_flight
+        );
+    }
+    let missed: Vec<&str> = [
+        ("import", &report.import.figure),
+        ("sync", &report.sync.figure),
+        ("no-change sync", &report.no_change_sync.figure),
+    ]
+    .into_iter()
+    .filter(|(_, f)| !f.target_met)
+    .map(|(name, _)| name)
+    .collect();
+    if missed.is_empty() {
+        println!("every target met");
+    } else {
+        println!("targets missed: {}", missed.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sync_row(what: &str, sync: &SyncFigure) {
+    row(
+        &format!("{what}, {} at C={}", sync.extensions, sync.max_in_flight),
+        &sync.figure,
+    );
+    println!(
+        "{:<34} {} MBG requests, {} created",
+        "", sync.mbg_requests, sync.created
+    );
+}
+
+fn row(what: &str, figure: &Figure) {
+    let seconds = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.2} s"));
+    println!(
+        "{what:<34} {:>10} {:>10} {:>8} {:>10}  {} ({})",
+        seconds(Some(figure.seconds)),
+        seconds(figure.bound_seconds),
+        figure
+            .ratio_to_bound
+            .map_or("-".to_string(), |r| format!("{r:.2} ×")),
+        seconds(Some(figure.target_seconds)),
+        if figure.target_met { "met" } else { "MISSED" },
+        figure.target,
+    );
+}

@@ -1,0 +1,131 @@
+//! `mbg-provision bench` through the real binary: the report's shape and its counts. No timing
+//! is asserted: the figures depend on the machine.
+
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::support::POSTGRES_ENV;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mbg-provision");
+
+/// Runs a small bench in an empty folder (no configuration, no database) and returns its JSON
+/// report and the process id it ran as.
+fn bench(database: &str) -> (Value, u32, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .args([
+            "bench",
+            "--extensions",
+            "200",
+            "--latency-ms",
+            "0",
+            "--in-flight",
+            "8",
+            "--database",
+            database,
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mbg-provision bench");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("INFO"),
+        "the bench logs at warn only: {stderr}"
+    );
+    let report: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
+    (report, pid, dir)
+}
+
+fn check(report: &Value, database: &str) {
+    assert_eq!(report["database"], database);
+    assert_eq!(report["extensions"], 200);
+    assert_eq!(report["latency_ms"], 0);
+    assert_eq!(report["in_flight"], 8);
+
+    let import = &report["import"];
+    assert_eq!(import["rows"], 200);
+    assert_eq!(import["created"], 200);
+
+    let sync = &report["sync"];
+    assert_eq!(sync["created"], 200);
+    assert_eq!(sync["max_in_flight"], 8);
+    assert_eq!(
+        sync["mbg_requests"], 202,
+        "the two lists and one create each"
+    );
+
+    let idle = &report["no_change_sync"];
+    assert_eq!(
+        idle["mbg_requests"], 2,
+        "a no-change sync only reads the lists"
+    );
+    assert_eq!(idle["changes"], 0);
+    assert_eq!(idle["created"], 0);
+
+    let serial = &report["serial_sync"];
+    assert_eq!(serial["max_in_flight"], 1);
+    assert_eq!(serial["extensions"], 200, "200 × 0 ms needs no cut");
+    assert_eq!(serial["created"], 200);
+    assert_eq!(serial["mbg_requests"], 202);
+
+    for figure in [import, sync, idle, serial] {
+        for key in ["seconds", "target_seconds", "ratio_to_target"] {
+            assert!(figure[key].as_f64().is_some(), "{key} in {figure}");
+        }
+        assert!(figure["target_met"].is_boolean(), "{figure}");
+        assert!(figure["target"].is_string(), "{figure}");
+        // A bound exists only where latency does; at 0 ms it and its ratio are null.
+        assert!(figure.get("bound_seconds").is_some(), "{figure}");
+        assert!(figure.get("ratio_to_bound").is_some(), "{figure}");
+    }
+    assert!(idle["ratio_to_bound"].is_null(), "no bound at 0 ms");
+    assert!(report["speedup"].as_f64().is_some());
+}
+
+#[test]
+fn bench_on_sqlite_reports_every_figure_and_leaves_nothing_behind() {
+    let (report, _, dir) = bench("sqlite");
+    check(&report, "sqlite");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the bench writes only to a temporary folder"
+    );
+}
+
+#[test]
+fn bench_on_postgres_creates_and_drops_its_database() {
+    let Ok(url) = std::env::var(POSTGRES_ENV) else {
+        eprintln!("SKIPPED bench on PostgreSQL: {POSTGRES_ENV} is not set");
+        return;
+    };
+    let (report, pid, _dir) = bench(&url);
+    check(&report, "postgres");
+    let left = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            let left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE $1")
+                    .bind(format!("mbgp_bench_{pid}_%"))
+                    .fetch_one(&mut admin)
+                    .await
+                    .unwrap();
+            admin.close().await.ok();
+            left
+        });
+    assert_eq!(left, 0, "the bench drops the databases it created");
+}
