@@ -1,3 +1,5 @@
+use std::collections::{HashMap, HashSet};
+
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction, ValueRef};
@@ -165,7 +167,14 @@ impl Store {
     }
 
     /// Applies every spec in one transaction: all rows or none. An error carries the 0-based
-    /// index of the spec that failed.
+    /// index of the spec that failed. Returns how many extensions were created.
+    ///
+    /// Linear in the specs and the table: the nodes and the (node, number) of every extension are
+    /// read once, every spec is checked against them before it is written, and the rows are
+    /// written in batches of one multi-row `INSERT … ON CONFLICT (node_id, number) DO UPDATE`
+    /// (no lookup by number alone, which no index serves). A number that lives on one other node
+    /// is moved there by its own `UPDATE`, as [`Store::set_extension`] does. The result is the
+    /// same as applying the specs one by one, in order.
     pub async fn set_extensions(
         &self,
         specs: &[ExtensionSpec],
@@ -176,13 +185,81 @@ impl Store {
             .begin()
             .await
             .map_err(|e| (0, StoreError::Database(e)))?;
+        let nodes: HashMap<String, i64> = sqlx::query_as::<_, (i64, String)>("SELECT id, name FROM nodes")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| (0, StoreError::Database(e)))?
+            .into_iter()
+            .map(|(id, name)| (name, id))
+            .collect();
+        // Every number's nodes, oldest row first (the order `set_extension_in` looks them up in).
+        let mut on_nodes: HashMap<String, Vec<i64>> = HashMap::new();
+        let existing: Vec<(i64, String)> =
+            sqlx::query_as("SELECT node_id, number FROM extensions ORDER BY id")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| (0, StoreError::Database(e)))?;
+        for (node_id, number) in existing {
+            on_nodes.entry(number).or_default().push(node_id);
+        }
+
+        let mut batch: Vec<BatchRow<'_>> = Vec::with_capacity(BATCH_ROWS.min(specs.len()));
+        let mut in_batch: HashSet<&str> = HashSet::new();
         let mut created = 0;
         for (index, spec) in specs.iter().enumerate() {
-            let (_, new) = set_extension_in(&mut tx, spec, &new_sip_password())
-                .await
-                .map_err(|e| (index, e))?;
-            created += usize::from(new);
+            let checked = check_spec(spec).and_then(|()| {
+                nodes
+                    .get(spec.node.trim())
+                    .copied()
+                    .ok_or_else(|| StoreError::NotFound(NotFound::Node(spec.node.clone())))
+            });
+            let node_id = checked.map_err(|e| (index, e))?;
+            // A number already waiting in the batch is written first, so that this spec sees it
+            // (a statement may not touch one row twice).
+            if in_batch.contains(spec.number.as_str()) {
+                write_batch(&mut tx, &mut batch).await?;
+                in_batch.clear();
+            }
+            let nodes_of = on_nodes.entry(spec.number.clone()).or_default();
+            let password = match (&spec.sip_password, nodes_of.as_slice()) {
+                (Some(given), _) => Some(BatchPassword::Given(given)),
+                (None, []) => Some(BatchPassword::New(new_sip_password())),
+                (None, _) => None,
+            };
+            match nodes_of.as_slice() {
+                [] => {
+                    nodes_of.push(node_id);
+                    created += 1;
+                }
+                [only] if *only != node_id => {
+                    // Moved from the number's only node: rare, so one statement of its own.
+                    move_extension_in(&mut tx, spec, *only, node_id)
+                        .await
+                        .map_err(|e| (index, e))?;
+                    nodes_of[0] = node_id;
+                    continue;
+                }
+                many if many.contains(&node_id) => {
+                    if spec.kind.is_none() && spec.use_remote_auth.is_none() && password.is_none()
+                    {
+                        continue; // restates the row: nothing to write
+                    }
+                }
+                _ => return Err((index, several_nodes(&spec.number))),
+            }
+            in_batch.insert(&spec.number);
+            batch.push(BatchRow {
+                index,
+                node_id,
+                spec,
+                password,
+            });
+            if batch.len() == BATCH_ROWS {
+                write_batch(&mut tx, &mut batch).await?;
+                in_batch.clear();
+            }
         }
+        write_batch(&mut tx, &mut batch).await?;
         tx.commit()
             .await
             .map_err(|e| (specs.len(), StoreError::Database(e)))?;
@@ -476,15 +553,7 @@ async fn set_extension_in(
     spec: &ExtensionSpec,
     new_sip_password: &SecretString,
 ) -> Result<(i64, bool)> {
-    validate_number(&spec.number)?;
-    if let Some(password) = &spec.sip_password
-        && password.expose_secret().is_empty()
-    {
-        return Err(StoreError::Invalid {
-            field: "SIP password",
-            reason: "must not be empty".into(),
-        });
-    }
+    check_spec(spec)?;
     let node_id: i64 = sqlx::query_scalar("SELECT id FROM nodes WHERE name = $1")
         .bind(spec.node.trim())
         .fetch_optional(&mut **tx)
@@ -503,15 +572,7 @@ async fn set_extension_in(
         [(id, _)] => Some(*id),
         many => match many.iter().find(|(_, node)| *node == node_id) {
             Some((id, _)) => Some(*id),
-            None => {
-                return Err(StoreError::Invalid {
-                    field: "extension number",
-                    reason: format!(
-                        "{} exists on several nodes; give the node it is on",
-                        spec.number
-                    ),
-                });
-            }
+            None => return Err(several_nodes(&spec.number)),
         },
     };
     let kind = spec.kind.map(ExtensionKind::as_str);
@@ -552,5 +613,138 @@ async fn set_extension_in(
             .map_err(|e| classify(e, |_| spec.number.clone()))?;
             Ok((id, true))
         }
+    }
+}
+
+/// Rows per batched statement: 5 parameters each, well under SQLite's 32,766 and PostgreSQL's
+/// 65,535 parameters per statement.
+const BATCH_ROWS: usize = 2_000;
+const BATCH_PARAMS: usize = 5;
+
+/// The SIP password a batched row brings: the spec's, a new one for a new extension, or none
+/// (the stored one is kept).
+enum BatchPassword<'a> {
+    Given(&'a SecretString),
+    New(SecretString),
+}
+
+impl BatchPassword<'_> {
+    fn expose(&self) -> &str {
+        match self {
+            BatchPassword::Given(p) => p.expose_secret(),
+            BatchPassword::New(p) => p.expose_secret(),
+        }
+    }
+}
+
+/// A checked spec waiting to be written, with its index for an error.
+struct BatchRow<'a> {
+    index: usize,
+    node_id: i64,
+    spec: &'a ExtensionSpec,
+    password: Option<BatchPassword<'a>>,
+}
+
+/// Writes and empties the batch with one statement. A row that exists on its node keeps what the
+/// spec leaves out (`NULL` here, filled from the joined row); a new row gets the defaults. The
+/// `DO UPDATE … WHERE` leaves a row that would not change untouched, so the triggers record only
+/// real changes (they would also skip a no-op update; this saves the write).
+async fn write_batch(
+    tx: &mut Transaction<'static, Any>,
+    batch: &mut Vec<BatchRow<'_>>,
+) -> Result<(), (usize, StoreError)> {
+    let Some(first) = batch.first() else {
+        return Ok(());
+    };
+    let first_index = first.index;
+    let values: Vec<String> = (0..batch.len())
+        .map(|row| {
+            let p = row * BATCH_PARAMS;
+            format!("(${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5)
+        })
+        .collect();
+    // `WHERE true`: SQLite would otherwise read `ON CONFLICT` as the join's `ON`.
+    let sql = format!(
+        "WITH v (node_id, number, kind, use_remote_auth, sip_password) AS (VALUES {})
+         INSERT INTO extensions (node_id, number, kind, use_remote_auth, sip_password)
+         SELECT v.node_id, v.number,
+                COALESCE(v.kind, e.kind, 'sip'),
+                COALESCE(v.use_remote_auth, e.use_remote_auth, false),
+                COALESCE(v.sip_password, e.sip_password)
+           FROM v LEFT JOIN extensions e ON e.node_id = v.node_id AND e.number = v.number
+          WHERE true
+         ON CONFLICT (node_id, number) DO UPDATE
+            SET kind = excluded.kind,
+                use_remote_auth = excluded.use_remote_auth,
+                sip_password = excluded.sip_password
+          WHERE extensions.kind <> excluded.kind
+             OR extensions.use_remote_auth <> excluded.use_remote_auth
+             OR extensions.sip_password <> excluded.sip_password",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for row in batch.iter() {
+        query = query
+            .bind(row.node_id)
+            .bind(row.spec.number.as_str())
+            .bind(row.spec.kind.map(ExtensionKind::as_str))
+            .bind(row.spec.use_remote_auth)
+            .bind(row.password.as_ref().map(BatchPassword::expose));
+    }
+    let result = query.execute(&mut **tx).await;
+    // Which row a constraint refused is not known; name the batch's first.
+    let number = batch[0].spec.number.clone();
+    batch.clear();
+    result
+        .map(|_| ())
+        .map_err(|e| (first_index, classify(e, |_| number.clone())))
+}
+
+/// Moves the number's row from `from` to the spec's node, applying the spec as
+/// [`set_extension_in`] does.
+async fn move_extension_in(
+    tx: &mut Transaction<'static, Any>,
+    spec: &ExtensionSpec,
+    from: i64,
+    to: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE extensions
+            SET node_id = $3,
+                kind = COALESCE($4, kind),
+                use_remote_auth = COALESCE($5, use_remote_auth),
+                sip_password = COALESCE($6, sip_password)
+          WHERE node_id = $1 AND number = $2",
+    )
+    .bind(from)
+    .bind(&spec.number)
+    .bind(to)
+    .bind(spec.kind.map(ExtensionKind::as_str))
+    .bind(spec.use_remote_auth)
+    .bind(spec.sip_password.as_ref().map(|p| p.expose_secret()))
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| classify(e, |_| spec.number.clone()))?;
+    Ok(())
+}
+
+/// What the store refuses before any SQL runs.
+fn check_spec(spec: &ExtensionSpec) -> Result<()> {
+    validate_number(&spec.number)?;
+    if let Some(password) = &spec.sip_password
+        && password.expose_secret().is_empty()
+    {
+        return Err(StoreError::Invalid {
+            field: "SIP password",
+            reason: "must not be empty".into(),
+        });
+    }
+    Ok(())
+}
+
+fn several_nodes(number: &str) -> StoreError {
+    StoreError::Invalid {
+        field: "extension number",
+        reason: format!("{number} exists on several nodes; give the node it is on"),
     }
 }
