@@ -6,7 +6,7 @@ use sqlx::{Any, AssertSqlSafe, Row, Transaction, ValueRef};
 
 use super::error::{classify, quote};
 use super::{
-    BadRow, DeviceFact, Extension, ExtensionKind, ExtensionRows, ExtensionSpec, ExtensionState,
+    Backend, BadRow, DeviceFact, Extension, ExtensionKind, ExtensionRows, ExtensionSpec, ExtensionState,
     NotFound, OutcomeWrite, Result, StateUpdate, Store, StoreError, get_bool, now,
 };
 
@@ -171,10 +171,10 @@ impl Store {
     ///
     /// Linear in the specs and the table: the nodes and the (node, number) of every extension are
     /// read once, every spec is checked against them before it is written, and the rows are
-    /// written in batches of one multi-row `INSERT … ON CONFLICT (node_id, number) DO UPDATE`
-    /// (no lookup by number alone, which no index serves). A number that lives on one other node
-    /// is moved there by its own `UPDATE`, as [`Store::set_extension`] does. The result is the
-    /// same as applying the specs one by one, in order.
+    /// written in batches, each one multi-row `INSERT … ON CONFLICT (node_id, number) DO UPDATE`
+    /// (see [`Batches`]). A number that lives on one other node is moved there by its own
+    /// `UPDATE`, as [`Store::set_extension`] does. The result is the same as applying the specs
+    /// one by one, in order.
     pub async fn set_extensions(
         &self,
         specs: &[ExtensionSpec],
@@ -185,14 +185,16 @@ impl Store {
             .begin()
             .await
             .map_err(|e| (0, StoreError::Database(e)))?;
-        let nodes: HashMap<String, i64> = sqlx::query_as::<_, (i64, String)>("SELECT id, name FROM nodes")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| (0, StoreError::Database(e)))?
-            .into_iter()
-            .map(|(id, name)| (name, id))
-            .collect();
+        let nodes: HashMap<String, i64> =
+            sqlx::query_as::<_, (i64, String)>("SELECT id, name FROM nodes")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| (0, StoreError::Database(e)))?
+                .into_iter()
+                .map(|(id, name)| (name, id))
+                .collect();
         // Every number's nodes, oldest row first (the order `set_extension_in` looks them up in).
+        // One scan: no index serves a lookup by number alone.
         let mut on_nodes: HashMap<String, Vec<i64>> = HashMap::new();
         let existing: Vec<(i64, String)> =
             sqlx::query_as("SELECT node_id, number FROM extensions ORDER BY id")
@@ -203,8 +205,7 @@ impl Store {
             on_nodes.entry(number).or_default().push(node_id);
         }
 
-        let mut batch: Vec<BatchRow<'_>> = Vec::with_capacity(BATCH_ROWS.min(specs.len()));
-        let mut in_batch: HashSet<&str> = HashSet::new();
+        let mut batches = Batches::new(self.backend);
         let mut created = 0;
         for (index, spec) in specs.iter().enumerate() {
             let checked = check_spec(spec).and_then(|()| {
@@ -214,52 +215,48 @@ impl Store {
                     .ok_or_else(|| StoreError::NotFound(NotFound::Node(spec.node.clone())))
             });
             let node_id = checked.map_err(|e| (index, e))?;
-            // A number already waiting in the batch is written first, so that this spec sees it
-            // (a statement may not touch one row twice).
-            if in_batch.contains(spec.number.as_str()) {
-                write_batch(&mut tx, &mut batch).await?;
-                in_batch.clear();
+            // A number already waiting in a batch is written first, so that this spec sees it
+            // (and a statement never touches one row twice).
+            if batches.holds(&spec.number) {
+                batches.write_all(&mut tx).await?;
             }
             let nodes_of = on_nodes.entry(spec.number.clone()).or_default();
-            let password = match (&spec.sip_password, nodes_of.as_slice()) {
-                (Some(given), _) => Some(BatchPassword::Given(given)),
-                (None, []) => Some(BatchPassword::New(new_sip_password())),
-                (None, _) => None,
-            };
             match nodes_of.as_slice() {
                 [] => {
                     nodes_of.push(node_id);
                     created += 1;
                 }
                 [only] if *only != node_id => {
-                    // Moved from the number's only node: rare, so one statement of its own.
+                    // Moved from the number's only node: rare, so a statement of its own.
                     move_extension_in(&mut tx, spec, *only, node_id)
                         .await
                         .map_err(|e| (index, e))?;
                     nodes_of[0] = node_id;
                     continue;
                 }
-                many if many.contains(&node_id) => {
-                    if spec.kind.is_none() && spec.use_remote_auth.is_none() && password.is_none()
+                on_this_node if on_this_node.contains(&node_id) => {
+                    if spec.kind.is_none()
+                        && spec.use_remote_auth.is_none()
+                        && spec.sip_password.is_none()
                     {
                         continue; // restates the row: nothing to write
                     }
                 }
                 _ => return Err((index, several_nodes(&spec.number))),
             }
-            in_batch.insert(&spec.number);
-            batch.push(BatchRow {
+            let password = match &spec.sip_password {
+                Some(given) => BatchPassword::Given(given),
+                None => BatchPassword::New(new_sip_password()),
+            };
+            let row = BatchRow {
                 index,
                 node_id,
                 spec,
                 password,
-            });
-            if batch.len() == BATCH_ROWS {
-                write_batch(&mut tx, &mut batch).await?;
-                in_batch.clear();
-            }
+            };
+            batches.push(&mut tx, row).await?;
         }
-        write_batch(&mut tx, &mut batch).await?;
+        batches.write_all(&mut tx).await?;
         tx.commit()
             .await
             .map_err(|e| (specs.len(), StoreError::Database(e)))?;
@@ -617,12 +614,12 @@ async fn set_extension_in(
 }
 
 /// Rows per batched statement: 5 parameters each, well under SQLite's 32,766 and PostgreSQL's
-/// 65,535 parameters per statement.
+/// 65,535 parameters per statement; larger batches gain little.
 const BATCH_ROWS: usize = 2_000;
 const BATCH_PARAMS: usize = 5;
 
-/// The SIP password a batched row brings: the spec's, a new one for a new extension, or none
-/// (the stored one is kept).
+/// The SIP password a batched row brings: the spec's, or a new one, used only if the row is
+/// created.
 enum BatchPassword<'a> {
     Given(&'a SecretString),
     New(SecretString),
@@ -642,62 +639,152 @@ struct BatchRow<'a> {
     index: usize,
     node_id: i64,
     spec: &'a ExtensionSpec,
-    password: Option<BatchPassword<'a>>,
+    password: BatchPassword<'a>,
 }
 
-/// Writes and empties the batch with one statement. A row that exists on its node keeps what the
-/// spec leaves out (`NULL` here, filled from the joined row); a new row gets the defaults. The
-/// `DO UPDATE … WHERE` leaves a row that would not change untouched, so the triggers record only
-/// real changes (they would also skip a no-op update; this saves the write).
+/// Which fields a spec gives: the columns its row's `DO UPDATE` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Given {
+    kind: bool,
+    use_remote_auth: bool,
+    sip_password: bool,
+}
+
+impl Given {
+    fn of(spec: &ExtensionSpec) -> Given {
+        Given {
+            kind: spec.kind.is_some(),
+            use_remote_auth: spec.use_remote_auth.is_some(),
+            sip_password: spec.sip_password.is_some(),
+        }
+    }
+}
+
+/// Rows waiting to be written, one batch per [`Given`] (an import file makes one to four).
+///
+/// Each batch is one statement whose inserted row is what a new extension gets (the spec's
+/// fields, else kind `sip`, remote off and a new SIP password) and whose `DO UPDATE` sets only the
+/// fields the spec gives, so an existing row keeps the others. So the statement is right whether
+/// the row exists or not, with no lookup (or join) of the stored row. The `DO UPDATE … WHERE`
+/// leaves a row that would not change unwritten (the triggers would record no change for it).
+struct Batches<'a> {
+    backend: Backend,
+    batches: HashMap<Given, Vec<BatchRow<'a>>>,
+    numbers: HashSet<&'a str>,
+}
+
+impl<'a> Batches<'a> {
+    fn new(backend: Backend) -> Self {
+        Batches {
+            backend,
+            batches: HashMap::new(),
+            numbers: HashSet::new(),
+        }
+    }
+
+    fn holds(&self, number: &str) -> bool {
+        self.numbers.contains(number)
+    }
+
+    async fn push(
+        &mut self,
+        tx: &mut Transaction<'static, Any>,
+        row: BatchRow<'a>,
+    ) -> Result<(), (usize, StoreError)> {
+        let given = Given::of(row.spec);
+        self.numbers.insert(&row.spec.number);
+        let batch = self.batches.entry(given).or_default();
+        batch.push(row);
+        if batch.len() == BATCH_ROWS {
+            let full = std::mem::take(batch);
+            for row in &full {
+                self.numbers.remove(row.spec.number.as_str());
+            }
+            write_batch(tx, self.backend, given, &full).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_all(
+        &mut self,
+        tx: &mut Transaction<'static, Any>,
+    ) -> Result<(), (usize, StoreError)> {
+        for (given, batch) in self.batches.drain() {
+            write_batch(tx, self.backend, given, &batch).await?;
+        }
+        self.numbers.clear();
+        Ok(())
+    }
+}
+
+/// Writes one batch with one statement.
 async fn write_batch(
     tx: &mut Transaction<'static, Any>,
-    batch: &mut Vec<BatchRow<'_>>,
+    backend: Backend,
+    given: Given,
+    batch: &[BatchRow<'_>],
 ) -> Result<(), (usize, StoreError)> {
     let Some(first) = batch.first() else {
         return Ok(());
     };
-    let first_index = first.index;
+    // SQLite looks a named parameter (`$N`) up by scanning a list of all of them, which makes
+    // binding a statement quadratic in its parameters (seconds per 10,000); plain `?` are bound
+    // by position. Each parameter is used once, in order, so both spellings mean the same.
     let values: Vec<String> = (0..batch.len())
-        .map(|row| {
-            let p = row * BATCH_PARAMS;
-            format!("(${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5)
+        .map(|row| match backend {
+            Backend::Sqlite => "(?, ?, ?, ?, ?)".to_string(),
+            Backend::Postgres => {
+                let p = row * BATCH_PARAMS;
+                format!("(${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5)
+            }
         })
         .collect();
-    // `WHERE true`: SQLite would otherwise read `ON CONFLICT` as the join's `ON`.
+    let columns: Vec<&str> = [
+        (given.kind, "kind"),
+        (given.use_remote_auth, "use_remote_auth"),
+        (given.sip_password, "sip_password"),
+    ]
+    .into_iter()
+    .filter_map(|(is_given, column)| is_given.then_some(column))
+    .collect();
+    let on_conflict = if columns.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        let set: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        let differs: Vec<String> = columns
+            .iter()
+            .map(|c| format!("extensions.{c} <> excluded.{c}"))
+            .collect();
+        format!(
+            "DO UPDATE SET {} WHERE {}",
+            set.join(", "),
+            differs.join(" OR ")
+        )
+    };
     let sql = format!(
-        "WITH v (node_id, number, kind, use_remote_auth, sip_password) AS (VALUES {})
-         INSERT INTO extensions (node_id, number, kind, use_remote_auth, sip_password)
-         SELECT v.node_id, v.number,
-                COALESCE(v.kind, e.kind, 'sip'),
-                COALESCE(v.use_remote_auth, e.use_remote_auth, false),
-                COALESCE(v.sip_password, e.sip_password)
-           FROM v LEFT JOIN extensions e ON e.node_id = v.node_id AND e.number = v.number
-          WHERE true
-         ON CONFLICT (node_id, number) DO UPDATE
-            SET kind = excluded.kind,
-                use_remote_auth = excluded.use_remote_auth,
-                sip_password = excluded.sip_password
-          WHERE extensions.kind <> excluded.kind
-             OR extensions.use_remote_auth <> excluded.use_remote_auth
-             OR extensions.sip_password <> excluded.sip_password",
+        "INSERT INTO extensions (node_id, number, kind, use_remote_auth, sip_password)
+         VALUES {}
+         ON CONFLICT (node_id, number) {on_conflict}",
         values.join(", ")
     );
     let mut query = sqlx::query(AssertSqlSafe(sql));
-    for row in batch.iter() {
+    for row in batch {
         query = query
             .bind(row.node_id)
             .bind(row.spec.number.as_str())
-            .bind(row.spec.kind.map(ExtensionKind::as_str))
-            .bind(row.spec.use_remote_auth)
-            .bind(row.password.as_ref().map(BatchPassword::expose));
+            .bind(row.spec.kind.unwrap_or(ExtensionKind::Sip).as_str())
+            .bind(row.spec.use_remote_auth.unwrap_or(false))
+            .bind(row.password.expose());
     }
-    let result = query.execute(&mut **tx).await;
     // Which row a constraint refused is not known; name the batch's first.
-    let number = batch[0].spec.number.clone();
-    batch.clear();
-    result
+    query
+        .execute(&mut **tx)
+        .await
         .map(|_| ())
-        .map_err(|e| (first_index, classify(e, |_| number.clone())))
+        .map_err(|e| (first.index, classify(e, |_| first.spec.number.clone())))
 }
 
 /// Moves the number's row from `from` to the spec's node, applying the spec as
