@@ -66,7 +66,10 @@ async fn import_into(url: &str, rows: usize) -> f64 {
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(created, rows);
     if std::env::var_os("BENCH_VERBOSE").is_some() {
-        eprintln!("  {rows} rows: parse {parsed_in:.3} s, write {:.3} s", seconds - parsed_in);
+        eprintln!(
+            "  {rows} rows: parse {parsed_in:.3} s, write {:.3} s",
+            seconds - parsed_in
+        );
     }
     store.close().await;
     seconds

@@ -6,8 +6,8 @@ use sqlx::{Any, AssertSqlSafe, Row, Transaction, ValueRef};
 
 use super::error::{classify, quote};
 use super::{
-    Backend, BadRow, DeviceFact, Extension, ExtensionKind, ExtensionRows, ExtensionSpec, ExtensionState,
-    NotFound, OutcomeWrite, Result, StateUpdate, Store, StoreError, get_bool, now,
+    Backend, BadRow, DeviceFact, Extension, ExtensionKind, ExtensionRows, ExtensionSpec,
+    ExtensionState, NotFound, OutcomeWrite, Result, StateUpdate, Store, StoreError, get_bool, now,
 };
 
 // A LEFT JOIN, so that an extension whose node was deleted behind our back (foreign keys off in a
@@ -735,7 +735,14 @@ async fn write_batch(
             Backend::Sqlite => "(?, ?, ?, ?, ?)".to_string(),
             Backend::Postgres => {
                 let p = row * BATCH_PARAMS;
-                format!("(${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5)
+                format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
             }
         })
         .collect();

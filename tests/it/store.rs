@@ -633,10 +633,8 @@ async fn a_large_import_is_batched_and_records_each_change_once(db: TestDb) {
     assert_eq!(store.pending_changes(1_000_000).await.unwrap().len(), ROWS);
     let again = store.extensions().await.unwrap();
     assert!(
-        all.iter()
-            .zip(&again)
-            .all(|(a, b)| a.version == b.version
-                && a.sip_password.expose_secret() == b.sip_password.expose_secret()),
+        all.iter().zip(&again).all(|(a, b)| a.version == b.version
+            && a.sip_password.expose_secret() == b.sip_password.expose_secret()),
         "nothing rewritten"
     );
 
@@ -788,7 +786,10 @@ async fn a_bulk_set_applies_specs_in_order(db: TestDb) {
     assert_eq!(e3001.sip_password.expose_secret(), "kept");
 
     let (index, err) = store
-        .set_extensions(&[spec("1002", "pbx1"), spec("2001", "pbx3")], &mut next_password)
+        .set_extensions(
+            &[spec("1002", "pbx1"), spec("2001", "pbx3")],
+            &mut next_password,
+        )
         .await
         .unwrap_err();
     assert_eq!(index, 1);
