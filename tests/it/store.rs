@@ -19,6 +19,8 @@ crate::on_both_backends!(
     deleting_an_owned_extension_keeps_its_device_for_removal,
     state_settings_and_audit_round_trip,
     bulk_set_is_all_or_nothing,
+    a_large_import_is_batched_and_records_each_change_once,
+    a_bulk_set_applies_specs_in_order,
     notifications_reach_a_postgres_listener,
     bad_rows_are_reported_and_the_others_carry_on,
     marking_a_bad_row_needs_no_decoding_and_repairs_our_own_columns,
@@ -563,6 +565,237 @@ async fn bulk_set_is_all_or_nothing(db: TestDb) {
         2,
         "no change rows left behind"
     );
+}
+
+/// Thousands of rows: more than one batch of the bulk write, so that all-or-nothing covers
+/// batches already written when the bad row is found.
+async fn a_large_import_is_batched_and_records_each_change_once(db: TestDb) {
+    const ROWS: usize = 5_000;
+    let store = &db.store;
+    with_nodes(store).await;
+    let mut counter = 0;
+    let mut next_password = || {
+        counter += 1;
+        secret(&format!("generated-{counter}"))
+    };
+    let numbers: Vec<String> = (0..ROWS).map(|i| (100_000 + i).to_string()).collect();
+    let specs: Vec<ExtensionSpec> = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, number)| {
+            let mut s = spec(number, if i % 2 == 0 { "pbx1" } else { "pbx2" });
+            if i % 7 == 0 {
+                s.kind = Some(ExtensionKind::SipHotDesk);
+            }
+            if i % 5 == 0 {
+                s.use_remote_auth = Some(true);
+            }
+            s
+        })
+        .collect();
+    assert_eq!(
+        store
+            .set_extensions(&specs, &mut next_password)
+            .await
+            .unwrap(),
+        ROWS
+    );
+    let all = store.extensions().await.unwrap();
+    assert_eq!(all.len(), ROWS);
+    let by_number: std::collections::HashMap<&str, &mbg_provision::store::Extension> =
+        all.iter().map(|e| (e.number.as_str(), e)).collect();
+    for (i, number) in numbers.iter().enumerate() {
+        let e = by_number[number.as_str()];
+        assert_eq!(e.node_name, if i % 2 == 0 { "pbx1" } else { "pbx2" });
+        let kind = if i % 7 == 0 {
+            ExtensionKind::SipHotDesk
+        } else {
+            ExtensionKind::Sip
+        };
+        assert_eq!(e.kind, kind, "{number}");
+        assert_eq!(e.use_remote_auth, i % 5 == 0, "{number}");
+        assert_eq!(e.state, ExtensionState::Idle);
+    }
+    let passwords: std::collections::HashSet<&str> =
+        all.iter().map(|e| e.sip_password.expose_secret()).collect();
+    assert_eq!(passwords.len(), ROWS, "each new extension its own password");
+    let changes = store.pending_changes(1_000_000).await.unwrap();
+    assert_eq!(changes.len(), ROWS, "one change per extension created");
+
+    // The same file again: restated, nothing changed, no change recorded.
+    assert_eq!(
+        store
+            .set_extensions(&specs, &mut next_password)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.pending_changes(1_000_000).await.unwrap().len(), ROWS);
+    let again = store.extensions().await.unwrap();
+    assert!(
+        all.iter().zip(&again).all(|(a, b)| a.version == b.version
+            && a.sip_password.expose_secret() == b.sip_password.expose_secret()),
+        "nothing rewritten"
+    );
+
+    // A subset changed (remote on for every third row that had it off): only those get a change.
+    let mut changed_ids = std::collections::HashSet::new();
+    let update: Vec<ExtensionSpec> = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, number)| {
+            let mut s = spec(number, if i % 2 == 0 { "pbx1" } else { "pbx2" });
+            if i % 3 == 0 && i % 5 != 0 {
+                s.use_remote_auth = Some(true);
+                changed_ids.insert(by_number[number.as_str()].id);
+            } else if i % 11 == 0 {
+                s.use_remote_auth = Some(i % 5 == 0); // restates what is stored
+            }
+            s
+        })
+        .collect();
+    assert_eq!(
+        store
+            .set_extensions(&update, &mut next_password)
+            .await
+            .unwrap(),
+        0
+    );
+    let changes = store.pending_changes(1_000_000).await.unwrap();
+    let new_changes: std::collections::HashSet<i64> =
+        changes[ROWS..].iter().map(|c| c.extension_id).collect();
+    assert_eq!(changes.len(), ROWS + changed_ids.len());
+    assert_eq!(new_changes, changed_ids, "exactly the changed rows");
+    let updated = store.extensions().await.unwrap();
+    for e in &updated {
+        let before = by_number[e.number.as_str()];
+        assert_eq!(e.kind, before.kind, "kind left alone: {}", e.number);
+        assert_eq!(
+            e.sip_password.expose_secret(),
+            before.sip_password.expose_secret(),
+            "password kept: {}",
+            e.number
+        );
+        assert_eq!(
+            e.use_remote_auth,
+            before.use_remote_auth || changed_ids.contains(&e.id)
+        );
+    }
+
+    // A bad row at the very end, after whole batches were written: nothing stays.
+    let mut bad: Vec<ExtensionSpec> = numbers
+        .iter()
+        .map(|number| {
+            let mut s = spec(number, "pbx1"); // odd rows move from pbx2
+            s.kind = Some(ExtensionKind::SipHotDesk);
+            s
+        })
+        .collect();
+    bad.extend((0..10).map(|i| spec(&(200_000 + i).to_string(), "pbx2")));
+    bad.push(spec("300000", "gone"));
+    let (index, err) = store
+        .set_extensions(&bad, &mut next_password)
+        .await
+        .unwrap_err();
+    assert_eq!(index, ROWS + 10);
+    assert!(
+        matches!(err, StoreError::NotFound(NotFound::Node(ref n)) if n == "gone"),
+        "{err:?}"
+    );
+    let after = store.extensions().await.unwrap();
+    assert_eq!(after.len(), ROWS, "no row created");
+    assert!(
+        after.iter().zip(&updated).all(|(a, b)| a.id == b.id
+            && a.node_id == b.node_id
+            && a.kind == b.kind
+            && a.version == b.version),
+        "no row changed or moved"
+    );
+    assert_eq!(
+        store.pending_changes(1_000_000).await.unwrap().len(),
+        ROWS + changed_ids.len(),
+        "no change rows left behind"
+    );
+}
+
+/// The bulk write gives what the specs applied one by one would: a number seen twice, a number
+/// moved, and a number on several nodes.
+async fn a_bulk_set_applies_specs_in_order(db: TestDb) {
+    let store = &db.store;
+    with_nodes(store).await;
+    store.add_node(&node("pbx3", "10.0.0.22")).await.unwrap();
+    let mut counter = 0;
+    let mut next_password = || {
+        counter += 1;
+        secret(&format!("generated-{counter}"))
+    };
+    // 2001 on two nodes, written by another program.
+    let mut raw = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    raw.execute(
+        "INSERT INTO extensions (node_id, number, sip_password)
+         SELECT id, '2001', 'theirs-' || name FROM nodes WHERE name IN ('pbx1', 'pbx2')",
+    )
+    .await
+    .unwrap();
+    raw.close().await.unwrap();
+    store
+        .set_extension(&spec("3001", "pbx3"), &secret("kept"))
+        .await
+        .unwrap();
+
+    let mut hot = spec("1001", "pbx2");
+    hot.kind = Some(ExtensionKind::SipHotDesk);
+    let mut remote = spec("1001", "pbx2");
+    remote.use_remote_auth = Some(true);
+    let mut typed = spec("2001", "pbx2");
+    typed.sip_password = Some(secret("typed"));
+    let mut moved = spec("3001", "pbx1");
+    moved.use_remote_auth = Some(true);
+    let specs = [
+        spec("1001", "pbx1"), // created
+        hot,                  // moved to pbx2, kind changed
+        remote,               // the same row again
+        typed,                // the pbx2 row of a number on two nodes
+        moved,                // moved from pbx3
+    ];
+    assert_eq!(
+        store
+            .set_extensions(&specs, &mut next_password)
+            .await
+            .unwrap(),
+        1
+    );
+    let all = store.extensions().await.unwrap();
+    let find = |number: &str, node: &str| {
+        all.iter()
+            .find(|e| e.number == number && e.node_name == node)
+            .unwrap_or_else(|| panic!("{number} on {node}: {all:?}"))
+    };
+    assert_eq!(all.len(), 4, "{all:?}");
+    let e1001 = find("1001", "pbx2");
+    assert_eq!(e1001.kind, ExtensionKind::SipHotDesk);
+    assert!(e1001.use_remote_auth);
+    assert_eq!(e1001.sip_password.expose_secret(), "generated-1");
+    assert_eq!(find("2001", "pbx2").sip_password.expose_secret(), "typed");
+    assert_eq!(
+        find("2001", "pbx1").sip_password.expose_secret(),
+        "theirs-pbx1"
+    );
+    let e3001 = find("3001", "pbx1");
+    assert!(e3001.use_remote_auth);
+    assert_eq!(e3001.sip_password.expose_secret(), "kept");
+
+    let (index, err) = store
+        .set_extensions(
+            &[spec("1002", "pbx1"), spec("2001", "pbx3")],
+            &mut next_password,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(index, 1);
+    assert_eq!(err.field(), Some("extension number"), "{err:?}");
+    assert!(err.to_string().contains("several nodes"), "{err}");
+    assert_eq!(store.extensions().await.unwrap().len(), 4);
 }
 
 async fn notifications_reach_a_postgres_listener(db: TestDb) {
