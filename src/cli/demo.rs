@@ -99,30 +99,19 @@ pub async fn run() -> Result<ExitCode> {
         token::date(expires)
     );
     let client = context::client(&app).await?;
+    // The demo's database is its own: no other pass can run on it, so no pass lock.
+    let shutdown = Shutdown::new();
+    let pass = async |mode| {
+        reconcile::run_pass(store, &client, config, mode, &shutdown, clock.now()).await
+    };
 
     step("sync --dry-run: the plan, nothing changed yet");
-    let dry = reconcile::run_pass(
-        store,
-        &client,
-        config,
-        Mode::DryRun,
-        &Shutdown::new(),
-        clock.now(),
-    )
-    .await?;
+    let dry = pass(Mode::DryRun).await?;
     print_plan(&dry);
     print_results(&dry);
 
     step("sync: provision");
-    let first = reconcile::run_pass(
-        store,
-        &client,
-        config,
-        Mode::Apply,
-        &Shutdown::new(),
-        clock.now(),
-    )
-    .await?;
+    let first = pass(Mode::Apply).await?;
     print_plan(&first);
     print_results(&first);
     println!("SIP users on the MBG now: {}", mbg.devices().len());
@@ -144,15 +133,7 @@ pub async fn run() -> Result<ExitCode> {
     set(store, config, "1004", "pbx1", None, true).await?;
 
     step("sync again: 1002 removed, 1004 provisioned, the hand-made user left alone");
-    let second = reconcile::run_pass(
-        store,
-        &client,
-        config,
-        Mode::Apply,
-        &Shutdown::new(),
-        clock.now(),
-    )
-    .await?;
+    let second = pass(Mode::Apply).await?;
     print_plan(&second);
     print_results(&second);
     let devices = mbg.devices();
@@ -174,15 +155,7 @@ pub async fn run() -> Result<ExitCode> {
                 .unwrap_or_default()
         );
     }
-    let third = reconcile::run_pass(
-        store,
-        &client,
-        config,
-        Mode::DryRun,
-        &Shutdown::new(),
-        clock.now(),
-    )
-    .await?;
+    let third = pass(Mode::DryRun).await?;
     ensure!(
         third.plan.changes().next().is_none(),
         "a third pass must have nothing to change"
