@@ -16,15 +16,19 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use rand::RngExt;
 use secrecy::ExposeSecret;
+use tokio::sync::Semaphore;
 use tracing::{Instrument, info, warn};
 
 use super::plan::{Action, Adoption, Owner, Plan};
+use super::recorder::{self, Recorder};
 use crate::mbg::{MbgClient, MbgError, MbgErrorKind, NewSipDevice, SipDevice, SipDevicePatch};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    AuditEntry, DeviceFact, Extension, ExtensionState, OutcomeWrite, StateUpdate, Store, StoreError,
+    AuditEntry, DeviceFact, Extension, ExtensionState, OutcomeWrite, PassWrite, StateUpdate, Store,
+    StoreError,
 };
 
 /// First retry delay of a later pass after a failure; doubled per attempt up to [`MAX_BACKOFF`].
@@ -134,17 +138,44 @@ enum Step<'p> {
     Refused(Outcome, MbgError),
 }
 
+/// Carries the plan out, its outcomes committed in groups by one writer running beside the
+/// calls (see [`recorder`]); returns once every outcome is committed.
 pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreError> {
+    let (recorder, writer) = recorder::recorder(cx.store);
+    let calls = async move {
+        let report = call_and_record(cx, &recorder, plan).await;
+        drop(recorder); // lets the writer finish
+        report
+    };
+    let (report, ()) = tokio::join!(calls, writer);
+    report
+}
+
+async fn call_and_record(
+    cx: &Context<'_>,
+    rec: &Recorder,
+    plan: &Plan,
+) -> Result<ApplyReport, StoreError> {
     let mut report = ApplyReport::default();
     let refused = std::sync::atomic::AtomicBool::new(false);
+    // Bounds the MBG calls in flight, not the bookkeeping after them: a call's slot is free as
+    // soon as the MBG answers, while its outcome waits for the writer's next group.
+    let in_flight = Semaphore::new(cx.options.max_in_flight.max(1));
     let mut pending: Vec<&Action> = plan.actions.iter().collect();
     for round in 1.. {
         let throttled: std::sync::Mutex<Option<MbgError>> = std::sync::Mutex::new(None);
-        let steps: Vec<(Step, bool)> = futures_util::stream::iter(pending)
+        let steps: Vec<(Step, bool)> = pending
+            .into_iter()
             .map(|action| {
                 let span = tracing::info_span!("apply", extension = %action.number(), action = action.verb());
-                let (refused, throttled) = (&refused, &throttled);
+                let (refused, throttled, in_flight) = (&refused, &throttled, &in_flight);
                 async move {
+                    let called = action.is_mbg_call();
+                    let slot = if called {
+                        Some(in_flight.acquire().await.expect("the semaphore is never closed"))
+                    } else {
+                        None
+                    };
                     if action.is_change() {
                         let why = if refused.load(std::sync::atomic::Ordering::SeqCst) {
                             Some("not attempted: the MBG refused the token")
@@ -159,21 +190,22 @@ pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreEr
                     }
                     // The MBG asked us to slow down: what has not started waits for the next
                     // round (after its Retry-After) instead of meeting the same 429.
-                    if action.is_mbg_call()
+                    if called
                         && let Some(limited) = throttled.lock().unwrap_or_else(|e| e.into_inner()).clone()
                     {
                         return (Step::Retry(action, limited), false);
                     }
-                    let called = action.is_mbg_call();
+                    let answer = call(cx.client, action).await;
+                    drop(slot);
                     // Recorded as soon as the MBG answers: a guid must reach the database even
                     // if the process dies before the rest of the round is done.
-                    let step = match call(cx.client, action).await {
-                        Ok(created) => Step::Recorded(recorded(action, record_success(cx, action, created).await)),
+                    let step = match answer {
+                        Ok(created) => Step::Recorded(recorded(action, record_success(cx, rec, action, created).await)),
                         Err(error) => {
                             if let MbgErrorKind::Unauthorized(_) = error.kind {
                                 refused.store(true, std::sync::atomic::Ordering::SeqCst);
                                 warn!(error = %error, "the MBG refused the token; no more calls this pass");
-                                audit(cx, action, "failed", &error.to_string()).await.ok();
+                                record(rec, RowWrite::Nothing, Some(audit(cx, action, "failed", &error.to_string()))).await.ok();
                                 Step::Refused(outcome(action, Status::Skipped, error.to_string()), error)
                             } else if error.is_retryable() {
                                 if let MbgErrorKind::RateLimited(Some(_)) = error.kind {
@@ -184,7 +216,7 @@ pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreEr
                                 }
                                 Step::Retry(action, error)
                             } else {
-                                Step::Recorded(recorded(action, record_failure(cx, action, &error).await))
+                                Step::Recorded(recorded(action, record_failure(cx, rec, action, &error).await))
                             }
                         }
                     };
@@ -192,7 +224,7 @@ pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreEr
                 }
                 .instrument(span)
             })
-            .buffer_unordered(cx.options.max_in_flight.max(1))
+            .collect::<FuturesUnordered<_>>()
             .collect()
             .await;
         let mut retry: Vec<(&Action, MbgError)> = Vec::new();
@@ -237,9 +269,10 @@ pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreEr
         }
         if give_up || cx.shutdown.is_triggered() {
             for (action, error) in retry {
-                report
-                    .outcomes
-                    .push(recorded(action, record_failure(cx, action, &error).await));
+                report.outcomes.push(recorded(
+                    action,
+                    record_failure(cx, rec, action, &error).await,
+                ));
             }
             break;
         }
@@ -274,16 +307,17 @@ pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreEr
                 Ok(devices) => match devices.iter().find(|d| carries(d, device)) {
                     Some(made) => {
                         info!(extension = %action.number(), guid = %made.guid, "the create went through before its answer was lost");
-                        let result = record_success(cx, action, Some(made.guid.clone())).await;
+                        let result = record_success(cx, rec, action, Some(made.guid.clone())).await;
                         report.outcomes.push(recorded(action, result));
                     }
                     None => again.push(*action),
                 },
                 // Unknown whether it went through: never post twice. The next pass sees the
                 // device, if there is one, and takes it back by its credentials.
-                Err(_) => report
-                    .outcomes
-                    .push(recorded(action, record_failure(cx, action, error).await)),
+                Err(_) => report.outcomes.push(recorded(
+                    action,
+                    record_failure(cx, rec, action, error).await,
+                )),
             }
         }
         if again.is_empty() {
@@ -380,57 +414,84 @@ fn settled(state: ExtensionState) -> StateUpdate {
     }
 }
 
-/// Writes an extension's outcome, conditional on the row being as planned.
-async fn write(
+/// The extension row's part of an outcome.
+enum RowWrite {
+    Write(PassWrite),
+    /// Nothing to write; the outcome stands.
+    Nothing,
+    /// The extension is not among the planned rows: its state is left for the next pass.
+    NotPlanned,
+}
+
+/// An extension's outcome, conditional on the row being as planned.
+fn row_write(
     cx: &Context<'_>,
     extension_id: i64,
     device: DeviceFact,
     state: StateUpdate,
-) -> Result<bool, StoreError> {
-    let Some(planned) = cx.planned.get(&extension_id) else {
-        return Ok(false);
-    };
-    cx.store
-        .write_outcome(&OutcomeWrite {
+) -> RowWrite {
+    match cx.planned.get(&extension_id) {
+        Some(planned) => RowWrite::Write(PassWrite::Outcome(OutcomeWrite {
             extension_id,
             planned_version: planned.version,
             device,
             state,
-        })
-        .await
+        })),
+        None => RowWrite::NotPlanned,
+    }
+}
+
+/// Commits an outcome's row write and audit row together. `false` when the row changed after
+/// the plan was made: its state is then left for the next pass.
+async fn record(
+    rec: &Recorder,
+    row: RowWrite,
+    audit: Option<AuditEntry>,
+) -> Result<bool, StoreError> {
+    let mut writes: Vec<PassWrite> = audit.into_iter().map(PassWrite::Audit).collect();
+    let current = match row {
+        RowWrite::Write(write) => {
+            writes.push(write);
+            None
+        }
+        RowWrite::Nothing => Some(true),
+        RowWrite::NotPlanned => Some(false),
+    };
+    if writes.is_empty() {
+        return Ok(current.unwrap_or(true));
+    }
+    let written = rec.record(writes).await?;
+    Ok(current.unwrap_or_else(|| written.last().copied().unwrap_or(false)))
 }
 
 async fn record_success(
     cx: &Context<'_>,
+    rec: &Recorder,
     action: &Action,
     created: Option<String>,
 ) -> Result<Outcome, StoreError> {
     let effect = effect_of(action, created.as_deref());
     let provisioned = settled(ExtensionState::Provisioned);
-    let (current, detail) = match action {
+    let (row, detail) = match action {
         Action::Create { extension_id, .. } => {
             let guid = created.expect("a create returns its guid");
-            let current = write(
+            let row = row_write(
                 cx,
                 *extension_id,
                 DeviceFact::Holds(guid.clone()),
                 provisioned,
-            )
-            .await?;
-            (current, format!("created SIP user {guid}"))
+            );
+            (row, format!("created SIP user {guid}"))
         }
         Action::Update {
             extension_id,
             guid,
             changes,
             ..
-        } => {
-            let current = write(cx, *extension_id, DeviceFact::Unchanged, provisioned).await?;
-            (
-                current,
-                format!("updated SIP user {guid}: {}", changes.join(", ")),
-            )
-        }
+        } => (
+            row_write(cx, *extension_id, DeviceFact::Unchanged, provisioned),
+            format!("updated SIP user {guid}: {}", changes.join(", ")),
+        ),
         Action::Adopt {
             extension_id,
             guid,
@@ -438,13 +499,6 @@ async fn record_success(
             proof,
             ..
         } => {
-            let current = write(
-                cx,
-                *extension_id,
-                DeviceFact::Holds(guid.clone()),
-                provisioned,
-            )
-            .await?;
             let why = match proof {
                 Adoption::ExactMatch => "adopted",
                 Adoption::OwnCredentials => "took back (it carries this extension's credentials)",
@@ -455,21 +509,24 @@ async fn record_success(
                 changes.join(", ")
             };
             (
-                current,
+                row_write(
+                    cx,
+                    *extension_id,
+                    DeviceFact::Holds(guid.clone()),
+                    provisioned,
+                ),
                 format!("{why} SIP user {guid}, overwrote: {changed}"),
             )
         }
         Action::Delete { owner, guid, .. } => {
-            let current = forget(cx, *owner).await?;
-            (current, format!("deleted SIP user {guid}"))
+            (forget(cx, *owner), format!("deleted SIP user {guid}"))
         }
         Action::Forget { owner, guid, .. } => {
-            let current = forget(cx, *owner).await?;
             let what = guid
                 .as_deref()
                 .map_or("no SIP user".to_string(), |g| format!("SIP user {g}"));
             (
-                current,
+                forget(cx, *owner),
                 format!("cleared the record: {what} is not on the MBG (or is another row's)"),
             )
         }
@@ -484,7 +541,8 @@ async fn record_success(
                 attempts: 0,
                 next_attempt_at: None,
             };
-            let current = write(cx, *extension_id, DeviceFact::Unchanged, needs).await?;
+            let row = row_write(cx, *extension_id, DeviceFact::Unchanged, needs);
+            let current = record(rec, row, None).await?;
             warn!(extension = %action.number(), problem = %problem, "needs attention");
             let status = if current {
                 Status::NeedsAttention
@@ -494,7 +552,7 @@ async fn record_success(
             return Ok(outcome(action, status, problem.fix()));
         }
     };
-    audit(cx, action, "ok", &detail).await?;
+    let current = record(rec, row, Some(audit(cx, action, "ok", &detail))).await?;
     info!(extension = %action.number(), "{detail}");
     let mut done = if current {
         outcome(action, Status::Done, detail)
@@ -509,26 +567,26 @@ async fn record_success(
     Ok(done)
 }
 
-/// The bookkeeping once a device of `owner` is gone. `false` when the row changed meanwhile.
-async fn forget(cx: &Context<'_>, owner: Owner) -> Result<bool, StoreError> {
+/// The bookkeeping once a device of `owner` is gone.
+fn forget(cx: &Context<'_>, owner: Owner) -> RowWrite {
     match owner {
-        Owner::Extension(id) => {
-            write(cx, id, DeviceFact::Gone, settled(ExtensionState::Idle)).await
-        }
-        Owner::Released { id, last: true } => cx.store.forget_released(id).await.map(|_| true),
-        Owner::Released { last: false, .. } | Owner::Duplicate => Ok(true),
+        Owner::Extension(id) => row_write(cx, id, DeviceFact::Gone, settled(ExtensionState::Idle)),
+        Owner::Released { id, last: true } => RowWrite::Write(PassWrite::ForgetReleased(id)),
+        Owner::Released { last: false, .. } | Owner::Duplicate => RowWrite::Nothing,
     }
 }
 
 async fn record_failure(
     cx: &Context<'_>,
+    rec: &Recorder,
     action: &Action,
     error: &MbgError,
 ) -> Result<Outcome, StoreError> {
     let now = cx.options.now;
     let detail = format!("extension {}: {error}", action.number());
-    audit(cx, action, "failed", &detail).await?;
+    let audited = Some(audit(cx, action, "failed", &detail));
     let Some(extension_id) = action.extension_id() else {
+        record(rec, RowWrite::Nothing, audited).await?;
         warn!(extension = %action.number(), error = %error, "cannot remove a SIP user of ours; retried next pass");
         return Ok(outcome(action, Status::Failed, detail));
     };
@@ -576,7 +634,7 @@ async fn record_failure(
         ),
     };
     warn!(extension = %action.number(), error = %error, "failed");
-    let current = write(cx, extension_id, device, update).await?;
+    let current = record(rec, row_write(cx, extension_id, device, update), audited).await?;
     let mut failed = outcome(action, if current { status } else { Status::Stale }, detail);
     if error.kind == MbgErrorKind::NotFound {
         failed.effect = action
@@ -586,21 +644,14 @@ async fn record_failure(
     Ok(failed)
 }
 
-async fn audit(
-    cx: &Context<'_>,
-    action: &Action,
-    outcome: &str,
-    detail: &str,
-) -> Result<(), StoreError> {
-    cx.store
-        .audit(&AuditEntry {
-            at: cx.options.now,
-            extension: Some(action.number().to_string()),
-            action: action.verb().to_string(),
-            outcome: outcome.to_string(),
-            detail: Some(detail.to_string()),
-        })
-        .await
+fn audit(cx: &Context<'_>, action: &Action, outcome: &str, detail: &str) -> AuditEntry {
+    AuditEntry {
+        at: cx.options.now,
+        extension: Some(action.number().to_string()),
+        action: action.verb().to_string(),
+        outcome: outcome.to_string(),
+        detail: Some(detail.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod plan;
+mod recorder;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -14,7 +15,10 @@ use crate::config::Config;
 use crate::credentials;
 use crate::mbg::{Icp, MbgClient, MbgError, SipDevice};
 use crate::shutdown::Shutdown;
-use crate::store::{BadRow, Extension, ExtensionState, Store, StoreError};
+use crate::store::{
+    BadRow, CredentialFill, DeviceFact, Extension, ExtensionState, OutcomeWrite, PassWrite,
+    StateUpdate, Store, StoreError,
+};
 pub use apply::{ApplyOptions, ApplyReport, DeviceEffect, Outcome, Status};
 pub use plan::{Action, Adoption, Owner, Plan, Problem};
 
@@ -223,18 +227,27 @@ pub async fn run_pass_with(
         )
     };
     if mode == Mode::Apply {
-        for extension in store
+        let fills: Vec<CredentialFill> = store
             .extension_rows()
             .await?
             .good
             .iter()
             .filter(|e| needs_credentials(e))
-        {
-            let (name, password) = new_credentials();
-            store
-                .fill_remote_credentials(extension.id, &name, &password)
-                .await?;
-            info!(extension = %extension.number, "remote credentials generated and stored");
+            .map(|extension| {
+                let (name, password) = new_credentials();
+                CredentialFill {
+                    extension_id: extension.id,
+                    name,
+                    password,
+                }
+            })
+            .collect();
+        store.fill_remote_credentials_all(&fills).await?;
+        if !fills.is_empty() {
+            info!(
+                extensions = fills.len(),
+                "remote credentials generated and stored"
+            );
         }
     }
     // Read after our own credential writes and before the extensions: every change recorded
@@ -298,30 +311,37 @@ pub async fn run_pass_with(
         return Ok(report);
     }
 
-    let mut stale: HashSet<i64> = HashSet::new();
-    for settled in &report.plan.settled {
-        let Some(extension) = report.extensions.get(&settled.extension_id) else {
-            continue;
-        };
-        if extension.state != settled.state || extension.last_error.is_some() {
-            let written = store
-                .write_outcome(&crate::store::OutcomeWrite {
-                    extension_id: extension.id,
-                    planned_version: extension.version,
-                    device: crate::store::DeviceFact::Unchanged,
-                    state: crate::store::StateUpdate {
-                        state: settled.state,
-                        last_error: None,
-                        attempts: 0,
-                        next_attempt_at: None,
-                    },
-                })
-                .await?;
-            if !written {
-                stale.insert(extension.id);
-            }
-        }
-    }
+    // Rows already as the MBG holds them, whose recorded state says otherwise: one group.
+    let settling: Vec<PassWrite> = report
+        .plan
+        .settled
+        .iter()
+        .filter_map(|settled| {
+            let extension = report.extensions.get(&settled.extension_id)?;
+            let differs = extension.state != settled.state || extension.last_error.is_some();
+            differs.then_some(PassWrite::Outcome(OutcomeWrite {
+                extension_id: extension.id,
+                planned_version: extension.version,
+                device: DeviceFact::Unchanged,
+                state: StateUpdate {
+                    state: settled.state,
+                    last_error: None,
+                    attempts: 0,
+                    next_attempt_at: None,
+                },
+            }))
+        })
+        .collect();
+    let written = store.write_group(&settling).await?;
+    let mut stale: HashSet<i64> = settling
+        .iter()
+        .zip(written)
+        .filter(|(_, written)| !written)
+        .filter_map(|(write, _)| match write {
+            PassWrite::Outcome(outcome) => Some(outcome.extension_id),
+            _ => None,
+        })
+        .collect();
     let options = ApplyOptions {
         max_in_flight: config.mbg.max_in_flight,
         max_retry_after: config.mbg.max_retry_after,

@@ -31,6 +31,9 @@ pub enum StoreError {
     MissingDatabase(std::path::PathBuf),
     #[error("{0}")]
     BadRow(super::BadRow),
+    /// The pass's outcome writer was gone (the pass itself was dropped) before this was written.
+    #[error("the outcome writer stopped before this outcome was written")]
+    WriterStopped,
 }
 
 /// How much of a user's value an error message quotes.

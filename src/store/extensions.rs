@@ -6,8 +6,8 @@ use sqlx::{Any, AssertSqlSafe, Row, Transaction, ValueRef};
 
 use super::error::{classify, quote};
 use super::{
-    Backend, BadRow, DeviceFact, Extension, ExtensionKind, ExtensionRows, ExtensionSpec,
-    ExtensionState, NotFound, OutcomeWrite, Result, StateUpdate, Store, StoreError, get_bool, now,
+    Backend, BadRow, CredentialFill, Extension, ExtensionKind, ExtensionRows, ExtensionSpec,
+    ExtensionState, NotFound, Result, StateUpdate, Store, StoreError, get_bool, now,
 };
 
 // A LEFT JOIN, so that an extension whose node was deleted behind our back (foreign keys off in a
@@ -437,27 +437,20 @@ impl Store {
         Ok(())
     }
 
-    /// Write-ahead for provisioning: stores generated remote credentials before any MBG call, but
-    /// only into fields that are empty, so credentials already in the database (typed by an
-    /// admin, or from an earlier attempt) are never replaced. Returns the row as stored.
+    /// Write-ahead for provisioning, one extension: see [`Store::fill_remote_credentials_all`].
+    /// Returns the row as stored.
     pub async fn fill_remote_credentials(
         &self,
         id: i64,
         name: &str,
         password: &SecretString,
     ) -> Result<Extension> {
-        sqlx::query(
-            "UPDATE extensions
-                SET remote_auth_name = COALESCE(NULLIF(remote_auth_name, ''), $2),
-                    remote_auth_password = COALESCE(NULLIF(remote_auth_password, ''), $3)
-              WHERE id = $1",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(password.expose_secret())
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::Database)?;
+        self.fill_remote_credentials_all(&[CredentialFill {
+            extension_id: id,
+            name: name.to_string(),
+            password: password.clone(),
+        }])
+        .await?;
         self.extension(id).await
     }
 
@@ -478,54 +471,6 @@ impl Store {
         .await
         .map_err(|e| classify(e, |_| mbg_device_id.unwrap_or_default().to_string()))?;
         Ok(())
-    }
-
-    /// Writes an outcome of a pass in one transaction. Returns `false` when the row changed
-    /// after the plan was made (or is gone): its state is then left for the next pass.
-    pub async fn write_outcome(&self, outcome: &OutcomeWrite) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
-        let id = outcome.extension_id;
-        match &outcome.device {
-            DeviceFact::Unchanged => {}
-            DeviceFact::Holds(guid) => {
-                sqlx::query(
-                    "UPDATE extensions SET mbg_device_id = $2, provisioned_by_us = $3 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(guid)
-                .bind(true)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| classify(e, |_| guid.clone()))?;
-            }
-            DeviceFact::Gone => {
-                sqlx::query(
-                    "UPDATE extensions SET mbg_device_id = NULL, provisioned_by_us = $2 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(false)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::Database)?;
-            }
-        }
-        let update = &outcome.state;
-        let written = sqlx::query(
-            "UPDATE extensions SET state = $3, last_error = $4, attempts = $5, next_attempt_at = $6
-              WHERE id = $1 AND version = $2",
-        )
-        .bind(id)
-        .bind(outcome.planned_version)
-        .bind(update.state.as_str())
-        .bind(update.last_error.as_deref())
-        .bind(i64::from(update.attempts))
-        .bind(update.next_attempt_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::Database)?
-        .rows_affected();
-        tx.commit().await.map_err(StoreError::Database)?;
-        Ok(written > 0)
     }
 
     pub async fn set_state(&self, id: i64, update: &StateUpdate) -> Result<()> {

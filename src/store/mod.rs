@@ -11,6 +11,7 @@ mod extensions;
 mod lock;
 mod model;
 mod nodes;
+mod outcomes;
 mod settings;
 
 use std::str::FromStr;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Row, SqlSafeStr};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row, SqlSafeStr};
 
 use crate::config::DatabaseUrl;
 use crate::secrets::{self, SecretKey};
@@ -27,6 +28,7 @@ use crate::secrets::{self, SecretKey};
 pub use error::{NotFound, StoreError, quote};
 pub use lock::{Holder, LockError, PassLock};
 pub use model::*;
+pub use outcomes::{CredentialFill, PassWrite};
 
 /// Each schema version in both dialects: a version cannot be added for one backend only.
 /// Embedded with `include_str!` so the binary carries its schema (no `macros` feature needed).
@@ -54,6 +56,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "token rejected",
         include_str!("../../migrations/sqlite/0004_token_rejected.sql"),
         include_str!("../../migrations/postgres/0004_token_rejected.sql"),
+    ),
+    (
+        5,
+        "statement triggers",
+        include_str!("../../migrations/sqlite/0005_statement_triggers.sql"),
+        include_str!("../../migrations/postgres/0005_statement_triggers.sql"),
     ),
 ];
 
@@ -154,6 +162,17 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // With WAL, NORMAL syncs at checkpoints instead of at every commit: a
+                        // power loss may drop the last commits, never corrupts the file. See
+                        // `outcomes` for why losing an outcome is healed by the next pass.
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
             .acquire_timeout(Duration::from_secs(30))
             .connect(&connect_url)
             .await

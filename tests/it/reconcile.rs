@@ -23,6 +23,7 @@ crate::on_both_backends!(
     an_outcome_for_a_row_changed_meanwhile_is_left_for_the_next_pass,
     a_row_that_cannot_be_read_keeps_its_sip_user_and_the_others_go_on,
     a_node_address_change_moves_its_extensions_to_the_matching_icp,
+    a_stopped_pass_records_every_call_it_made,
 );
 
 fn now() -> i64 {
@@ -819,4 +820,79 @@ async fn a_retry_after_holds_back_the_rest_of_the_round() {
             .iter()
             .all(|e| e.state == ExtensionState::Failed && e.next_attempt_at.is_some())
     );
+}
+
+/// The outcome writer groups commits; a stop must still leave every SIP user that the MBG
+/// created recorded against its extension, with its audit row, before the pass returns.
+async fn a_stopped_pass_records_every_call_it_made(db: TestDb) {
+    let mut sim = sim_config();
+    sim.faults = Faults {
+        latency_ms: 10,
+        ..Faults::default()
+    };
+    let mut h = Harness::new(db, sim).await.with_token().await;
+    h.config.mbg.max_in_flight = 32;
+    let store = &h.db.store;
+    nodes(store).await;
+    for i in 0..300 {
+        set(store, &format!("5{i:03}"), "pbx1", true).await;
+    }
+    let client = h.client().await;
+    let shutdown = Shutdown::new();
+    let stop_midway = async {
+        while h.sim.devices().len() < 60 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        shutdown.trigger(2);
+    };
+    let (report, ()) = tokio::join!(
+        reconcile::run_pass(store, &client, &h.config, Mode::Apply, &shutdown, now()),
+        stop_midway
+    );
+    let report = report.unwrap();
+    let applied = report.applied.as_ref().unwrap();
+    assert!(applied.interrupted);
+    let devices = h.sim.devices();
+    assert!(
+        devices.len() >= 60 && devices.len() < 300,
+        "stopped midway: {} made",
+        devices.len()
+    );
+    let recorded: HashMap<String, String> = store
+        .extensions()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| Some((e.mbg_device_id?, e.number)))
+        .collect();
+    for device in &devices {
+        assert_eq!(
+            recorded.get(&device.guid),
+            Some(&device.icpside_username),
+            "SIP user {} of {} is recorded",
+            device.guid,
+            device.icpside_username
+        );
+    }
+    assert_eq!(
+        recorded.len(),
+        devices.len(),
+        "nothing recorded that was not made"
+    );
+    let audited = store
+        .audit_log(10_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|a| a.action == "create" && a.outcome == "ok")
+        .count();
+    assert_eq!(audited, devices.len(), "one audit row per create");
+    let provisioned = store
+        .extensions()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.state == ExtensionState::Provisioned)
+        .count();
+    assert_eq!(provisioned, devices.len());
 }
