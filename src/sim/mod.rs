@@ -120,6 +120,8 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimHa
         nonces: HashSet::new(),
         icps: Vec::new(),
         devices: BTreeMap::new(),
+        setside_names: HashMap::new(),
+        nonces_pruned_at: i64::MIN,
         licences: config.licences,
         auto_approve: config.auto_approve,
         token_api: config.token_api,
@@ -588,7 +590,7 @@ fn resource_call(
             },
             Err(message) => error(StatusCode::BAD_REQUEST, message),
         },
-        (Method::DELETE, ["mbg", "v1", "devices", "sip", guid]) => match s.devices.remove(*guid) {
+        (Method::DELETE, ["mbg", "v1", "devices", "sip", guid]) => match s.remove_device(guid) {
             Some(_) => ok_json(json!({})),
             None => error(StatusCode::NOT_FOUND, "no such device"),
         },

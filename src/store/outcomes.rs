@@ -91,18 +91,196 @@ impl Store {
         Ok(written[0])
     }
 
-    /// Writes `writes` in one transaction, in order: all or none. One `bool` per write: for an
-    /// outcome, whether its state was written (the row still had the planned version); `true`
-    /// for the others.
+    /// Writes `writes` in one transaction: all or none. One `bool` per write: for an outcome,
+    /// whether its state was written (the row still had the planned version); `true` for the
+    /// others.
+    ///
+    /// A few multi-row statements per [`GROUP_CHUNK`] writes rather than three per outcome: on
+    /// PostgreSQL every statement is a round trip, and those, not the MBG, bounded a pass.
+    /// A group that names one extension twice is written statement by statement, in order.
     pub async fn write_group(&self, writes: &[PassWrite]) -> Result<Vec<bool>> {
         let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
+        let mut seen = std::collections::HashSet::new();
+        let distinct = writes.iter().all(|w| match w {
+            PassWrite::Outcome(o) => seen.insert(o.extension_id),
+            _ => true,
+        });
         let mut written = Vec::with_capacity(writes.len());
-        for write in writes {
-            written.push(write_one(&mut tx, write).await?);
+        if distinct {
+            for chunk in writes.chunks(GROUP_CHUNK) {
+                written.extend(write_chunk(&mut tx, self.backend, chunk).await?);
+            }
+        } else {
+            for write in writes {
+                written.push(write_one(&mut tx, write).await?);
+            }
         }
         tx.commit().await.map_err(StoreError::Database)?;
         Ok(written)
     }
+}
+
+/// Writes per multi-row statement in [`Store::write_group`], at most: 6 parameters an outcome.
+const GROUP_CHUNK: usize = 500;
+
+/// `rows` parenthesised tuples of placeholders, for a `VALUES` list: `?` on SQLite (see
+/// `extensions::write_batch` for why), `$N::TYPE` on PostgreSQL, which cannot infer the types
+/// of parameters in a `VALUES` list.
+fn values(backend: Backend, rows: usize, types: &[&str]) -> String {
+    let mut next = 0;
+    let tuples: Vec<String> = (0..rows)
+        .map(|_| {
+            let fields: Vec<String> = types
+                .iter()
+                .map(|ty| match backend {
+                    Backend::Sqlite => "?".to_string(),
+                    Backend::Postgres => {
+                        next += 1;
+                        format!("${next}::{ty}")
+                    }
+                })
+                .collect();
+            format!("({})", fields.join(", "))
+        })
+        .collect();
+    tuples.join(", ")
+}
+
+/// One chunk of a group, whose outcomes name distinct extensions.
+async fn write_chunk(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    chunk: &[PassWrite],
+) -> Result<Vec<bool>> {
+    let outcomes: Vec<&OutcomeWrite> = chunk
+        .iter()
+        .filter_map(|w| match w {
+            PassWrite::Outcome(o) => Some(o),
+            _ => None,
+        })
+        .collect();
+    let facts: Vec<(&OutcomeWrite, Option<&str>)> = outcomes
+        .iter()
+        .filter_map(|o| match &o.device {
+            DeviceFact::Unchanged => None,
+            DeviceFact::Holds(guid) => Some((*o, Some(guid.as_str()))),
+            DeviceFact::Gone => Some((*o, None)),
+        })
+        .collect();
+    if !facts.is_empty() {
+        let sql = format!(
+            "WITH fact (id, guid) AS (VALUES {})
+             UPDATE extensions
+                SET mbg_device_id = fact.guid, provisioned_by_us = fact.guid IS NOT NULL
+               FROM fact
+              WHERE extensions.id = fact.id",
+            values(backend, facts.len(), &["BIGINT", "TEXT"])
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (outcome, guid) in &facts {
+            query = query.bind(outcome.extension_id).bind(*guid);
+        }
+        query.execute(&mut *conn).await.map_err(|e| {
+            // Which row a constraint refused is known only for a group of one; the outcome
+            // writer writes a failed group again outcome by outcome, which names the guid.
+            classify(e, |_| match facts.as_slice() {
+                [(_, guid)] => guid.unwrap_or_default().to_string(),
+                _ => format!("(one of {} in this group)", facts.len()),
+            })
+        })?;
+    }
+    let mut written_ids = std::collections::HashSet::new();
+    if !outcomes.is_empty() {
+        let sql = format!(
+            "WITH outcome (id, version, state, last_error, attempts, next_attempt_at) AS (VALUES {})
+             UPDATE extensions
+                SET state = outcome.state, last_error = outcome.last_error,
+                    attempts = outcome.attempts, next_attempt_at = outcome.next_attempt_at
+               FROM outcome
+              WHERE extensions.id = outcome.id AND extensions.version = outcome.version
+             RETURNING extensions.id",
+            values(
+                backend,
+                outcomes.len(),
+                &["BIGINT", "BIGINT", "TEXT", "TEXT", "BIGINT", "BIGINT"]
+            )
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+        for outcome in &outcomes {
+            let update = &outcome.state;
+            query = query
+                .bind(outcome.extension_id)
+                .bind(outcome.planned_version)
+                .bind(update.state.as_str())
+                .bind(update.last_error.as_deref())
+                .bind(i64::from(update.attempts))
+                .bind(update.next_attempt_at);
+        }
+        written_ids.extend(
+            query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::Database)?,
+        );
+    }
+    let audits: Vec<&AuditEntry> = chunk
+        .iter()
+        .filter_map(|w| match w {
+            PassWrite::Audit(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    if !audits.is_empty() {
+        let sql = format!(
+            "INSERT INTO audit_log (at, extension, action, outcome, detail) VALUES {}",
+            values(
+                backend,
+                audits.len(),
+                &["BIGINT", "TEXT", "TEXT", "TEXT", "TEXT"]
+            )
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for entry in &audits {
+            query = query
+                .bind(entry.at)
+                .bind(entry.extension.as_deref())
+                .bind(entry.action.as_str())
+                .bind(entry.outcome.as_str())
+                .bind(entry.detail.as_deref());
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::Database)?;
+    }
+    let released: Vec<i64> = chunk
+        .iter()
+        .filter_map(|w| match w {
+            PassWrite::ForgetReleased(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    if !released.is_empty() {
+        let sql = format!(
+            "DELETE FROM released_extensions WHERE id IN (VALUES {})",
+            values(backend, released.len(), &["BIGINT"])
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in &released {
+            query = query.bind(*id);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::Database)?;
+    }
+    Ok(chunk
+        .iter()
+        .map(|w| match w {
+            PassWrite::Outcome(o) => written_ids.contains(&o.extension_id),
+            _ => true,
+        })
+        .collect())
 }
 
 async fn write_one(conn: &mut AnyConnection, write: &PassWrite) -> Result<bool> {

@@ -601,10 +601,22 @@ async fn devices_and_icps_follow_the_contract() {
         .unwrap_err();
     assert_eq!(missing.kind, MbgErrorKind::NotFound);
 
-    client
+    let bob = client
         .create_device(&device("bob01", "1002", "MiVO250-1"))
         .await
         .unwrap();
+    // A set-side name is unique across devices, on update too.
+    let taken = bad(client
+        .update_device(
+            &bob,
+            &SipDevicePatch {
+                setside_username: Some("alice01".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err());
+    assert!(taken.contains("already used"), "{taken}");
     client
         .create_device(&device("carol01", "1003", "MiVO250-1"))
         .await
@@ -621,6 +633,21 @@ async fn devices_and_icps_follow_the_contract() {
     assert_eq!(
         client.delete_device(&guid).await.unwrap_err().kind,
         MbgErrorKind::NotFound
+    );
+    // A deleted device's set-side name is free again.
+    client
+        .update_device(
+            &bob,
+            &SipDevicePatch {
+                setside_username: Some("alice01".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        client.device(&bob).await.unwrap().setside_username,
+        "alice01"
     );
     assert_eq!(
         client.device(&guid).await.unwrap_err().kind,

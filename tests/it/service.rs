@@ -216,10 +216,19 @@ async fn a_daemon_killed_mid_batch_converges_on_restart(db: TestDb) {
     })
     .await;
     sql(&h.db.url, "UPDATE extensions SET use_remote_auth = true").await;
-    eventually("the batch under way", Duration::from_secs(30), async || {
-        h.sim.devices().len() >= 60
-    })
-    .await;
+    let started = Instant::now();
+    while h.sim.devices().len() < 60 {
+        if started.elapsed() > Duration::from_secs(30) {
+            let log = first.log(dir.path());
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "not within 30 s: the batch under way; the daemon's log ends:\n{}",
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     first.signal("-KILL");
     first.wait().await;
     let at_kill = h.sim.devices().len();
