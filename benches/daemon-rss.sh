@@ -31,7 +31,7 @@ encoded=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.arg
 verifier=$(curl -s -X POST "http://127.0.0.1:$PORT/sim/tokens/$encoded/approve" | tee approve.txt | grep -o '[0-9]\{4,\}' | head -1)
 "$B" token verify "$verifier" >/dev/null
 started=$(date +%s.%N)
-RUST_LOG=warn "$B" run >run.log 2>&1 &
+RUST_LOG=warn ${MALLOC_ENV:-} "$B" run >run.log 2>&1 &
 pid=$!
 while [ "$(sqlite3 ext.db "select count(*) from extensions where state = 'provisioned'" 2>/dev/null || echo 0)" -lt "$N" ]; do
   kill -0 $pid || { cat run.log; exit 1; }
@@ -42,4 +42,9 @@ rss() { awk '/VmRSS|VmHWM/ {printf "%s %d MB  ", $1, $2/1024}' /proc/$pid/status
 echo -n "after the first pass: "; rss
 sleep "${IDLE_SECONDS:-20}"
 echo -n "idle ${IDLE_SECONDS:-20} s later:    "; rss
+if [ -n "${SMAPS:-}" ]; then
+  awk '/^[0-9a-f]+-/ {name=$6} /^Rss:/ {rss[name]+=$2} END {for (n in rss) if (rss[n] > 1024) printf "%8d kB %s\n", rss[n], n}' /proc/$pid/smaps | sort -rn | head
+  sqlite3 ext.db "select count(*) from extension_changes"
+  grep -c "full reconcile\|changes applied" run.log || true
+fi
 kill -TERM $pid; wait $pid || true

@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod import;
 pub mod mbg;
+pub mod memory;
 pub mod oauth;
 pub mod reconcile;
 pub mod secrets;

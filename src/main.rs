@@ -6,10 +6,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    mbg_provision::memory::limit_arenas();
     let cli = cli::Cli::parse();
-    match cli::run(cli).await {
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(cli::run(cli)));
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {}", message(&error));

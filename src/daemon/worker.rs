@@ -25,6 +25,10 @@ use crate::{systemd, telemetry};
 const FULL_PASS_RETRY: Duration = Duration::from_secs(30);
 /// Most changes taken into one targeted pass; the rest wait for the next.
 const BATCH: u32 = 10_000;
+/// The view of the MBG is kept between passes only up to this many SIP users. A larger site's
+/// targeted passes read the device list afresh instead (one request): 100,000 SIP users take
+/// some 50 MB to keep, for a daemon that is idle most of its life.
+const VIEW_CACHE_MAX_DEVICES: usize = 20_000;
 
 pub enum Ended {
     Stopped,
@@ -151,7 +155,7 @@ impl Worker {
             self.client = None;
             self.next_full = Instant::now();
         }
-        let full = self.view.is_none() || Instant::now() >= self.next_full;
+        let full = Instant::now() >= self.next_full;
         // The common case, every poll: one query, and nothing to do.
         let targets = if full {
             None
@@ -219,6 +223,9 @@ impl Worker {
         }
         self.retry_at = self.next_retry().await;
         self.report_queue().await;
+        // The pass's rows, plan and report are dropped by now: what they held goes back to the
+        // system rather than staying in an idle daemon's resident size.
+        crate::memory::release_free_heap();
     }
 
     /// The extensions named by recorded changes, and the failed (or pending) ones now due.
@@ -255,9 +262,10 @@ impl Worker {
             &mut view,
             &scope,
         )
-        .await?;
-        self.view = Some(view);
-        self.next_full = Instant::now() + config.reconcile.interval;
+        .await;
+        let interval = config.reconcile.interval;
+        let report = self.keep_if_current(view, report)?;
+        self.next_full = Instant::now() + interval;
         if report.succeeded() {
             self.health.update(|h| h.last_full_reconcile = Some(now));
             telemetry::full_reconcile_done(now);
@@ -266,8 +274,20 @@ impl Worker {
         Ok(report)
     }
 
+    /// Keeps the view for the next targeted pass if the pass succeeded (a failed one may have
+    /// changed the MBG without the view hearing of it) and the view is small enough.
+    fn keep_if_current(
+        &mut self,
+        view: MbgView,
+        report: Result<PassReport, ReconcileError>,
+    ) -> Result<PassReport, ReconcileError> {
+        self.view =
+            (report.is_ok() && view.devices.len() <= VIEW_CACHE_MAX_DEVICES).then_some(view);
+        report
+    }
+
     /// Reconciles the extensions named by recorded changes and the failed ones now due, against
-    /// the cached view of the MBG.
+    /// the cached view of the MBG (read afresh when there is none).
     async fn targeted_pass(
         &mut self,
         client: &MbgClient,
@@ -278,10 +298,10 @@ impl Worker {
             only: Some(ids),
             honour_backoff: false,
         };
-        let view = self
-            .view
-            .as_mut()
-            .expect("a targeted pass follows a full one");
+        let mut view = match self.view.take() {
+            Some(view) => view,
+            None => MbgView::read(client, &self.app.config, &self.shutdown).await?,
+        };
         let report = reconcile::run_pass_with(
             &self.app.store,
             client,
@@ -289,10 +309,11 @@ impl Worker {
             Mode::Apply,
             &self.shutdown,
             now,
-            view,
+            &mut view,
             &scope,
         )
-        .await?;
+        .await;
+        let report = self.keep_if_current(view, report)?;
         log_pass("changes applied", &report);
         Ok(report)
     }

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use rand::RngExt;
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
@@ -38,6 +37,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 const IN_PASS_BACKOFF: Duration = Duration::from_millis(500);
 /// Calls of one action within a pass, at most.
 const IN_PASS_ATTEMPTS: u32 = 4;
+/// Per MBG call in flight, how many answered calls may wait for the outcome writer before no
+/// new call starts: enough for the writer's groups to fill, and a bound on memory.
+const OUTCOMES_WAITING_PER_CALL: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -164,8 +166,7 @@ async fn call_and_record(
     let mut pending: Vec<&Action> = plan.actions.iter().collect();
     for round in 1.. {
         let throttled: std::sync::Mutex<Option<MbgError>> = std::sync::Mutex::new(None);
-        let steps: Vec<(Step, bool)> = pending
-            .into_iter()
+        let steps: Vec<(Step, bool)> = futures_util::stream::iter(pending)
             .map(|action| {
                 let span = tracing::info_span!("apply", extension = %action.number(), action = action.verb());
                 let (refused, throttled, in_flight) = (&refused, &throttled, &in_flight);
@@ -224,7 +225,9 @@ async fn call_and_record(
                 }
                 .instrument(span)
             })
-            .collect::<FuturesUnordered<_>>()
+            // Futures are made as slots free up, a few per slot: one per action up front would
+            // hold 100,000 of them (hundreds of MB) for a large first pass.
+            .buffer_unordered(cx.options.max_in_flight.max(1) * OUTCOMES_WAITING_PER_CALL)
             .collect()
             .await;
         let mut retry: Vec<(&Action, MbgError)> = Vec::new();

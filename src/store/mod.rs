@@ -162,6 +162,9 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            // A big pass opens several; an idle daemon needs one (its poll), and each SQLite
+            // connection keeps a page cache of its own.
+            .idle_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

@@ -24,6 +24,7 @@ crate::on_both_backends!(
     a_second_sync_waits_then_names_the_holder,
     sigint_finishes_and_records_the_calls_in_flight,
     sync_says_which_failed_extensions_were_waiting_and_retries_them,
+    sigkill_during_a_10000_extension_sync_then_converge,
 );
 
 fn lenient_sim(latency_ms: u64) -> SimConfig {
@@ -434,4 +435,52 @@ async fn a_link_to_the_database_shares_its_lock() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     assert!(h.sim.devices().is_empty());
     lock.release().await;
+}
+
+/// The batched writer at scale: outcomes are committed in groups, so a kill loses the groups not
+/// yet committed; the next sync must take those SIP users back by their credentials.
+async fn sigkill_during_a_10000_extension_sync_then_converge(db: TestDb) {
+    const N: usize = 10_000;
+    let h = setup(db, lenient_sim(2), N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut first = command(&h, dir.path(), &["sync"]);
+    first.env("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "32");
+    let running = start(first);
+    wait_for_devices(&h, 3_000, &running).await;
+    running.signal("-KILL");
+    assert!(!running.finish().await.status.success());
+    let made = h.sim.devices().len();
+    let recorded =
+        h.db.store
+            .extensions()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.mbg_device_id.is_some())
+            .count();
+    let mut second = command(&h, dir.path(), &["sync"]);
+    second.env("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "32");
+    let output = start(second).finish().await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    eprintln!(
+        "10,000: killed with {made} SIP users made, {recorded} recorded; converged in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let counts = devices_per_number(&h);
+    let twice = counts.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "SIP users created twice");
+    assert_eq!(counts.len(), N, "one SIP user per extension, none orphaned");
+    let devices: HashMap<String, String> = h
+        .sim
+        .devices()
+        .into_iter()
+        .map(|d| (d.guid, d.icpside_username))
+        .collect();
+    for e in h.db.store.extensions().await.unwrap() {
+        assert_eq!(e.state, ExtensionState::Provisioned, "{}", e.number);
+        let guid = e.mbg_device_id.expect("a guid recorded");
+        assert_eq!(devices.get(&guid), Some(&e.number), "{}", e.number);
+    }
+    assert!(h.db.store.pending_changes(10).await.unwrap().is_empty());
 }
