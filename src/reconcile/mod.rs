@@ -243,15 +243,13 @@ pub async fn run_pass_with(
     };
     if mode == Mode::Apply {
         let fills: Vec<CredentialFill> = store
-            .extension_rows()
+            .extensions_lacking_credentials()
             .await?
-            .good
-            .iter()
-            .filter(|e| needs_credentials(e))
-            .map(|extension| {
+            .into_iter()
+            .map(|extension_id| {
                 let (name, password) = new_credentials();
                 CredentialFill {
-                    extension_id: extension.id,
+                    extension_id,
                     name,
                     password,
                 }

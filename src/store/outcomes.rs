@@ -22,6 +22,8 @@ use super::{AuditEntry, Backend, DeviceFact, OutcomeWrite, Result, Store, StoreE
 /// server's delayed ACK, 40 ms. Measured on PostgreSQL: 500-row statements made a group of 256
 /// outcomes take 60 to 170 ms, 100-row ones 25 to 35 ms.
 const FILL_CHUNK: usize = 100;
+/// Concurrent credential-fill transactions on PostgreSQL.
+const PG_FILL_TRANSACTIONS: usize = 2;
 
 /// Generated remote credentials for an extension that lacks them.
 #[derive(Debug, Clone)]
@@ -41,26 +43,52 @@ pub enum PassWrite {
 }
 
 impl Store {
-    /// Write-ahead for provisioning: stores generated remote credentials before any MBG call, in
-    /// one transaction, but only into fields that are empty, so credentials already in the
-    /// database (typed by an admin, or from an earlier attempt) are never replaced.
+    /// Write-ahead for provisioning: stores generated remote credentials before any MBG call, but
+    /// only into fields that are empty, so credentials already in the database (typed by an
+    /// admin, or from an earlier attempt) are never replaced.
+    ///
+    /// One transaction on SQLite (one writer at a time anyway); on PostgreSQL the rows are split
+    /// between [`PG_FILL_TRANSACTIONS`] transactions on their own connections, run at once: the
+    /// server's work (row versions, triggers) then uses more than one core. All are committed
+    /// before this returns; one that fails leaves the others' credentials stored, which is what
+    /// a later pass would store anyway.
     pub async fn fill_remote_credentials_all(&self, fills: &[CredentialFill]) -> Result<()> {
         if fills.is_empty() {
             return Ok(());
         }
+        let parts = match self.backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => PG_FILL_TRANSACTIONS,
+        };
+        let per_part = fills.len().div_ceil(parts);
+        let results = futures_util::future::join_all(
+            fills
+                .chunks(per_part)
+                .map(|part| self.fill_in_one_transaction(part)),
+        )
+        .await;
+        results.into_iter().collect()
+    }
+
+    /// The extensions that want remote credentials and lack one or both: what
+    /// [`Store::fill_remote_credentials_all`] is for. Ids only, so a pass does not decode every
+    /// row twice.
+    pub async fn extensions_lacking_credentials(&self) -> Result<Vec<i64>> {
+        sqlx::query_scalar(
+            "SELECT id FROM extensions
+              WHERE use_remote_auth = TRUE
+                AND (COALESCE(remote_auth_name, '') = '' OR COALESCE(remote_auth_password, '') = '')
+              ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Database)
+    }
+
+    async fn fill_in_one_transaction(&self, fills: &[CredentialFill]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
         for chunk in fills.chunks(FILL_CHUNK) {
-            // UPDATE … FROM (VALUES …): one statement per chunk on both backends. `?` on SQLite,
-            // which binds `$N` by scanning every name (quadratic in the parameters).
-            let values: Vec<String> = (0..chunk.len())
-                .map(|row| match self.backend {
-                    Backend::Sqlite => "(?, ?, ?)".to_string(),
-                    Backend::Postgres => {
-                        let p = row * 3;
-                        format!("(${}::BIGINT, ${}, ${})", p + 1, p + 2, p + 3)
-                    }
-                })
-                .collect();
+            // UPDATE … FROM (VALUES …): one statement per chunk on both backends.
             let sql = format!(
                 "WITH fill (id, name, password) AS (VALUES {})
                  UPDATE extensions
@@ -69,7 +97,7 @@ impl Store {
                             COALESCE(NULLIF(extensions.remote_auth_password, ''), fill.password)
                    FROM fill
                   WHERE extensions.id = fill.id",
-                values.join(", ")
+                values(self.backend, chunk.len(), &["BIGINT", "TEXT", "TEXT"])
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for fill in chunk {
