@@ -2,9 +2,9 @@
 //! outcome to the extension's state and to the audit log.
 //!
 //! Write-ahead: credentials are committed before a pass plans anything (see `run_pass`), and a
-//! created device's guid is committed right after the MBG answers. If the process dies between the
-//! two, the next pass finds the device by the credentials it carries and takes it back: no
-//! duplicate, no orphan.
+//! created device's guid is committed with the outcome writer's next group, milliseconds after the
+//! MBG answers (see `recorder`). If the process dies between the two, the next pass finds the
+//! device by the credentials it carries and takes it back: no duplicate, no orphan.
 //!
 //! Calls that fail for a passing reason (429, 503, a timeout, a dropped connection) are retried
 //! within the pass, in rounds, while `mbg.retry_deadline` allows; only then is the extension

@@ -131,6 +131,9 @@ impl Store {
     /// PostgreSQL every statement is a round trip, and those, not the MBG, bounded a pass.
     /// A group that names one extension twice is written statement by statement, in order.
     pub async fn write_group(&self, writes: &[PassWrite]) -> Result<Vec<bool>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
         let mut seen = std::collections::HashSet::new();
         let distinct = writes.iter().all(|w| match w {

@@ -212,19 +212,9 @@ impl Store {
 
     /// Appends to the audit log. Callers pass no secrets; the log is for humans and auditors.
     pub async fn audit(&self, entry: &AuditEntry) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, extension, action, outcome, detail)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(entry.at)
-        .bind(entry.extension.as_deref())
-        .bind(&entry.action)
-        .bind(&entry.outcome)
-        .bind(entry.detail.as_deref())
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::Database)?;
-        Ok(())
+        self.write_group(&[super::PassWrite::Audit(entry.clone())])
+            .await
+            .map(|_| ())
     }
 
     /// The newest `limit` audit entries, newest first.
