@@ -250,6 +250,28 @@ pub enum ExtensionCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// One extension as the engineer setting up its phone needs it: node, ICP, state, SIP user,
+    /// set-side name, where the phone registers
+    Show {
+        number: String,
+        /// The extension's node, when the number exists on several
+        #[arg(long)]
+        node: Option<String>,
+        /// Also print the set-side password (on a terminal, or with --json); audited
+        #[arg(long)]
+        reveal: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Draw new remote credentials; the daemon (or `sync`) pushes them to the MBG
+    Rotate {
+        number: String,
+        /// The extension's node, when the number exists on several
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

@@ -1,19 +1,44 @@
-//! `extension set`, `extension list` and `extension import`: only the database is written, as
-//! the phone system's own page would; the daemon (or `sync`) does the rest.
+//! `extension set`, `list`, `import`, `show` and `rotate`: only the database is written, as the
+//! phone system's own page would; the daemon (or `sync`) does the rest.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result, bail};
 use mbg_provision::app::App;
 use mbg_provision::credentials;
 use mbg_provision::import;
-use mbg_provision::store::{Extension, ExtensionKind, ExtensionSpec};
+use mbg_provision::store::{AuditEntry, Extension, ExtensionKind, ExtensionSpec};
+use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::args::{ExtensionCommand, Kind, Switch};
+use super::context::{record_refusal, signed_client};
 use super::files::read_secret_file;
 use super::output::{attention_if, print_bad_rows, print_json};
+
+/// The SIP port a phone registers on when the node sets none.
+const DEFAULT_SIP_PORT: u16 = 5060;
+
+/// `extension show --json`: the extension, where its ICP and its phone's registrar are, and,
+/// with `--reveal`, the set-side password.
+#[derive(Serialize)]
+struct ShowView<'a> {
+    #[serde(flatten)]
+    extension: ExtensionView<'a>,
+    /// The ICP on the MBG whose address is the node's; `null` when none matches or the MBG
+    /// could not be asked (then `icp_unknown` says why).
+    icp: Option<String>,
+    icp_unknown: Option<String>,
+    /// Where the phone registers: the node's NAT address (the MBG's external address).
+    registrar_address: Option<&'a str>,
+    registrar_port: u16,
+    /// Only with `--reveal`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_auth_password: Option<&'a str>,
+}
 
 /// One extension in `extension set --json` and `extension list --json` (a list of these):
 /// everything but the secrets.
@@ -158,8 +183,190 @@ pub async fn run(app: &App, command: ExtensionCommand) -> Result<ExitCode> {
                 );
             }
         }
+        ExtensionCommand::Show {
+            number,
+            node,
+            reveal,
+            output,
+        } => return show(app, &number, node.as_deref(), reveal, output.json).await,
+        ExtensionCommand::Rotate {
+            number,
+            node,
+            output,
+        } => {
+            let extension = find(app, &number, node.as_deref()).await?;
+            let config = &app.config.credentials;
+            let rotated = store
+                .rotate_remote_credentials(
+                    extension.id,
+                    &credentials::random_auth_name(config.name_length),
+                    &credentials::random_password(config.password_length),
+                    &audit_entry(app, &extension, "rotate", "new remote credentials drawn"),
+                )
+                .await
+                .with_context(|| format!("cannot rotate the credentials of {number}"))?;
+            if output.json {
+                print_json(&ExtensionView::from(&rotated))?;
+            } else {
+                println!(
+                    "extension {} has a new set-side name {} and password; the daemon (or `sync`) updates its SIP user; configure the phone with `extension show {} --reveal`",
+                    rotated.number,
+                    rotated.remote_auth_name.as_deref().unwrap_or("-"),
+                    rotated.number
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The one extension with this number (on `node`, when given).
+async fn find(app: &App, number: &str, node: Option<&str>) -> Result<Extension> {
+    let mut found: Vec<Extension> = app
+        .store
+        .extension_rows()
+        .await?
+        .good
+        .into_iter()
+        .filter(|e| e.number == number && node.is_none_or(|n| e.node_name == n))
+        .collect();
+    match found.len() {
+        0 => match node {
+            Some(node) => bail!("no extension {number} on node {node}"),
+            None => bail!("no extension {number}"),
+        },
+        1 => Ok(found.remove(0)),
+        _ => {
+            let nodes: Vec<&str> = found.iter().map(|e| e.node_name.as_str()).collect();
+            bail!(
+                "extension {number} exists on nodes {}: say which with --node",
+                nodes.join(", ")
+            )
+        }
+    }
+}
+
+/// Who ran this, for the audit log: the login name, else the uid.
+fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        // SAFETY: getuid cannot fail and touches no memory of ours.
+        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
+}
+
+fn audit_entry(app: &App, extension: &Extension, action: &str, what: &str) -> AuditEntry {
+    AuditEntry {
+        at: app.clock.now(),
+        extension: Some(extension.number.clone()),
+        action: action.to_string(),
+        outcome: "ok".to_string(),
+        detail: Some(format!("{what}, by OS user {}", os_user())),
+    }
+}
+
+async fn show(
+    app: &App,
+    number: &str,
+    node: Option<&str>,
+    reveal: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    if reveal && !json && !std::io::stdout().is_terminal() {
+        bail!(
+            "--reveal prints a password: run it on a terminal, or ask for it in JSON explicitly with --reveal --json"
+        );
+    }
+    let extension = find(app, number, node).await?;
+    let node = app.store.node_by_name(&extension.node_name).await?;
+    let (icp, icp_unknown) = match icp_of(app, &extension.node_address).await {
+        Ok(Some(icp)) => (Some(icp), None),
+        Ok(None) => (
+            None,
+            Some(format!(
+                "no ICP on the MBG has the node's address {}",
+                extension.node_address
+            )),
+        ),
+        Err(why) => (None, Some(why)),
+    };
+    if reveal {
+        app.store
+            .audit(&audit_entry(
+                app,
+                &extension,
+                "reveal",
+                "set-side password shown",
+            ))
+            .await?;
+    }
+    let password = extension
+        .remote_auth_password
+        .as_ref()
+        .filter(|_| reveal)
+        .map(|p| p.expose_secret());
+    let view = ShowView {
+        extension: ExtensionView::from(&extension),
+        icp,
+        icp_unknown,
+        registrar_address: node.nat_address.as_deref(),
+        registrar_port: node.nat_sip_port.unwrap_or(DEFAULT_SIP_PORT),
+        remote_auth_password: password,
+    };
+    if json {
+        print_json(&view)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let e = &extension;
+    let or_dash = |v: Option<&str>| v.unwrap_or("-").to_string();
+    println!("extension      {} ({})", e.number, e.kind.as_str());
+    println!("node           {} ({})", e.node_name, e.node_address);
+    match (&view.icp, &view.icp_unknown) {
+        (Some(icp), _) => println!("ICP            {icp}"),
+        (None, why) => println!("ICP            unknown: {}", or_dash(why.as_deref())),
+    }
+    println!(
+        "remote         {}",
+        if e.use_remote_auth { "on" } else { "off" }
+    );
+    println!("state          {}", e.state);
+    println!("SIP user       {}", or_dash(e.mbg_device_id.as_deref()));
+    println!("set-side name  {}", or_dash(e.remote_auth_name.as_deref()));
+    if let Some(password) = password {
+        println!("set-side pass  {password}");
+    }
+    match view.registrar_address {
+        Some(address) => println!("registers at   {address}:{}", view.registrar_port),
+        None => println!(
+            "registers at   not set: node {} has no NAT address (the MBG's external address, which the phone system hands to the phones)",
+            e.node_name
+        ),
+    }
+    if let Some(error) = &e.last_error {
+        println!("last error     {error}");
+    }
+    if let Some(at) = e.next_attempt_at {
+        let when = chrono::DateTime::from_timestamp(at, 0)
+            .map_or_else(|| at.to_string(), |t| t.to_rfc3339());
+        println!("next retry     {when}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The name of the ICP whose address is `address`, asking the MBG; why not, as text.
+async fn icp_of(app: &App, address: &str) -> Result<Option<String>, String> {
+    let (client, generation) = signed_client(app).await.map_err(|e| format!("{e:#}"))?;
+    match client.icps().await {
+        Ok(icps) => Ok(icps
+            .into_iter()
+            .find(|icp| icp.address == address)
+            .map(|icp| icp.name)),
+        Err(e) => {
+            record_refusal(app, generation, &e).await.ok();
+            Err(e.to_string())
+        }
+    }
 }
 
 fn print_extensions(extensions: &[Extension]) {

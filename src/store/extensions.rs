@@ -6,8 +6,8 @@ use sqlx::{Any, AssertSqlSafe, Row, Transaction, ValueRef};
 
 use super::error::{classify, quote};
 use super::{
-    Backend, BadRow, CredentialFill, Extension, ExtensionKind, ExtensionRows, ExtensionSpec,
-    ExtensionState, NotFound, Result, StateUpdate, Store, StoreError, get_bool, now,
+    AuditEntry, Backend, BadRow, CredentialFill, Extension, ExtensionKind, ExtensionRows,
+    ExtensionSpec, ExtensionState, NotFound, Result, StateUpdate, Store, StoreError, get_bool, now,
 };
 
 // A LEFT JOIN, so that an extension whose node was deleted behind our back (foreign keys off in a
@@ -451,6 +451,75 @@ impl Store {
             password: password.clone(),
         }])
         .await?;
+        self.extension(id).await
+    }
+
+    /// A rotation: replaces the remote credentials, with its audit row, in one transaction. The
+    /// version trigger records the change, so the daemon (or the next `sync`) updates the SIP
+    /// user.
+    ///
+    /// Refused while a pass may have left a SIP user that only the current credentials prove to
+    /// be ours (a create whose guid never reached the database): the extension must be settled
+    /// (no change waiting for a pass; `provisioned` with its SIP user recorded, or `idle` with
+    /// none), or have no credentials yet.
+    pub async fn rotate_remote_credentials(
+        &self,
+        id: i64,
+        name: &str,
+        password: &SecretString,
+        audit: &AuditEntry,
+    ) -> Result<Extension> {
+        let current = self.extension(id).await?;
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM extension_changes WHERE extension_id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::Database)?;
+        let recorded = current.mbg_device_id.is_some() && current.provisioned_by_us;
+        let settled = waiting == 0
+            && match current.state {
+                ExtensionState::Provisioned => recorded,
+                ExtensionState::Idle => current.mbg_device_id.is_none(),
+                _ => false,
+            };
+        let has_credentials =
+            current.remote_auth_name.is_some() || current.remote_auth_password.is_some();
+        if has_credentials && !settled {
+            return Err(StoreError::InUse {
+                field: "extension",
+                reason: format!(
+                    "{} has {}: let a pass finish first (`sync`, or wait for the daemon), so that no SIP user made with its current credentials is left unrecognised",
+                    current.number,
+                    if waiting > 0 {
+                        "a change no pass has handled yet".to_string()
+                    } else {
+                        format!("state {}", current.state.as_str())
+                    }
+                ),
+            });
+        }
+        let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
+        sqlx::query(
+            "UPDATE extensions SET remote_auth_name = $2, remote_auth_password = $3
+              WHERE id = $1 AND version = $4",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(password.expose_secret())
+        .bind(current.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::Database)
+        .and_then(|done| match done.rows_affected() {
+            1 => Ok(()),
+            _ => Err(StoreError::InUse {
+                field: "extension",
+                reason: format!("{} changed meanwhile: try again", current.number),
+            }),
+        })?;
+        super::outcomes::write_one(&mut tx, &super::PassWrite::Audit(audit.clone())).await?;
+        tx.commit().await.map_err(StoreError::Database)?;
         self.extension(id).await
     }
 

@@ -318,7 +318,7 @@ async fn write_chunk(
         .collect())
 }
 
-async fn write_one(conn: &mut AnyConnection, write: &PassWrite) -> Result<bool> {
+pub(super) async fn write_one(conn: &mut AnyConnection, write: &PassWrite) -> Result<bool> {
     match write {
         PassWrite::Outcome(outcome) => write_outcome_in(conn, outcome).await,
         PassWrite::Audit(entry) => {

@@ -1028,3 +1028,126 @@ fn a_missing_database_is_an_error_except_for_commands_that_create_one() {
     assert!(file.exists());
     ok(bare(&["status"]));
 }
+
+/// Issue 10, item 3: what the engineer setting up a phone needs, the password only on request
+/// (audited), and a rotation that the next pass pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_show_reveal_and_rotate() {
+    let (sim, db, dir, env) = with_cli_token(crate::mbg::sim_config()).await;
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cmd = |args: &[&str]| run_with(dir.path(), &db.url, &env_ref, args);
+    ok(cmd(&["sync"]));
+    let stored = db.store.extension_by_number("1001").await.unwrap();
+    let password = stored.remote_auth_password.clone().unwrap();
+    let password = password.expose_secret();
+    let name = stored.remote_auth_name.clone().unwrap();
+    let guid = stored.mbg_device_id.clone().unwrap();
+
+    let shown = ok(cmd(&["extension", "show", "1001"]));
+    for expected in [
+        "pbx1 (10.0.0.20)",
+        "MiVO250-1",
+        "provisioned",
+        guid.as_str(),
+        name.as_str(),
+        "registers at   not set",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} in:\n{shown}");
+    }
+    assert!(!shown.contains(password), "no password without --reveal");
+
+    // Not a terminal here: --reveal alone is refused, and nothing is audited.
+    let refused = cmd(&["extension", "show", "1001", "--reveal"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("--reveal --json"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!stdout(&refused).contains(password));
+    let audited = |action: &str| {
+        let store = db.store.clone();
+        let action = action.to_string();
+        async move {
+            store
+                .audit_log(100)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.action == action)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(audited("reveal").await.is_empty());
+    let json: serde_json::Value = serde_json::from_str(&ok(cmd(&[
+        "extension",
+        "show",
+        "1001",
+        "--reveal",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(json["remote_auth_password"], password);
+    assert_eq!(json["icp"], "MiVO250-1");
+    assert_eq!(json["registrar_port"], 5060);
+    let reveals = audited("reveal").await;
+    assert_eq!(reveals.len(), 1);
+    assert!(reveals[0].detail.as_deref().unwrap().contains("by OS user"));
+    assert!(!reveals[0].detail.as_deref().unwrap().contains(password));
+
+    let rotated = ok(cmd(&["extension", "rotate", "1001"]));
+    assert!(!rotated.contains(password), "{rotated}");
+    let after = db.store.extension_by_number("1001").await.unwrap();
+    let new_name = after.remote_auth_name.clone().unwrap();
+    let new_password = after.remote_auth_password.clone().unwrap();
+    assert_ne!(new_name, name);
+    assert_ne!(new_password.expose_secret(), password);
+    assert_eq!(audited("rotate").await.len(), 1);
+    ok(cmd(&["sync"]));
+    let devices: Vec<_> = sim
+        .devices()
+        .into_iter()
+        .filter(|d| d.icpside_username == "1001")
+        .collect();
+    assert_eq!(devices.len(), 1, "updated, not created again");
+    assert_eq!(devices[0].guid, guid);
+    assert_eq!(devices[0].setside_username, new_name);
+    assert_eq!(devices[0].setside_password, new_password.expose_secret());
+
+    // Credentials written ahead by a pass that has not finished: a rotation could orphan a
+    // SIP user made with them, so it is refused.
+    ok(cmd(&[
+        "extension",
+        "set",
+        "1002",
+        "--node",
+        "pbx1",
+        "--remote",
+        "on",
+    ]));
+    let pending = db.store.extension_by_number("1002").await.unwrap();
+    db.store
+        .fill_remote_credentials(
+            pending.id,
+            "written0ahead",
+            &secrecy::SecretString::from("written-ahead-password"),
+        )
+        .await
+        .unwrap();
+    let refused = cmd(&["extension", "rotate", "1002"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("let a pass finish first"),
+        "{}",
+        stderr(&refused)
+    );
+    let unchanged = db.store.extension_by_number("1002").await.unwrap();
+    assert_eq!(unchanged.remote_auth_name.as_deref(), Some("written0ahead"));
+    let missing = cmd(&["extension", "show", "9999"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("no extension 9999"),
+        "{}",
+        stderr(&missing)
+    );
+}
