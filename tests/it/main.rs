@@ -9,6 +9,7 @@ mod daemon;
 mod guarantees;
 mod http;
 mod mbg;
+mod packaging;
 mod reconcile;
 mod secrets;
 mod service;
