@@ -71,6 +71,14 @@ pub enum Command {
     /// configuration file; touches nothing outside a temporary folder (or, with a PostgreSQL
     /// URL, a database it creates on that server and drops at the end).
     Bench(BenchArgs),
+    /// Print a shell completion script, e.g. `mbg-provision completions bash >
+    /// /etc/bash_completion.d/mbg-provision`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `mbg-provision manpage > /usr/local/share/man/man1/mbg-provision.1`
+    Manpage,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod args;
 mod bench;
 mod context;
 mod demo;
+mod docs;
 mod extension;
 mod files;
 mod icps;
@@ -37,6 +38,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             init_tracing_at(LogFormat::Text, "warn");
             return bench::run(args).await;
         }
+        Command::Completions { shell } => return docs::completions(shell),
+        Command::Manpage => return docs::manpage(),
         _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;
@@ -64,7 +67,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Icps { output } => icps::run(&app, output.json).await?,
         // The daemon owns the store from here and closes it when it stops.
         Command::Run => return run::run(app).await,
-        Command::Simulate(_) | Command::Demo | Command::Bench(_) => {
+        Command::Simulate(_)
+        | Command::Demo
+        | Command::Bench(_)
+        | Command::Completions { .. }
+        | Command::Manpage => {
             unreachable!("handled before the store is opened")
         }
     };

@@ -241,35 +241,28 @@ pub async fn run_pass_with(
             credentials::random_password(config.credentials.password_length),
         )
     };
-    if mode == Mode::Apply {
-        let fills: Vec<CredentialFill> = store
-            .extensions_lacking_credentials()
-            .await?
-            .into_iter()
-            .map(|extension_id| {
-                let (name, password) = new_credentials();
-                CredentialFill {
-                    extension_id,
-                    name,
-                    password,
-                }
-            })
-            .collect();
-        store.fill_remote_credentials_all(&fills).await?;
-        if !fills.is_empty() {
-            info!(
-                extensions = fills.len(),
-                "remote credentials generated and stored"
-            );
+    // Credentials first, then the changes this pass covers, then the rows it plans from. A flag
+    // switched on between the fill and the reads would leave a wanted row without credentials
+    // whose change is already covered: reported as a problem and acknowledged, it would wait
+    // for the next full pass. So the fill is repeated until the rows read need none (a few
+    // rounds at most; only a steady stream of new flags keeps it going, and then the last
+    // round's rows are reported as before).
+    let mut rounds = 0;
+    let (covered_changes, rows) = loop {
+        rounds += 1;
+        if mode == Mode::Apply {
+            fill_credentials(store, &new_credentials).await?;
         }
-    }
-    // Read after our own credential writes and before the extensions: every change recorded
-    // so far is then reflected in what this pass plans, and can be acknowledged after it.
-    let covered_changes = match mode {
-        Mode::Apply => store.pending_changes(u32::MAX).await?,
-        Mode::DryRun => Vec::new(),
+        let covered_changes = match mode {
+            Mode::Apply => store.pending_changes(u32::MAX).await?,
+            Mode::DryRun => Vec::new(),
+        };
+        let rows = store.extension_rows().await?;
+        let lacking = rows.good.iter().any(needs_credentials);
+        if mode == Mode::DryRun || !lacking || rounds >= CREDENTIAL_ROUNDS {
+            break (covered_changes, rows);
+        }
     };
-    let rows = store.extension_rows().await?;
     for bad in &rows.bad {
         warn!(row = bad.id, column = bad.column, "{bad}");
         if mode == Mode::Apply {
@@ -395,6 +388,37 @@ pub async fn run_pass_with(
     store.acknowledge_changes(&seqs).await?;
     report.applied = Some(applied);
     Ok(report)
+}
+
+/// Fill-then-read rounds of a pass, at most (see `run_pass_with`).
+const CREDENTIAL_ROUNDS: u32 = 3;
+
+/// Generates and stores remote credentials for every wanted extension that lacks them.
+async fn fill_credentials(
+    store: &Store,
+    new_credentials: &impl Fn() -> (String, secrecy::SecretString),
+) -> Result<(), StoreError> {
+    let fills: Vec<CredentialFill> = store
+        .extensions_lacking_credentials()
+        .await?
+        .into_iter()
+        .map(|extension_id| {
+            let (name, password) = new_credentials();
+            CredentialFill {
+                extension_id,
+                name,
+                password,
+            }
+        })
+        .collect();
+    store.fill_remote_credentials_all(&fills).await?;
+    if !fills.is_empty() {
+        info!(
+            extensions = fills.len(),
+            "remote credentials generated and stored"
+        );
+    }
+    Ok(())
 }
 
 /// Reads the MBG's state, retrying a 429, a 503 or a lost connection with backoff (honouring

@@ -1151,3 +1151,30 @@ async fn extension_show_reveal_and_rotate() {
         stderr(&missing)
     );
 }
+
+/// Issue 10, item 5: completions and the man page come from the clap definitions.
+#[test]
+fn completions_and_the_man_page_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = "sqlite://never-opened.db";
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = ok(run(dir.path(), nowhere, &["completions", shell]));
+        assert!(script.contains("mbg-provision"), "{shell}");
+        assert!(script.contains("rotate"), "{shell}: every subcommand");
+    }
+    let unknown = run(dir.path(), nowhere, &["completions", "tcsh"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let page = ok(run(dir.path(), nowhere, &["manpage"]));
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH mbg-provision 1"),
+        "{page}"
+    );
+    assert!(page.contains(".TH mbg-provision 1"));
+    for command in ["extension", "sync", "token", "run"] {
+        assert!(page.contains(command), "{command}");
+    }
+    assert!(
+        !dir.path().join("never-opened.db").exists(),
+        "no database touched"
+    );
+}
