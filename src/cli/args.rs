@@ -210,6 +210,20 @@ pub enum NodeCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Change a node's address or NAT settings (a new address moves its extensions' SIP users
+    /// to the ICP it matches)
+    Set {
+        name: String,
+        #[arg(long, required_unless_present_any = ["nat_address", "nat_sip_port"])]
+        address: Option<String>,
+        /// The MBG's external address, which the phone system hands to the phones
+        #[arg(long, value_name = "IP")]
+        nat_address: Option<String>,
+        #[arg(long, value_name = "N")]
+        nat_sip_port: Option<u16>,
+        #[command(flatten)]
+        output: Output,
+    },
     /// List the nodes
     List {
         #[command(flatten)]

@@ -339,8 +339,8 @@ async fn show(
     match view.registrar_address {
         Some(address) => println!("registers at   {address}:{}", view.registrar_port),
         None => println!(
-            "registers at   not set: node {} has no NAT address (the MBG's external address, which the phone system hands to the phones)",
-            e.node_name
+            "registers at   not set: give node {} the MBG's external address with `mbg-provision node set {} --nat-address IP`",
+            e.node_name, e.node_name
         ),
     }
     if let Some(error) = &e.last_error {

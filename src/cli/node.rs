@@ -1,10 +1,10 @@
-//! `node add` and `node list`: the PBX nodes.
+//! `node add`, `node set` and `node list`: the PBX nodes.
 
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use mbg_provision::app::App;
-use mbg_provision::store::{NewNode, Node, quote};
+use mbg_provision::store::{NewNode, Node, NodeChange, quote};
 
 use super::args::NodeCommand;
 use super::output::print_json;
@@ -37,6 +37,42 @@ pub async fn run(app: &App, command: NodeCommand) -> Result<ExitCode> {
                 print_json(&node)?;
             } else {
                 println!("added node {} ({})", node.name, node.address);
+            }
+        }
+        NodeCommand::Set {
+            name,
+            address,
+            nat_address,
+            nat_sip_port,
+            output,
+        } => {
+            for (option, value) in [("--address", &address), ("--nat-address", &nat_address)] {
+                if let Some(value) = value {
+                    check_address(option, value)?;
+                }
+            }
+            let node = app
+                .store
+                .update_node(
+                    &name,
+                    &NodeChange {
+                        address,
+                        nat_address,
+                        nat_sip_port,
+                    },
+                )
+                .await?;
+            if output.json {
+                print_json(&node)?;
+            } else {
+                println!(
+                    "node {}: address {}, NAT address {}, NAT SIP port {}",
+                    node.name,
+                    node.address,
+                    node.nat_address.as_deref().unwrap_or("not set"),
+                    node.nat_sip_port
+                        .map_or_else(|| "not set (5060)".to_string(), |p| p.to_string())
+                );
             }
         }
         NodeCommand::List { output } => {

@@ -16,6 +16,14 @@ pub struct Node {
     pub nat_sip_port: Option<u16>,
 }
 
+/// What `Store::update_node` changes: the fields given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeChange {
+    pub address: Option<String>,
+    pub nat_address: Option<String>,
+    pub nat_sip_port: Option<u16>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewNode {
     pub name: String,

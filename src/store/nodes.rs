@@ -2,7 +2,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::error::classify;
-use super::{NewNode, Node, NotFound, Result, Store, StoreError};
+use super::{NewNode, Node, NodeChange, NotFound, Result, Store, StoreError};
 
 const NODE_COLUMNS: &str = "id, name, address, nat_address, nat_sip_port";
 
@@ -60,6 +60,35 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::Database)?;
+        match row {
+            Some(row) => node_from_row(&row).map_err(StoreError::Database),
+            None => Err(StoreError::NotFound(NotFound::Node(name.to_string()))),
+        }
+    }
+
+    /// Changes what is given of a node, keeping the rest. A new address is a change to each of
+    /// the node's extensions (the trigger of migration 0003): they move to the ICP it matches.
+    pub async fn update_node(&self, name: &str, change: &NodeChange) -> Result<Node> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE nodes
+                SET address = COALESCE($2, address),
+                    nat_address = COALESCE($3, nat_address),
+                    nat_sip_port = COALESCE($4, nat_sip_port)
+              WHERE name = $1
+             RETURNING {NODE_COLUMNS}"
+        )))
+        .bind(name.trim())
+        .bind(change.address.as_deref().map(str::trim))
+        .bind(change.nat_address.as_deref().map(str::trim))
+        .bind(change.nat_sip_port.map(i64::from))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| {
+            classify(e, |field| match field {
+                "node address" => change.address.clone().unwrap_or_default(),
+                _ => name.to_string(),
+            })
+        })?;
         match row {
             Some(row) => node_from_row(&row).map_err(StoreError::Database),
             None => Err(StoreError::NotFound(NotFound::Node(name.to_string()))),

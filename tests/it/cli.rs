@@ -1055,6 +1055,19 @@ async fn extension_show_reveal_and_rotate() {
         assert!(shown.contains(expected), "{expected:?} in:\n{shown}");
     }
     assert!(!shown.contains(password), "no password without --reveal");
+    ok(cmd(&[
+        "node",
+        "set",
+        "pbx1",
+        "--nat-address",
+        "203.0.113.7",
+        "--nat-sip-port",
+        "5062",
+    ]));
+    let shown = ok(cmd(&["extension", "show", "1001"]));
+    assert!(shown.contains("registers at   203.0.113.7:5062"), "{shown}");
+    let nothing = cmd(&["node", "set", "pbx1"]);
+    assert_eq!(nothing.status.code(), Some(2), "say what to change");
 
     // Not a terminal here: --reveal alone is refused, and nothing is audited.
     let refused = cmd(&["extension", "show", "1001", "--reveal"]);
@@ -1089,7 +1102,8 @@ async fn extension_show_reveal_and_rotate() {
     .unwrap();
     assert_eq!(json["remote_auth_password"], password);
     assert_eq!(json["icp"], "MiVO250-1");
-    assert_eq!(json["registrar_port"], 5060);
+    assert_eq!(json["registrar_address"], "203.0.113.7");
+    assert_eq!(json["registrar_port"], 5062);
     let reveals = audited("reveal").await;
     assert_eq!(reveals.len(), 1);
     assert!(reveals[0].detail.as_deref().unwrap().contains("by OS user"));

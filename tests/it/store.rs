@@ -29,6 +29,7 @@ crate::on_both_backends!(
     one_sip_user_belongs_to_one_row,
     a_deleted_row_keeps_the_credentials_that_prove_its_sip_user,
     outcome_writes_follow_the_planned_version,
+    a_node_is_changed_field_by_field,
 );
 
 fn node(name: &str, address: &str) -> NewNode {
@@ -1608,5 +1609,63 @@ async fn outcome_writes_follow_the_planned_version(db: TestDb) {
     assert_eq!(
         store.extension(ext.id).await.unwrap().state,
         ExtensionState::Provisioned
+    );
+}
+
+/// `node set`: only the fields given change; a new address is a change to each extension of the
+/// node; an unknown node and a taken address are refused by name.
+async fn a_node_is_changed_field_by_field(db: TestDb) {
+    let store = &db.store;
+    with_nodes(store).await;
+    let (ext, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let seen: Vec<i64> = store
+        .pending_changes(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    store.acknowledge_changes(&seen).await.unwrap();
+
+    let nat = mbg_provision::store::NodeChange {
+        nat_address: Some("203.0.113.7".into()),
+        nat_sip_port: Some(5062),
+        ..Default::default()
+    };
+    let changed = store.update_node("pbx1", &nat).await.unwrap();
+    assert_eq!(changed.address, "10.0.0.20", "kept");
+    assert_eq!(changed.nat_address.as_deref(), Some("203.0.113.7"));
+    assert_eq!(changed.nat_sip_port, Some(5062));
+    assert!(
+        store.pending_changes(10).await.unwrap().is_empty(),
+        "NAT settings do not reach the MBG"
+    );
+
+    let moved = mbg_provision::store::NodeChange {
+        address: Some("10.0.0.30".into()),
+        ..Default::default()
+    };
+    let changed = store.update_node("pbx1", &moved).await.unwrap();
+    assert_eq!(changed.address, "10.0.0.30");
+    assert_eq!(changed.nat_sip_port, Some(5062), "kept");
+    let changes = store.pending_changes(10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].extension_id, ext.id);
+
+    let taken = mbg_provision::store::NodeChange {
+        address: Some("10.0.0.21".into()),
+        ..Default::default()
+    };
+    let err = store.update_node("pbx1", &taken).await.unwrap_err();
+    assert!(err.to_string().contains("10.0.0.21"), "{err}");
+    let err = store.update_node("pbx9", &nat).await.unwrap_err();
+    assert!(err.to_string().contains("pbx9"), "{err}");
+    assert_eq!(
+        store.node_by_name("pbx1").await.unwrap().address,
+        "10.0.0.30",
+        "a refused change changes nothing"
     );
 }
