@@ -1192,3 +1192,60 @@ fn completions_and_the_man_page_generate() {
         "no database touched"
     );
 }
+
+/// The README's troubleshooting section quotes the program's messages: each quoted message's
+/// fixed text (between its placeholders: a single capital letter, or `…`) must still be in the
+/// source, so the section cannot drift from what users see.
+#[test]
+fn the_readme_troubleshooting_quotes_real_messages() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section = readme
+        .split("## Troubleshooting")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Troubleshooting section");
+    let mut source = String::new();
+    let mut folders = vec![std::path::PathBuf::from(format!("{root}/src"))];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                source.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    let quoted: Vec<&str> = section
+        .split("**`")
+        .skip(1)
+        .filter_map(|rest| rest.split("`**").next())
+        .collect();
+    assert!(quoted.len() >= 8, "{quoted:?}");
+    for message in quoted {
+        let mut fragments = vec![String::new()];
+        let chars: Vec<char> = message.chars().collect();
+        for (i, c) in chars.iter().enumerate() {
+            let alone = |j: Option<usize>| {
+                j.and_then(|j| chars.get(j))
+                    .is_none_or(|c| !c.is_alphanumeric())
+            };
+            let placeholder = *c == '…'
+                || (c.is_ascii_uppercase() && alone(i.checked_sub(1)) && alone(Some(i + 1)));
+            if placeholder {
+                fragments.push(String::new());
+            } else {
+                fragments.last_mut().unwrap().push(*c);
+            }
+        }
+        for fragment in fragments.iter().filter(|f| f.trim().len() >= 12) {
+            // Backticks in messages are written as in the source; the README's own quoting is
+            // stripped above.
+            assert!(
+                source.contains(fragment.as_str()),
+                "README quotes {fragment:?} (from {message:?}), which no source file says"
+            );
+        }
+    }
+}
