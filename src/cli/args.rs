@@ -40,6 +40,9 @@ pub enum Command {
         /// How long to wait for another pass (a `sync` or the daemon) on this database to end
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         wait: std::time::Duration,
+        /// Print nothing unless something failed or needs attention (for cron)
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         output: Output,
     },

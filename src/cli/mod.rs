@@ -43,7 +43,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;
-    init_tracing(config.log.format);
+    match cli.command {
+        // For cron: what went well is not worth a line.
+        Command::Sync { quiet: true, .. } => init_tracing_at(config.log.format, "warn"),
+        _ => init_tracing(config.log.format),
+    }
     let config_path = context::config_file(cli.config.as_deref());
     let create = may_create_database(&cli.command);
     let app = context::open(config, config_path, create).await?;
@@ -61,8 +65,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync {
             dry_run,
             wait,
+            quiet,
             output,
-        } => sync::run(&app, dry_run, wait, output.json).await?,
+        } => sync::run(&app, dry_run, wait, quiet, output.json).await?,
         Command::Status { output } => status::run(&app, output.json).await?,
         Command::Icps { output } => icps::run(&app, output.json).await?,
         // The daemon owns the store from here and closes it when it stops.

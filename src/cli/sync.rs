@@ -1,11 +1,15 @@
 //! `sync`: one reconcile pass, under the pass lock, then exit.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mbg_provision::app::App;
-use mbg_provision::reconcile::{self, Mode, PassReport, ReconcileError, Status};
+use mbg_provision::reconcile::{
+    self, MbgView, Mode, PassReport, Progress, ReconcileError, Scope, Status,
+};
 use mbg_provision::shutdown::{self, Shutdown};
 use mbg_provision::store::BadRow;
 use mbg_provision::token;
@@ -105,7 +109,60 @@ fn status_name(status: &Status) -> &'static str {
     }
 }
 
-pub async fn run(app: &App, dry_run: bool, wait: Duration, json: bool) -> Result<ExitCode> {
+/// Passes with more changes than this show their progress.
+const PROGRESS_FROM: usize = 50;
+
+/// How a pass's progress is shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Display {
+    None,
+    /// A bar on the terminal.
+    Bar,
+    /// A line to stderr at each tenth (logs, CI, systemd).
+    Lines,
+}
+
+/// Shows `progress` until dropped (the pass it watches has ended).
+async fn show_progress(progress: &Progress, display: Display) {
+    let mut tenths = 0;
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (finished, total) = (progress.finished(), progress.total());
+        if total <= PROGRESS_FROM {
+            continue;
+        }
+        match display {
+            Display::None => return,
+            Display::Bar => {
+                let bar = bar.get_or_insert_with(|| {
+                    indicatif::ProgressBar::new(total as u64).with_style(
+                        indicatif::ProgressStyle::with_template(
+                            "sync {bar:40} {pos}/{len} changes, {per_sec}, {eta} left",
+                        )
+                        .expect("a valid template"),
+                    )
+                });
+                bar.set_position(finished as u64);
+            }
+            Display::Lines => {
+                let now = finished * 10 / total;
+                if now > tenths {
+                    tenths = now;
+                    eprintln!("sync: {finished}/{total} changes finished");
+                }
+            }
+        }
+    }
+}
+
+pub async fn run(
+    app: &App,
+    dry_run: bool,
+    wait: Duration,
+    quiet: bool,
+    json: bool,
+) -> Result<ExitCode> {
     let (client, generation) = signed_client(app).await?;
     let shutdown = Shutdown::new();
     shutdown
@@ -131,14 +188,36 @@ pub async fn run(app: &App, dry_run: bool, wait: Duration, json: bool) -> Result
             Some(lock)
         }
     };
-    let pass = reconcile::run_pass(
-        store,
-        &client,
-        &app.config,
-        mode,
-        &shutdown,
-        app.clock.now(),
-    );
+    let progress = Arc::new(Progress::default());
+    let display = if quiet || json || dry_run {
+        Display::None
+    } else if std::io::stderr().is_terminal() {
+        Display::Bar
+    } else {
+        Display::Lines
+    };
+    let pass = async {
+        let mut view = MbgView::read(&client, &app.config, &shutdown).await?;
+        let scope = Scope {
+            progress: Some(progress.clone()),
+            ..Scope::default()
+        };
+        let now = app.clock.now();
+        let pass = reconcile::run_pass_with(
+            store,
+            &client,
+            &app.config,
+            mode,
+            &shutdown,
+            now,
+            &mut view,
+            &scope,
+        );
+        tokio::select! {
+            result = pass => result,
+            () = show_progress(&progress, display) => unreachable!("shows until the pass ends"),
+        }
+    };
     let (result, lock) = match lock {
         None => (pass.await, None),
         // Losing the lock (its connection ended by the server, an idle timeout, a failover)
@@ -171,9 +250,17 @@ pub async fn run(app: &App, dry_run: bool, wait: Duration, json: bool) -> Result
             token::date(waiting.due_until)
         );
     }
+    if display == Display::Lines && progress.total() > PROGRESS_FROM {
+        eprintln!(
+            "sync: {}/{} changes finished",
+            progress.finished(),
+            progress.total()
+        );
+    }
+    let all_well = report.succeeded() && !report.needs_attention();
     if json {
         print_json(&SyncOutput::of(&report))?;
-    } else {
+    } else if !(quiet && all_well) {
         print_plan(&report);
         print_results(&report);
         print_bad_rows(&report.bad_rows);

@@ -251,6 +251,7 @@ impl Worker {
         let scope = Scope {
             only: None,
             honour_backoff: true,
+            progress: None,
         };
         let report = reconcile::run_pass_with(
             &self.app.store,
@@ -297,6 +298,7 @@ impl Worker {
         let scope = Scope {
             only: Some(ids),
             honour_backoff: false,
+            progress: None,
         };
         let mut view = match self.view.take() {
             Some(view) => view,

@@ -129,6 +129,7 @@ pub struct Context<'a> {
     pub planned: &'a HashMap<i64, Extension>,
     pub shutdown: &'a Shutdown,
     pub options: &'a ApplyOptions,
+    pub progress: Option<&'a super::Progress>,
 }
 
 /// Where one action stands after a round.
@@ -221,6 +222,12 @@ async fn call_and_record(
                             }
                         }
                     };
+                    if action.is_change()
+                        && !matches!(step, Step::Retry(..))
+                        && let Some(progress) = cx.progress
+                    {
+                        progress.step();
+                    }
                     (step, called)
                 }
                 .instrument(span)

@@ -180,6 +180,36 @@ impl MbgView {
 pub struct Scope {
     pub only: Option<HashSet<i64>>,
     pub honour_backoff: bool,
+    /// Counted as the pass goes, for whoever shows progress.
+    pub progress: Option<std::sync::Arc<Progress>>,
+}
+
+/// How far a pass has got: its MBG changes planned, and those finished (done, failed or
+/// skipped). Written by the pass, read by a progress display while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    total: std::sync::atomic::AtomicUsize,
+    finished: std::sync::atomic::AtomicUsize,
+}
+
+impl Progress {
+    pub fn total(&self) -> usize {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn finished(&self) -> usize {
+        self.finished.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn plan(&self, total: usize) {
+        self.total
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn step(&self) {
+        self.finished
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Scope {
@@ -354,12 +384,16 @@ pub async fn run_pass_with(
         retry_until,
         now,
     };
+    if let Some(progress) = &scope.progress {
+        progress.plan(report.plan.changes().count());
+    }
     let cx = apply::Context {
         store,
         client,
         planned: &report.extensions,
         shutdown,
         options: &options,
+        progress: scope.progress.as_deref(),
     };
     let applied = apply::apply(&cx, &report.plan).await?;
     view.absorb(&applied.outcomes);

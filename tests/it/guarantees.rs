@@ -484,3 +484,53 @@ async fn sigkill_during_a_10000_extension_sync_then_converge(db: TestDb) {
     }
     assert!(h.db.store.pending_changes(10).await.unwrap().is_empty());
 }
+
+/// Issue 10, item 4: a large sync says how far it has got (plain lines when stderr is not a
+/// terminal); `--quiet` prints nothing when all went well, for cron.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_sync_shows_progress_and_quiet_prints_nothing() {
+    let h = setup(TestDb::sqlite().await, lenient_sim(5), 120).await;
+    let dir = tempfile::tempdir().unwrap();
+    let output = start(command(&h, dir.path(), &["sync"])).finish().await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("sync: 120/120 changes finished"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no terminal codes in plain lines"
+    );
+
+    raw_sql(&h.db.url, "UPDATE extensions SET use_remote_auth = false").await;
+    let quiet = start(command(&h, dir.path(), &["sync", "--quiet"]))
+        .finish()
+        .await;
+    assert!(quiet.status.success(), "{}", text(&quiet.stderr));
+    assert_eq!(text(&quiet.stdout), "", "quiet: nothing on stdout");
+    assert_eq!(text(&quiet.stderr), "", "quiet: nothing on stderr");
+    assert!(h.sim.devices().is_empty(), "it did the work");
+
+    // Something that needs a human is printed even with --quiet.
+    raw_sql(
+        &h.db.url,
+        "UPDATE nodes SET address = '10.9.9.9' WHERE name = 'pbx1';
+         UPDATE extensions SET use_remote_auth = true WHERE number = '2000'",
+    )
+    .await;
+    let attention = start(command(&h, dir.path(), &["sync", "--quiet"]))
+        .finish()
+        .await;
+    assert_eq!(
+        attention.status.code(),
+        Some(2),
+        "{}",
+        text(&attention.stderr)
+    );
+    assert!(
+        text(&attention.stdout).contains("no ICP on the MBG has the address 10.9.9.9"),
+        "{}",
+        text(&attention.stdout)
+    );
+}

@@ -449,6 +449,7 @@ async fn apply_planned(
         planned: &planned,
         shutdown: &shutdown,
         options: &options,
+        progress: None,
     };
     reconcile::apply::apply(&cx, plan).await.unwrap()
 }
