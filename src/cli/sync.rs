@@ -138,7 +138,7 @@ async fn show_progress(progress: &Progress, display: Display) {
                 let bar = bar.get_or_insert_with(|| {
                     indicatif::ProgressBar::new(total as u64).with_style(
                         indicatif::ProgressStyle::with_template(
-                            "sync {bar:40} {pos}/{len} changes, {per_sec}, {eta} left",
+                            "sync {bar:40} {pos}/{len} changes, {eta} left",
                         )
                         .expect("a valid template"),
                     )
