@@ -518,7 +518,8 @@ impl Store {
                 reason: format!("{} changed meanwhile: try again", current.number),
             }),
         })?;
-        super::outcomes::write_one(&mut tx, &super::PassWrite::Audit(audit.clone())).await?;
+        let audited = [super::PassWrite::Audit(audit.clone())];
+        super::outcomes::write_chunk(&mut tx, self.backend, &audited).await?;
         tx.commit().await.map_err(StoreError::Database)?;
         self.extension(id).await
     }

@@ -147,7 +147,8 @@ impl Store {
             }
         } else {
             for write in writes {
-                written.push(write_one(&mut tx, write).await?);
+                written
+                    .extend(write_chunk(&mut tx, self.backend, std::slice::from_ref(write)).await?);
             }
         }
         tx.commit().await.map_err(StoreError::Database)?;
@@ -182,7 +183,7 @@ fn values(backend: Backend, rows: usize, types: &[&str]) -> String {
 }
 
 /// One chunk of a group, whose outcomes name distinct extensions.
-async fn write_chunk(
+pub(super) async fn write_chunk(
     conn: &mut AnyConnection,
     backend: Backend,
     chunk: &[PassWrite],
@@ -316,77 +317,4 @@ async fn write_chunk(
             _ => true,
         })
         .collect())
-}
-
-pub(super) async fn write_one(conn: &mut AnyConnection, write: &PassWrite) -> Result<bool> {
-    match write {
-        PassWrite::Outcome(outcome) => write_outcome_in(conn, outcome).await,
-        PassWrite::Audit(entry) => {
-            sqlx::query(
-                "INSERT INTO audit_log (at, extension, action, outcome, detail)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(entry.at)
-            .bind(entry.extension.as_deref())
-            .bind(&entry.action)
-            .bind(&entry.outcome)
-            .bind(entry.detail.as_deref())
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::Database)?;
-            Ok(true)
-        }
-        PassWrite::ForgetReleased(id) => {
-            sqlx::query("DELETE FROM released_extensions WHERE id = $1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::Database)?;
-            Ok(true)
-        }
-    }
-}
-
-async fn write_outcome_in(conn: &mut AnyConnection, outcome: &OutcomeWrite) -> Result<bool> {
-    let id = outcome.extension_id;
-    match &outcome.device {
-        DeviceFact::Unchanged => {}
-        DeviceFact::Holds(guid) => {
-            sqlx::query(
-                "UPDATE extensions SET mbg_device_id = $2, provisioned_by_us = $3 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(guid)
-            .bind(true)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| classify(e, |_| guid.clone()))?;
-        }
-        DeviceFact::Gone => {
-            sqlx::query(
-                "UPDATE extensions SET mbg_device_id = NULL, provisioned_by_us = $2 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(false)
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::Database)?;
-        }
-    }
-    let update = &outcome.state;
-    let written = sqlx::query(
-        "UPDATE extensions SET state = $3, last_error = $4, attempts = $5, next_attempt_at = $6
-          WHERE id = $1 AND version = $2",
-    )
-    .bind(id)
-    .bind(outcome.planned_version)
-    .bind(update.state.as_str())
-    .bind(update.last_error.as_deref())
-    .bind(i64::from(update.attempts))
-    .bind(update.next_attempt_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(StoreError::Database)?
-    .rows_affected();
-    Ok(written > 0)
 }

@@ -55,6 +55,18 @@ fn secret(text: &str) -> SecretString {
     SecretString::from(text)
 }
 
+/// Clears the change log, so that a test sees only the changes it makes next.
+async fn acknowledge_all(store: &Store) {
+    let recorded: Vec<i64> = store
+        .pending_changes(u32::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    store.acknowledge_changes(&recorded).await.unwrap();
+}
+
 async fn with_nodes(store: &Store) {
     store.add_node(&node("pbx1", "10.0.0.20")).await.unwrap();
     store.add_node(&node("pbx2", "10.0.0.21")).await.unwrap();
@@ -1439,14 +1451,7 @@ async fn a_node_address_change_is_a_change_to_each_of_its_extensions(db: TestDb)
         .set_extension(&spec("2001", "pbx2"), &secret("p"))
         .await
         .unwrap();
-    let recorded: Vec<i64> = store
-        .pending_changes(100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.seq)
-        .collect();
-    store.acknowledge_changes(&recorded).await.unwrap();
+    acknowledge_all(store).await;
 
     let mut listener = match store.backend() {
         Backend::Postgres => {
@@ -1621,14 +1626,7 @@ async fn a_node_is_changed_field_by_field(db: TestDb) {
         .set_extension(&spec("1001", "pbx1"), &secret("p"))
         .await
         .unwrap();
-    let seen: Vec<i64> = store
-        .pending_changes(100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.seq)
-        .collect();
-    store.acknowledge_changes(&seen).await.unwrap();
+    acknowledge_all(store).await;
 
     let nat = mbg_provision::store::NodeChange {
         nat_address: Some("203.0.113.7".into()),
