@@ -56,6 +56,22 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Go-live checks, each pass, warn or fail with its fix: configuration, database, the MBG's
+    /// certificate, the token, the consumer's permissions, node to ICP mapping, licences,
+    /// ICP-side names, the daemon's health
+    ///
+    /// Changes nothing. Exit code 0: all passed; 2: a warning; 1: a failure.
+    Preflight {
+        /// Also print the firewall rules these remote clients need, e.g. desktop,mobile,69xx
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "CLIENTS")]
+        clients: Vec<mbg_provision::preflight::network::Client>,
+        /// Send a STUN Binding request to this server (UDP, port 3478 unless given) and report
+        /// the address it sees
+        #[arg(long, value_name = "HOST[:PORT]")]
+        stun: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
     /// The daemon: watch the database and apply each change, full reconcile every
     /// reconcile.interval, token renewal on token.renew_schedule, /healthz and /metrics on
     /// http.listen
@@ -164,6 +180,14 @@ fn parse_date(text: &str) -> Result<i64, String> {
         .map_err(|e| format!("\"{text}\" is not a date as YYYY-MM-DD ({e})"))
 }
 
+fn parse_verifier(text: &str) -> Result<String, String> {
+    if text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(text.to_string())
+    } else {
+        Err(format!("\"{text}\" is not six digits"))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// Address to listen on
@@ -175,6 +199,10 @@ pub struct SimulateArgs {
     /// Approve temporary tokens as soon as they are issued
     #[arg(long)]
     pub auto_approve: bool,
+    /// Approve temporary tokens as soon as they are issued, with this six-digit verifier (what
+    /// an administrator reads off the MBG page), so that a script can run `token verify CODE`
+    #[arg(long, value_name = "CODE", value_parser = parse_verifier)]
+    pub verifier: Option<String>,
     /// An ICP, as NAME=ADDRESS (repeatable)
     #[arg(long = "icp", value_name = "NAME=ADDRESS")]
     pub icps: Vec<String>,

@@ -32,6 +32,7 @@ pub async fn open(config: Config, config_path: Option<PathBuf>, create: bool) ->
     let options = OpenOptions {
         connect_timeout: config.database.connect_timeout,
         create,
+        migrate: true,
     };
     let store = Store::open_with(&config.database.url, &options)
         .await

@@ -12,6 +12,7 @@ mod files;
 mod icps;
 mod node;
 mod output;
+mod preflight;
 mod report;
 mod run;
 mod simulate;
@@ -40,6 +41,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Completions { shell } => return docs::completions(shell),
         Command::Manpage => return docs::manpage(),
+        // Reports a bad configuration as its first failed check rather than stopping on it.
+        Command::Preflight {
+            clients,
+            stun,
+            output,
+        } => {
+            let config = Config::load(cli.config.as_deref());
+            let format = config.as_ref().map_or(LogFormat::Text, |c| c.log.format);
+            init_tracing_at(format, "warn");
+            let source = context::config_file(cli.config.as_deref());
+            return preflight::run(config, source, clients, stun, output.json).await;
+        }
         _ => {}
     }
     let config = Config::load(cli.config.as_deref())?;
@@ -73,6 +86,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         // The daemon owns the store from here and closes it when it stops.
         Command::Run => return run::run(app).await,
         Command::Simulate(_)
+        | Command::Preflight { .. }
         | Command::Demo
         | Command::Bench(_)
         | Command::Completions { .. }

@@ -10,6 +10,7 @@ use super::args::SimulateArgs;
 pub async fn run(args: SimulateArgs) -> Result<ExitCode> {
     let mut config = SimConfig {
         auto_approve: args.auto_approve,
+        approve_with: args.verifier.clone(),
         licences: args.licences,
         duplicate_setside_names: args.allow_duplicate_setside_names,
         ..SimConfig::default()
@@ -33,6 +34,9 @@ pub async fn run(args: SimulateArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("MBG simulator serving {}", handle.base_url());
     println!("admin API: http://{}/sim/ (loopback only)", handle.addr());
+    if let Some(verifier) = &args.verifier {
+        println!("temporary tokens are approved at once; the verifier is {verifier}");
+    }
     tokio::signal::ctrl_c().await?;
     Ok(ExitCode::SUCCESS)
 }

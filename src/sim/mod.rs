@@ -56,6 +56,9 @@ impl SimConsumer {
 pub struct SimConfig {
     pub consumers: Vec<SimConsumer>,
     pub auto_approve: bool,
+    /// Approve temporary tokens at once with this verifier (a scripted walkthrough knows it in
+    /// advance); implies `auto_approve`.
+    pub approve_with: Option<String>,
     /// (name, address)
     pub icps: Vec<(String, String)>,
     pub licences: Option<usize>,
@@ -75,6 +78,7 @@ impl Default for SimConfig {
         SimConfig {
             consumers: Vec::new(),
             auto_approve: false,
+            approve_with: None,
             icps: Vec::new(),
             licences: None,
             faults: Faults::default(),
@@ -124,6 +128,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimHa
         nonces_pruned_at: i64::MIN,
         licences: config.licences,
         auto_approve: config.auto_approve,
+        approve_with: config.approve_with,
         token_api: config.token_api,
         duplicate_setside_names: config.duplicate_setside_names,
         unencoded_token_answers: config.unencoded_token_answers,

@@ -114,6 +114,7 @@ pub struct SimState {
     pub nonces_pruned_at: i64,
     pub licences: Option<usize>,
     pub auto_approve: bool,
+    pub approve_with: Option<String>,
     /// `false`: the token info and renew endpoints answer 404, like an MBG without them.
     pub token_api: bool,
     pub duplicate_setside_names: bool,
@@ -176,7 +177,10 @@ impl SimState {
 
     pub fn new_temporary_token(&mut self, consumer: &str) -> (String, String) {
         let (token, secret) = (random_token(), random_token());
-        let verifier = self.auto_approve.then(six_digits);
+        let verifier = self
+            .approve_with
+            .clone()
+            .or_else(|| self.auto_approve.then(six_digits));
         self.temporary.insert(
             token.clone(),
             TemporaryToken {

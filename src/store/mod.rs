@@ -113,6 +113,16 @@ impl std::fmt::Debug for Store {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What [`Store::migration_status`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    pub applied: usize,
+    /// `NNNN description` of each migration not applied yet.
+    pub pending: Vec<String>,
+    /// Applied versions this program does not have.
+    pub unknown: Vec<i64>,
+}
+
 /// How [`Store::open_with`] opens the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenOptions {
@@ -121,6 +131,9 @@ pub struct OpenOptions {
     /// Create a missing SQLite file. Commands that only read or act on existing data leave it
     /// off, so that one run in the wrong folder cannot start from an empty database.
     pub create: bool,
+    /// Bring the schema up to date. Off for `preflight`, which reports what is missing and
+    /// changes nothing.
+    pub migrate: bool,
 }
 
 impl Default for OpenOptions {
@@ -128,6 +141,7 @@ impl Default for OpenOptions {
         Self {
             connect_timeout: Duration::from_secs(5),
             create: true,
+            migrate: true,
         }
     }
 }
@@ -186,7 +200,9 @@ impl Store {
             url: url.clone(),
             secret_key: std::sync::Arc::new(SecretKey::new(secrets::default_key_file(url))),
         };
-        store.migrate().await?;
+        if options.migrate {
+            store.migrate().await?;
+        }
         Ok(store)
     }
 
@@ -218,6 +234,36 @@ impl Store {
         }
         migrator(self.backend).run(&self.pool).await?;
         Ok(())
+    }
+
+    /// Which of this program's migrations the database lacks, and which versions it has that
+    /// this program does not know (a newer program migrated it).
+    pub async fn migration_status(&self) -> Result<MigrationStatus> {
+        let applied: Vec<i64> = match sqlx::query_scalar::<_, i64>(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(applied) => applied,
+            // No table: nothing was ever migrated.
+            Err(sqlx::Error::Database(e)) if e.message().contains("_sqlx_migrations") => Vec::new(),
+            Err(e) => return Err(StoreError::Database(e)),
+        };
+        let known: Vec<(i64, &str)> = MIGRATIONS.iter().map(|m| (m.0, m.1)).collect();
+        Ok(MigrationStatus {
+            pending: known
+                .iter()
+                .filter(|(version, _)| !applied.contains(version))
+                .map(|(version, description)| format!("{version:04} {description}"))
+                .collect(),
+            unknown: applied
+                .iter()
+                .copied()
+                .filter(|version| !known.iter().any(|(v, _)| v == version))
+                .collect(),
+            applied: applied.len(),
+        })
     }
 
     pub async fn close(&self) {

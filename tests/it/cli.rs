@@ -14,7 +14,12 @@ fn run(dir: &Path, database_url: &str, args: &[&str]) -> Output {
     run_with(dir, database_url, &[], args)
 }
 
-fn run_with(dir: &Path, database_url: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+pub(crate) fn run_with(
+    dir: &Path,
+    database_url: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Output {
     Command::new(BIN)
         .current_dir(dir)
         .env("MBG_PROVISION_DATABASE__URL", database_url)
@@ -25,15 +30,15 @@ fn run_with(dir: &Path, database_url: &str, env: &[(&str, &str)], args: &[&str])
         .expect("run mbg-provision")
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn ok(output: Output) -> String {
+pub(crate) fn ok(output: Output) -> String {
     assert!(
         output.status.success(),
         "failed: {}\n{}",
@@ -434,7 +439,7 @@ fn count(haystack: &str, needle: &str) -> usize {
 
 /// A configured token against a fresh simulator, through the CLI as an operator does it.
 /// Returns the simulator, the database and the environment to run commands with.
-async fn with_cli_token(
+pub(crate) async fn with_cli_token(
     sim_config: mbg_provision::sim::SimConfig,
 ) -> (
     mbg_provision::sim::SimHandle,

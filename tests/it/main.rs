@@ -10,6 +10,8 @@ mod guarantees;
 mod http;
 mod mbg;
 mod packaging;
+mod preflight;
+mod readme;
 mod reconcile;
 mod secrets;
 mod service;

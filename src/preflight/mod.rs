@@ -1,0 +1,823 @@
+//! `preflight`: the checks an engineer runs before going live, each one pass, warn or fail with
+//! the fix. It only reads: no migration, no token write, no MBG change. A check that cannot run
+//! because an earlier one failed says so (`skip`) instead of piling up the same failure.
+
+pub mod network;
+pub mod tls;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::mbg::{Icp, MbgClient, MbgError, MbgErrorKind, SipDevice};
+use crate::secrets::{self, SecretKey};
+use crate::store::{Extension, OpenOptions, Store};
+use crate::stun;
+use crate::token::{self, TokenStatus};
+
+use network::{Client, Rule};
+
+const DAY: i64 = 86_400;
+/// How long the daemon's `/healthz` may take: it answers from memory.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    /// Not applicable here, or not possible after an earlier failure (which carries the exit code).
+    Skip,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    /// What to do about a warning or a failure.
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Firewall {
+    /// The MBG's host as `mbg.base_url` names it (its internal address), the rules' target.
+    pub destination: Option<String>,
+    pub rules: Vec<Rule>,
+    pub notes: [&'static str; 3],
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+    /// With `--clients`: the forwarding rules those clients need.
+    pub firewall: Option<Firewall>,
+}
+
+impl Report {
+    /// The worst status of any check: the exit code follows it.
+    pub fn outcome(&self) -> Status {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Status::Pass)
+    }
+
+    fn add(&mut self, name: impl Into<String>, status: Status, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            status,
+            detail: detail.into(),
+            fix: None,
+        });
+    }
+
+    fn pass(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+        self.add(name, Status::Pass, detail);
+    }
+
+    fn skip(&mut self, name: impl Into<String>, detail: impl Into<String>) {
+        self.add(name, Status::Skip, detail);
+    }
+
+    fn problem(
+        &mut self,
+        name: impl Into<String>,
+        status: Status,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.checks.push(Check {
+            name: name.into(),
+            status,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        });
+    }
+
+    /// A report for a configuration that does not load: nothing else can be checked.
+    pub fn bad_configuration(error: &str) -> Report {
+        let mut report = Report::default();
+        report.problem(
+            "configuration",
+            Status::Fail,
+            error,
+            "correct the key named above, in the file or variable named",
+        );
+        report
+    }
+}
+
+pub struct Options {
+    pub clients: Vec<Client>,
+    /// `HOST[:PORT]` of a STUN server to send a Binding request to.
+    pub stun: Option<String>,
+    pub now: i64,
+}
+
+/// Every check, in the order an engineer fixes things.
+pub async fn run(config: &Config, config_source: &str, options: &Options) -> Report {
+    let mut report = Report::default();
+    report.pass("configuration", format!("{config_source} is valid"));
+    let store = database(config, &mut report).await;
+    let extensions = match &store {
+        Some(store) => extensions(store, &mut report).await,
+        None => None,
+    };
+    let mbg = mbg(config, store.as_ref(), options.now, &mut report).await;
+    match (&mbg, &store) {
+        (Some(mbg), Some(store)) => {
+            mapping(store, &mbg.icps, &mut report).await;
+            if let Some(extensions) = &extensions {
+                licences(config, extensions, &mbg.devices, &mut report);
+                icpside_names(extensions, &mbg.devices, &mut report);
+            }
+        }
+        _ => {
+            for name in ["nodes and ICPs", "licences", "ICP-side names"] {
+                report.skip(name, "needs the database and the MBG's answers");
+            }
+        }
+    }
+    daemon(config, &mut report).await;
+    if let Some(server) = &options.stun {
+        stun_check(server, &mut report).await;
+    }
+    if !options.clients.is_empty() {
+        report.firewall = Some(Firewall {
+            destination: config
+                .mbg
+                .base_url
+                .as_ref()
+                .and_then(|u| url::Url::parse(u.as_str()).ok())
+                .and_then(|u| u.host_str().map(str::to_string)),
+            rules: network::rules(&options.clients),
+            notes: network::NOTES,
+        });
+    }
+    if let Some(store) = store {
+        store.close().await;
+    }
+    report
+}
+
+async fn database(config: &Config, report: &mut Report) -> Option<Store> {
+    const NAME: &str = "database";
+    let url = &config.database.url;
+    let options = OpenOptions {
+        connect_timeout: config.database.connect_timeout,
+        create: false,
+        migrate: false,
+    };
+    let store = match Store::open_with(url, &options).await {
+        Ok(store) => store.with_secret_key(SecretKey::new(secrets::key_file(config))),
+        Err(e) => {
+            report.problem(
+                NAME,
+                Status::Fail,
+                format!("cannot open {url}: {e}"),
+                "check database.url; create the schema with `mbg-provision migrate`",
+            );
+            return None;
+        }
+    };
+    match store.migration_status().await {
+        Err(e) => report.problem(
+            NAME,
+            Status::Fail,
+            format!("cannot read the schema version of {url}: {e}"),
+            "check that database.url names this program's database",
+        ),
+        Ok(status) if status.applied == 0 => {
+            report.problem(
+                NAME,
+                Status::Fail,
+                format!("{url} has no mbg-provision schema"),
+                "run `mbg-provision migrate`",
+            );
+            return None;
+        }
+        Ok(status) if !status.unknown.is_empty() => report.problem(
+            NAME,
+            Status::Fail,
+            format!(
+                "{url} was migrated by a newer mbg-provision (versions {:?})",
+                status.unknown
+            ),
+            "run the newer mbg-provision here too",
+        ),
+        Ok(status) if !status.pending.is_empty() => report.problem(
+            NAME,
+            Status::Warn,
+            format!("{url} lacks {}", status.pending.join(", ")),
+            "run `mbg-provision migrate` (every other command would also apply them on start)",
+        ),
+        Ok(_) => report.pass(NAME, format!("{url}: reachable, schema up to date")),
+    }
+    Some(store)
+}
+
+async fn extensions(store: &Store, report: &mut Report) -> Option<Vec<Extension>> {
+    const NAME: &str = "extensions";
+    match store.extension_rows().await {
+        Err(e) => {
+            report.problem(
+                NAME,
+                Status::Fail,
+                format!("cannot read them: {e}"),
+                "run `mbg-provision migrate`",
+            );
+            None
+        }
+        Ok(rows) => {
+            let wanted = rows.good.iter().filter(|e| e.use_remote_auth).count();
+            let detail = format!(
+                "{} extensions, {wanted} with remote credentials wanted",
+                rows.good.len()
+            );
+            if rows.bad.is_empty() {
+                report.pass(NAME, detail);
+            } else {
+                let first = &rows.bad[0];
+                report.problem(
+                    NAME,
+                    Status::Warn,
+                    format!(
+                        "{detail}; {} rows cannot be used, e.g. id {} (column {}: {})",
+                        rows.bad.len(),
+                        first.id,
+                        first.column,
+                        first.reason
+                    ),
+                    "correct those rows in the phone system; `mbg-provision status` lists them all",
+                );
+            }
+            Some(rows.good)
+        }
+    }
+}
+
+/// What the MBG answered, for the checks that compare it with the database.
+struct MbgFacts {
+    icps: Vec<Icp>,
+    devices: Vec<SipDevice>,
+}
+
+async fn mbg(
+    config: &Config,
+    store: Option<&Store>,
+    now: i64,
+    report: &mut Report,
+) -> Option<MbgFacts> {
+    const CALLS: [&str; 5] = [
+        "token",
+        "permission Base/managetoken",
+        "permission MBG/v1/icps",
+        "permission MBG/v1/devices",
+        "MBG reachable",
+    ];
+    let skip_calls = |report: &mut Report, why: &str| {
+        for name in CALLS {
+            if !report.checks.iter().any(|c| c.name == name) {
+                report.skip(name, why);
+            }
+        }
+    };
+    let Some(base) = &config.mbg.base_url else {
+        report.problem(
+            "MBG address",
+            Status::Fail,
+            "mbg.base_url is not set",
+            "set mbg.base_url to the MBG's internal web-services address, e.g. https://10.0.0.5/mslrest",
+        );
+        skip_calls(report, "needs mbg.base_url");
+        return None;
+    };
+    if !certificate(config, base.as_str(), report).await {
+        skip_calls(report, "needs a trusted connection to the MBG");
+        return None;
+    }
+    let Some(store) = store else {
+        skip_calls(report, "needs the database (the token is stored there)");
+        return None;
+    };
+    let settings = match store.mbg_settings().await {
+        Ok(settings) => settings,
+        Err(e) => {
+            report.problem(
+                "token",
+                Status::Fail,
+                format!("cannot read the stored token: {e}"),
+                "run `mbg-provision token request` and `token verify`",
+            );
+            skip_calls(report, "needs a token");
+            return None;
+        }
+    };
+    let status = TokenStatus::of(&settings, now);
+    if !status.is_usable() {
+        report.problem(
+            "token",
+            Status::Fail,
+            status.to_string(),
+            "run `mbg-provision token request`, approve it on the MBG, then `token verify CODE`",
+        );
+        skip_calls(report, "needs a valid token");
+        return None;
+    }
+    let client = match token::client(config, &settings) {
+        Ok(client) => client,
+        Err(e) => {
+            report.problem("MBG reachable", Status::Fail, e.to_string(), "see above");
+            skip_calls(report, "needs an MBG client");
+            return None;
+        }
+    };
+    if let Err(e) = client.ping().await {
+        match e.kind {
+            MbgErrorKind::Unauthorized(_) => {
+                report.pass("MBG reachable", format!("{base} answers"));
+                report.problem(
+                    "token",
+                    Status::Fail,
+                    format!("the MBG refuses the stored token: {e}"),
+                    "the token was revoked or has expired: run `mbg-provision token request`, approve it, then `token verify CODE`",
+                );
+                skip_calls(report, "needs a token the MBG accepts");
+            }
+            _ => {
+                report.problem(
+                    "MBG reachable",
+                    Status::Fail,
+                    e.to_string(),
+                    "check mbg.base_url (the MBG's internal address), the route to it, and that its web services run",
+                );
+                skip_calls(report, "needs the MBG to answer");
+            }
+        }
+        return None;
+    }
+    report.pass("MBG reachable", format!("{base} answers"));
+    token_check(config, &client, &status, now, report).await;
+    let consumer = settings.consumer_id.as_deref().unwrap_or("(unknown)");
+    let icps = permission(client.icps().await, "MBG/v1/icps", consumer, report);
+    let devices = permission(client.devices().await, "MBG/v1/devices", consumer, report);
+    Some(MbgFacts {
+        icps: icps?,
+        devices: devices?,
+    })
+}
+
+/// Whether the MBG can be talked to: a trusted certificate, or plain HTTP on loopback.
+async fn certificate(config: &Config, base: &str, report: &mut Report) -> bool {
+    const NAME: &str = "MBG certificate";
+    let Ok(url) = url::Url::parse(base) else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or_default().to_string();
+    if url.scheme() != "https" {
+        report.pass(
+            NAME,
+            "plain HTTP to a loopback address (a simulator): no certificate to check",
+        );
+        return true;
+    }
+    let port = url.port_or_known_default().unwrap_or(443);
+    let ca_file = config.mbg.ca_file.as_deref();
+    let fix_trust = match ca_file {
+        Some(file) => format!(
+            "mbg.ca_file ({}) is not the CA that signed it: point mbg.ca_file at that CA's PEM file",
+            file.display()
+        ),
+        None => "set mbg.ca_file to the PEM file of the CA that signed the MBG's certificate (MBG: Administration > Certificate management)".into(),
+    };
+    match tls::probe(&host, port, ca_file, config.mbg.timeout).await {
+        Ok(tls::Certificate::Trusted) => {
+            report.pass(NAME, format!("trusted for {host}"));
+            return true;
+        }
+        Ok(tls::Certificate::SelfSigned) => report.problem(
+            NAME,
+            Status::Fail,
+            format!("the certificate of {host}:{port} is self-signed"),
+            format!(
+                "replace it with one signed by a CA, or trust it as it is: save it as PEM and set mbg.ca_file to it; {fix_trust}"
+            ),
+        ),
+        Ok(tls::Certificate::UnknownIssuer) => report.problem(
+            NAME,
+            Status::Fail,
+            format!(
+                "the certificate of {host}:{port} was issued by a CA that this machine does not trust"
+            ),
+            fix_trust,
+        ),
+        Ok(tls::Certificate::Expired { not_after }) => report.problem(
+            NAME,
+            Status::Fail,
+            format!(
+                "the certificate of {host}:{port} has expired{}",
+                not_after.map_or(String::new(), |at| format!(" (on {})", token::date(at)))
+            ),
+            "renew the MBG's certificate (MBG: Administration > Certificate management)",
+        ),
+        Ok(tls::Certificate::NotYetValid) => report.problem(
+            NAME,
+            Status::Fail,
+            format!("the certificate of {host}:{port} is not valid yet"),
+            "check the clocks of this machine and of the MBG",
+        ),
+        Ok(tls::Certificate::WrongHost { host, presented }) => report.problem(
+            NAME,
+            Status::Fail,
+            format!(
+                "the certificate is not valid for {host}{}",
+                if presented.is_empty() {
+                    String::new()
+                } else {
+                    format!(": it names {}", presented.join(", "))
+                }
+            ),
+            "set mbg.base_url to a name the certificate carries, or issue the MBG a certificate that names this address",
+        ),
+        Ok(tls::Certificate::Other(why)) => report.problem(
+            NAME,
+            Status::Fail,
+            format!("the certificate of {host}:{port} is refused: {why}"),
+            "inspect it with `openssl s_client -connect HOST:PORT`",
+        ),
+        Err(tls::ProbeError::Setup(why)) => report.problem(
+            NAME,
+            Status::Fail,
+            why,
+            "correct mbg.ca_file",
+        ),
+        Err(e) => {
+            report.problem(
+                "MBG reachable",
+                Status::Fail,
+                e.to_string(),
+                "check mbg.base_url (the MBG's internal address), the route to it, and that its web services run",
+            );
+            report.skip(NAME, "needs a connection to the MBG");
+        }
+    }
+    false
+}
+
+async fn token_check(
+    config: &Config,
+    client: &MbgClient,
+    stored: &TokenStatus,
+    now: i64,
+    report: &mut Report,
+) {
+    const PERMISSION: &str = "permission Base/managetoken";
+    let renew_within = i64::from(config.token.renew_within_days);
+    let expires_at = match client.token_expiry().await {
+        Ok(expires_at) => {
+            report.pass(
+                PERMISSION,
+                "token information readable (renewal uses the same permission, written)",
+            );
+            Some(expires_at)
+        }
+        Err(e) => {
+            match e.kind {
+                MbgErrorKind::NotFound => report.problem(
+                    PERMISSION,
+                    Status::Warn,
+                    "this MBG does not offer the token API (404): the token cannot be renewed from here",
+                    "press Renew on the MBG page (Administration > Web services) before the expiry, then run `mbg-provision token renewed`",
+                ),
+                _ => permission_problem(&e, "(the stored consumer)", report),
+            }
+            match stored {
+                TokenStatus::Valid { expires_at, .. } => Some(*expires_at),
+                _ => None,
+            }
+        }
+    };
+    const NAME: &str = "token";
+    match expires_at {
+        Some(expires_at) if (expires_at - now) / DAY < renew_within => report.problem(
+            NAME,
+            Status::Warn,
+            format!(
+                "accepted; expires on {} ({} days left)",
+                token::date(expires_at),
+                (expires_at - now) / DAY
+            ),
+            "run `mbg-provision token renew`, or press Renew on the MBG page and run `mbg-provision token renewed`",
+        ),
+        Some(expires_at) => report.pass(
+            NAME,
+            format!(
+                "accepted; expires on {} ({} days left)",
+                token::date(expires_at),
+                (expires_at - now) / DAY
+            ),
+        ),
+        None => report.problem(
+            NAME,
+            Status::Warn,
+            format!("accepted by the MBG, but {stored}"),
+            "if you pressed Renew on the MBG, run `mbg-provision token renewed`",
+        ),
+    }
+}
+
+/// The answer of a read that needs a permission, recording whether the consumer has it.
+fn permission<T>(
+    answer: Result<T, MbgError>,
+    permission: &str,
+    consumer: &str,
+    report: &mut Report,
+) -> Option<T> {
+    match answer {
+        Ok(value) => {
+            report.pass(
+                format!("permission {permission}"),
+                "read checked (a write cannot be probed without changing the MBG)",
+            );
+            Some(value)
+        }
+        Err(e) => {
+            permission_problem(&e, consumer, report);
+            None
+        }
+    }
+}
+
+fn permission_problem(error: &MbgError, consumer: &str, report: &mut Report) {
+    let permission =
+        crate::mbg::permission_for(error.endpoint.split_once(' ').map_or("", |(_, path)| path));
+    let name = format!("permission {permission}");
+    match error.kind {
+        MbgErrorKind::Forbidden { permission } => report.problem(
+            name,
+            Status::Fail,
+            format!("the consumer lacks {permission} ({error})"),
+            format!(
+                "on the MBG (Administration > Web services), give the consumer {consumer} the permission {permission}{}",
+                if permission == "MBG/v1/icps" {
+                    " (read)"
+                } else {
+                    " (read/write)"
+                }
+            ),
+        ),
+        _ => report.problem(
+            name,
+            Status::Fail,
+            error.to_string(),
+            "run preflight again; if it persists, check the MBG's web services",
+        ),
+    }
+}
+
+async fn mapping(store: &Store, icps: &[Icp], report: &mut Report) {
+    const NAME: &str = "nodes and ICPs";
+    let nodes = match store.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            report.problem(
+                NAME,
+                Status::Fail,
+                e.to_string(),
+                "run `mbg-provision migrate`",
+            );
+            return;
+        }
+    };
+    let matched: HashSet<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
+    let spare: Vec<String> = icps
+        .iter()
+        .filter(|i| !matched.contains(i.address.as_str()))
+        .map(|i| format!("{} ({})", i.name, i.address))
+        .collect();
+    let spare = if spare.is_empty() {
+        String::new()
+    } else {
+        format!("; ICPs with no node: {}", spare.join(", "))
+    };
+    let mut pairs = Vec::new();
+    let mut unmatched = Vec::new();
+    for node in &nodes {
+        match icps.iter().find(|i| i.address == node.address) {
+            Some(icp) => pairs.push(format!("{} -> {}", node.name, icp.name)),
+            None => unmatched.push(format!("{} ({})", node.name, node.address)),
+        }
+    }
+    let addresses = icps
+        .iter()
+        .map(|i| format!("{} {}", i.name, i.address))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if nodes.is_empty() {
+        report.problem(
+            NAME,
+            Status::Warn,
+            format!("no node is defined{spare}"),
+            "add each PBX node with `mbg-provision node add NAME --address ICP_ADDRESS`",
+        );
+    } else if !unmatched.is_empty() {
+        report.problem(
+            NAME,
+            Status::Fail,
+            format!(
+                "no ICP has the address of node {}{spare}",
+                unmatched.join(", ")
+            ),
+            format!(
+                "give the node its ICP's address with `mbg-provision node set NAME --address ADDRESS` (the MBG's ICPs: {addresses})"
+            ),
+        );
+    } else {
+        report.pass(NAME, format!("{}{spare}", pairs.join(", ")));
+    }
+}
+
+fn licences(config: &Config, extensions: &[Extension], devices: &[SipDevice], report: &mut Report) {
+    const NAME: &str = "licences";
+    let Some(licences) = config.mbg.teleworker_licences else {
+        report.skip(NAME, "mbg.teleworker_licences is not set");
+        return;
+    };
+    let on_mbg: HashSet<&str> = devices.iter().map(|d| d.guid.as_str()).collect();
+    let to_create = extensions
+        .iter()
+        .filter(|e| e.use_remote_auth)
+        .filter(|e| {
+            !e.mbg_device_id
+                .as_deref()
+                .is_some_and(|g| on_mbg.contains(g))
+        })
+        .count();
+    let free = (licences as usize).saturating_sub(devices.len());
+    let detail = format!(
+        "{licences} licences, {} SIP users on the MBG, {to_create} more wanted",
+        devices.len()
+    );
+    if to_create > free {
+        report.problem(
+            NAME,
+            Status::Fail,
+            format!("{detail}: {} short", to_create - free),
+            "add teleworker licences on the MBG and raise mbg.teleworker_licences, or switch extensions off",
+        );
+    } else if free - to_create < (licences as usize).div_ceil(10) {
+        report.problem(
+            NAME,
+            Status::Warn,
+            format!("{detail}: {} left after them", free - to_create),
+            "fewer than 10 % will be left: plan more teleworker licences",
+        );
+    } else {
+        report.pass(
+            NAME,
+            format!("{detail}: {} left after them", free - to_create),
+        );
+    }
+}
+
+fn icpside_names(extensions: &[Extension], devices: &[SipDevice], report: &mut Report) {
+    const NAME: &str = "ICP-side names";
+    let by_guid: HashMap<&str, &SipDevice> = devices.iter().map(|d| (d.guid.as_str(), d)).collect();
+    let mut wrong = Vec::new();
+    let mut missing = 0;
+    let mut checked = 0;
+    for extension in extensions.iter().filter(|e| e.provisioned_by_us) {
+        let Some(guid) = extension.mbg_device_id.as_deref() else {
+            continue;
+        };
+        match by_guid.get(guid) {
+            Some(device) if device.icpside_username == extension.number => checked += 1,
+            Some(device) => wrong.push(format!(
+                "{} (SIP user {guid} has {:?})",
+                extension.number, device.icpside_username
+            )),
+            None => missing += 1,
+        }
+    }
+    if !wrong.is_empty() {
+        report.problem(
+            NAME,
+            Status::Fail,
+            format!(
+                "{} SIP users of ours do not carry their extension number: {}",
+                wrong.len(),
+                wrong.join(", ")
+            ),
+            "run `mbg-provision sync`: it sets the ICP-side name back to the number (the PBX accepts no other)",
+        );
+    } else if missing > 0 {
+        report.problem(
+            NAME,
+            Status::Warn,
+            format!("{checked} SIP users checked; {missing} recorded ones are gone from the MBG"),
+            "run `mbg-provision sync`: it creates them again",
+        );
+    } else {
+        report.pass(NAME, format!("{checked} SIP users of ours checked"));
+    }
+}
+
+async fn daemon(config: &Config, report: &mut Report) {
+    const NAME: &str = "daemon";
+    let mut address = config.http.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{address}/healthz");
+    let Ok(http) = reqwest::Client::builder().timeout(HEALTH_TIMEOUT).build() else {
+        report.skip(NAME, "cannot build an HTTP client");
+        return;
+    };
+    let answer = match http.get(&url).send().await {
+        Ok(answer) => answer,
+        Err(e) if e.is_connect() => {
+            report.skip(
+                NAME,
+                format!("none answers at {address} (http.listen): not running here"),
+            );
+            return;
+        }
+        Err(e) => {
+            report.problem(
+                NAME,
+                Status::Warn,
+                format!("{url}: {e}"),
+                "check that http.listen is the daemon's and that nothing else listens there",
+            );
+            return;
+        }
+    };
+    let code = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    let reasons = |key: &str| {
+        body[key]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
+    };
+    let role = body["role"].as_str().unwrap_or("unknown").to_string();
+    if code.is_success() && body.get("role").is_some() {
+        let degraded = reasons("degraded");
+        if degraded.is_empty() {
+            report.pass(NAME, format!("running at {address}, {role}, healthy"));
+        } else {
+            report.problem(
+                NAME,
+                Status::Warn,
+                format!("running at {address}, {role}: {degraded}"),
+                "see the daemon's log (journalctl -u mbg-provision)",
+            );
+        }
+    } else if code == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        report.problem(
+            NAME,
+            Status::Fail,
+            format!(
+                "running at {address}, {role}, unhealthy: {}",
+                reasons("unhealthy")
+            ),
+            "see the daemon's log (journalctl -u mbg-provision) and the checks above",
+        );
+    } else {
+        report.problem(
+            NAME,
+            Status::Warn,
+            format!("{url} answered {code}, not as mbg-provision does"),
+            "check http.listen: another program may listen there",
+        );
+    }
+}
+
+async fn stun_check(server: &str, report: &mut Report) {
+    let name = format!("STUN {server}");
+    match stun::binding(server).await {
+        Ok((from, mapped)) => report.pass(
+            name,
+            format!("{from} answered: this host is seen as {mapped}"),
+        ),
+        Err(e) => report.problem(
+            name,
+            Status::Fail,
+            e.to_string(),
+            "check the STUN server's address, and that UDP to its port (3478 by default) is open from here and from the internet",
+        ),
+    }
+}
