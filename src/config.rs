@@ -283,28 +283,40 @@ impl Config {
             .split("__")
             .ignore(NON_CONFIG_VARS);
         figment = figment.merge(env);
+        Self::extract(&figment)
+    }
+
+    /// The configuration in `text` over the defaults, without the environment: the loader's
+    /// checks on text that comes from no file (the fuzz target and its proptest stand-in).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        Self::extract(&figment)
+    }
+
+    fn extract(figment: &Figment) -> Result<Config, ConfigError> {
         // A source that cannot be read at all (a TOML syntax error) would fail every section
         // below with the same error: report it once, naming the file.
         if let Err(error) = figment.extract::<figment::value::Value>() {
-            return Err(ConfigError::Invalid(problems(&figment, error, &[])));
+            return Err(ConfigError::Invalid(problems(figment, error, &[])));
         }
         // Section by section, so that every bad section is reported at once, not only the first.
         let mut found = Vec::new();
-        check_section::<DatabaseConfig>(&figment, "database", &mut found);
-        check_section::<MbgConfig>(&figment, "mbg", &mut found);
-        check_section::<WatchConfig>(&figment, "watch", &mut found);
-        check_section::<ReconcileConfig>(&figment, "reconcile", &mut found);
-        check_section::<TokenConfig>(&figment, "token", &mut found);
-        check_section::<CredentialsConfig>(&figment, "credentials", &mut found);
-        check_section::<HttpConfig>(&figment, "http", &mut found);
-        check_section::<LogConfig>(&figment, "log", &mut found);
-        check_section::<SecretsConfig>(&figment, "secrets", &mut found);
+        check_section::<DatabaseConfig>(figment, "database", &mut found);
+        check_section::<MbgConfig>(figment, "mbg", &mut found);
+        check_section::<WatchConfig>(figment, "watch", &mut found);
+        check_section::<ReconcileConfig>(figment, "reconcile", &mut found);
+        check_section::<TokenConfig>(figment, "token", &mut found);
+        check_section::<CredentialsConfig>(figment, "credentials", &mut found);
+        check_section::<HttpConfig>(figment, "http", &mut found);
+        check_section::<LogConfig>(figment, "log", &mut found);
+        check_section::<SecretsConfig>(figment, "secrets", &mut found);
         if !found.is_empty() {
             return Err(ConfigError::Invalid(found));
         }
         figment
             .extract()
-            .map_err(|error| ConfigError::Invalid(problems(&figment, error, &[])))
+            .map_err(|error| ConfigError::Invalid(problems(figment, error, &[])))
     }
 }
 

@@ -157,9 +157,13 @@ fn redact_text(text: &str) -> String {
         out.push_str(before);
         out.push_str(&after[..1]);
         rest = &after[1..];
+        // After the last character that cannot be part of a key; that character may be several
+        // bytes long (a lossily decoded body holds U+FFFD), so step over all of it.
         let key_start = before
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '"' || c == ' '))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '"' || c == ' '))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         if !is_sensitive(&before[key_start..]) {
             continue;
         }

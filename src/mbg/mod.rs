@@ -392,10 +392,7 @@ impl MbgClient {
                 Answer::Json,
             )
             .await?;
-        serde_json::from_slice(&bytes).map_err(|e| MbgError {
-            endpoint: format!("{method} {path}"),
-            kind: MbgErrorKind::Malformed(format!("{e}: {}", excerpt(&bytes))),
-        })
+        decode(&format!("{method} {path}"), &bytes)
     }
 
     async fn form(&self, method: Method, path: &str, grant: Grant<'_>) -> Result<String, MbgError> {
@@ -527,6 +524,45 @@ fn transport_error(error: &reqwest::Error) -> String {
     message
 }
 
+/// A JSON answer as `T`; a malformed one is quoted redacted and cut (see [`excerpt`]).
+fn decode<T: DeserializeOwned>(endpoint: &str, bytes: &[u8]) -> Result<T, MbgError> {
+    serde_json::from_slice(bytes).map_err(|e| MbgError {
+        endpoint: endpoint.to_string(),
+        kind: MbgErrorKind::Malformed(format!("{e}: {}", excerpt(bytes))),
+    })
+}
+
+/// The parsers of what an MBG answers, as the client uses them: for the fuzz targets
+/// (`fuzz/`) and their proptest stand-ins, which feed them hostile bytes.
+pub mod answers {
+    use super::*;
+
+    /// `GET mbg/v1/devices/sip/all/`.
+    pub fn devices(bytes: &[u8]) -> Result<Vec<SipDevice>, MbgError> {
+        decode::<List<SipDevice>>("GET mbg/v1/devices/sip/all/", bytes).map(|l| l.response)
+    }
+
+    /// `GET mbg/v1/icps/all/`.
+    pub fn icps(bytes: &[u8]) -> Result<Vec<Icp>, MbgError> {
+        decode::<List<Icp>>("GET mbg/v1/icps/all/", bytes).map(|l| l.response)
+    }
+
+    /// The answer of `POST initiate` or `POST token`.
+    pub fn token(bytes: &[u8]) -> Result<TokenCredentials, MbgError> {
+        let form = std::str::from_utf8(bytes).map_err(|_| MbgError {
+            endpoint: "POST token".into(),
+            kind: MbgErrorKind::Malformed("token answer is not UTF-8".into()),
+        })?;
+        token_from_form("POST token", form)
+    }
+
+    /// A refusal: what the client makes of `status` and `body`.
+    pub fn refusal(status: u16, body: &[u8]) -> MbgErrorKind {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        error_kind(status, None, "mbg/v1/devices/sip/", body)
+    }
+}
+
 fn error_kind(
     status: StatusCode,
     retry_after: Option<Duration>,
@@ -629,6 +665,22 @@ mod tests {
         assert!(token_from_form("POST token", "oauth_callback_confirmed=true").is_err());
         assert!(token_from_form("POST token", "oauth_token=&oauth_token_secret=s").is_err());
         assert!(token_from_form("POST token", "oauth_token=%FF&oauth_token_secret=s").is_err());
+    }
+
+    /// Found by the hostile-input suite: a key after a multi-byte character (an accented
+    /// description, or the U+FFFD of a body that is not UTF-8) panicked the redactor.
+    #[test]
+    fn a_key_after_a_multibyte_character_is_redacted_without_a_panic() {
+        for body in [
+            "Büro:x password: hunter22 more",
+            "caf\u{e9}\u{fffd}password=hunter22&x",
+            "<p>\u{fffd}:setside_password: hunter22</p>",
+        ] {
+            let quoted = excerpt(body.as_bytes());
+            assert!(!quoted.contains("hunter22"), "{quoted}");
+        }
+        let broken = b"{\"description\":\"\xff\xfe\",\"setside_password\":\"hunter22\"";
+        assert!(!excerpt(broken).contains("hunter22"));
     }
 
     #[test]

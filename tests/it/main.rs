@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod daemon;
 mod guarantees;
+mod hostile;
 mod http;
 mod mbg;
 mod packaging;
