@@ -27,8 +27,8 @@ use state::{
     TIMESTAMP_WINDOW,
 };
 pub use state::{
-    ALL_PERMISSIONS, Device, DeviceFields, Faults, Icp, LoggedRequest, PERMISSION_DEVICES,
-    PERMISSION_ICPS, PERMISSION_TOKEN,
+    ALL_PERMISSIONS, Device, DeviceFields, Faults, Icp, Injected, LoggedRequest,
+    PERMISSION_DEVICES, PERMISSION_ICPS, PERMISSION_TOKEN,
 };
 
 /// The path under which the simulator serves the API, as a real MBG does.
@@ -135,6 +135,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimHa
         clock_offset: 0,
         faults: config.faults,
         requests: Vec::new(),
+        injected: Injected::default(),
     };
     for (name, address) in &config.icps {
         state.add_icp(name, address);
@@ -229,6 +230,11 @@ impl SimHandle {
         self.state().requests.clone()
     }
 
+    /// The faults injected so far.
+    pub fn injected(&self) -> Injected {
+        self.state().injected
+    }
+
     pub fn clear_requests(&self) {
         self.state().requests.clear();
     }
@@ -300,13 +306,26 @@ async fn api(
     body: &Bytes,
 ) -> Response {
     let faults = lock(state).faults.clone();
-    if faults.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    let chance = |p: f64| p > 0.0 && rand::rng().random_bool(p.min(1.0));
+    let mut delay = faults.latency_ms;
+    if chance(faults.spike_rate) {
+        delay += faults.spike_ms;
+        lock(state).injected.spikes += 1;
+    }
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     {
         let mut s = lock(state);
-        if s.faults.drop_next > 0 {
-            s.faults.drop_next -= 1;
+        if chance(faults.burst_rate) {
+            s.faults.rate_limit_next += faults.burst_len.max(1);
+        }
+        let drop = chance(faults.drop_rate);
+        if drop || s.faults.drop_next > 0 {
+            if !drop {
+                s.faults.drop_next -= 1;
+            }
+            s.injected.dropped += 1;
             // Headers go out, then the body fails: the client sees the connection cut.
             return Response::builder()
                 .header(header::CONTENT_TYPE, "application/json")
@@ -315,6 +334,7 @@ async fn api(
         }
         if s.faults.rate_limit_next > 0 {
             s.faults.rate_limit_next -= 1;
+            s.injected.rate_limited += 1;
             let mut response = error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
             response.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -323,7 +343,8 @@ async fn api(
             return response;
         }
     }
-    if faults.fail_rate > 0.0 && rand::rng().random_bool(faults.fail_rate.min(1.0)) {
+    if chance(faults.fail_rate) {
+        lock(state).injected.errors_5xx += 1;
         return error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable");
     }
     let Some(resource) = uri.path().strip_prefix(BASE_PATH) else {
@@ -345,8 +366,12 @@ async fn api(
     };
     let response = route(state, method, resource, oauth, body);
     let mut s = lock(state);
-    if s.faults.lose_answer_next > 0 && *method != Method::GET {
-        s.faults.lose_answer_next -= 1;
+    let lose = *method != Method::GET && chance(faults.lose_answer_rate);
+    if *method != Method::GET && (lose || s.faults.lose_answer_next > 0) {
+        if !lose {
+            s.faults.lose_answer_next -= 1;
+        }
+        s.injected.lost_answers += 1;
         // Carried out, but the client never learns it: a timeout or reset after the work.
         return Response::builder()
             .header(header::CONTENT_TYPE, "application/json")

@@ -89,6 +89,17 @@ pub struct Faults {
     /// The next N signed requests that change something are carried out, then their
     /// connection is dropped: the client cannot tell whether a create went through.
     pub lose_answer_next: u32,
+    /// Probability that a signed request's connection is dropped before any work.
+    pub drop_rate: f64,
+    /// Probability that a changing request is carried out and its answer then dropped.
+    pub lose_answer_rate: f64,
+    /// Probability that a request starts a burst: it and the next `burst_len - 1` signed
+    /// requests get 429 with `Retry-After: retry_after_secs`.
+    pub burst_rate: f64,
+    pub burst_len: u32,
+    /// Probability that an answer is held back `spike_ms` (beyond the client's timeout).
+    pub spike_rate: f64,
+    pub spike_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -96,6 +107,16 @@ pub struct LoggedRequest {
     pub method: String,
     pub path: String,
     pub status: u16,
+}
+
+/// How many faults the simulator injected, by kind: the figures of a fault suite.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Injected {
+    pub errors_5xx: u64,
+    pub rate_limited: u64,
+    pub dropped: u64,
+    pub lost_answers: u64,
+    pub spikes: u64,
 }
 
 pub struct SimState {
@@ -123,6 +144,7 @@ pub struct SimState {
     pub clock_offset: i64,
     pub faults: Faults,
     pub requests: Vec<LoggedRequest>,
+    pub injected: Injected,
 }
 
 /// A token or token secret in the shape of a real MBG's (`or7z4alsrn2+pyuwm33djq==`), with a `+`,

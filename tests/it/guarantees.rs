@@ -27,7 +27,7 @@ crate::on_both_backends!(
     sigkill_during_a_10000_extension_sync_then_converge,
 );
 
-fn lenient_sim(latency_ms: u64) -> SimConfig {
+pub(crate) fn lenient_sim(latency_ms: u64) -> SimConfig {
     let mut config = sim_config();
     config.duplicate_setside_names = true;
     config.faults = Faults {
@@ -79,7 +79,7 @@ pub(crate) async fn with_extensions(
     h
 }
 
-fn command(h: &Harness, dir: &Path, args: &[&str]) -> Command {
+pub(crate) fn command(h: &Harness, dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command
         .current_dir(dir)
@@ -96,12 +96,12 @@ fn command(h: &Harness, dir: &Path, args: &[&str]) -> Command {
 
 /// A child whose pipes are drained from the start (a child blocked on a full pipe would stall,
 /// holding the pass lock), waited for without blocking the runtime that serves the simulator.
-struct Running {
-    pid: u32,
-    output: tokio::task::JoinHandle<Output>,
+pub(crate) struct Running {
+    pub(crate) pid: u32,
+    pub(crate) output: tokio::task::JoinHandle<Output>,
 }
 
-fn start(mut command: Command) -> Running {
+pub(crate) fn start(mut command: Command) -> Running {
     let child = command.spawn().unwrap();
     Running {
         pid: child.id(),
@@ -110,11 +110,11 @@ fn start(mut command: Command) -> Running {
 }
 
 impl Running {
-    async fn finish(self) -> Output {
+    pub(crate) async fn finish(self) -> Output {
         self.output.await.unwrap()
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
             .args([signal, &self.pid.to_string()])
             .status()
@@ -123,7 +123,7 @@ impl Running {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -159,7 +159,7 @@ async fn sync_ok(h: &Harness, dir: &Path) -> String {
     text(&output.stdout)
 }
 
-async fn raw_sql(url: &str, sql: &str) {
+pub(crate) async fn raw_sql(url: &str, sql: &str) {
     let mut connection = sqlx::AnyConnection::connect(url).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
         .execute(&mut connection)

@@ -12,6 +12,7 @@ mod http;
 mod mbg;
 mod packaging;
 mod preflight;
+mod proof;
 mod readme;
 mod reconcile;
 mod secrets;

@@ -23,7 +23,7 @@ async fn setup(db: TestDb, sim: SimConfig, count: usize) -> Harness {
     crate::guarantees::with_extensions(db, sim, 3000, count, false).await
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -32,18 +32,28 @@ fn free_port() -> u16 {
 }
 
 /// A daemon process; killed (SIGKILL) if the test ends without stopping it.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Daemon {
-    fn start(h: &Harness, dir: &std::path::Path) -> Daemon {
+    pub(crate) fn start(h: &Harness, dir: &std::path::Path) -> Daemon {
         Daemon::start_with(h, dir, &[])
     }
 
     /// With extra arguments; its log goes to `dir/daemon-PORT.log`.
     fn start_with(h: &Harness, dir: &std::path::Path, args: &[&str]) -> Daemon {
+        Daemon::start_env(h, dir, args, &[])
+    }
+
+    /// With extra arguments and variables (set last, so they win).
+    pub(crate) fn start_env(
+        h: &Harness,
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let port = free_port();
         let log = std::fs::File::create(dir.join(format!("daemon-{port}.log"))).unwrap();
         let child = Command::new(BIN)
@@ -57,6 +67,7 @@ impl Daemon {
             .env("MBG_PROVISION_WATCH__POLL_INTERVAL", "200ms")
             .env("MBG_PROVISION_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -67,23 +78,23 @@ impl Daemon {
         }
     }
 
-    fn log(&self, dir: &std::path::Path) -> String {
+    pub(crate) fn log(&self, dir: &std::path::Path) -> String {
         std::fs::read_to_string(dir.join(format!("daemon-{}.log", self.port))).unwrap_or_default()
     }
 
-    async fn health(&self) -> Option<(u16, serde_json::Value)> {
+    pub(crate) async fn health(&self) -> Option<(u16, serde_json::Value)> {
         let url = format!("http://127.0.0.1:{}/healthz", self.port);
         let response = reqwest::get(url).await.ok()?;
         let status = response.status().as_u16();
         Some((status, response.json().await.ok()?))
     }
 
-    async fn role(&self) -> Option<String> {
+    pub(crate) async fn role(&self) -> Option<String> {
         let (_, body) = self.health().await?;
         Some(body["role"].as_str()?.to_string())
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
         assert!(
             Command::new("kill")
@@ -95,7 +106,7 @@ impl Daemon {
     }
 
     /// Waits for the process to end; its exit code.
-    async fn wait(mut self) -> Option<i32> {
+    pub(crate) async fn wait(mut self) -> Option<i32> {
         let mut child = self.child.take().unwrap();
         tokio::task::spawn_blocking(move || child.wait().unwrap().code())
             .await
@@ -112,7 +123,11 @@ impl Drop for Daemon {
     }
 }
 
-async fn eventually(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) -> Duration {
+pub(crate) async fn eventually(
+    what: &str,
+    limit: Duration,
+    mut done: impl AsyncFnMut() -> bool,
+) -> Duration {
     let started = Instant::now();
     while !done().await {
         assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
@@ -121,7 +136,7 @@ async fn eventually(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> 
     started.elapsed()
 }
 
-async fn sql(url: &str, statement: &str) {
+pub(crate) async fn sql(url: &str, statement: &str) {
     let mut other = sqlx::AnyConnection::connect(url).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
         .execute(&mut other)

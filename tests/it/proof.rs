@@ -1,0 +1,526 @@
+//! The proof suites: each promise under attack, with the real binary, trace-level logs captured,
+//! and a figures line per suite appended to `target/tmp/proof-figures.txt` (`.ci/run` prints the
+//! file). Random choices come from a seed printed with the figures; `PROOF_SEED=N` repeats a run.
+//!
+//! After every kill or fault storm the same invariants are checked ([`Convergence`]): no SIP user
+//! created twice, none with our credentials that no extension wants, none whose credentials differ
+//! from the database's, no wanted extension without its SIP user, no change row left. And no
+//! secret (generated password, shared secret, token, token secret) in any text that left a
+//! process: logs, outputs, `/healthz`, `/metrics`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mbg_provision::sim::{Faults, Injected};
+use mbg_provision::store::ExtensionSpec;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::guarantees::{command, lenient_sim, raw_sql, start, text, with_extensions};
+use crate::mbg::Harness;
+use crate::service::{Daemon, eventually};
+use crate::support::TestDb;
+
+/// splitmix64: a seeded, dependency-free source of the suites' random choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() as f64 / u64::MAX as f64) < p
+    }
+
+    /// `k` distinct items of `from`.
+    fn sample(&mut self, from: &[usize], k: usize) -> Vec<usize> {
+        let mut pool = from.to_vec();
+        let k = k.min(pool.len());
+        for i in 0..k {
+            let j = i + self.below(pool.len() - i);
+            pool.swap(i, j);
+        }
+        pool.truncate(k);
+        pool
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("PROOF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+fn backend(h: &Harness) -> &'static str {
+    if h.db.url.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+/// The secrets seen during a suite, and every text that left a process.
+#[derive(Default)]
+struct Exposure {
+    secrets: HashSet<String>,
+    texts: Vec<(String, String)>,
+}
+
+impl Exposure {
+    /// Everything secret that the database and the simulator hold right now.
+    async fn collect(&mut self, h: &Harness) {
+        let mut add = |s: &SecretString| {
+            let s = s.expose_secret();
+            if s.len() >= 8 {
+                self.secrets.insert(s.to_string());
+            }
+        };
+        let rows = h.db.store.extension_rows().await.unwrap();
+        for e in &rows.good {
+            add(&e.sip_password);
+            if let Some(p) = &e.remote_auth_password {
+                add(p);
+            }
+        }
+        for r in h.db.store.released().await.unwrap() {
+            if let Some(p) = &r.remote_auth_password {
+                add(p);
+            }
+        }
+        if let Ok(settings) = h.db.store.mbg_settings().await {
+            for s in [
+                &settings.consumer_secret,
+                &settings.access_token,
+                &settings.access_token_secret,
+                &settings.temp_token,
+                &settings.temp_token_secret,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add(s);
+            }
+        }
+        add(&SecretString::from(crate::mbg::SECRET));
+        for d in h.sim.devices() {
+            add(&SecretString::from(d.setside_password));
+            add(&SecretString::from(d.icpside_password));
+        }
+    }
+
+    fn text(&mut self, place: impl Into<String>, text: impl Into<String>) {
+        self.texts.push((place.into(), text.into()));
+    }
+
+    fn bytes(&self) -> usize {
+        self.texts.iter().map(|(_, t)| t.len()).sum()
+    }
+
+    /// Where a secret appeared, at most a few, never the secret itself.
+    fn leaks(&self) -> Vec<String> {
+        let secrets: Vec<&String> = self.secrets.iter().collect();
+        let finder = aho_corasick::AhoCorasick::new(&secrets).unwrap();
+        let mut found = Vec::new();
+        for (place, text) in &self.texts {
+            if let Some(m) = finder.find(text) {
+                let line_start = text[..m.start()].rfind('\n').map_or(0, |i| i + 1);
+                found.push(format!(
+                    "{place}: a secret of {} characters at byte {} (line starting {:?})",
+                    m.len(),
+                    m.start(),
+                    &text[line_start..m.start().min(line_start + 60)]
+                ));
+            }
+        }
+        found
+    }
+}
+
+/// What the MBG holds against what the database wants.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Convergence {
+    /// SIP users beyond the first for one extension number.
+    duplicates: usize,
+    /// SIP users that no extension wants.
+    orphans: usize,
+    /// SIP users of wanted extensions whose guid, ICP or credentials differ from the row's.
+    mismatched: usize,
+    /// Wanted extensions without a SIP user.
+    missing: usize,
+    /// Change rows and released rows not handled yet.
+    pending: usize,
+}
+
+impl Convergence {
+    async fn of(h: &Harness) -> Convergence {
+        let rows = h.db.store.extension_rows().await.unwrap().good;
+        let by_number: HashMap<&str, _> = rows.iter().map(|e| (e.number.as_str(), e)).collect();
+        let mut per_number: HashMap<&str, usize> = HashMap::new();
+        let devices = h.sim.devices();
+        let mut c = Convergence::default();
+        for d in &devices {
+            *per_number.entry(d.icpside_username.as_str()).or_default() += 1;
+            match by_number.get(d.icpside_username.as_str()) {
+                Some(e) if e.use_remote_auth => {
+                    let same = e.mbg_device_id.as_deref() == Some(d.guid.as_str())
+                        && d.icp == "MiVO250-1"
+                        && e.remote_auth_name.as_deref() == Some(d.setside_username.as_str())
+                        && e.remote_auth_password.as_ref().map(|p| p.expose_secret())
+                            == Some(d.setside_password.as_str());
+                    if !same {
+                        c.mismatched += 1;
+                    }
+                }
+                _ => c.orphans += 1,
+            }
+        }
+        c.duplicates = per_number.values().map(|n| n.saturating_sub(1)).sum();
+        c.missing = rows
+            .iter()
+            .filter(|e| e.use_remote_auth && !per_number.contains_key(e.number.as_str()))
+            .count();
+        c.pending = h.db.store.pending_changes(100_000).await.unwrap().len()
+            + h.db.store.released().await.unwrap().len();
+        c
+    }
+
+    fn is_clean(&self) -> bool {
+        *self == Convergence::default()
+    }
+}
+
+/// One suite's figures, printed and appended to `target/tmp/proof-figures.txt`.
+struct Figures<'a> {
+    suite: &'a str,
+    backend: &'a str,
+    seed: u64,
+    runs: usize,
+    kills: usize,
+    faults: Injected,
+    requests: usize,
+    end: &'a Convergence,
+    leaks: usize,
+    log_bytes: usize,
+    note: String,
+}
+
+impl Figures<'_> {
+    fn report(&self) {
+        let f = &self.faults;
+        let line = format!(
+            "{:<12} {:<8} seed={} runs={} kills={} faults: 5xx={} 429={} dropped={} lost_answers={} spikes={} | requests={} | duplicates={} orphans={} mismatched={} missing={} pending={} | leaks={} in {} KB of logs and outputs | {}",
+            self.suite,
+            self.backend,
+            self.seed,
+            self.runs,
+            self.kills,
+            f.errors_5xx,
+            f.rate_limited,
+            f.dropped,
+            f.lost_answers,
+            f.spikes,
+            self.requests,
+            self.end.duplicates,
+            self.end.orphans,
+            self.end.mismatched,
+            self.end.missing,
+            self.end.pending,
+            self.leaks,
+            self.log_bytes / 1024,
+            self.note
+        );
+        eprintln!("PROOF {line}");
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("proof-figures.txt");
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
+/// SQL that flips the remote flag of `numbers` (a boolean on PostgreSQL, 0/1 on SQLite).
+fn flip_sql(numbers: &[usize]) -> String {
+    let list = numbers
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("UPDATE extensions SET use_remote_auth = NOT use_remote_auth WHERE number IN ({list})")
+}
+
+fn in_list(numbers: &[usize]) -> String {
+    numbers
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Half the time after a kill, some of what the killed process was working on (up to 40 of the
+/// extensions changed for it) are switched off, and as many deleted, by another program before
+/// the restart. Returns the numbers deleted.
+async fn switch_off_or_delete(h: &Harness, rng: &mut Rng, touched: &[usize]) -> Vec<usize> {
+    if touched.is_empty() || !rng.chance(0.5) {
+        return Vec::new();
+    }
+    let chosen = rng.sample(touched, 80);
+    let (off, gone) = chosen.split_at(chosen.len() / 2);
+    let mut statements = Vec::new();
+    if !off.is_empty() {
+        statements.push(format!(
+            "UPDATE extensions SET use_remote_auth = false WHERE number IN ({})",
+            in_list(off)
+        ));
+    }
+    if !gone.is_empty() {
+        statements.push(format!(
+            "DELETE FROM extensions WHERE number IN ({})",
+            in_list(gone)
+        ));
+    }
+    raw_sql(&h.db.url, &statements.join(";\n")).await;
+    gone.to_vec()
+}
+
+/// Puts deleted numbers back, wanted: new rows, new credentials, while the old SIP user may
+/// still be on the MBG.
+async fn recreate(h: &Harness, numbers: &[usize]) {
+    if numbers.is_empty() {
+        return;
+    }
+    let specs: Vec<ExtensionSpec> = numbers
+        .iter()
+        .map(|n| ExtensionSpec {
+            number: n.to_string(),
+            node: "pbx1".into(),
+            kind: None,
+            use_remote_auth: Some(true),
+            sip_password: None,
+        })
+        .collect();
+    h.db.store
+        .set_extensions(&specs, || SecretString::from("pbx-sip-password"))
+        .await
+        .unwrap();
+}
+
+crate::on_both_backends!(
+    crash_sync_killed_at_30_random_points,
+    crash_run_killed_at_30_random_points_while_500_flips_stream_in,
+);
+
+const CRASH_EXTENSIONS: usize = 1000;
+const CRASH_FIRST: usize = 10_000;
+
+/// Suite 1a: a 1,000-extension `sync`, SIGKILLed at 30 random points.
+async fn crash_sync_killed_at_30_random_points(db: TestDb) {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let h = with_extensions(db, lenient_sim(1), CRASH_FIRST, CRASH_EXTENSIONS, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut exposure = Exposure::default();
+    let mut alive: Vec<usize> = (CRASH_FIRST..CRASH_FIRST + CRASH_EXTENSIONS).collect();
+    let mut deleted: Vec<usize> = Vec::new();
+    let mut window_ms = 400u64;
+    let (mut runs, mut kills) = (0, 0);
+    for round in 0..30 {
+        let how_many = 150 + rng.below(300);
+        let flips = rng.sample(&alive, how_many);
+        raw_sql(&h.db.url, &flip_sql(&flips)).await;
+        let how_many = rng.below(40);
+        let back = rng.sample(&deleted, how_many);
+        recreate(&h, &back).await;
+        deleted.retain(|n| !back.contains(n));
+        alive.extend(&back);
+        exposure.collect(&h).await;
+
+        let mut sync = command(&h, dir.path(), &["sync"]);
+        sync.env("RUST_LOG", "trace");
+        let running = start(sync);
+        tokio::time::sleep(Duration::from_millis(rng.below(window_ms as usize) as u64)).await;
+        let was_running = !running.output.is_finished();
+        if was_running {
+            running.signal("-KILL");
+            kills += 1;
+        }
+        let output = running.finish().await;
+        runs += 1;
+        exposure.text(
+            format!("round {round} killed sync stdout"),
+            text(&output.stdout),
+        );
+        exposure.text(
+            format!("round {round} killed sync stderr"),
+            text(&output.stderr),
+        );
+        exposure.collect(&h).await;
+
+        let mut touched = flips.clone();
+        touched.extend(&back);
+        let gone = switch_off_or_delete(&h, &mut rng, &touched).await;
+        alive.retain(|n| !gone.contains(n));
+        deleted.extend(&gone);
+
+        let started = Instant::now();
+        let mut sync = command(&h, dir.path(), &["sync"]);
+        sync.env("RUST_LOG", "trace");
+        let output = start(sync).finish().await;
+        runs += 1;
+        exposure.text(
+            format!("round {round} restart stdout"),
+            text(&output.stdout),
+        );
+        exposure.text(
+            format!("round {round} restart stderr"),
+            text(&output.stderr),
+        );
+        assert!(
+            output.status.success(),
+            "round {round} (seed {seed}): the restart failed\n{}",
+            text(&output.stdout)
+        );
+        // The next kill lands anywhere in a pass as long as this one.
+        window_ms = (started.elapsed().as_millis() as u64 * 12 / 10).max(50);
+        exposure.collect(&h).await;
+        let state = Convergence::of(&h).await;
+        assert!(
+            state.is_clean(),
+            "round {round} (seed {seed}), after {} kills: {state:?}",
+            kills
+        );
+    }
+    let end = Convergence::of(&h).await;
+    let leaks = exposure.leaks();
+    Figures {
+        suite: "crash-sync",
+        backend: backend(&h),
+        seed,
+        runs,
+        kills,
+        faults: h.sim.injected(),
+        requests: h.sim.requests().len(),
+        end: &end,
+        leaks: leaks.len(),
+        log_bytes: exposure.bytes(),
+        note: format!(
+            "{} secrets watched; {} extensions deleted and {} alive at the end",
+            exposure.secrets.len(),
+            deleted.len(),
+            alive.len()
+        ),
+    }
+    .report();
+    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+}
+
+/// Suite 1b: the daemon, SIGKILLed at 30 random points while 500 raw-SQL flips stream in.
+async fn crash_run_killed_at_30_random_points_while_500_flips_stream_in(db: TestDb) {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let first = CRASH_FIRST + 5000;
+    let h = with_extensions(db, lenient_sim(1), first, CRASH_EXTENSIONS, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut exposure = Exposure::default();
+    let mut alive: Vec<usize> = (first..first + CRASH_EXTENSIONS).collect();
+    let env = [("RUST_LOG", "trace")];
+    let (mut runs, mut kills, mut flips_done) = (0, 0, 0);
+    let mut daemons = Vec::new();
+    for round in 0..30 {
+        let daemon = Daemon::start_env(&h, dir.path(), &[], &env);
+        runs += 1;
+        // 500 flips in all: about 17 per life, one statement each, while the daemon works.
+        let mut touched = Vec::new();
+        let lifetime = Duration::from_millis(100 + rng.below(700) as u64);
+        let born = Instant::now();
+        let due = (500 * (round + 1) / 30) - flips_done;
+        for _ in 0..due {
+            let number = alive[rng.below(alive.len())];
+            raw_sql(&h.db.url, &flip_sql(&[number])).await;
+            touched.push(number);
+            flips_done += 1;
+            tokio::time::sleep(lifetime / (due as u32 + 1)).await;
+        }
+        if let Some(left) = lifetime.checked_sub(born.elapsed()) {
+            tokio::time::sleep(left).await;
+        }
+        daemon.signal("-KILL");
+        kills += 1;
+        exposure.text(format!("run {round} log"), daemon.log(dir.path()));
+        daemons.push(daemon);
+        let gone = switch_off_or_delete(&h, &mut rng, &touched).await;
+        alive.retain(|n| !gone.contains(n));
+        exposure.collect(&h).await;
+    }
+    assert_eq!(flips_done, 500);
+    // Restart and converge.
+    let last = Daemon::start_env(&h, dir.path(), &[], &env);
+    runs += 1;
+    let mut state = Convergence::default();
+    let took = eventually(
+        "convergence after 30 kills",
+        Duration::from_secs(120),
+        async || {
+            state = Convergence::of(&h).await;
+            state.is_clean()
+        },
+    )
+    .await;
+    if let Some((_, health)) = last.health().await {
+        exposure.text("/healthz", health.to_string());
+    }
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", last.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    exposure.text("/metrics", metrics);
+    last.signal("-TERM");
+    let log_dir = dir.path().to_path_buf();
+    let port = last.port;
+    assert_eq!(
+        last.wait().await,
+        Some(0),
+        "SIGTERM after convergence exits 0"
+    );
+    exposure.text(
+        "last run log",
+        std::fs::read_to_string(log_dir.join(format!("daemon-{port}.log"))).unwrap_or_default(),
+    );
+    exposure.collect(&h).await;
+    let leaks = exposure.leaks();
+    Figures {
+        suite: "crash-run",
+        backend: backend(&h),
+        seed,
+        runs,
+        kills,
+        faults: h.sim.injected(),
+        requests: h.sim.requests().len(),
+        end: &state,
+        leaks: leaks.len(),
+        log_bytes: exposure.bytes(),
+        note: format!("500 flips; converged {took:?} after the last restart"),
+    }
+    .report();
+    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+}
