@@ -62,6 +62,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         _ => init_tracing(config.log.format),
     }
     let config_path = context::config_file(cli.config.as_deref());
+    let daemon_shutdown = match cli.command {
+        Command::Run => Some(run::listen_for_signals()?),
+        _ => None,
+    };
     let create = may_create_database(&cli.command);
     let app = context::open(config, config_path, create).await?;
     let code = match cli.command {
@@ -84,7 +88,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { output } => status::run(&app, output.json).await?,
         Command::Icps { output } => icps::run(&app, output.json).await?,
         // The daemon owns the store from here and closes it when it stops.
-        Command::Run => return run::run(app).await,
+        Command::Run => {
+            let shutdown = daemon_shutdown.expect("made for Run above");
+            return run::run(app, shutdown).await;
+        }
         Command::Simulate(_)
         | Command::Preflight { .. }
         | Command::Demo

@@ -524,3 +524,347 @@ async fn crash_run_killed_at_30_random_points_while_500_flips_stream_in(db: Test
     .report();
     assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
 }
+
+/// Starts a daemon with trace logs and `env`, and waits until it leads.
+async fn leading_daemon(h: &Harness, dir: &Path, env: &[(&str, &str)]) -> Daemon {
+    let mut all = vec![("RUST_LOG", "trace")];
+    all.extend_from_slice(env);
+    let daemon = Daemon::start_env(h, dir, &[], &all);
+    eventually("the daemon leads", Duration::from_secs(30), async || {
+        daemon.role().await.as_deref() == Some("leader")
+    })
+    .await;
+    daemon
+}
+
+/// Streams `count` flips, one statement each, `gap` apart, on random extensions of `numbers`.
+async fn stream_flips(h: &Harness, rng: &mut Rng, numbers: &[usize], count: usize, gap: Duration) {
+    for _ in 0..count {
+        let number = numbers[rng.below(numbers.len())];
+        raw_sql(&h.db.url, &flip_sql(&[number])).await;
+        tokio::time::sleep(gap).await;
+    }
+}
+
+/// `/healthz` and `/metrics` of a daemon, for the secrets scan.
+async fn endpoints(daemon: &Daemon, exposure: &mut Exposure) {
+    if let Some((_, health)) = daemon.health().await {
+        exposure.text("/healthz", health.to_string());
+    }
+    if let Ok(answer) = reqwest::get(format!("http://127.0.0.1:{}/metrics", daemon.port)).await {
+        exposure.text("/metrics", answer.text().await.unwrap_or_default());
+    }
+}
+
+/// Stops a daemon with SIGTERM (it must exit 0) and keeps its log.
+async fn stop(daemon: Daemon, dir: &Path, exposure: &mut Exposure) {
+    let log = dir.join(format!("daemon-{}.log", daemon.port));
+    daemon.signal("-TERM");
+    let code = daemon.wait().await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, Some(0), "SIGTERM exits 0; the daemon's log:\n{text}");
+    exposure.text(log.display().to_string(), text);
+}
+
+/// Waits for convergence; on time out, panics with where it stands and the failed extensions'
+/// next retries.
+async fn converge(h: &Harness, what: &str, limit: Duration) -> (Convergence, Duration) {
+    let started = Instant::now();
+    loop {
+        let state = Convergence::of(h).await;
+        if state.is_clean() {
+            return (state, started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let now = chrono::Utc::now().timestamp();
+            let waiting: Vec<String> =
+                h.db.store
+                    .extensions()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter(|e| e.next_attempt_at.is_some())
+                    .take(10)
+                    .map(|e| {
+                        format!(
+                            "{} {:?} attempts {} retry in {} s: {:?}",
+                            e.number,
+                            e.state,
+                            e.attempts,
+                            e.next_attempt_at.unwrap_or(now) - now,
+                            e.last_error
+                        )
+                    })
+                    .collect();
+            panic!("not within {limit:?}: {what}: {state:?}; waiting for a retry: {waiting:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The retry bound the faults suite asserts: at most this many MBG requests per flip.
+const REQUESTS_PER_FLIP: usize = 3;
+
+/// Suite 2: 1,000 flips under `run` while the MBG fails 20 % of requests with 503, drops 5 % of
+/// connections (3 % before the work, 2 % after it: lost answers), sends bursts of 429 with
+/// Retry-After, and holds 1 % of answers beyond `mbg.timeout` (2 s: 2.5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_1000_flips_under_run_converge_without_a_retry_storm() {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let first = 40_000;
+    let h = with_extensions(TestDb::sqlite().await, lenient_sim(1), first, 1000, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut exposure = Exposure::default();
+    let env = [
+        ("MBG_PROVISION_MBG__TIMEOUT", "2s"),
+        ("MBG_PROVISION_MBG__MAX_RETRY_AFTER", "2s"),
+        ("MBG_PROVISION_MBG__RETRY_DEADLINE", "20s"),
+    ];
+    let daemon = leading_daemon(&h, dir.path(), &env).await;
+    h.sim.clear_requests();
+    h.sim.set_faults(Faults {
+        latency_ms: 1,
+        fail_rate: 0.20,
+        drop_rate: 0.03,
+        lose_answer_rate: 0.02,
+        burst_rate: 0.004,
+        burst_len: 5,
+        retry_after_secs: 1,
+        spike_rate: 0.01,
+        spike_ms: 2500,
+        ..Faults::default()
+    });
+    let numbers: Vec<usize> = (first..first + 1000).collect();
+    stream_flips(&h, &mut rng, &numbers, 1000, Duration::from_millis(5)).await;
+    exposure.collect(&h).await;
+    let (end, took) = converge(&h, "convergence under faults", Duration::from_secs(180)).await;
+    let faults = h.sim.injected();
+    h.sim.set_faults(Faults::default());
+    let requests = h.sim.requests();
+    let writes = requests.iter().filter(|r| r.method != "GET").count();
+    endpoints(&daemon, &mut exposure).await;
+    stop(daemon, dir.path(), &mut exposure).await;
+    exposure.collect(&h).await;
+    let leaks = exposure.leaks();
+    Figures {
+        suite: "faults",
+        backend: backend(&h),
+        seed,
+        runs: 1,
+        kills: 0,
+        faults,
+        requests: requests.len(),
+        end: &end,
+        leaks: leaks.len(),
+        log_bytes: exposure.bytes(),
+        note: format!(
+            "1000 flips; {writes} writes, {} reads; converged {took:?} after the last flip; bound {} requests ({REQUESTS_PER_FLIP} per flip)",
+            requests.len() - writes,
+            REQUESTS_PER_FLIP * 1000
+        ),
+    }
+    .report();
+    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+    assert!(
+        requests.len() <= REQUESTS_PER_FLIP * 1000,
+        "seed {seed}: {} requests for 1000 flips: a retry storm",
+        requests.len()
+    );
+}
+
+/// Suite 3: the token is revoked in the middle of a run; the daemon stops calling, keeps every
+/// change, and applies them all once another process stores a new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_loss_mid_run_loses_nothing() {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let first = 50_000;
+    let h = with_extensions(TestDb::sqlite().await, lenient_sim(1), first, 300, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut exposure = Exposure::default();
+    let env = [("MBG_PROVISION_TOKEN__RECHECK_INTERVAL", "300ms")];
+    let daemon = leading_daemon(&h, dir.path(), &env).await;
+    let numbers: Vec<usize> = (first..first + 300).collect();
+    stream_flips(&h, &mut rng, &numbers, 100, Duration::from_millis(5)).await;
+    exposure.collect(&h).await;
+
+    let token =
+        h.db.store
+            .mbg_settings()
+            .await
+            .unwrap()
+            .access_token
+            .unwrap();
+    assert!(h.sim.revoke(token.expose_secret()));
+    // The next calls meet the 401; the daemon then says so and stops calling.
+    stream_flips(&h, &mut rng, &numbers, 100, Duration::from_millis(5)).await;
+    eventually(
+        "unhealthy: the token",
+        Duration::from_secs(30),
+        async || {
+            daemon
+                .health()
+                .await
+                .is_some_and(|(code, body)| code == 503 && body["token"]["state"] == "rejected")
+        },
+    )
+    .await;
+    let refused_at = h.sim.requests().len();
+    stream_flips(&h, &mut rng, &numbers, 100, Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let while_refused = h.sim.requests().len() - refused_at;
+    endpoints(&daemon, &mut exposure).await;
+    let pending = h.db.store.pending_changes(100_000).await.unwrap().len();
+    assert!(pending > 0, "the changes made meanwhile are kept");
+
+    // Another process does the exchange again.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mbg-provision"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("MBG_PROVISION_DATABASE__URL", &h.db.url)
+            .env("MBG_PROVISION_SECRETS__KEY_FILE", &h.db.key_file)
+            .env("MBG_PROVISION_MBG__BASE_URL", h.sim.base_url())
+            .env("MBG_PROVISION_CONSUMER_SECRET", crate::mbg::SECRET)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        (text(&output.stdout), text(&output.stderr))
+    };
+    let (requested, log) = cli(&[
+        "token",
+        "request",
+        "--name",
+        "again",
+        "--consumer-id",
+        crate::mbg::CONSUMER,
+    ]);
+    exposure.text("token request log", log);
+    let temporary = requested
+        .lines()
+        .find_map(|l| l.strip_prefix("temporary token: "))
+        .unwrap()
+        .to_string();
+    let verifier = h.sim.approve(&temporary).unwrap();
+    let (verified, log) = cli(&["token", "verify", &verifier]);
+    exposure.text("token verify stdout", verified);
+    exposure.text("token verify log", log);
+    exposure.collect(&h).await;
+    let stored = Instant::now();
+    let (end, took) = converge(
+        &h,
+        "everything applied with the new token",
+        Duration::from_secs(60),
+    )
+    .await;
+    eventually("healthy again", Duration::from_secs(10), async || {
+        daemon.health().await.is_some_and(|(code, _)| code == 200)
+    })
+    .await;
+    endpoints(&daemon, &mut exposure).await;
+    stop(daemon, dir.path(), &mut exposure).await;
+    let leaks = exposure.leaks();
+    Figures {
+        suite: "token-loss",
+        backend: backend(&h),
+        seed,
+        runs: 1,
+        kills: 0,
+        faults: h.sim.injected(),
+        requests: h.sim.requests().len(),
+        end: &end,
+        leaks: leaks.len(),
+        log_bytes: exposure.bytes(),
+        note: format!(
+            "300 flips, the token revoked after 100; {while_refused} requests in the 1 s+ while refused; {pending} changes kept; all applied {took:?} after the new token ({:?} since it was stored)",
+            stored.elapsed()
+        ),
+    }
+    .report();
+    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+    assert_eq!(while_refused, 0, "no MBG call with a refused token");
+}
+
+/// Suite 4 (PostgreSQL): two daemons; the leader is SIGKILLed at 10 random points during a
+/// stream of flips, and a fresh one started each time. Prints the takeover times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_loss_10_kills_each_extension_keeps_one_sip_user() {
+    let Some(db) = TestDb::postgres("leader_loss_10_kills_each_extension_keeps_one_sip_user").await
+    else {
+        return;
+    };
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let first = 60_000;
+    let h = with_extensions(db, lenient_sim(1), first, 1000, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut exposure = Exposure::default();
+    let env = [("RUST_LOG", "trace")];
+    let mut daemons = vec![
+        leading_daemon(&h, dir.path(), &[]).await,
+        Daemon::start_env(&h, dir.path(), &[], &env),
+    ];
+    let numbers: Vec<usize> = (first..first + 1000).collect();
+    let mut takeovers = Vec::new();
+    for _ in 0..10 {
+        let count = 20 + rng.below(30);
+        stream_flips(&h, &mut rng, &numbers, count, Duration::from_millis(3)).await;
+        // Whoever leads now dies.
+        let mut leader = None;
+        for (i, d) in daemons.iter().enumerate() {
+            if d.role().await.as_deref() == Some("leader") {
+                leader = Some(i);
+            }
+        }
+        let leader = leader.expect("a leader");
+        let dead = daemons.remove(leader);
+        dead.signal("-KILL");
+        let killed = Instant::now();
+        exposure.text("killed leader log", dead.log(dir.path()));
+        drop(dead);
+        let survivor = &daemons[0];
+        eventually(
+            "the standby takes over",
+            Duration::from_secs(30),
+            async || survivor.role().await.as_deref() == Some("leader"),
+        )
+        .await;
+        takeovers.push(killed.elapsed());
+        daemons.push(Daemon::start_env(&h, dir.path(), &[], &env));
+    }
+    exposure.collect(&h).await;
+    let (end, took) = converge(
+        &h,
+        "convergence after 10 leader kills",
+        Duration::from_secs(60),
+    )
+    .await;
+    for d in daemons.drain(..) {
+        endpoints(&d, &mut exposure).await;
+        stop(d, dir.path(), &mut exposure).await;
+    }
+    takeovers.sort();
+    let leaks = exposure.leaks();
+    Figures {
+        suite: "leader-loss",
+        backend: backend(&h),
+        seed,
+        runs: 12,
+        kills: 10,
+        faults: h.sim.injected(),
+        requests: h.sim.requests().len(),
+        end: &end,
+        leaks: leaks.len(),
+        log_bytes: exposure.bytes(),
+        note: format!(
+            "takeover min {:?} median {:?} max {:?}; converged {took:?} after the last",
+            takeovers[0],
+            takeovers[takeovers.len() / 2],
+            takeovers[takeovers.len() - 1]
+        ),
+    }
+    .report();
+    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+}
