@@ -105,3 +105,63 @@ async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
     let mode = std::fs::metadata(path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 }
+
+/// PostgreSQL puts the whole failing row, passwords included, into a constraint violation's
+/// DETAIL. The error as this program prints it (Display, which anyhow and the logs use) must
+/// carry only the message. Checked against the real server: the DETAIL does hold the password.
+#[tokio::test]
+async fn a_constraint_violation_is_printed_without_the_row() {
+    let Some(db) = TestDb::postgres("a_constraint_violation_is_printed_without_the_row").await
+    else {
+        return;
+    };
+    let store = &db.store;
+    store
+        .add_node(&mbg_provision::store::NewNode {
+            name: "pbx1".into(),
+            address: "10.0.0.20".into(),
+            nat_address: None,
+            nat_sip_port: None,
+        })
+        .await
+        .unwrap();
+    store
+        .set_extension(
+            &ExtensionSpec {
+                number: "1001".into(),
+                node: "pbx1".into(),
+                kind: None,
+                use_remote_auth: Some(true),
+                sip_password: Some(SecretString::from("pbx-sip-PASSWORD-1")),
+            },
+            &SecretString::from("unused"),
+        )
+        .await
+        .unwrap();
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let error = sqlx::query(
+        "UPDATE extensions SET remote_auth_password = 'remote-PASSWORD-2', kind = 'bad' WHERE number = '1001'",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap_err();
+    let detail = error
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|e| e.detail())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        detail.contains("remote-PASSWORD-2"),
+        "the risk is real: {detail}"
+    );
+    // As `main` prints an error that ends the program: anyhow's Debug, every cause's Display.
+    let printed = format!(
+        "{:?}",
+        anyhow::Error::new(mbg_provision::store::StoreError::Database(error))
+    );
+    assert!(printed.contains("extensions_kind_valid"), "{printed}");
+    assert_no_secret(&printed);
+}
