@@ -124,6 +124,10 @@ enum Display {
 
 /// Shows `progress` until dropped (the pass it watches has ended).
 async fn show_progress(progress: &Progress, display: Display) {
+    if display == Display::None {
+        // Never ends: the pass it races against does.
+        return std::future::pending().await;
+    }
     let mut tenths = 0;
     let mut bar: Option<indicatif::ProgressBar> = None;
     loop {
@@ -133,7 +137,7 @@ async fn show_progress(progress: &Progress, display: Display) {
             continue;
         }
         match display {
-            Display::None => return,
+            Display::None => unreachable!("waited above"),
             Display::Bar => {
                 let bar = bar.get_or_insert_with(|| {
                     indicatif::ProgressBar::new(total as u64).with_style(

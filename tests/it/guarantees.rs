@@ -512,6 +512,27 @@ async fn a_large_sync_shows_progress_and_quiet_prints_nothing() {
     assert_eq!(text(&quiet.stderr), "", "quiet: nothing on stderr");
     assert!(h.sim.devices().is_empty(), "it did the work");
 
+    // A pass that lasts longer than the progress display's first look, with no display
+    // (--json): found by the crash suite, it panicked ("shows until the pass ends").
+    raw_sql(&h.db.url, "UPDATE extensions SET use_remote_auth = true").await;
+    h.sim.set_faults(Faults {
+        latency_ms: 30,
+        ..Faults::default()
+    });
+    let json = start(command(&h, dir.path(), &["sync", "--json"]))
+        .finish()
+        .await;
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["results"].as_array().unwrap().len(), 120);
+    assert_eq!(h.sim.devices().len(), 120);
+    h.sim.set_faults(Faults::default());
+    raw_sql(&h.db.url, "UPDATE extensions SET use_remote_auth = false").await;
+    let quiet = start(command(&h, dir.path(), &["sync", "--quiet"]))
+        .finish()
+        .await;
+    assert!(quiet.status.success(), "{}", text(&quiet.stderr));
+
     // Something that needs a human is printed even with --quiet.
     raw_sql(
         &h.db.url,

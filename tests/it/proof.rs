@@ -401,8 +401,14 @@ async fn crash_sync_killed_at_30_random_points(db: TestDb) {
         );
         assert!(
             output.status.success(),
-            "round {round} (seed {seed}): the restart failed\n{}",
-            text(&output.stdout)
+            "round {round} (seed {seed}): the restart failed ({:?})\n{}\n{}",
+            output.status.code(),
+            text(&output.stdout),
+            text(&output.stderr)
+                .lines()
+                .filter(|l| !l.contains("TRACE") && !l.contains("DEBUG"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         // The next kill lands anywhere in a pass as long as this one.
         window_ms = (started.elapsed().as_millis() as u64 * 12 / 10).max(50);
