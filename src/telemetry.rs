@@ -15,7 +15,6 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::reconcile::{Outcome, Status};
 use crate::store::ExtensionState;
 
 /// Metric names, all prefixed `mbg_provision_`.
@@ -208,18 +207,6 @@ impl ActionOutcome {
     }
 }
 
-impl From<&Status> for ActionOutcome {
-    fn from(status: &Status) -> Self {
-        match status {
-            Status::Done => ActionOutcome::Done,
-            Status::Failed => ActionOutcome::Failed,
-            Status::NeedsAttention => ActionOutcome::NeedsAttention,
-            Status::Skipped => ActionOutcome::Skipped,
-            Status::Stale => ActionOutcome::Stale,
-        }
-    }
-}
-
 /// `n` change rows were read from `extension_changes` (count rows, before coalescing, so the
 /// rate shows how busy the phone system is).
 pub fn changes_seen(n: u64) {
@@ -229,18 +216,6 @@ pub fn changes_seen(n: u64) {
 /// One action finished with this outcome.
 pub fn action(kind: ActionKind, outcome: ActionOutcome) {
     counter!(names::ACTIONS, "action" => kind.as_str(), "outcome" => outcome.as_str()).increment(1);
-}
-
-/// Every outcome of an apply (`ApplyReport::outcomes`). An unknown verb is counted as `problem`
-/// with a warning rather than dropped, so the totals still add up.
-pub fn action_outcomes(outcomes: &[Outcome]) {
-    for outcome in outcomes {
-        let kind = ActionKind::from_verb(outcome.verb).unwrap_or_else(|| {
-            tracing::warn!(verb = outcome.verb, "unknown action verb in metrics");
-            ActionKind::Problem
-        });
-        action(kind, ActionOutcome::from(&outcome.status));
-    }
 }
 
 /// One MBG request took `elapsed`, whatever its result. `path` is the API path as the client

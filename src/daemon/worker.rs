@@ -186,7 +186,7 @@ impl Worker {
         match result {
             Ok(report) => {
                 if let Some(applied) = &report.applied {
-                    telemetry::action_outcomes(&applied.outcomes);
+                    reconcile::count_outcomes(&applied.outcomes);
                 }
                 self.health.update(|h| {
                     h.mbg.ok = true;

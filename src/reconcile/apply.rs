@@ -29,6 +29,7 @@ use crate::store::{
     AuditEntry, DeviceFact, Extension, ExtensionState, OutcomeWrite, PassWrite, StateUpdate, Store,
     StoreError,
 };
+use crate::telemetry::{self, ActionKind, ActionOutcome};
 
 /// First retry delay of a later pass after a failure; doubled per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_secs(10);
@@ -76,6 +77,31 @@ pub struct Outcome {
     pub detail: String,
     /// What the MBG now holds differently, for a cached view of it.
     pub effect: Option<DeviceEffect>,
+}
+
+impl Status {
+    /// The `outcome` label of the actions metric.
+    fn metric(&self) -> ActionOutcome {
+        match self {
+            Status::Done => ActionOutcome::Done,
+            Status::Failed => ActionOutcome::Failed,
+            Status::NeedsAttention => ActionOutcome::NeedsAttention,
+            Status::Skipped => ActionOutcome::Skipped,
+            Status::Stale => ActionOutcome::Stale,
+        }
+    }
+}
+
+/// Counts every outcome of an apply in the actions metric. An unknown verb is counted as
+/// `problem` with a warning rather than dropped, so the totals still add up.
+pub fn count_outcomes(outcomes: &[Outcome]) {
+    for outcome in outcomes {
+        let kind = ActionKind::from_verb(outcome.verb).unwrap_or_else(|| {
+            tracing::warn!(verb = outcome.verb, "unknown action verb in metrics");
+            ActionKind::Problem
+        });
+        telemetry::action(kind, outcome.status.metric());
+    }
 }
 
 /// A change the MBG confirmed (or, for `Removed`, showed by a 404).

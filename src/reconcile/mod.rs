@@ -19,7 +19,7 @@ use crate::store::{
     BadRow, CredentialFill, DeviceFact, Extension, ExtensionState, OutcomeWrite, PassWrite,
     StateUpdate, Store, StoreError,
 };
-pub use apply::{ApplyOptions, ApplyReport, DeviceEffect, Outcome, Status};
+pub use apply::{ApplyOptions, ApplyReport, DeviceEffect, Outcome, Status, count_outcomes};
 pub use plan::{Action, Adoption, Owner, Plan, Problem};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -194,7 +194,7 @@ async fn metrics_has_every_family_and_the_latency_buckets() {
 
     telemetry::changes_seen(5);
     telemetry::action(ActionKind::Create, ActionOutcome::Done);
-    telemetry::action_outcomes(&[Outcome {
+    mbg_provision::reconcile::count_outcomes(&[Outcome {
         extension_id: Some(1),
         number: "1001".into(),
         verb: "delete",
