@@ -326,6 +326,8 @@ async fn recreate(h: &Harness, numbers: &[usize]) {
 crate::on_both_backends!(
     crash_sync_killed_at_30_random_points,
     crash_run_killed_at_30_random_points_while_500_flips_stream_in,
+    faults_1000_flips_under_run_converge_without_a_retry_storm,
+    token_loss_mid_run_loses_nothing,
 );
 
 const CRASH_EXTENSIONS: usize = 1000;
@@ -603,12 +605,11 @@ const REQUESTS_PER_FLIP: usize = 3;
 /// Suite 2: 1,000 flips under `run` while the MBG fails 20 % of requests with 503, drops 5 % of
 /// connections (3 % before the work, 2 % after it: lost answers), sends bursts of 429 with
 /// Retry-After, and holds 1 % of answers beyond `mbg.timeout` (2 s: 2.5 s).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_1000_flips_under_run_converge_without_a_retry_storm() {
+async fn faults_1000_flips_under_run_converge_without_a_retry_storm(db: TestDb) {
     let seed = seed();
     let mut rng = Rng(seed);
     let first = 40_000;
-    let h = with_extensions(TestDb::sqlite().await, lenient_sim(1), first, 1000, false).await;
+    let h = with_extensions(db, lenient_sim(1), first, 1000, false).await;
     let dir = tempfile::tempdir().unwrap();
     let mut exposure = Exposure::default();
     let env = [
@@ -670,12 +671,11 @@ async fn faults_1000_flips_under_run_converge_without_a_retry_storm() {
 
 /// Suite 3: the token is revoked in the middle of a run; the daemon stops calling, keeps every
 /// change, and applies them all once another process stores a new token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_loss_mid_run_loses_nothing() {
+async fn token_loss_mid_run_loses_nothing(db: TestDb) {
     let seed = seed();
     let mut rng = Rng(seed);
     let first = 50_000;
-    let h = with_extensions(TestDb::sqlite().await, lenient_sim(1), first, 300, false).await;
+    let h = with_extensions(db, lenient_sim(1), first, 300, false).await;
     let dir = tempfile::tempdir().unwrap();
     let mut exposure = Exposure::default();
     let env = [("MBG_PROVISION_TOKEN__RECHECK_INTERVAL", "300ms")];
@@ -714,19 +714,33 @@ async fn token_loss_mid_run_loses_nothing() {
     assert!(pending > 0, "the changes made meanwhile are kept");
 
     // Another process does the exchange again.
+    // Run off the test's runtime thread, which also serves the simulator.
     let cli = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mbg-provision"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mbg-provision"));
+        command
             .args(args)
             .current_dir(dir.path())
             .env("MBG_PROVISION_DATABASE__URL", &h.db.url)
             .env("MBG_PROVISION_SECRETS__KEY_FILE", &h.db.key_file)
             .env("MBG_PROVISION_MBG__BASE_URL", h.sim.base_url())
             .env("MBG_PROVISION_CONSUMER_SECRET", crate::mbg::SECRET)
-            .env("RUST_LOG", "trace")
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", text(&output.stderr));
-        (text(&output.stdout), text(&output.stderr))
+            .env("RUST_LOG", "trace");
+        async move {
+            let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+                .await
+                .unwrap();
+            let stderr = text(&output.stderr);
+            assert!(
+                output.status.success(),
+                "{}",
+                stderr
+                    .lines()
+                    .filter(|l| !l.contains("TRACE") && !l.contains("DEBUG"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            (text(&output.stdout), stderr)
+        }
     };
     let (requested, log) = cli(&[
         "token",
@@ -735,7 +749,8 @@ async fn token_loss_mid_run_loses_nothing() {
         "again",
         "--consumer-id",
         crate::mbg::CONSUMER,
-    ]);
+    ])
+    .await;
     exposure.text("token request log", log);
     let temporary = requested
         .lines()
@@ -743,7 +758,7 @@ async fn token_loss_mid_run_loses_nothing() {
         .unwrap()
         .to_string();
     let verifier = h.sim.approve(&temporary).unwrap();
-    let (verified, log) = cli(&["token", "verify", &verifier]);
+    let (verified, log) = cli(&["token", "verify", &verifier]).await;
     exposure.text("token verify stdout", verified);
     exposure.text("token verify log", log);
     exposure.collect(&h).await;
