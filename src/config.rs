@@ -251,7 +251,7 @@ pub fn redact_url_passwords(text: &str) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {} does not exist", .0.display())]
+    #[error("config file {} does not exist or is not a file", .0.display())]
     MissingFile(PathBuf),
     #[error("invalid configuration:\n{}", list(.0))]
     Invalid(Vec<ConfigProblem>),
@@ -647,6 +647,16 @@ impl FromStr for MbgUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let url = url::Url::parse(s).map_err(|e| format!("\"{s}\" is not a URL ({e})"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            let mut shown = url.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            // A user and password in the URL would replace the OAuth signature on every call,
+            // and be printed wherever the address is.
+            return Err(format!(
+                "\"{shown}\" must not carry a user name or password: the MBG is signed in to with OAuth (`token request`); remove them"
+            ));
+        }
         let host = url.host().ok_or_else(|| format!("\"{s}\" has no host"))?;
         match url.scheme() {
             "https" => {}
@@ -755,6 +765,26 @@ mod tests {
     }
 
     use super::*;
+
+    /// Found by a hostile run: the user and password of such a URL replaced the OAuth header
+    /// and were printed by `preflight`.
+    #[test]
+    fn an_mbg_url_with_a_user_or_password_is_refused_without_quoting_it() {
+        for url in [
+            "http://admin:hostilepw@127.0.0.1:8080/mslrest",
+            "https://admin@10.0.0.5/mslrest",
+        ] {
+            let error = url.parse::<MbgUrl>().unwrap_err();
+            assert!(
+                error.contains("must not carry a user name or password"),
+                "{error}"
+            );
+            assert!(
+                !error.contains("hostilepw") && !error.contains("admin"),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn durations_parse_with_units_and_round_trip() {

@@ -8,7 +8,19 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     mbg_provision::memory::limit_arenas();
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            // Not clap's 2: scripts read 2 as "done, but something needs a human".
+            return if error.use_stderr() {
+                ExitCode::from(cli::USAGE_ERROR)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    cli::end_quietly_on_a_closed_pipe(&cli.command);
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

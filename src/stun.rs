@@ -123,6 +123,13 @@ pub fn parse_answer(datagram: &[u8], transaction: &[u8; 12]) -> Result<Answer, S
     }
 }
 
+/// Whether a datagram has a STUN header (RFC 8489 §5: two zero bits, the magic cookie).
+fn is_stun(datagram: &[u8]) -> bool {
+    datagram.len() >= HEADER_LEN
+        && datagram[0] & 0xC0 == 0
+        && datagram[4..8] == MAGIC_COOKIE.to_be_bytes()
+}
+
 /// The attributes of a message body, each padded to 4 bytes (RFC 8489 §14).
 fn attributes(mut body: &[u8]) -> Result<Vec<(u16, &[u8])>, String> {
     let mut found = Vec::new();
@@ -222,6 +229,15 @@ pub async fn binding(server: &str) -> Result<(SocketAddr, SocketAddr), StunError
                         reason,
                     });
                 }
+                // Something answered, but not with STUN (a SIP or HTTP port, an echo service).
+                Ok(Answer::Unrelated) if !is_stun(&buffer[..n]) => {
+                    return Err(StunError::Malformed {
+                        server,
+                        why: format!(
+                            "{n} bytes without a STUN header: is this the STUN server's port?"
+                        ),
+                    });
+                }
                 Ok(Answer::Unrelated) => continue,
                 Err(why) => return Err(StunError::Malformed { server, why }),
             }
@@ -235,16 +251,23 @@ pub async fn binding(server: &str) -> Result<(SocketAddr, SocketAddr), StunError
     })
 }
 
-/// `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address; the port defaults to 3478.
-async fn resolve(server: &str) -> Result<SocketAddr, StunError> {
+/// `HOST`, `HOST:PORT`, `[V6]:PORT`, a bare IPv6 address, or the `stun:` URI form softphones
+/// are configured with; the port defaults to 3478.
+async fn resolve(given: &str) -> Result<SocketAddr, StunError> {
     let resolve_error = |why: String| StunError::Resolve {
-        host: server.to_string(),
+        host: given.to_string(),
         why,
     };
+    let server = given.trim();
+    let server = server.strip_prefix("stun:").unwrap_or(server);
+    if server.is_empty() {
+        return Err(resolve_error("no host given".into()));
+    }
     if let Ok(ip) = server.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
     let with_port = match server.rsplit_once(':') {
+        Some((_, "0")) => return Err(resolve_error("port 0 is not a port to send to".into())),
         Some((_, port)) if port.parse::<u16>().is_ok() => server.to_string(),
         Some((_, port)) if !server.ends_with(']') => {
             return Err(resolve_error(format!("\"{port}\" is not a port number")));
@@ -345,6 +368,27 @@ mod tests {
         assert!(parse_answer(&response, &TRANSACTION).is_err());
     }
 
+    /// Found by a hostile run: a UDP service that is not STUN (here, one answering "hello")
+    /// was reported as "blocked" after 5.5 s.
+    #[tokio::test]
+    async fn a_service_that_is_not_stun_is_named_as_such() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 64];
+            while let Ok((_, from)) = server.recv_from(&mut buffer).await {
+                let _ = server.send_to(b"hello", from).await;
+            }
+        });
+        let started = std::time::Instant::now();
+        let answer = binding(&address.to_string()).await;
+        assert!(
+            matches!(&answer, Err(StunError::Malformed { why, .. }) if why.contains("without a STUN header")),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
     #[tokio::test]
     async fn hosts_and_ports_resolve_with_3478_by_default() {
         assert_eq!(
@@ -353,9 +397,20 @@ mod tests {
         );
         assert_eq!(resolve("localhost:5349").await.unwrap().port(), 5349);
         assert_eq!(resolve("::1").await.unwrap(), "[::1]:3478".parse().unwrap());
-        assert!(matches!(
-            resolve("stun.example:x").await,
-            Err(StunError::Resolve { .. })
-        ));
+        assert_eq!(
+            resolve("stun:127.0.0.1:3479").await.unwrap(),
+            "127.0.0.1:3479".parse().unwrap(),
+            "the URI form softphones use"
+        );
+        assert_eq!(
+            resolve(" 127.0.0.1 ").await.unwrap(),
+            "127.0.0.1:3478".parse().unwrap()
+        );
+        for bad in ["stun.example:x", "", "  ", "127.0.0.1:0", "127.0.0.1:70000"] {
+            assert!(
+                matches!(resolve(bad).await, Err(StunError::Resolve { .. })),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -26,6 +26,23 @@ use anyhow::Result;
 use mbg_provision::config::{Config, LogFormat};
 
 pub use args::Cli;
+
+/// Exit code of a command line that does not parse (sysexits' EX_USAGE), kept apart from 2,
+/// which every command uses for "something needs a human".
+pub const USAGE_ERROR: u8 = 64;
+
+/// A one-shot command whose output is piped into `head` or `grep -q` ends quietly when the
+/// reader goes away, as Unix tools do, instead of panicking on "Broken pipe". The daemon and
+/// the simulator keep Rust's default (SIGPIPE ignored): they write to sockets, not to a reader
+/// that may leave.
+pub fn end_quietly_on_a_closed_pipe(command: &args::Command) {
+    if !matches!(command, Command::Run | Command::Simulate(_)) {
+        // SAFETY: called before any thread is started; restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
 use args::{Command, ExtensionCommand, NodeCommand};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {

@@ -29,18 +29,22 @@ pub async fn run(
     stun: Option<String>,
     json: bool,
 ) -> Result<ExitCode> {
+    let options = Options {
+        clients,
+        stun,
+        now: chrono::Utc::now().timestamp(),
+    };
     let report = match config {
-        Err(e) => Report::bad_configuration(&e.to_string()),
+        Err(e) => {
+            let mut report = Report::bad_configuration(&e);
+            preflight::network_checks(None, &options, &mut report).await;
+            report
+        }
         Ok(config) => {
             let source = source.map_or_else(
                 || "the built-in defaults and MBG_PROVISION_* variables".to_string(),
                 |path| path.display().to_string(),
             );
-            let options = Options {
-                clients,
-                stun,
-                now: chrono::Utc::now().timestamp(),
-            };
             preflight::run(&config, &source, &options).await
         }
     };

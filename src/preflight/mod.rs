@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, MbgUrl};
 use crate::mbg::{Icp, MbgClient, MbgError, MbgErrorKind, SipDevice};
 use crate::secrets::{self, SecretKey};
 use crate::store::{Extension, OpenOptions, Store};
@@ -99,15 +99,18 @@ impl Report {
         });
     }
 
-    /// A report for a configuration that does not load: nothing else can be checked.
-    pub fn bad_configuration(error: &str) -> Report {
+    /// A report for a configuration that does not load: only the checks that need none can run.
+    pub fn bad_configuration(error: &crate::config::ConfigError) -> Report {
         let mut report = Report::default();
-        report.problem(
-            "configuration",
-            Status::Fail,
-            error,
-            "correct the key named above, in the file or variable named",
-        );
+        let fix = match error {
+            crate::config::ConfigError::MissingFile(_) => {
+                "give --config the path of a configuration file (config.toml.example shows every key)"
+            }
+            crate::config::ConfigError::Invalid(_) => {
+                "correct each key named, in the file or the MBG_PROVISION_* variable named"
+            }
+        };
+        report.problem("configuration", Status::Fail, error.to_string(), fix);
         report
     }
 }
@@ -124,6 +127,7 @@ pub async fn run(config: &Config, config_source: &str, options: &Options) -> Rep
     let mut report = Report::default();
     report.pass("configuration", format!("{config_source} is valid"));
     let store = database(config, &mut report).await;
+    secret_files(config, &mut report);
     let extensions = match &store {
         Some(store) => extensions(store, &mut report).await,
         None => None,
@@ -144,25 +148,28 @@ pub async fn run(config: &Config, config_source: &str, options: &Options) -> Rep
         }
     }
     daemon(config, &mut report).await;
+    network_checks(config.mbg.base_url.as_ref(), options, &mut report).await;
+    if let Some(store) = store {
+        store.close().await;
+    }
+    report
+}
+
+/// The STUN check and the firewall rules: they need no configuration, so they run even when it
+/// does not load.
+pub async fn network_checks(base: Option<&MbgUrl>, options: &Options, report: &mut Report) {
     if let Some(server) = &options.stun {
-        stun_check(server, &mut report).await;
+        stun_check(server, report).await;
     }
     if !options.clients.is_empty() {
         report.firewall = Some(Firewall {
-            destination: config
-                .mbg
-                .base_url
-                .as_ref()
+            destination: base
                 .and_then(|u| url::Url::parse(u.as_str()).ok())
                 .and_then(|u| u.host_str().map(str::to_string)),
             rules: network::rules(&options.clients),
             notes: network::NOTES,
         });
     }
-    if let Some(store) = store {
-        store.close().await;
-    }
-    report
 }
 
 async fn database(config: &Config, report: &mut Report) -> Option<Store> {
@@ -176,12 +183,15 @@ async fn database(config: &Config, report: &mut Report) -> Option<Store> {
     let store = match Store::open_with(url, &options).await {
         Ok(store) => store.with_secret_key(SecretKey::new(secrets::key_file(config))),
         Err(e) => {
-            report.problem(
-                NAME,
-                Status::Fail,
-                format!("cannot open {url}: {e}"),
-                "check database.url; create the schema with `mbg-provision migrate`",
-            );
+            let fix = match e {
+                crate::store::StoreError::MissingDatabase(_) => {
+                    "create it with `mbg-provision migrate` (or check database.url)"
+                }
+                _ => {
+                    "check database.url, that the server runs, and that this user can read and write the file and its folder"
+                }
+            };
+            report.problem(NAME, Status::Fail, format!("cannot open {url}: {e}"), fix);
             return None;
         }
     };
@@ -219,6 +229,38 @@ async fn database(config: &Config, report: &mut Report) -> Option<Store> {
         Ok(_) => report.pass(NAME, format!("{url}: reachable, schema up to date")),
     }
     Some(store)
+}
+
+/// The SQLite file and the key file hold secrets: only their owner may read them.
+fn secret_files(config: &Config, report: &mut Report) {
+    const NAME: &str = "secret files";
+    let files: Vec<_> = secrets::sqlite_file(&config.database.url)
+        .into_iter()
+        .chain([secrets::key_file(config)])
+        .filter(|f| f.exists())
+        .collect();
+    let warnings: Vec<String> = files
+        .iter()
+        .filter_map(|f| secrets::exposure_warning(f))
+        .collect();
+    if warnings.is_empty() {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        report.pass(
+            NAME,
+            if names.is_empty() {
+                "none yet".to_string()
+            } else {
+                format!("{}: readable by their owner only", names.join(", "))
+            },
+        );
+    } else {
+        report.problem(
+            NAME,
+            Status::Warn,
+            warnings.join("; "),
+            "chmod 600 each file named (and keep its folder closed to others)",
+        );
+    }
 }
 
 async fn extensions(store: &Store, report: &mut Report) -> Option<Vec<Extension>> {
@@ -320,12 +362,15 @@ async fn mbg(
     };
     let status = TokenStatus::of(&settings, now);
     if !status.is_usable() {
-        report.problem(
-            "token",
-            Status::Fail,
-            status.to_string(),
-            "run `mbg-provision token request`, approve it on the MBG, then `token verify CODE`",
-        );
+        let fix = match status {
+            TokenStatus::PendingApproval { .. } => {
+                "approve the temporary token on the MBG page (Administration > Web services > Temporary tokens), then run `mbg-provision token verify CODE` within 10 minutes of the request; after that, `token request` again"
+            }
+            _ => {
+                "run `mbg-provision token request`, approve it on the MBG, then `token verify CODE`"
+            }
+        };
+        report.problem("token", Status::Fail, status.to_string(), fix);
         skip_calls(report, "needs a valid token");
         return None;
     }
@@ -349,6 +394,21 @@ async fn mbg(
                 );
                 skip_calls(report, "needs a token the MBG accepts");
             }
+            MbgErrorKind::RateLimited(after) => {
+                report.problem(
+                    "MBG reachable",
+                    Status::Fail,
+                    format!("{base} answers, but is rate limiting this consumer: {e}"),
+                    format!(
+                        "another client (the daemon?) keeps the MBG busy: run preflight again {}",
+                        after.map_or("in a minute".to_string(), |a| format!(
+                            "after {} s",
+                            a.as_secs()
+                        ))
+                    ),
+                );
+                skip_calls(report, "needs the MBG to answer");
+            }
             _ => {
                 report.problem(
                     "MBG reachable",
@@ -362,8 +422,8 @@ async fn mbg(
         return None;
     }
     report.pass("MBG reachable", format!("{base} answers"));
-    token_check(config, &client, &status, now, report).await;
     let consumer = settings.consumer_id.as_deref().unwrap_or("(unknown)");
+    token_check(config, &client, &status, consumer, now, report).await;
     let icps = permission(client.icps().await, "MBG/v1/icps", consumer, report);
     let devices = permission(client.devices().await, "MBG/v1/devices", consumer, report);
     Some(MbgFacts {
@@ -404,9 +464,21 @@ async fn certificate(config: &Config, base: &str, report: &mut Report) -> bool {
             NAME,
             Status::Fail,
             format!("the certificate of {host}:{port} is self-signed"),
+            match ca_file {
+                Some(file) => format!(
+                    "mbg.ca_file ({}) is not this certificate: save the MBG's certificate as PEM and point mbg.ca_file at it, or give the MBG one signed by a CA",
+                    file.display()
+                ),
+                None => "save the MBG's certificate as PEM and set mbg.ca_file to it, or give the MBG one signed by a CA and set mbg.ca_file to that CA".into(),
+            },
+        ),
+        Ok(tls::Certificate::CaAsServer) => report.problem(
+            NAME,
+            Status::Fail,
             format!(
-                "replace it with one signed by a CA, or trust it as it is: save it as PEM and set mbg.ca_file to it; {fix_trust}"
+                "the certificate of {host}:{port} is a CA certificate used as the server's own (openssl's default for a self-signed one): it is refused even when trusted"
             ),
+            "give the MBG a server certificate (basicConstraints CA:FALSE), self-signed or signed by a CA, and set mbg.ca_file to it or to that CA",
         ),
         Ok(tls::Certificate::UnknownIssuer) => report.problem(
             NAME,
@@ -457,12 +529,15 @@ async fn certificate(config: &Config, base: &str, report: &mut Report) -> bool {
             "correct mbg.ca_file",
         ),
         Err(e) => {
-            report.problem(
-                "MBG reachable",
-                Status::Fail,
-                e.to_string(),
-                "check mbg.base_url (the MBG's internal address), the route to it, and that its web services run",
-            );
+            let fix = match e {
+                tls::ProbeError::Handshake { .. } => {
+                    "the port does not speak TLS: check the port in mbg.base_url (the MBG serves its API over https on 443)"
+                }
+                _ => {
+                    "check mbg.base_url (the MBG's internal address), the route to it, and that its web services run"
+                }
+            };
+            report.problem("MBG reachable", Status::Fail, e.to_string(), fix);
             report.skip(NAME, "needs a connection to the MBG");
         }
     }
@@ -473,6 +548,7 @@ async fn token_check(
     config: &Config,
     client: &MbgClient,
     stored: &TokenStatus,
+    consumer: &str,
     now: i64,
     report: &mut Report,
 ) {
@@ -494,7 +570,7 @@ async fn token_check(
                     "this MBG does not offer the token API (404): the token cannot be renewed from here",
                     "press Renew on the MBG page (Administration > Web services) before the expiry, then run `mbg-provision token renewed`",
                 ),
-                _ => permission_problem(&e, "(the stored consumer)", report),
+                _ => permission_problem(&e, consumer, report),
             }
             match stored {
                 TokenStatus::Valid { expires_at, .. } => Some(*expires_at),

@@ -36,6 +36,9 @@ pub enum Certificate {
         host: String,
         presented: Vec<String>,
     },
+    /// A CA certificate (basicConstraints CA:TRUE) presented as the server's own, as openssl
+    /// makes self-signed ones by default: WebPKI refuses it even as a trust anchor.
+    CaAsServer,
     /// Any other refusal (revoked, bad signature, wrong key usage...), as rustls words it.
     Other(String),
 }
@@ -143,7 +146,14 @@ fn judge(
             host: host.to_string(),
             presented,
         },
-        other => Certificate::Other(rustls::Error::InvalidCertificate(other).to_string()),
+        other => {
+            let text = rustls::Error::InvalidCertificate(other).to_string();
+            if text.contains("CaUsedAsEndEntity") {
+                Certificate::CaAsServer
+            } else {
+                Certificate::Other(text)
+            }
+        }
     }
 }
 

@@ -174,6 +174,9 @@ impl Store {
                 _ => (Backend::Sqlite, url.expose().to_string()),
             }
         };
+        if backend == Backend::Sqlite {
+            probe_sqlite(&connect_url, options.connect_timeout).await?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
             // A big pass opens several; an idle daemon needs one (its poll), and each SQLite
@@ -268,6 +271,23 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// One SQLite connection and one read first: a file that is not a database, or one in a folder
+/// this user cannot write (WAL needs its `-shm` file there), fails here at once with SQLite's
+/// own words, where the pool would retry it for its whole acquire timeout.
+async fn probe_sqlite(url: &str, timeout: Duration) -> Result<()> {
+    let attempt = async {
+        let mut connection = sqlx::AnyConnection::connect(url).await?;
+        sqlx::query("SELECT count(*) FROM sqlite_master")
+            .fetch_one(&mut connection)
+            .await?;
+        connection.close().await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result.map_err(StoreError::Database),
+        Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
     }
 }
 

@@ -1072,7 +1072,11 @@ async fn extension_show_reveal_and_rotate() {
     let shown = ok(cmd(&["extension", "show", "1001"]));
     assert!(shown.contains("registers at   203.0.113.7:5062"), "{shown}");
     let nothing = cmd(&["node", "set", "pbx1"]);
-    assert_eq!(nothing.status.code(), Some(2), "say what to change");
+    assert_eq!(
+        nothing.status.code(),
+        Some(64),
+        "say what to change (a usage error)"
+    );
 
     // Not a terminal here: --reveal alone is refused, and nothing is audited.
     let refused = cmd(&["extension", "show", "1001", "--reveal"]);
@@ -1182,7 +1186,7 @@ fn completions_and_the_man_page_generate() {
         assert!(script.contains("rotate"), "{shell}: every subcommand");
     }
     let unknown = run(dir.path(), nowhere, &["completions", "tcsh"]);
-    assert_eq!(unknown.status.code(), Some(2));
+    assert_eq!(unknown.status.code(), Some(64));
     let page = ok(run(dir.path(), nowhere, &["manpage"]));
     assert!(
         page.starts_with(".ie") || page.contains(".TH mbg-provision 1"),
@@ -1253,4 +1257,52 @@ fn the_readme_troubleshooting_quotes_real_messages() {
             );
         }
     }
+}
+
+/// Found by a hostile run: `preflight --json | true` panicked ("failed printing to stdout:
+/// Broken pipe", exit 101). A one-shot command now ends quietly when its reader goes away.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..5 {
+        let mut child = Command::new(BIN)
+            .args(["preflight", "--json", "--clients", "desktop,mobile,69xx"])
+            .current_dir(dir.path())
+            .env("MBG_PROVISION_DATABASE__URL", "sqlite://none.db")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = stderr(&output);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_ne!(output.status.code(), Some(101), "{stderr}");
+    }
+}
+
+/// Found by a hostile run: a file that is not a SQLite database kept every command waiting for
+/// the pool's 30 s before it said "pool timed out". Now SQLite's own words, at once.
+#[test]
+fn a_file_that_is_not_a_database_is_named_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("notes.db"),
+        "these are my notes, not a database\n".repeat(200),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let output = run(dir.path(), "sqlite://notes.db", &["status"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("not a database"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -242,6 +242,20 @@ async fn each_failure_is_named_with_its_fix() {
     );
     ok(site.run(&["sync"]));
 
+    // A rate-limiting MBG answered: not "unreachable", and when to try again.
+    site.sim.set_faults(mbg_provision::sim::Faults {
+        rate_limit_next: 100,
+        retry_after_secs: 120,
+        ..Default::default()
+    });
+    fails(
+        &site.run(&["preflight", "--json"]),
+        "MBG reachable",
+        "rate limiting",
+        "after 120 s",
+    );
+    site.sim.set_faults(mbg_provision::sim::Faults::default());
+
     // A revoked token: the MBG's 401, and the fix is a new exchange.
     let settings = site.db.store.mbg_settings().await.unwrap();
     let token = settings.access_token.unwrap();
@@ -305,6 +319,73 @@ async fn configuration_and_database_problems_are_reported_not_thrown() {
     );
     assert_eq!(check(&report, "MBG address")["status"], "fail");
     assert!(!missing.exists(), "preflight creates no database");
+}
+
+/// The database and key file hold secrets: readable by others is a warning (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_readable_by_others_are_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::new(crate::mbg::sim_config()).await;
+    let report = json(&site.run(&["preflight", "--json"]));
+    assert_eq!(
+        check(&report, "secret files")["status"],
+        "pass",
+        "{report:#}"
+    );
+    let key = site.db.key_file.clone();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = site.run(&["preflight", "--json"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    let files = check(&json(&output), "secret files").clone();
+    assert_eq!(files["status"], "warn");
+    assert!(
+        files["fix"].as_str().unwrap().contains("chmod 600"),
+        "{files:#}"
+    );
+}
+
+/// A pending token's fix is to approve it, not to request another (which would abandon the
+/// one the administrator is about to approve).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_token_is_to_be_approved() {
+    let sim = crate::mbg::start_sim(crate::mbg::sim_config()).await;
+    let db = crate::support::TestDb::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("MBG_PROVISION_MBG__BASE_URL", sim.base_url()),
+        (
+            "MBG_PROVISION_CONSUMER_SECRET",
+            crate::mbg::SECRET.to_string(),
+        ),
+        ("MBG_PROVISION_HTTP__LISTEN", port),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = |args: &[&str]| run_with(dir.path(), &db.url, &env, args);
+    ok(run(&[
+        "token",
+        "request",
+        "--name",
+        "first",
+        "--consumer-id",
+        crate::mbg::CONSUMER,
+    ]));
+    let output = run(&["preflight", "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report = json(&output);
+    let token = check(&report, "token");
+    assert_eq!(token["status"], "fail");
+    assert!(
+        token["detail"]
+            .as_str()
+            .unwrap()
+            .contains("pending approval"),
+        "{token:#}"
+    );
+    assert!(
+        token["fix"].as_str().unwrap().starts_with("approve"),
+        "{token:#}"
+    );
 }
 
 /// A daemon that answers `/healthz`: healthy passes, unhealthy fails with its reasons.
@@ -372,7 +453,7 @@ async fn the_firewall_checklist_names_each_clients_ports() {
     assert_eq!(rules[0]["client"], "69xx");
     assert_eq!(rules[0]["ports"], serde_json::json!([8202]));
     let unknown = site.run(&["preflight", "--clients", "fax"]);
-    assert_eq!(unknown.status.code(), Some(2));
+    assert_eq!(unknown.status.code(), Some(64));
     assert!(
         stderr(&unknown).contains("desktop, mobile, 69xx"),
         "{}",
@@ -509,6 +590,21 @@ async fn each_certificate_problem_is_told_apart() {
             );
         }
         other => panic!("expected wrong host, got {other:?}"),
+    }
+
+    // openssl's default for a self-signed certificate: CA:TRUE. WebPKI refuses it even as its
+    // own trust anchor; say so rather than print rustls's debug text.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("own.pem"), cert.pem()).unwrap();
+    let ca_server = tls_server(vec![cert.der().clone()], key).await;
+    for trust in [None, Some(dir.path().join("own.pem"))] {
+        assert_eq!(
+            probe(ca_server, trust, "127.0.0.1").await,
+            Ok(Certificate::CaAsServer)
+        );
     }
 
     let closed = free_port();
