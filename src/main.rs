@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    cli::end_quietly_on_a_closed_pipe(&cli.command);
+    cli::end_quietly_on_a_closed_stdout();
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

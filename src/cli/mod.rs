@@ -31,17 +31,28 @@ pub use args::Cli;
 /// which every command uses for "something needs a human".
 pub const USAGE_ERROR: u8 = 64;
 
-/// A one-shot command whose output is piped into `head` or `grep -q` ends quietly when the
-/// reader goes away, as Unix tools do, instead of panicking on "Broken pipe". The daemon and
-/// the simulator keep Rust's default (SIGPIPE ignored): they write to sockets, not to a reader
-/// that may leave.
-pub fn end_quietly_on_a_closed_pipe(command: &args::Command) {
-    if !matches!(command, Command::Run | Command::Simulate(_)) {
-        // SAFETY: called before any thread is started; restores the default disposition.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+/// Exit code when stdout's reader went away, as the shell reports a death by SIGPIPE.
+const CLOSED_STDOUT: i32 = 128 + 13;
+
+/// A command whose output is piped into `head` or `grep -q` ends quietly when the reader goes
+/// away, instead of panicking on "failed printing to stdout: Broken pipe". Unix tools die of
+/// SIGPIPE there, but SIGPIPE's default cannot be restored here: a write to a socket whose peer
+/// has gone (a TLS alert after a refused certificate, a vectored write) would kill the process
+/// too. So only that panic of `println!` is turned into a quiet exit.
+pub fn end_quietly_on_a_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(CLOSED_STDOUT);
         }
-    }
+        default(info);
+    }));
 }
 use args::{Command, ExtensionCommand, NodeCommand};
 

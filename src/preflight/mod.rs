@@ -377,7 +377,12 @@ async fn mbg(
     let client = match token::client(config, &settings) {
         Ok(client) => client,
         Err(e) => {
-            report.problem("MBG reachable", Status::Fail, e.to_string(), "see above");
+            report.problem(
+                "MBG reachable",
+                Status::Fail,
+                e.to_string(),
+                "correct the setting the message names (mbg.base_url or mbg.ca_file)",
+            );
             skip_calls(report, "needs an MBG client");
             return None;
         }
@@ -386,10 +391,16 @@ async fn mbg(
         match e.kind {
             MbgErrorKind::Unauthorized(_) => {
                 report.pass("MBG reachable", format!("{base} answers"));
+                let why = match &e.kind {
+                    MbgErrorKind::Unauthorized(why) => why.clone(),
+                    _ => String::new(),
+                };
+                // Not the client's own hint ("see token status"): preflight records nothing,
+                // so `token status` would still read "valid".
                 report.problem(
                     "token",
                     Status::Fail,
-                    format!("the MBG refuses the stored token: {e}"),
+                    format!("the MBG refuses the stored token (401 on {}: {why})", e.endpoint),
                     "the token was revoked or has expired: run `mbg-provision token request`, approve it, then `token verify CODE`",
                 );
                 skip_calls(report, "needs a token the MBG accepts");

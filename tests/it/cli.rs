@@ -1260,7 +1260,8 @@ fn the_readme_troubleshooting_quotes_real_messages() {
 }
 
 /// Found by a hostile run: `preflight --json | true` panicked ("failed printing to stdout:
-/// Broken pipe", exit 101). A one-shot command now ends quietly when its reader goes away.
+/// Broken pipe", exit 101). A command now ends quietly when its reader goes away, with the
+/// shell's code for SIGPIPE (141), or 0 when its output fitted before the reader left.
 #[test]
 fn a_closed_pipe_ends_a_command_quietly() {
     let dir = tempfile::tempdir().unwrap();
@@ -1278,7 +1279,11 @@ fn a_closed_pipe_ends_a_command_quietly() {
         let output = child.wait_with_output().unwrap();
         let stderr = stderr(&output);
         assert!(!stderr.contains("panicked"), "{stderr}");
-        assert_ne!(output.status.code(), Some(101), "{stderr}");
+        assert!(
+            matches!(output.status.code(), Some(0 | 1 | 141)),
+            "{:?} {stderr}",
+            output.status
+        );
     }
 }
 
