@@ -26,6 +26,7 @@ use anyhow::Result;
 use mbg_provision::config::{Config, LogFormat};
 
 pub use args::Cli;
+use args::{Command, ExtensionCommand, NodeCommand};
 
 /// Exit code of a command line that does not parse (sysexits' EX_USAGE), kept apart from 2,
 /// which every command uses for "something needs a human".
@@ -54,7 +55,6 @@ pub fn end_quietly_on_a_closed_stdout() {
         default(info);
     }));
 }
-use args::{Command, ExtensionCommand, NodeCommand};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
