@@ -257,6 +257,34 @@ impl Figures<'_> {
     }
 }
 
+/// Prints a suite's figures (the simulator's counts as they stand) and fails it on any leak.
+fn conclude(
+    h: &Harness,
+    exposure: &Exposure,
+    suite: &str,
+    seed: u64,
+    (runs, kills): (usize, usize),
+    end: &Convergence,
+    note: String,
+) {
+    let leaks = exposure.leaks();
+    Figures {
+        suite,
+        backend: backend(h),
+        seed,
+        runs,
+        kills,
+        faults: h.sim.injected(),
+        requests: h.sim.requests().len(),
+        end,
+        leaks: leaks.len(),
+        log_bytes: exposure.bytes(),
+        note,
+    }
+    .report();
+    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+}
+
 /// SQL that flips the remote flag of `numbers` (a boolean on PostgreSQL, 0/1 on SQLite).
 fn flip_sql(numbers: &[usize]) -> String {
     let list = numbers
@@ -435,27 +463,20 @@ async fn crash_sync_killed_at_30_random_points(db: TestDb) {
         exposure.text(args.join(" "), text(&output.stdout));
     }
     let end = Convergence::of(&h).await;
-    let leaks = exposure.leaks();
-    Figures {
-        suite: "crash-sync",
-        backend: backend(&h),
+    conclude(
+        &h,
+        &exposure,
+        "crash-sync",
         seed,
-        runs,
-        kills,
-        faults: h.sim.injected(),
-        requests: h.sim.requests().len(),
-        end: &end,
-        leaks: leaks.len(),
-        log_bytes: exposure.bytes(),
-        note: format!(
+        (runs, kills),
+        &end,
+        format!(
             "{} secrets watched; {} extensions deleted and {} alive at the end",
             exposure.secrets.len(),
             deleted.len(),
             alive.len()
         ),
-    }
-    .report();
-    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+    );
 }
 
 /// Suite 1b: the daemon, SIGKILLed at 30 random points while 500 raw-SQL flips stream in.
@@ -504,22 +525,15 @@ async fn crash_run_killed_at_30_random_points_while_500_flips_stream_in(db: Test
     endpoints(&last, &mut exposure).await;
     stop(last, dir.path(), &mut exposure).await;
     exposure.collect(&h).await;
-    let leaks = exposure.leaks();
-    Figures {
-        suite: "crash-run",
-        backend: backend(&h),
+    conclude(
+        &h,
+        &exposure,
+        "crash-run",
         seed,
-        runs,
-        kills,
-        faults: h.sim.injected(),
-        requests: h.sim.requests().len(),
-        end: &state,
-        leaks: leaks.len(),
-        log_bytes: exposure.bytes(),
-        note: format!("500 flips; converged {took:?} after the last restart"),
-    }
-    .report();
-    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+        (runs, kills),
+        &state,
+        format!("500 flips; converged {took:?} after the last restart"),
+    );
 }
 
 /// Starts a daemon with trace logs and `env`, and waits until it leads.
@@ -647,33 +661,25 @@ async fn faults_1000_flips_under_run_converge_without_a_retry_storm(db: TestDb) 
     stream_flips(&h, &mut rng, &numbers, 1000, Duration::from_millis(5)).await;
     exposure.collect(&h).await;
     let (end, took) = converge(&h, "convergence under faults", Duration::from_secs(180)).await;
-    let faults = h.sim.injected();
     h.sim.set_faults(Faults::default());
     let requests = h.sim.requests();
     let writes = requests.iter().filter(|r| r.method != "GET").count();
     endpoints(&daemon, &mut exposure).await;
     stop(daemon, dir.path(), &mut exposure).await;
     exposure.collect(&h).await;
-    let leaks = exposure.leaks();
-    Figures {
-        suite: "faults",
-        backend: backend(&h),
+    conclude(
+        &h,
+        &exposure,
+        "faults",
         seed,
-        runs: 1,
-        kills: 0,
-        faults,
-        requests: requests.len(),
-        end: &end,
-        leaks: leaks.len(),
-        log_bytes: exposure.bytes(),
-        note: format!(
+        (1, 0),
+        &end,
+        format!(
             "1000 flips; {writes} writes, {} reads; converged {took:?} after the last flip; bound {} requests ({REQUESTS_PER_FLIP} per flip)",
             requests.len() - writes,
             REQUESTS_PER_FLIP * 1000
         ),
-    }
-    .report();
-    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+    );
     assert!(
         requests.len() <= REQUESTS_PER_FLIP * 1000,
         "seed {seed}: {} requests for 1000 flips: a retry storm",
@@ -787,25 +793,18 @@ async fn token_loss_mid_run_loses_nothing(db: TestDb) {
     .await;
     endpoints(&daemon, &mut exposure).await;
     stop(daemon, dir.path(), &mut exposure).await;
-    let leaks = exposure.leaks();
-    Figures {
-        suite: "token-loss",
-        backend: backend(&h),
+    conclude(
+        &h,
+        &exposure,
+        "token-loss",
         seed,
-        runs: 1,
-        kills: 0,
-        faults: h.sim.injected(),
-        requests: h.sim.requests().len(),
-        end: &end,
-        leaks: leaks.len(),
-        log_bytes: exposure.bytes(),
-        note: format!(
+        (1, 0),
+        &end,
+        format!(
             "300 flips, the token revoked after 100; {while_refused} requests in the 1 s+ while refused; {pending} changes kept; all applied {took:?} after the new token ({:?} since it was stored)",
             stored.elapsed()
         ),
-    }
-    .report();
-    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+    );
     assert_eq!(while_refused, 0, "no MBG call with a refused token");
 }
 
@@ -868,25 +867,18 @@ async fn leader_loss_10_kills_each_extension_keeps_one_sip_user() {
         stop(d, dir.path(), &mut exposure).await;
     }
     takeovers.sort();
-    let leaks = exposure.leaks();
-    Figures {
-        suite: "leader-loss",
-        backend: backend(&h),
+    conclude(
+        &h,
+        &exposure,
+        "leader-loss",
         seed,
-        runs: 12,
-        kills: 10,
-        faults: h.sim.injected(),
-        requests: h.sim.requests().len(),
-        end: &end,
-        leaks: leaks.len(),
-        log_bytes: exposure.bytes(),
-        note: format!(
+        (12, 10),
+        &end,
+        format!(
             "takeover min {:?} median {:?} max {:?}; converged {took:?} after the last",
             takeovers[0],
             takeovers[takeovers.len() / 2],
             takeovers[takeovers.len() - 1]
         ),
-    }
-    .report();
-    assert!(leaks.is_empty(), "seed {seed}: {leaks:#?}");
+    );
 }
