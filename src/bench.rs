@@ -24,7 +24,7 @@ use crate::reconcile::{self, Mode, ReconcileError, Status};
 use crate::secrets::SecretKey;
 use crate::shutdown::Shutdown;
 use crate::sim::{self, SimConfig, SimConsumer, SimHandle};
-use crate::store::{LockError, NewNode, Store, StoreError};
+use crate::store::{LeaseTerms, LockError, NewNode, Store, StoreError};
 use crate::token::{self, TokenError};
 
 const CONSUMER: &str = "MiVOAppSuite";
@@ -418,7 +418,11 @@ impl<'a> World<'a> {
         let started = Instant::now();
         let lock = self
             .store
-            .lock_passes(Duration::from_secs(60), |_| {})
+            .lock_passes(
+                LeaseTerms::of(&self.config),
+                Duration::from_secs(60),
+                |_| {},
+            )
             .await?;
         let pass = reconcile::run_pass(
             self.store,

@@ -36,6 +36,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub secrets: SecretsConfig,
+    pub health: HealthConfig,
+    pub leader: LeaderConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +185,44 @@ impl Default for HttpConfig {
     }
 }
 
+/// The pass lock's lease (see [`crate::lease`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaderConfig {
+    /// How long a holder of the pass lock goes on calling the MBG without confirming its lock
+    /// (PostgreSQL). A new holder waits out this plus `mbg.timeout` after one that did not stop
+    /// cleanly.
+    #[serde(with = "nonzero_duration")]
+    pub lease: Duration,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(6),
+        }
+    }
+}
+
+/// How `/healthz` judges what the daemon depends on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// The MBG or the database failing for longer than this makes the daemon unhealthy (503);
+    /// before that it is degraded. An idle daemon probes both at least this often, so that
+    /// "failing" has a meaning without traffic.
+    #[serde(with = "nonzero_duration")]
+    pub grace: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -284,6 +324,29 @@ impl Config {
             .ignore(NON_CONFIG_VARS);
         figment = figment.merge(env);
         Self::extract(&figment)
+    }
+
+    /// Takes in `new`, read again on SIGHUP, and returns the keys whose change only a restart
+    /// applies (`database.*`, `http.*`, `log.*`, `secrets.*`: the pool, the listener, the
+    /// logger and the key are set up once), in order. Those keep their running values; all
+    /// other keys take the new ones.
+    pub fn reload(&mut self, mut new: Config) -> Vec<String> {
+        fn json(section: &impl Serialize) -> serde_json::Value {
+            serde_json::to_value(section).unwrap_or_default()
+        }
+        let needs_restart = [
+            changed_keys("database", &json(&self.database), &json(&new.database)),
+            changed_keys("http", &json(&self.http), &json(&new.http)),
+            changed_keys("log", &json(&self.log), &json(&new.log)),
+            changed_keys("secrets", &json(&self.secrets), &json(&new.secrets)),
+        ]
+        .concat();
+        new.database = self.database.clone();
+        new.http = self.http.clone();
+        new.log = self.log.clone();
+        new.secrets = self.secrets.clone();
+        *self = new;
+        needs_restart
     }
 
     /// The configuration in `text` over the defaults, without the environment: the loader's
@@ -748,6 +811,20 @@ impl<'de> Deserialize<'de> for CronSchedule {
     }
 }
 
+/// `section.key` for every key whose value differs between two serialised sections.
+fn changed_keys(section: &str, old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let old = old.as_object().unwrap_or(&empty);
+    let new = new.as_object().unwrap_or(&empty);
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|key| old.get(*key) != new.get(*key))
+        .map(|key| format!("{section}.{key}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -855,5 +932,23 @@ mod tests {
         );
         let plain = "sqlite://mbg-provision.db?mode=rwc";
         assert_eq!(plain.parse::<DatabaseUrl>().unwrap().to_string(), plain);
+    }
+
+    #[test]
+    fn a_reload_applies_what_it_can_and_names_what_needs_a_restart() {
+        let mut running = Config::default();
+        let mut new = Config::default();
+        new.database.url = "postgres://u:pw@db/x".parse().unwrap();
+        new.http.listen = "127.0.0.1:9999".parse().unwrap();
+        new.mbg.max_in_flight = 3;
+        new.health.grace = Duration::from_secs(5);
+        let needs_restart = running.reload(new);
+        assert_eq!(needs_restart, ["database.url", "http.listen"]);
+        assert_eq!(running.mbg.max_in_flight, 3, "applied");
+        assert_eq!(running.health.grace, Duration::from_secs(5), "applied");
+        assert_eq!(running.database.url, Config::default().database.url, "kept");
+        assert_eq!(running.http.listen, Config::default().http.listen, "kept");
+        // The file put back as it runs: nothing pending any more.
+        assert!(running.reload(Config::default()).is_empty());
     }
 }

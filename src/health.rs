@@ -1,7 +1,14 @@
 //! The daemon's health as `/healthz` reports it. The daemon writes it as things happen; the
 //! HTTP side only reads a snapshot, so a slow scrape never holds up the work.
+//!
+//! What is wrong is kept as one reason per [`Concern`], set and cleared by whoever watches that
+//! concern, never as free text matched by prefix. The two dependencies (the MBG, the database)
+//! are judged at read time: failing for less than `health.grace` is degraded, longer is
+//! unhealthy, so one refused connection does not page anyone and a dead one always does.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -13,9 +20,42 @@ pub enum Role {
     Starting,
     /// Holds the leader lock and does the work.
     Leader,
-    /// Another instance leads; this one waits to take over. Healthy.
+    /// Does not lead: another instance does, or this one is trying to take the lock (the
+    /// database says which). Healthy unless the database fails.
     Standby,
     Stopping,
+}
+
+/// One thing that can be wrong, each with at most one reason at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Concern {
+    /// The access token cannot be used (none, expired, refused).
+    Token,
+    /// The token is usable but expires soon.
+    TokenExpiry,
+    /// The renewal job needs a human (this MBG does not renew through the API).
+    TokenRenewal,
+    /// Keys changed in the file that only a restart applies.
+    RestartPending,
+}
+
+impl Concern {
+    fn label(self) -> &'static str {
+        match self {
+            Concern::Token => "token",
+            Concern::TokenExpiry => "token expiry",
+            Concern::TokenRenewal => "token renewal",
+            Concern::RestartPending => "configuration",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// A human should look soon; the work goes on (200).
+    Degraded,
+    /// The service cannot do its job (503).
+    Unhealthy,
 }
 
 /// How something the daemon depends on answered last.
@@ -26,6 +66,26 @@ pub struct Reachability {
     pub error: Option<String>,
     /// When it was last checked (epoch seconds).
     pub checked_at: Option<i64>,
+    /// Since when it has failed without a success in between (epoch seconds).
+    pub failing_since: Option<i64>,
+}
+
+impl Reachability {
+    pub fn succeeded(&mut self, now: i64) {
+        *self = Reachability {
+            ok: true,
+            error: None,
+            checked_at: Some(now),
+            failing_since: None,
+        };
+    }
+
+    pub fn failed(&mut self, now: i64, why: impl Into<String>) {
+        self.ok = false;
+        self.error = Some(why.into());
+        self.checked_at = Some(now);
+        self.failing_since.get_or_insert(now);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
@@ -47,13 +107,24 @@ pub struct Health {
     pub queue_depth: usize,
     /// When the last full reconcile finished without error (epoch seconds).
     pub last_full_reconcile: Option<i64>,
-    /// Reasons the service cannot do its job: `/healthz` answers 503.
-    pub unhealthy: Vec<String>,
+    /// Reasons the service cannot do its job: `/healthz` answers 503. Filled by
+    /// [`HealthState::snapshot`] from the concerns set and the dependencies' failures.
+    unhealthy: Vec<String>,
     /// Reasons a human should look soon, while the work goes on (200).
-    pub degraded: Vec<String>,
+    degraded: Vec<String>,
+    #[serde(skip)]
+    reasons: BTreeMap<Concern, (Severity, String)>,
 }
 
 impl Health {
+    pub fn unhealthy(&self) -> &[String] {
+        &self.unhealthy
+    }
+
+    pub fn degraded(&self) -> &[String] {
+        &self.degraded
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.unhealthy.is_empty()
     }
@@ -68,6 +139,42 @@ impl Health {
             HealthStatus::Ok
         }
     }
+
+    /// Sets (replaces) the reason for `concern`.
+    pub fn set(&mut self, concern: Concern, severity: Severity, why: impl Into<String>) {
+        self.reasons.insert(concern, (severity, why.into()));
+    }
+
+    pub fn clear(&mut self, concern: Concern) {
+        self.reasons.remove(&concern);
+    }
+
+    /// The reason lists as of `now`: the set reasons, and each dependency failing for longer
+    /// than `grace` (unhealthy) or less (degraded).
+    fn judged(mut self, now: i64, grace: Duration) -> Health {
+        let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        for (label, dependency) in [("database", &self.database), ("MBG", &self.mbg)] {
+            let Some(since) = dependency.failing_since else {
+                continue;
+            };
+            let failing = now - since;
+            let why = dependency.error.as_deref().unwrap_or("not answering");
+            let line = format!("{label}: {why} (failing for {failing} s)");
+            if failing >= grace {
+                self.unhealthy.push(line);
+            } else {
+                self.degraded.push(line);
+            }
+        }
+        for (concern, (severity, why)) in &self.reasons {
+            let line = format!("{}: {why}", concern.label());
+            match severity {
+                Severity::Unhealthy => self.unhealthy.push(line),
+                Severity::Degraded => self.degraded.push(line),
+            }
+        }
+        self
+    }
 }
 
 /// The summary `/healthz` puts first: `ok` and `degraded` answer 200, `unhealthy` 503.
@@ -80,16 +187,57 @@ pub enum HealthStatus {
 }
 
 /// Shared between the daemon (writer) and the HTTP endpoints (readers).
-#[derive(Debug, Clone, Default)]
-pub struct HealthState(Arc<RwLock<Health>>);
+#[derive(Debug, Clone)]
+pub struct HealthState {
+    health: Arc<RwLock<Health>>,
+    grace: Arc<RwLock<Duration>>,
+}
+
+impl Default for HealthState {
+    fn default() -> Self {
+        HealthState::new(crate::config::HealthConfig::default().grace)
+    }
+}
 
 impl HealthState {
+    pub fn new(grace: Duration) -> HealthState {
+        HealthState {
+            health: Arc::default(),
+            grace: Arc::new(RwLock::new(grace)),
+        }
+    }
+
+    /// `health.grace` changed (a reload).
+    pub fn set_grace(&self, grace: Duration) {
+        *self.grace.write().unwrap_or_else(|e| e.into_inner()) = grace;
+    }
+
+    pub fn grace(&self) -> Duration {
+        *self.grace.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The health as of now, with its reason lists.
     pub fn snapshot(&self) -> Health {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let health = self
+            .health
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        health.judged(chrono::Utc::now().timestamp(), self.grace())
     }
 
     pub fn update(&self, change: impl FnOnce(&mut Health)) {
-        change(&mut self.0.write().unwrap_or_else(|e| e.into_inner()));
+        change(&mut self.health.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// What one MBG request showed: answered (whatever it said), or not (no connection, a
+    /// timeout, a 5xx). Called by the client for every attempt.
+    pub fn mbg_answered(&self, answered: Result<(), &str>) {
+        let now = chrono::Utc::now().timestamp();
+        self.update(|h| match answered {
+            Ok(()) => h.mbg.succeeded(now),
+            Err(why) => h.mbg.failed(now, why),
+        });
     }
 }
 
@@ -98,14 +246,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_follows_the_reason_lists() {
-        let state = HealthState::default();
+    fn status_follows_the_reasons() {
+        let state = HealthState::new(Duration::from_secs(30));
         assert_eq!(state.snapshot().status(), HealthStatus::Ok);
-        state.update(|h| h.degraded.push("token renewal needs a human".into()));
+        state.update(|h| {
+            h.set(
+                Concern::TokenRenewal,
+                Severity::Degraded,
+                "press Renew on the MBG",
+            )
+        });
         assert_eq!(state.snapshot().status(), HealthStatus::Degraded);
         assert!(state.snapshot().is_healthy());
-        state.update(|h| h.unhealthy.push("token rejected".into()));
+        state.update(|h| h.set(Concern::Token, Severity::Unhealthy, "rejected"));
         assert_eq!(state.snapshot().status(), HealthStatus::Unhealthy);
-        assert!(!state.snapshot().is_healthy());
+        assert_eq!(state.snapshot().unhealthy(), ["token: rejected"]);
+        // One reason per concern: setting it again replaces it.
+        state.update(|h| h.set(Concern::Token, Severity::Unhealthy, "expired"));
+        assert_eq!(state.snapshot().unhealthy(), ["token: expired"]);
+        state.update(|h| h.clear(Concern::Token));
+        assert!(state.snapshot().is_healthy());
+    }
+
+    #[test]
+    fn a_dependency_is_degraded_within_the_grace_and_unhealthy_after_it() {
+        let state = HealthState::new(Duration::from_secs(30));
+        let now = chrono::Utc::now().timestamp();
+        state.update(|h| h.database.failed(now - 5, "disk full"));
+        let health = state.snapshot();
+        assert_eq!(health.status(), HealthStatus::Degraded);
+        assert!(
+            health.degraded[0].starts_with("database: disk full"),
+            "{health:?}"
+        );
+        // Failing again keeps the first failure's time.
+        state.update(|h| h.database.failed(now, "disk full"));
+        state.update(|h| h.database.failing_since = Some(now - 31));
+        let health = state.snapshot();
+        assert_eq!(health.status(), HealthStatus::Unhealthy);
+        assert!(
+            health.unhealthy[0].contains("failing for 31 s"),
+            "{health:?}"
+        );
+        state.update(|h| h.database.succeeded(now));
+        assert_eq!(state.snapshot().status(), HealthStatus::Ok);
+        state.mbg_answered(Err("connection refused"));
+        assert_eq!(state.snapshot().status(), HealthStatus::Degraded);
+        assert!(!state.snapshot().mbg.ok);
+        state.mbg_answered(Ok(()));
+        assert_eq!(state.snapshot().status(), HealthStatus::Ok);
     }
 }

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod health;
 pub mod http;
 pub mod import;
+pub mod lease;
 pub mod mbg;
 pub mod memory;
 pub mod oauth;

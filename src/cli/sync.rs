@@ -11,7 +11,7 @@ use mbg_provision::reconcile::{
     self, MbgView, Mode, PassReport, Progress, ReconcileError, Scope, Status,
 };
 use mbg_provision::shutdown::{self, Shutdown};
-use mbg_provision::store::BadRow;
+use mbg_provision::store::{BadRow, LeaseTerms};
 use mbg_provision::token;
 use serde::Serialize;
 
@@ -178,7 +178,7 @@ pub async fn run(
     let lock = match mode {
         Mode::DryRun => None,
         Mode::Apply => {
-            let waiting = store.lock_passes(wait, |holder| {
+            let waiting = store.lock_passes(LeaseTerms::of(&app.config), wait, |holder| {
                 eprintln!(
                     "waiting up to {} s for the pass running on this database ({}) to end",
                     wait.as_secs(),
@@ -191,6 +191,11 @@ pub async fn run(
             };
             Some(lock)
         }
+    };
+    // Calls only while the lock's lease holds, and after the previous holder's have ended.
+    let client = match &lock {
+        Some(lock) => client.with_lease(lock.lease()),
+        None => client,
     };
     let progress = Arc::new(Progress::default());
     let display = if quiet || json || dry_run {

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::app::App;
 use crate::health::{HealthState, Role};
 use crate::shutdown::Shutdown;
-use crate::store::{Backend, Holder, LockError, StoreError};
+use crate::store::{Backend, Holder, LeaseTerms, LockError, StoreError};
 use crate::telemetry::{self, Telemetry};
 use crate::{http, systemd};
 
@@ -46,7 +46,7 @@ pub enum DaemonError {
 /// returns `Ok`. Serves `/healthz` and `/metrics` on `http.listen` meanwhile, and tells systemd
 /// (when it started us with `Type=notify`) that it is ready, alive and stopping.
 pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
-    let health = HealthState::default();
+    let health = HealthState::new(app.config.health.grace);
     let telemetry = Telemetry::install();
     telemetry::leader(false);
     let listener = http::bind(app.config.http.listen)
@@ -78,27 +78,27 @@ pub async fn run_with(
     shutdown: Shutdown,
     health: HealthState,
 ) -> Result<(), DaemonError> {
-    // From the start, so that a SIGHUP while standby does not end the process (its default);
-    // the leader's loop reloads on it.
-    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    // From the start, so that a SIGHUP never ends the process (its default): the standby's
+    // wait and the leader's loop both reload on it.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     if app.store.backend() == Backend::Postgres {
         watch::listen(&app, wake.clone(), shutdown.clone());
     }
     let mut worker = worker::Worker::new(app, health.clone(), shutdown.clone(), wake);
     loop {
-        let Some(mut lock) = acquire(&worker.app, &health, &shutdown).await? else {
+        let Some(mut lock) = acquire(&mut worker, &health, &shutdown, &mut hangups).await? else {
             break;
         };
         info!("leading: this instance applies the changes");
         health.update(|h| h.role = Role::Leader);
         telemetry::leader(true);
         systemd::status("leader");
-        let lost = worker.lead(&mut lock).await;
+        let lost = worker.lead(&mut lock, &mut hangups).await;
         telemetry::leader(false);
-        health.update(|h| h.role = Role::Stopping);
         match lost {
             worker::Ended::Stopped => {
+                health.update(|h| h.role = Role::Stopping);
                 lock.release().await;
                 break;
             }
@@ -106,6 +106,7 @@ pub async fn run_with(
                 warn!(
                     "lost the leader lock (its database connection died): stopped calling the MBG"
                 );
+                health.update(|h| h.role = Role::Standby);
                 drop(lock);
             }
         }
@@ -118,17 +119,21 @@ pub async fn run_with(
 /// The leader lock, or `None` once a stop is asked while waiting. On SQLite a second daemon
 /// refuses to start; on PostgreSQL it waits as standby.
 async fn acquire(
-    app: &App,
+    worker: &mut worker::Worker,
     health: &HealthState,
     shutdown: &Shutdown,
+    hangups: &mut worker::Hangups,
 ) -> Result<Option<crate::store::PassLock>, DaemonError> {
-    let store = &app.store;
+    let store = worker.app.store.clone();
     let mut said = false;
     loop {
         if shutdown.is_triggered() {
             return Ok(None);
         }
-        match store.try_lock_passes().await {
+        match store
+            .try_lock_passes(LeaseTerms::of(&worker.app.config))
+            .await
+        {
             Ok(Some(lock)) => return Ok(Some(lock)),
             Ok(None) if store.backend() == Backend::Sqlite => {
                 return Err(DaemonError::AlreadyRunning(store.pass_holder().await?));
@@ -144,16 +149,15 @@ async fn acquire(
                 }
                 health.update(|h| {
                     h.role = Role::Standby;
-                    h.database.ok = true;
-                    h.database.error = None;
+                    h.database.succeeded(chrono::Utc::now().timestamp());
                 });
                 systemd::status("standby");
             }
             Err(e) => {
                 warn!(error = %e, "cannot reach the database for the leader lock");
                 health.update(|h| {
-                    h.database.ok = false;
-                    h.database.error = Some(e.to_string());
+                    h.database
+                        .failed(chrono::Utc::now().timestamp(), e.to_string())
                 });
             }
         }
@@ -161,6 +165,7 @@ async fn acquire(
         tokio::select! {
             _ = tokio::time::sleep(STANDBY_POLL) => {}
             _ = shutdown.triggered() => return Ok(None),
+            _ = worker::hangup(hangups) => worker.reload().await,
         }
     }
 }

@@ -13,9 +13,9 @@ use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::config::Config;
-use crate::health::HealthState;
+use crate::health::{Concern, HealthState, Severity};
 use crate::mbg::{MbgClient, MbgError, MbgErrorKind};
-use crate::reconcile::{self, MbgView, Mode, PassReport, ReconcileError, Scope};
+use crate::reconcile::{self, MbgView, Mode, PassReport, Progress, ReconcileError, Scope};
 use crate::shutdown::Shutdown;
 use crate::store::PassLock;
 use crate::token::{self, TokenStatus};
@@ -23,6 +23,8 @@ use crate::{systemd, telemetry};
 
 /// After a full pass fails (the MBG unreachable past `mbg.retry_deadline`), try again this soon.
 const FULL_PASS_RETRY: Duration = Duration::from_secs(30);
+/// How often a running pass's progress reaches `queue_depth`.
+const QUEUE_DEPTH_EVERY: Duration = Duration::from_millis(500);
 /// Most changes taken into one targeted pass; the rest wait for the next.
 const BATCH: u32 = 10_000;
 /// The view of the MBG is kept between passes only up to this many SIP users. A larger site's
@@ -44,12 +46,20 @@ pub struct Worker {
     view: Option<MbgView>,
     /// The client and the token generation it signs with.
     client: Option<(i64, MbgClient)>,
+    /// The lease of the lock held (see [`crate::lease`]).
+    lease: Option<crate::lease::Lease>,
     next_full: Instant,
     /// When the next failed extension is due; recomputed after each pass, since only passes
     /// (this leader's) write retry times.
     retry_at: Instant,
+    /// When the idle check next runs (see [`Worker::probe`]).
+    next_probe: Instant,
     /// Set after a 401: the generation refused, and when to look for a new token.
     blocked: Option<(i64, Instant)>,
+    /// The last pass failed on the database: a successful read does not clear that.
+    database_writes_failing: bool,
+    /// Why the last pass failed, if it did.
+    last_failure: Option<String>,
 }
 
 /// What the loop woke up for.
@@ -58,6 +68,7 @@ enum Wake {
     Renew,
     Reload,
     Watchdog,
+    Probe,
 }
 
 impl Worker {
@@ -69,18 +80,23 @@ impl Worker {
             wake,
             view: None,
             client: None,
+            lease: None,
             next_full: Instant::now(),
             retry_at: Instant::now(),
+            next_probe: Instant::now(),
             blocked: None,
+            database_writes_failing: false,
+            last_failure: None,
         }
     }
 
-    pub async fn lead(&mut self, lock: &mut PassLock) -> Ended {
-        // A new leader trusts nothing it saw before: full pass first.
+    pub async fn lead(&mut self, lock: &mut PassLock, hangups: &mut Hangups) -> Ended {
+        // A new leader trusts nothing it saw before: full pass first, with a client that calls
+        // only while this lock's lease holds.
         self.view = None;
         self.next_full = Instant::now();
-        let mut hangups =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        self.lease = Some(lock.lease());
+        self.client = None;
         loop {
             let wake = {
                 let poll = tokio::time::sleep(self.app.config.watch.poll_interval);
@@ -103,16 +119,21 @@ impl Worker {
                     _ = poll => Wake::Work,
                     _ = tokio::time::sleep_until(due) => Wake::Work,
                     _ = tokio::time::sleep_until(renewal) => Wake::Renew,
-                    _ = hangup(&mut hangups) => Wake::Reload,
+                    _ = hangup(hangups) => Wake::Reload,
                     _ = tokio::time::sleep_until(watchdog) => Wake::Watchdog,
+                    _ = tokio::time::sleep_until(self.next_probe) => Wake::Probe,
                 }
             };
             let step = async {
                 match wake {
                     Wake::Work => self.work().await,
                     Wake::Renew => self.renew().await,
-                    Wake::Reload => self.reload(),
+                    Wake::Reload => self.reload().await,
                     Wake::Watchdog => {}
+                    Wake::Probe => {
+                        self.next_probe = Instant::now() + self.health.grace() / 2;
+                        self.probe().await;
+                    }
                 }
             };
             tokio::select! {
@@ -168,7 +189,7 @@ impl Worker {
                 Ok(ids) if ids.is_empty() => return,
                 Ok(ids) => Some(ids),
                 Err(e) => {
-                    self.unhealthy_database(&e.to_string());
+                    self.database_failed(&e.to_string());
                     return;
                 }
             }
@@ -179,20 +200,40 @@ impl Worker {
             }
             return;
         };
-        let result = match targets {
-            None => self.full_pass(&client, now).await,
-            Some(ids) => self.targeted_pass(&client, now, ids).await,
+        let progress = Arc::new(Progress::default());
+        let health = self.health.clone();
+        let watched = progress.clone();
+        // While a pass runs, `queue_depth` is what it has left to do, not the count from before.
+        let show_progress = async move {
+            loop {
+                tokio::time::sleep(QUEUE_DEPTH_EVERY).await;
+                if watched.total() > 0 {
+                    let left = watched.total().saturating_sub(watched.finished());
+                    health.update(|h| h.queue_depth = left);
+                }
+            }
+        };
+        let pass = async {
+            match targets {
+                None => self.full_pass(&client, now, progress).await,
+                Some(ids) => self.targeted_pass(&client, now, ids, progress).await,
+            }
+        };
+        let result = tokio::select! {
+            result = pass => result,
+            () = show_progress => unreachable!("the display never ends"),
         };
         match result {
             Ok(report) => {
                 if let Some(applied) = &report.applied {
                     reconcile::count_outcomes(&applied.outcomes);
                 }
-                self.health.update(|h| {
-                    h.mbg.ok = true;
-                    h.mbg.error = None;
-                    h.mbg.checked_at = Some(now);
-                });
+                // The pass read and wrote the database: it works, writes included.
+                if self.last_failure.take().is_some() {
+                    info!("passes work again");
+                }
+                self.database_writes_failing = false;
+                self.health.update(|h| h.database.succeeded(wall_clock()));
                 if let Some(refused) = report
                     .applied
                     .as_ref()
@@ -209,13 +250,19 @@ impl Worker {
                     self.token_refused(generation, mbg).await;
                     return;
                 }
-                error!(error = %e, "pass failed");
+                // Once per kind of failure, not once per poll while it lasts.
                 let message = e.to_string();
-                self.health.update(|h| {
-                    h.mbg.ok = e.mbg().is_none();
-                    h.mbg.error = Some(message);
-                    h.mbg.checked_at = Some(now);
-                });
+                if self.last_failure.as_deref() == Some(message.as_str()) {
+                    tracing::debug!(error = %e, "pass failed again");
+                } else {
+                    error!(error = %e, "pass failed");
+                }
+                self.last_failure = Some(message);
+                // Whether the MBG answered, the client told the health as it went.
+                if let Some(store) = e.store() {
+                    self.database_writes_failing = true;
+                    self.database_failed(&store.to_string());
+                }
                 if full {
                     self.next_full = Instant::now() + FULL_PASS_RETRY;
                 }
@@ -245,13 +292,14 @@ impl Worker {
         &mut self,
         client: &MbgClient,
         now: i64,
+        progress: Arc<Progress>,
     ) -> Result<PassReport, ReconcileError> {
         let config = &self.app.config;
         let mut view = MbgView::read(client, config, &self.shutdown).await?;
         let scope = Scope {
             only: None,
             honour_backoff: true,
-            progress: None,
+            progress: Some(progress),
         };
         let report = reconcile::run_pass_with(
             &self.app.store,
@@ -294,11 +342,12 @@ impl Worker {
         client: &MbgClient,
         now: i64,
         ids: HashSet<i64>,
+        progress: Arc<Progress>,
     ) -> Result<PassReport, ReconcileError> {
         let scope = Scope {
             only: Some(ids),
             honour_backoff: false,
-            progress: None,
+            progress: Some(progress),
         };
         let mut view = match self.view.take() {
             Some(view) => view,
@@ -344,12 +393,13 @@ impl Worker {
             Ok(renewal) => {
                 info!(%renewal, "token renewal job");
                 let needs_human = renewal.needs_human().then(|| renewal.to_string());
-                self.health.update(|h| {
-                    h.degraded.retain(|d| !d.starts_with("token renewal"));
-                    if let Some(why) = needs_human {
-                        h.degraded
-                            .push(format!("token renewal needs a human: {why}"));
-                    }
+                self.health.update(|h| match needs_human {
+                    Some(why) => h.set(
+                        Concern::TokenRenewal,
+                        Severity::Degraded,
+                        format!("needs a human: {why}"),
+                    ),
+                    None => h.clear(Concern::TokenRenewal),
                 });
                 self.client = None;
             }
@@ -363,15 +413,43 @@ impl Worker {
         self.report_token().await;
     }
 
-    /// SIGHUP: reads the configuration file again; a bad one is refused and the old one kept.
-    fn reload(&mut self) {
-        match Config::load(self.app.config_path.as_deref()) {
-            Ok(config) => {
-                info!("configuration reloaded");
-                self.app.config = config;
-                self.client = None;
+    /// SIGHUP, whatever the role: reads the configuration file again (off the runtime: a slow
+    /// disk must not stall the work), applies what can be applied and names in a warning, and
+    /// in `/healthz` until a restart, each changed key that needs one. A bad file is refused and
+    /// the running configuration kept.
+    pub async fn reload(&mut self) {
+        let path = self.app.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(path.as_deref())).await;
+        let config = match loaded {
+            Ok(Ok(config)) => config,
+            Ok(Err(e)) => {
+                error!(error = %e, "the new configuration is refused; keeping the old one");
+                return;
             }
-            Err(e) => error!(error = %e, "the new configuration is refused; keeping the old one"),
+            Err(e) => {
+                error!(error = %e, "cannot read the configuration again; keeping the old one");
+                return;
+            }
+        };
+        let needs_restart = self.app.config.reload(config);
+        self.health.set_grace(self.app.config.health.grace);
+        self.client = None;
+        if needs_restart.is_empty() {
+            info!("configuration reloaded");
+            self.health.update(|h| h.clear(Concern::RestartPending));
+        } else {
+            let keys = needs_restart.join(", ");
+            warn!(
+                keys = %keys,
+                "configuration reloaded, except keys that apply only at the next restart: {keys}"
+            );
+            self.health.update(|h| {
+                h.set(
+                    Concern::RestartPending,
+                    Severity::Degraded,
+                    format!("changed in the file, applied only after a restart: {keys}"),
+                )
+            });
         }
     }
 
@@ -380,7 +458,7 @@ impl Worker {
         let settings = match self.app.store.mbg_settings().await {
             Ok(settings) => settings,
             Err(e) => {
-                self.unhealthy_database(&e.to_string());
+                self.database_failed(&e.to_string());
                 return None;
             }
         };
@@ -400,12 +478,17 @@ impl Worker {
         }
         match token::client(&self.app.config, &settings) {
             Ok(client) => {
+                let mut client = client.with_observer(self.health.clone());
+                if let Some(lease) = &self.lease {
+                    client = client.with_lease(lease.clone());
+                }
                 self.client = Some((settings.token_generation, client.clone()));
                 Some((settings.token_generation, client))
             }
             Err(e) => {
                 error!(error = %e, "cannot build the MBG client");
-                self.health.update(|h| h.mbg.error = Some(e.to_string()));
+                self.health
+                    .update(|h| h.mbg.failed(wall_clock(), e.to_string()));
                 None
             }
         }
@@ -436,7 +519,7 @@ impl Worker {
                     && TokenStatus::of(&settings, self.app.clock.now()).is_usable()
             }
             Err(e) => {
-                self.unhealthy_database(&e.to_string());
+                self.database_failed(&e.to_string());
                 false
             }
         }
@@ -466,13 +549,13 @@ impl Worker {
             h.token.state = state;
             h.token.days_left = days_left;
             h.token.problem = (!usable).then(|| status.to_string());
-            h.unhealthy.retain(|u| !u.starts_with("token:"));
-            if !usable {
-                h.unhealthy.push(format!("token: {status}"));
+            match usable {
+                true => h.clear(Concern::Token),
+                false => h.set(Concern::Token, Severity::Unhealthy, status.to_string()),
             }
-            h.degraded.retain(|d| !d.starts_with("token expiry:"));
-            if let Some(warning) = warning {
-                h.degraded.push(format!("token expiry: {warning}"));
+            match warning {
+                Some(warning) => h.set(Concern::TokenExpiry, Severity::Degraded, warning),
+                None => h.clear(Concern::TokenExpiry),
             }
         });
     }
@@ -482,27 +565,44 @@ impl Worker {
             telemetry::extensions_by_state(&counts);
         }
         match self.app.store.queue_depth().await {
-            Ok(depth) => self.health.update(|h| {
-                h.queue_depth = usize::try_from(depth).unwrap_or(0);
-                h.database.ok = true;
-                h.database.error = None;
-                h.database.checked_at = Some(self.app.clock.now());
-                h.unhealthy.retain(|u| !u.starts_with("database:"));
-            }),
-            Err(e) => self.unhealthy_database(&e.to_string()),
+            Ok(depth) => self
+                .health
+                .update(|h| h.queue_depth = usize::try_from(depth).unwrap_or(0)),
+            Err(e) => self.database_failed(&e.to_string()),
         }
     }
 
-    fn unhealthy_database(&self, why: &str) {
-        let now = self.app.clock.now();
-        self.health.update(|h| {
-            h.database.ok = false;
-            h.database.error = Some(why.to_string());
-            h.database.checked_at = Some(now);
-            h.unhealthy.retain(|u| !u.starts_with("database:"));
-            h.unhealthy.push(format!("database: {why}"));
-        });
+    fn database_failed(&self, why: &str) {
+        self.health
+            .update(|h| h.database.failed(wall_clock(), why.to_string()));
     }
+
+    /// The idle check: one `SELECT 1` and one signed GET, so that a database or an MBG that
+    /// went away shows in `/healthz` within `health.grace` even when nothing changes. A
+    /// `SELECT 1` does not prove that writes work: while a pass fails to write, only the next
+    /// pass that writes may clear the failure.
+    async fn probe(&mut self) {
+        match self.app.store.ping().await {
+            Err(e) => self.database_failed(&e.to_string()),
+            Ok(()) if !self.database_writes_failing => {
+                self.health.update(|h| h.database.succeeded(wall_clock()));
+            }
+            Ok(()) => {}
+        }
+        if self.blocked.is_none()
+            && let Some((_, client)) = self.client().await
+        {
+            // The client reports the answer, or its absence, to the health itself.
+            let _ = client.ping().await;
+        }
+        self.report_queue().await;
+    }
+}
+
+/// Health times are the wall clock's, as `/healthz` judges them (not the app's clock, which
+/// tests move).
+fn wall_clock() -> i64 {
+    chrono::Utc::now().timestamp()
 }
 
 /// The next run of the renewal job (UTC), as an instant, just after the scheduled second so
@@ -518,7 +618,10 @@ fn next_cron(config: &Config) -> Instant {
     }
 }
 
-async fn hangup(signal: &mut Option<tokio::signal::unix::Signal>) {
+/// SIGHUP, when it could be subscribed to.
+pub type Hangups = Option<tokio::signal::unix::Signal>;
+
+pub async fn hangup(signal: &mut Hangups) {
     match signal {
         Some(signal) => {
             signal.recv().await;

@@ -180,8 +180,15 @@ mod tests {
 
     #[test]
     fn the_report_puts_status_beside_the_health_fields() {
-        let mut health = Health::default();
-        health.degraded.push("token expires in 10 days".into());
+        let state = HealthState::default();
+        state.update(|h| {
+            h.set(
+                crate::health::Concern::TokenExpiry,
+                crate::health::Severity::Degraded,
+                "10 days left",
+            )
+        });
+        let health = state.snapshot();
         let report = HealthReport {
             status: health.status(),
             health,
@@ -189,6 +196,6 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["status"], "degraded");
         assert_eq!(json["role"], "starting");
-        assert_eq!(json["degraded"][0], "token expires in 10 days");
+        assert_eq!(json["degraded"][0], "token expiry: 10 days left");
     }
 }

@@ -25,6 +25,8 @@ pub enum MbgErrorKind {
     Malformed(String),
     /// Our side: a CA file that does not load, a URL we cannot build.
     Setup(String),
+    /// Not sent: this instance's lease lapsed, so another may lead (see [`crate::lease`]).
+    NotLeading(crate::lease::Lapsed),
 }
 
 /// An MBG call that failed: which endpoint, and why. Never holds a secret: bodies are redacted.
@@ -72,6 +74,7 @@ impl fmt::Display for MbgError {
             MbgErrorKind::Unavailable(why) => write!(f, "unavailable: {why}"),
             MbgErrorKind::Malformed(what) => write!(f, "unexpected answer: {what}"),
             MbgErrorKind::Setup(why) => write!(f, "{why}"),
+            MbgErrorKind::NotLeading(lapsed) => write!(f, "not sent: {lapsed}"),
         }
     }
 }

@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::config::MbgUrl;
+use crate::health::HealthState;
+use crate::lease::Lease;
 use crate::oauth::{self, ClientCredentials, Grant, TokenCredentials};
 
 pub use error::{MbgError, MbgErrorKind, redact};
@@ -201,6 +203,12 @@ pub struct MbgClient {
     base: MbgUrl,
     consumer: ClientCredentials,
     access: Option<TokenCredentials>,
+    /// Told of every attempt, answered or not, so that `/healthz` knows whether the MBG answers
+    /// without waiting for a pass to end.
+    observer: Option<HealthState>,
+    /// Asked before every attempt, retries included: a holder of the pass lock whose lease
+    /// lapsed sends nothing.
+    lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for MbgClient {
@@ -254,7 +262,27 @@ impl MbgClient {
             base,
             consumer,
             access: None,
+            observer: None,
+            lease: None,
         })
+    }
+
+    /// The same client, sending only while `lease` holds (see [`crate::lease`]).
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The same client, reporting whether the MBG answers each request into `health`.
+    pub fn with_observer(mut self, health: HealthState) -> Self {
+        self.observer = Some(health);
+        self
+    }
+
+    fn observe(&self, answered: Result<(), &str>) {
+        if let Some(health) = &self.observer {
+            health.mbg_answered(answered);
+        }
     }
 
     /// The same client, signing with this access token from now on.
@@ -419,6 +447,12 @@ impl MbgClient {
             endpoint: endpoint.clone(),
             kind,
         };
+        if let Some(lease) = &self.lease {
+            lease
+                .permit()
+                .await
+                .map_err(|lapsed| fail(MbgErrorKind::NotLeading(lapsed)))?;
+        }
         // Parsed once, so that what is signed is exactly what is sent.
         let url = url::Url::parse(&self.base.join(path)).map_err(|e| {
             fail(MbgErrorKind::Setup(format!(
@@ -440,9 +474,16 @@ impl MbgClient {
         let record = || crate::telemetry::mbg_request(method.as_str(), path, started.elapsed());
         let response = request.send().await.map_err(|e| {
             record();
-            fail(MbgErrorKind::Unavailable(transport_error(&e)))
+            let why = transport_error(&e);
+            self.observe(Err(&why));
+            fail(MbgErrorKind::Unavailable(why))
         })?;
         let status = response.status();
+        if status.is_server_error() {
+            self.observe(Err(&format!("{endpoint} answered {status}")));
+        } else {
+            self.observe(Ok(()));
+        }
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)

@@ -156,6 +156,26 @@ pub struct Context<'a> {
     pub shutdown: &'a Shutdown,
     pub options: &'a ApplyOptions,
     pub progress: Option<&'a super::Progress>,
+    pub superseded: &'a Superseded,
+}
+
+/// Extensions changed in the database since the pass planned them, as the pass learns of them.
+/// A call not yet sent for one of them is dropped: switched off five seconds into a pass that
+/// creates 5,000 SIP users, the rest are not created only to be deleted by the next pass.
+#[derive(Debug, Default)]
+pub struct Superseded(std::sync::Mutex<std::collections::HashSet<i64>>);
+
+impl Superseded {
+    pub fn extend(&self, ids: impl IntoIterator<Item = i64>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend(ids);
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
 }
 
 /// Where one action stands after a round.
@@ -187,6 +207,7 @@ async fn call_and_record(
 ) -> Result<ApplyReport, StoreError> {
     let mut report = ApplyReport::default();
     let refused = std::sync::atomic::AtomicBool::new(false);
+    let deposed = std::sync::atomic::AtomicBool::new(false);
     // Bounds the MBG calls in flight, not the bookkeeping after them: a call's slot is free as
     // soon as the MBG answers, while its outcome waits for the writer's next group.
     let in_flight = Semaphore::new(cx.options.max_in_flight.max(1));
@@ -196,7 +217,7 @@ async fn call_and_record(
         let steps: Vec<(Step, bool)> = futures_util::stream::iter(pending)
             .map(|action| {
                 let span = tracing::info_span!("apply", extension = %action.number(), action = action.verb());
-                let (refused, throttled, in_flight) = (&refused, &throttled, &in_flight);
+                let (refused, deposed, throttled, in_flight) = (&refused, &deposed, &throttled, &in_flight);
                 async move {
                     let called = action.is_mbg_call();
                     let slot = if called {
@@ -207,6 +228,8 @@ async fn call_and_record(
                     if action.is_change() {
                         let why = if refused.load(std::sync::atomic::Ordering::SeqCst) {
                             Some("not attempted: the MBG refused the token")
+                        } else if deposed.load(std::sync::atomic::Ordering::SeqCst) {
+                            Some("not attempted: this instance's lease lapsed (another may lead)")
                         } else if cx.shutdown.is_triggered() {
                             Some("not attempted: stopped by a signal")
                         } else {
@@ -214,6 +237,13 @@ async fn call_and_record(
                         };
                         if let Some(why) = why {
                             return (Step::Recorded(outcome(action, Status::Skipped, why.into())), false);
+                        }
+                        if action.extension_id().is_some_and(|id| cx.superseded.contains(id)) {
+                            if let Some(progress) = cx.progress {
+                                progress.step();
+                            }
+                            let why = "not sent: the extension changed after the pass planned it; the next pass acts on what it is now";
+                            return (Step::Recorded(outcome(action, Status::Stale, why.into())), false);
                         }
                     }
                     // The MBG asked us to slow down: what has not started waits for the next
@@ -230,12 +260,17 @@ async fn call_and_record(
                     let step = match answer {
                         Ok(created) => Step::Recorded(recorded(action, record_success(cx, rec, action, created).await)),
                         Err(error) => {
-                            if let MbgErrorKind::Unauthorized(_) = error.kind {
+                            if let MbgErrorKind::NotLeading(_) = error.kind {
+                                // Nothing was sent, and the row may be another leader's now:
+                                // no bookkeeping, and nothing more from this pass.
+                                deposed.store(true, std::sync::atomic::Ordering::SeqCst);
+                                Step::Recorded(outcome(action, Status::Skipped, error.to_string()))
+                            } else if let MbgErrorKind::Unauthorized(_) = error.kind {
                                 refused.store(true, std::sync::atomic::Ordering::SeqCst);
                                 warn!(error = %error, "the MBG refused the token; no more calls this pass");
                                 record(rec, RowWrite::Nothing, Some(audit(cx, action, "failed", &error.to_string()))).await.ok();
                                 Step::Refused(outcome(action, Status::Skipped, error.to_string()), error)
-                            } else if error.is_retryable() {
+                            } else if error.is_retryable() || refused_create(action, &error) {
                                 if let MbgErrorKind::RateLimited(Some(_)) = error.kind {
                                     throttled
                                         .lock()
@@ -268,8 +303,9 @@ async fn call_and_record(
             report.calls += usize::from(called);
             match step {
                 Step::Recorded(outcome) => {
-                    report.interrupted |=
-                        outcome.status == Status::Skipped && cx.shutdown.is_triggered();
+                    report.interrupted |= outcome.status == Status::Skipped
+                        && (cx.shutdown.is_triggered()
+                            || deposed.load(std::sync::atomic::Ordering::SeqCst));
                     report.outcomes.push(outcome);
                 }
                 Step::Retry(action, error) => retry.push((action, error)),
@@ -287,7 +323,14 @@ async fn call_and_record(
             .map(|(_, e)| in_pass_delay(round - 1, retry_after(e), cx.options.max_retry_after))
             .max()
             .unwrap_or_default();
+        // A refused create needs no delay: it is looked up at once, never posted again.
+        let delay = if retry.iter().all(|(a, e)| refused_create(a, e)) {
+            Duration::ZERO
+        } else {
+            delay
+        };
         let give_up = report.token_refused.is_some()
+            || deposed.load(std::sync::atomic::Ordering::SeqCst)
             || cx.shutdown.is_triggered()
             || round >= IN_PASS_ATTEMPTS
             || Instant::now() + delay > cx.options.retry_until;
@@ -315,7 +358,10 @@ async fn call_and_record(
         let mut again = Vec::new();
         let lost: Vec<&(&Action, MbgError)> = retry
             .iter()
-            .filter(|(a, e)| matches!(a, Action::Create { .. }) && answer_may_be_lost(e))
+            .filter(|(a, e)| {
+                matches!(a, Action::Create { .. })
+                    && (answer_may_be_lost(e) || refused_create(a, e))
+            })
             .collect();
         let found = if lost.is_empty() {
             Ok(Vec::new())
@@ -342,10 +388,15 @@ async fn call_and_record(
             match &found {
                 Ok(devices) => match devices.iter().find(|d| carries(d, device)) {
                     Some(made) => {
-                        info!(extension = %action.number(), guid = %made.guid, "the create went through before its answer was lost");
+                        info!(extension = %action.number(), guid = %made.guid, "the SIP user this create asked for is on the MBG already: taken as ours");
                         let result = record_success(cx, rec, action, Some(made.guid.clone())).await;
                         report.outcomes.push(recorded(action, result));
                     }
+                    // Refused, and not there with our credentials: the MBG's reason stands.
+                    None if refused_create(action, error) => report.outcomes.push(recorded(
+                        action,
+                        record_failure(cx, rec, action, error).await,
+                    )),
                     None => again.push(*action),
                 },
                 // Unknown whether it went through: never post twice. The next pass sees the
@@ -371,6 +422,14 @@ fn retry_after(error: &MbgError) -> Option<Duration> {
     }
 }
 
+/// A create refused with a 400 other than the licence one: perhaps because the SIP user it asks
+/// for is there already, made by a holder of the pass lock before us (whose answer we never
+/// saw). The MBG's wording is not part of its contract, so it is not matched: one device list
+/// read tells whether a SIP user with exactly this extension's credentials is there.
+fn refused_create(action: &Action, error: &MbgError) -> bool {
+    matches!(action, Action::Create { .. }) && matches!(error.kind, MbgErrorKind::BadRequest(_))
+}
+
 /// A 429 says the request was not carried out; a timeout, a reset or a 5xx may hide a success.
 fn answer_may_be_lost(error: &MbgError) -> bool {
     matches!(error.kind, MbgErrorKind::Unavailable(_))
@@ -378,7 +437,8 @@ fn answer_may_be_lost(error: &MbgError) -> bool {
 
 /// Whether `device` is what `wanted` asked the MBG to create.
 fn carries(device: &crate::mbg::SipDevice, wanted: &NewSipDevice) -> bool {
-    device.icpside_username == wanted.icpside_username
+    device.icp == wanted.icp
+        && device.icpside_username == wanted.icpside_username
         && device.setside_username == wanted.setside_username
         && device.setside_password.expose_secret() == wanted.setside_password.expose_secret()
 }

@@ -45,6 +45,13 @@ pub enum ReconcileError {
     },
     #[error("stopped by a signal before the MBG's state was read")]
     Interrupted,
+    #[error(
+        "cannot store the remote credentials generated for {extensions} extension(s), so the MBG was not called: {error}"
+    )]
+    CredentialsNotStored {
+        extensions: usize,
+        error: StoreError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -54,6 +61,16 @@ impl ReconcileError {
     pub fn mbg(&self) -> Option<&MbgError> {
         match self {
             ReconcileError::Mbg(e) | ReconcileError::GaveUp { last: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The database's error, when the pass failed on one.
+    pub fn store(&self) -> Option<&StoreError> {
+        match self {
+            ReconcileError::Store(e) | ReconcileError::CredentialsNotStored { error: e, .. } => {
+                Some(e)
+            }
             _ => None,
         }
     }
@@ -387,6 +404,7 @@ pub async fn run_pass_with(
     if let Some(progress) = &scope.progress {
         progress.plan(report.plan.changes().count());
     }
+    let superseded = apply::Superseded::default();
     let cx = apply::Context {
         store,
         client,
@@ -394,8 +412,23 @@ pub async fn run_pass_with(
         shutdown,
         options: &options,
         progress: scope.progress.as_deref(),
+        superseded: &superseded,
     };
-    let applied = apply::apply(&cx, &report.plan).await?;
+    // Beside the calls: which extensions change while they are made.
+    let planned_after = covered_changes.iter().map(|c| c.seq).max().unwrap_or(0);
+    let watch_changes = async {
+        loop {
+            tokio::time::sleep(config.watch.poll_interval).await;
+            match store.changed_after(planned_after).await {
+                Ok(ids) => superseded.extend(ids),
+                Err(e) => warn!(error = %e, "cannot look for changes made during the pass"),
+            }
+        }
+    };
+    let applied = tokio::select! {
+        applied = apply::apply(&cx, &report.plan) => applied?,
+        () = watch_changes => unreachable!("the watch never ends"),
+    };
     view.absorb(&applied.outcomes);
     stale.extend(
         applied
@@ -431,7 +464,7 @@ const CREDENTIAL_ROUNDS: u32 = 3;
 async fn fill_credentials(
     store: &Store,
     new_credentials: &impl Fn() -> (String, secrecy::SecretString),
-) -> Result<(), StoreError> {
+) -> Result<(), ReconcileError> {
     let fills: Vec<CredentialFill> = store
         .extensions_lacking_credentials()
         .await?
@@ -445,7 +478,13 @@ async fn fill_credentials(
             }
         })
         .collect();
-    store.fill_remote_credentials_all(&fills).await?;
+    store
+        .fill_remote_credentials_all(&fills)
+        .await
+        .map_err(|error| ReconcileError::CredentialsNotStored {
+            extensions: fills.len(),
+            error,
+        })?;
     if !fills.is_empty() {
         info!(
             extensions = fills.len(),

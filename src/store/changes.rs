@@ -24,6 +24,17 @@ impl Store {
             .map_err(StoreError::Database)
     }
 
+    /// The extensions with a change recorded after `seq`: what a pass planned before them no
+    /// longer stands. (A lower seq that commits late on PostgreSQL is missed here; the pass
+    /// then makes a call that the next pass undoes, as before this check existed.)
+    pub async fn changed_after(&self, seq: i64) -> Result<Vec<i64>> {
+        sqlx::query_scalar("SELECT DISTINCT extension_id FROM extension_changes WHERE seq > $1")
+            .bind(seq)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::Database)
+    }
+
     /// Removes exactly the changes handled. Never "everything up to seq N": on PostgreSQL a
     /// lower seq can commit after a higher one, and it must not be lost.
     pub async fn acknowledge_changes(&self, seqs: &[i64]) -> Result<()> {

@@ -15,7 +15,7 @@ pub enum StoreError {
     #[error("{field} is still in use: {reason}")]
     InUse { field: &'static str, reason: String },
     // Not `#[source]`: sqlx's messages already include their causes, and anyhow would repeat them.
-    #[error("database error: {0}")]
+    #[error("database error: {0}{hint}", hint = disk_hint(.0))]
     Database(sqlx::Error),
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretsError),
@@ -34,6 +34,27 @@ pub enum StoreError {
     /// The pass's outcome writer was gone (the pass itself was dropped) before this was written.
     #[error("the outcome writer stopped before this outcome was written")]
     WriterStopped,
+}
+
+/// SQLite's words for a disk that cannot be written ("disk I/O error", code 778) do not say
+/// what an operator can do about it.
+fn disk_hint(error: &sqlx::Error) -> &'static str {
+    let sqlx::Error::Database(e) = error else {
+        return "";
+    };
+    let full =
+        " (the disk holding the database is full: free space and the work resumes by itself)";
+    match e.code().as_deref() {
+        // PostgreSQL's SQLSTATEs have five characters; SQLite's result codes are numbers.
+        Some("53100") => full,
+        Some(code) if code.len() == 5 => "",
+        // The primary result code is the low byte of SQLite's extended one.
+        code => match code.and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff) {
+            Some(13) => full,
+            Some(10) => " (the database file could not be written: is its disk full or failing?)",
+            _ => "",
+        },
+    }
 }
 
 /// How much of a user's value an error message quotes.

@@ -2,9 +2,10 @@ use std::collections::{HashMap, HashSet};
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::AnyRow;
-use sqlx::{Any, AssertSqlSafe, Row, Transaction, ValueRef};
+use sqlx::{AssertSqlSafe, Row, ValueRef};
 
 use super::error::{classify, quote};
+use super::transaction::{Durability, Transaction};
 use super::{
     AuditEntry, Backend, BadRow, CredentialFill, Extension, ExtensionKind, ExtensionRows,
     ExtensionSpec, ExtensionState, NotFound, Result, StateUpdate, Store, StoreError, get_bool, now,
@@ -26,7 +27,7 @@ type Field<T> = std::result::Result<T, (&'static str, String)>;
 /// credential).
 fn read<'r, T>(row: &'r AnyRow, column: &'static str, expected: &str) -> Field<T>
 where
-    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
     row.try_get::<T, _>(column).map_err(|_| {
         let is_null = row.try_get_raw(column).is_ok_and(|v| v.is_null());
@@ -40,7 +41,11 @@ where
 }
 
 fn read_bool(row: &AnyRow, column: &'static str) -> Field<bool> {
-    get_bool(row, column).map_err(|_| (column, "is not a boolean (0 or 1)".to_string()))
+    get_bool(row, column).map_err(|e| match e {
+        // An integer out of range: its value is no secret, and it tells the DBA what to fix.
+        sqlx::Error::Decode(why) => (column, format!("is {why}")),
+        _ => (column, "is not a boolean (0 or 1)".to_string()),
+    })
 }
 
 fn read_text(row: &AnyRow, column: &'static str) -> Field<Option<String>> {
@@ -160,9 +165,9 @@ impl Store {
         spec: &ExtensionSpec,
         new_sip_password: &SecretString,
     ) -> Result<(Extension, bool)> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
+        let mut tx = Transaction::begin(&self.pool, self.backend, Durability::Normal).await?;
         let (id, created) = set_extension_in(&mut tx, spec, new_sip_password).await?;
-        tx.commit().await.map_err(StoreError::Database)?;
+        tx.commit().await?;
         Ok((self.extension(id).await?, created))
     }
 
@@ -180,11 +185,9 @@ impl Store {
         specs: &[ExtensionSpec],
         mut new_sip_password: impl FnMut() -> SecretString,
     ) -> Result<usize, (usize, StoreError)> {
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = Transaction::begin(&self.pool, self.backend, Durability::Normal)
             .await
-            .map_err(|e| (0, StoreError::Database(e)))?;
+            .map_err(|e| (0, e))?;
         let nodes: HashMap<String, i64> =
             sqlx::query_as::<_, (i64, String)>("SELECT id, name FROM nodes")
                 .fetch_all(&mut *tx)
@@ -257,9 +260,7 @@ impl Store {
             batches.push(&mut tx, row).await?;
         }
         batches.write_all(&mut tx).await?;
-        tx.commit()
-            .await
-            .map_err(|e| (specs.len(), StoreError::Database(e)))?;
+        tx.commit().await.map_err(|e| (specs.len(), e))?;
         Ok(created)
     }
 
@@ -499,7 +500,8 @@ impl Store {
                 ),
             });
         }
-        let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
+        // The MBG is told these credentials next: they must survive a power loss first.
+        let mut tx = Transaction::begin(&self.pool, self.backend, Durability::Synced).await?;
         sqlx::query(
             "UPDATE extensions SET remote_auth_name = $2, remote_auth_password = $3
               WHERE id = $1 AND version = $4",
@@ -519,8 +521,8 @@ impl Store {
             }),
         })?;
         let audited = [super::PassWrite::Audit(audit.clone())];
-        super::outcomes::write_chunk(&mut tx, self.backend, &audited).await?;
-        tx.commit().await.map_err(StoreError::Database)?;
+        super::outcomes::write_chunk(&mut tx, self.backend, self.fence(), &audited).await?;
+        tx.commit().await?;
         self.extension(id).await
     }
 
@@ -561,7 +563,7 @@ impl Store {
 }
 
 async fn set_extension_in(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction,
     spec: &ExtensionSpec,
     new_sip_password: &SecretString,
 ) -> Result<(i64, bool)> {
@@ -703,7 +705,7 @@ impl<'a> Batches<'a> {
 
     async fn push(
         &mut self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut Transaction,
         row: BatchRow<'a>,
     ) -> Result<(), (usize, StoreError)> {
         let given = Given::of(row.spec);
@@ -720,10 +722,7 @@ impl<'a> Batches<'a> {
         Ok(())
     }
 
-    async fn write_all(
-        &mut self,
-        tx: &mut Transaction<'static, Any>,
-    ) -> Result<(), (usize, StoreError)> {
+    async fn write_all(&mut self, tx: &mut Transaction) -> Result<(), (usize, StoreError)> {
         for (given, batch) in self.batches.drain() {
             write_batch(tx, self.backend, given, &batch).await?;
         }
@@ -734,7 +733,7 @@ impl<'a> Batches<'a> {
 
 /// Writes one batch with one statement.
 async fn write_batch(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction,
     backend: Backend,
     given: Given,
     batch: &[BatchRow<'_>],
@@ -812,7 +811,7 @@ async fn write_batch(
 /// Moves the number's row from `from` to the spec's node, applying the spec as
 /// [`set_extension_in`] does.
 async fn move_extension_in(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction,
     spec: &ExtensionSpec,
     from: i64,
     to: i64,

@@ -11,17 +11,48 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use sqlx::{AnyConnection, Connection, Row};
 
+use super::transaction::Transaction;
 use super::{Backend, Store, StoreError, now};
+use crate::lease::Lease;
 
 /// The advisory lock key: any constant, since advisory locks are per database.
 const ADVISORY_KEY: i64 = 0x6d62_675f_7061_7373; // "mbg_pass"
 const POLL: Duration = Duration::from_millis(200);
-/// How often a held PostgreSQL lock checks that its connection still answers, and how long it
-/// waits for the answer.
-const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
-const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a holder promises the next one: it calls the MBG only while its lease holds, and each
+/// call ends within the MBG timeout. A holder that does not release cleanly is waited out for
+/// both before the next one's first call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTerms {
+    /// `leader.lease`: how long the holder goes on calling without a confirmed lock.
+    pub lease: Duration,
+    /// `mbg.timeout`: how long one of its calls may last.
+    pub mbg_timeout: Duration,
+}
+
+impl LeaseTerms {
+    pub fn of(config: &crate::config::Config) -> LeaseTerms {
+        LeaseTerms {
+            lease: config.leader.lease,
+            mbg_timeout: config.mbg.timeout,
+        }
+    }
+
+    /// How often a held PostgreSQL lock checks that its connection still answers: several
+    /// times per lease, so that one slow answer does not let the lease lapse.
+    fn liveness_interval(&self) -> Duration {
+        (self.lease / 6).max(Duration::from_millis(50))
+    }
+
+    /// How long a check waits for its answer: the bound on noticing a half-open connection.
+    fn liveness_timeout(&self) -> Duration {
+        (self.lease / 2).max(Duration::from_millis(100))
+    }
+}
 
 /// Who holds the pass lock, as it recorded itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +101,13 @@ pub enum LockError {
 pub struct PassLock {
     store: Store,
     hold: Hold,
+    terms: LeaseTerms,
     /// When [`PassLock::lost`] next checks the connection.
     next_check: tokio::time::Instant,
+    /// Extended by each confirmed check; asked by the MBG client before each call.
+    lease: Lease,
+    /// This holder's number in `pass_epoch`.
+    epoch: i64,
 }
 
 enum Hold {
@@ -99,18 +135,36 @@ impl PassLock {
             // The schedule lives in the lock: a caller that polls this in a loop of shorter
             // turns must not put the check off for ever.
             tokio::time::sleep_until(self.next_check).await;
-            let alive = tokio::time::timeout(LIVENESS_TIMEOUT, async {
+            let started = std::time::Instant::now();
+            let alive = tokio::time::timeout(self.terms.liveness_timeout(), async {
                 sqlx::query("SELECT 1").execute(&mut *connection).await
             })
             .await;
             if !matches!(alive, Ok(Ok(_))) {
                 return;
             }
-            self.next_check = tokio::time::Instant::now() + LIVENESS_INTERVAL;
+            self.lease.extend_from(started);
+            self.next_check = tokio::time::Instant::now() + self.terms.liveness_interval();
         }
     }
 
+    /// What the MBG client asks before each call (see [`crate::lease`]).
+    pub fn lease(&self) -> Lease {
+        self.lease.clone()
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// Releases the lock, saying that no call of ours is in flight any more: the next holder
+    /// starts at once.
     pub async fn release(self) {
+        self.store.fence.store(0, Ordering::Release);
+        let _ = sqlx::query("UPDATE pass_epoch SET released = TRUE WHERE id = 1 AND epoch = $1")
+            .bind(self.epoch)
+            .execute(&self.store.pool)
+            .await;
         let _ = sqlx::query("DELETE FROM pass_holder WHERE id = 1")
             .execute(&self.store.pool)
             .await;
@@ -133,13 +187,14 @@ impl Store {
     /// found taken, with its holder.
     pub async fn lock_passes(
         &self,
+        terms: LeaseTerms,
         wait: Duration,
         on_wait: impl FnOnce(Option<&Holder>),
     ) -> Result<PassLock, LockError> {
         let started = Instant::now();
         let mut on_wait = Some(on_wait);
         loop {
-            if let Some(lock) = self.try_lock_passes().await? {
+            if let Some(lock) = self.try_lock_passes(terms).await? {
                 return Ok(lock);
             }
             let holder = self.pass_holder().await?;
@@ -157,7 +212,7 @@ impl Store {
     }
 
     /// Takes the pass lock if it is free.
-    pub async fn try_lock_passes(&self) -> Result<Option<PassLock>, LockError> {
+    pub async fn try_lock_passes(&self, terms: LeaseTerms) -> Result<Option<PassLock>, LockError> {
         let hold = match self.backend {
             Backend::Postgres => {
                 let mut connection = AnyConnection::connect(self.url.expose())
@@ -211,11 +266,68 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(StoreError::Database)?;
+        // A file lock is never lost while this process lives: its lease never lapses.
+        let lease_length = matches!(hold, Hold::Postgres(_)).then_some(terms.lease);
+        let (epoch, previous) = self.take_epoch(lease_length, terms.mbg_timeout).await?;
+        let quiet_for = previous.unwrap_or_default();
+        if !quiet_for.is_zero() {
+            tracing::warn!(
+                wait_ms = quiet_for.as_millis() as u64,
+                "the previous holder of the pass lock did not release it cleanly: waiting out its lease and MBG timeout before the first MBG call, so that no call of the two overlaps"
+            );
+        }
+        self.fence.store(epoch, Ordering::Release);
         Ok(Some(PassLock {
             store: self.clone(),
             hold,
-            next_check: tokio::time::Instant::now() + LIVENESS_INTERVAL,
+            terms,
+            next_check: tokio::time::Instant::now() + terms.liveness_interval(),
+            lease: Lease::new(lease_length, std::time::Instant::now() + quiet_for),
+            epoch,
         }))
+    }
+
+    /// Bumps the epoch for a new holder; returns it and how long the previous holder's calls may
+    /// still run (`None` when it released cleanly).
+    async fn take_epoch(
+        &self,
+        lease: Option<Duration>,
+        mbg_timeout: Duration,
+    ) -> Result<(i64, Option<Duration>), StoreError> {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let mut tx = Transaction::begin(
+            &self.pool,
+            self.backend,
+            super::transaction::Durability::Normal,
+        )
+        .await?;
+        let previous =
+            sqlx::query("SELECT lease_ms, mbg_timeout_ms, released FROM pass_epoch WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::Database)?;
+        let released = super::get_bool(&previous, "released").map_err(StoreError::Database)?;
+        let outlives: i64 = previous
+            .try_get::<i64, _>("lease_ms")
+            .and_then(|lease| Ok(lease + previous.try_get::<i64, _>("mbg_timeout_ms")?))
+            .map_err(StoreError::Database)?;
+        let epoch: i64 = sqlx::query_scalar(
+            "UPDATE pass_epoch
+                SET epoch = epoch + 1, lease_ms = $1, mbg_timeout_ms = $2, released = FALSE,
+                    taken_at = $3
+              WHERE id = 1
+             RETURNING epoch",
+        )
+        .bind(lease.map_or(0, ms))
+        .bind(ms(mbg_timeout))
+        .bind(now())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::Database)?;
+        tx.commit().await?;
+        let previous =
+            (!released).then(|| Duration::from_millis(u64::try_from(outlives).unwrap_or_default()));
+        Ok((epoch, previous))
     }
 
     /// Who holds the pass lock, as it recorded itself (`None` between its taking the lock and

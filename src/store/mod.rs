@@ -13,6 +13,7 @@ mod model;
 mod nodes;
 mod outcomes;
 mod settings;
+mod transaction;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use crate::config::DatabaseUrl;
 use crate::secrets::{self, SecretKey};
 
 pub use error::{NotFound, StoreError, quote};
-pub use lock::{Holder, LockError, PassLock};
+pub use lock::{Holder, LeaseTerms, LockError, PassLock};
 pub use model::*;
 pub use outcomes::{CredentialFill, PassWrite};
 
@@ -62,6 +63,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "statement triggers",
         include_str!("../../migrations/sqlite/0005_statement_triggers.sql"),
         include_str!("../../migrations/postgres/0005_statement_triggers.sql"),
+    ),
+    (
+        6,
+        "pass epoch",
+        include_str!("../../migrations/sqlite/0006_pass_epoch.sql"),
+        include_str!("../../migrations/postgres/0006_pass_epoch.sql"),
     ),
 ];
 
@@ -99,6 +106,9 @@ pub struct Store {
     url: DatabaseUrl,
     /// Seals the token secrets in `mbg_settings` (see [`crate::secrets`]).
     secret_key: std::sync::Arc<SecretKey>,
+    /// The `pass_epoch` of the pass lock this process holds (0: none). Outcome writes carry it,
+    /// so that a deposed holder's writes land nowhere.
+    fence: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -202,11 +212,17 @@ impl Store {
             backend,
             url: url.clone(),
             secret_key: std::sync::Arc::new(SecretKey::new(secrets::default_key_file(url))),
+            fence: Default::default(),
         };
         if options.migrate {
             store.migrate().await?;
         }
         Ok(store)
+    }
+
+    /// The epoch of the pass lock held by this process, or 0.
+    fn fence(&self) -> i64 {
+        self.fence.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn backend(&self) -> Backend {
@@ -267,6 +283,15 @@ impl Store {
                 .collect(),
             applied: applied.len(),
         })
+    }
+
+    /// One `SELECT 1`: whether the database answers at all.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::Database)
     }
 
     pub async fn close(&self) {
@@ -360,10 +385,18 @@ pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// SQLite hands booleans back as integers through `Any`, PostgreSQL as booleans.
+/// SQLite hands booleans back as integers through `Any`, PostgreSQL as booleans. Only 0 and 1
+/// are booleans: SQLite stores whatever a writer with its checks off gives it, and a 2 taken as
+/// "on" would provision an extension nobody switched on.
 fn get_bool(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
     row.try_get::<bool, _>(column)
-        .or_else(|_| row.try_get::<i64, _>(column).map(|v| v != 0))
+        .or_else(|_| match row.try_get::<i64, _>(column)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(sqlx::Error::Decode(
+                format!("{other}, not a boolean (0 or 1)").into(),
+            )),
+        })
 }
 
 fn get_secret(row: &AnyRow, column: &str) -> Result<Option<SecretString>, sqlx::Error> {

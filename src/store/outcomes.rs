@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::error::classify;
+use super::transaction::{Durability, Transaction};
 use super::{AuditEntry, Backend, DeviceFact, OutcomeWrite, Result, Store, StoreError};
 
 /// Rows per multi-row credential statement. Small enough that a statement stays well under
@@ -86,7 +87,7 @@ impl Store {
     }
 
     async fn fill_in_one_transaction(&self, fills: &[CredentialFill]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
+        let mut tx = Transaction::begin(&self.pool, self.backend, Durability::Synced).await?;
         for chunk in fills.chunks(FILL_CHUNK) {
             // UPDATE … FROM (VALUES …): one statement per chunk on both backends.
             let sql = format!(
@@ -111,7 +112,7 @@ impl Store {
                 .await
                 .map_err(StoreError::Database)?;
         }
-        tx.commit().await.map_err(StoreError::Database)
+        tx.commit().await
     }
 
     /// Writes an outcome of a pass in one transaction. Returns `false` when the row changed
@@ -134,7 +135,7 @@ impl Store {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
+        let mut tx = Transaction::begin(&self.pool, self.backend, Durability::Normal).await?;
         let mut seen = std::collections::HashSet::new();
         let distinct = writes.iter().all(|w| match w {
             PassWrite::Outcome(o) => seen.insert(o.extension_id),
@@ -143,15 +144,22 @@ impl Store {
         let mut written = Vec::with_capacity(writes.len());
         if distinct {
             for chunk in writes.chunks(GROUP_CHUNK) {
-                written.extend(write_chunk(&mut tx, self.backend, chunk).await?);
+                written.extend(write_chunk(&mut tx, self.backend, self.fence(), chunk).await?);
             }
         } else {
             for write in writes {
-                written
-                    .extend(write_chunk(&mut tx, self.backend, std::slice::from_ref(write)).await?);
+                written.extend(
+                    write_chunk(
+                        &mut tx,
+                        self.backend,
+                        self.fence(),
+                        std::slice::from_ref(write),
+                    )
+                    .await?,
+                );
             }
         }
-        tx.commit().await.map_err(StoreError::Database)?;
+        tx.commit().await?;
         Ok(written)
     }
 }
@@ -186,8 +194,15 @@ fn values(backend: Backend, rows: usize, types: &[&str]) -> String {
 pub(super) async fn write_chunk(
     conn: &mut AnyConnection,
     backend: Backend,
+    fence: i64,
     chunk: &[PassWrite],
 ) -> Result<Vec<bool>> {
+    // Only while this process's epoch is the current one: a deposed holder's outcomes land
+    // nowhere (as a stale version's do). An integer of ours, so written into the statement.
+    let fenced = match fence {
+        0 => String::new(),
+        epoch => format!(" AND EXISTS (SELECT 1 FROM pass_epoch WHERE id = 1 AND epoch = {epoch})"),
+    };
     let outcomes: Vec<&OutcomeWrite> = chunk
         .iter()
         .filter_map(|w| match w {
@@ -209,7 +224,7 @@ pub(super) async fn write_chunk(
              UPDATE extensions
                 SET mbg_device_id = fact.guid, provisioned_by_us = fact.guid IS NOT NULL
                FROM fact
-              WHERE extensions.id = fact.id",
+              WHERE extensions.id = fact.id{fenced}",
             values(backend, facts.len(), &["BIGINT", "TEXT"])
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -233,7 +248,7 @@ pub(super) async fn write_chunk(
                 SET state = outcome.state, last_error = outcome.last_error,
                     attempts = outcome.attempts, next_attempt_at = outcome.next_attempt_at
                FROM outcome
-              WHERE extensions.id = outcome.id AND extensions.version = outcome.version
+              WHERE extensions.id = outcome.id AND extensions.version = outcome.version{fenced}
              RETURNING extensions.id",
             values(
                 backend,

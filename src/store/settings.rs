@@ -5,6 +5,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::Row;
 
+use super::transaction::{Durability, Transaction};
 use super::{
     AuditEntry, MbgSettings, Result, Store, StoreError, TemporaryToken, get_parsed, get_secret, now,
 };
@@ -79,7 +80,7 @@ impl Store {
         let consumer_secret = key.seal("consumer_secret", &t.consumer_secret)?;
         let token = key.seal("temp_token", &t.token)?;
         let secret = key.seal("temp_token_secret", &t.secret)?;
-        let mut tx = self.pool.begin().await.map_err(StoreError::Database)?;
+        let mut tx = Transaction::begin(&self.pool, self.backend, Durability::Normal).await?;
         if discard_access_token {
             sqlx::query(
                 "UPDATE mbg_settings
@@ -119,7 +120,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::Database)?;
-        tx.commit().await.map_err(StoreError::Database)?;
+        tx.commit().await?;
         Ok(())
     }
 

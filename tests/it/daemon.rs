@@ -231,7 +231,8 @@ async fn a_refused_token_stops_the_calls_until_a_new_one_is_stored(db: TestDb) {
                 Duration::from_secs(10),
                 || {
                     let health = daemon.health.snapshot();
-                    !health.is_healthy() && health.unhealthy.iter().any(|u| u.starts_with("token:"))
+                    !health.is_healthy()
+                        && health.unhealthy().iter().any(|u| u.starts_with("token:"))
                 },
             )
             .await;

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use mbg_provision::sim::{Faults, SimConfig};
-use mbg_provision::store::{ExtensionSpec, ExtensionState, NewNode, Store};
+use mbg_provision::store::{ExtensionSpec, ExtensionState, LeaseTerms, NewNode, Store};
 use secrecy::SecretString;
 use sqlx::Connection;
 
@@ -79,6 +79,12 @@ pub(crate) async fn with_extensions(
     h
 }
 
+/// The lease terms of a pass lock taken by a test itself.
+const TERMS: LeaseTerms = LeaseTerms {
+    lease: Duration::from_secs(1),
+    mbg_timeout: Duration::from_secs(2),
+};
+
 pub(crate) fn command(h: &Harness, dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command
@@ -87,6 +93,9 @@ pub(crate) fn command(h: &Harness, dir: &Path, args: &[&str]) -> Command {
         .env("MBG_PROVISION_SECRETS__KEY_FILE", &h.db.key_file)
         .env("MBG_PROVISION_MBG__BASE_URL", h.sim.base_url())
         .env("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "8")
+        // Short, so that a run after a killed one waits seconds, not a quarter of a minute.
+        .env("MBG_PROVISION_MBG__TIMEOUT", "2s")
+        .env("MBG_PROVISION_LEADER__LEASE", "1s")
         .env_remove("RUST_LOG")
         .args(args)
         .stdout(Stdio::piped())
@@ -290,7 +299,7 @@ async fn a_second_sync_waits_then_names_the_holder(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let lock =
         h.db.store
-            .lock_passes(Duration::ZERO, |_| {})
+            .lock_passes(TERMS, Duration::ZERO, |_| {})
             .await
             .unwrap();
     let started = Instant::now();
@@ -425,7 +434,7 @@ async fn a_link_to_the_database_shares_its_lock() {
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let lock =
         h.db.store
-            .lock_passes(Duration::ZERO, |_| {})
+            .lock_passes(TERMS, Duration::ZERO, |_| {})
             .await
             .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mbg_provision::health::{HealthState, Reachability, Role, TokenHealth};
+use mbg_provision::health::{Concern, HealthState, Reachability, Role, Severity, TokenHealth};
 use mbg_provision::http;
 use mbg_provision::mbg::NewSipDevice;
 use mbg_provision::reconcile::{Outcome, Status};
@@ -90,11 +90,13 @@ fn healthy_leader(health: &HealthState) {
             ok: true,
             error: None,
             checked_at: Some(1_700_000_000),
+            failing_since: None,
         };
         h.mbg = Reachability {
             ok: true,
             error: None,
             checked_at: Some(1_700_000_001),
+            failing_since: None,
         };
         h.queue_depth = 3;
         h.last_full_reconcile = Some(1_700_000_002);
@@ -155,8 +157,11 @@ async fn healthz_answers_503_with_the_reason_and_follows_changes_live() {
 
     // Degraded still answers 200: the work goes on.
     server.health.update(|h| {
-        h.degraded
-            .push("the token expires in 12 days and cannot be renewed by API".into())
+        h.set(
+            Concern::TokenExpiry,
+            Severity::Degraded,
+            "the token expires in 12 days and cannot be renewed by API",
+        )
     });
     let (code, body) = server.healthz().await;
     assert_eq!(code, StatusCode::OK);
@@ -166,19 +171,20 @@ async fn healthz_answers_503_with_the_reason_and_follows_changes_live() {
     server.health.update(|h| {
         h.token.state = "rejected".into();
         h.token.problem = Some(reason.into());
-        h.unhealthy.push(reason.into());
+        h.set(Concern::Token, Severity::Unhealthy, reason);
     });
     let (code, body) = server.healthz().await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["status"], "unhealthy");
-    assert_eq!(body["unhealthy"][0], reason);
+    assert_eq!(body["unhealthy"][0], format!("token: {reason}"));
+    assert_eq!(body["unhealthy"].as_array().unwrap().len(), 1);
     assert_eq!(body["token"]["state"], "rejected");
     assert_eq!(body["role"], "leader");
 
     // And back, without a restart.
     server.health.update(|h| {
-        h.unhealthy.clear();
-        h.degraded.clear();
+        h.clear(Concern::Token);
+        h.clear(Concern::TokenExpiry);
     });
     let (code, body) = server.healthz().await;
     assert_eq!(code, StatusCode::OK);

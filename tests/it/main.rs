@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod config;
 mod daemon;
+mod disk_full;
 mod guarantees;
 mod hostile;
 mod http;

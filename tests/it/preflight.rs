@@ -6,7 +6,7 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mbg_provision::health::HealthState;
+use mbg_provision::health::{Concern, HealthState, Severity};
 use mbg_provision::preflight::tls::{self, Certificate};
 use mbg_provision::shutdown::Shutdown;
 use mbg_provision::telemetry::Telemetry;
@@ -411,7 +411,13 @@ async fn the_daemons_health_is_read_from_healthz() {
     assert_eq!(daemon["status"], "pass", "{daemon:#}");
     assert!(daemon["detail"].as_str().unwrap().contains("leader"));
 
-    health.update(|h| h.unhealthy.push("the MBG refused the token".into()));
+    health.update(|h| {
+        h.set(
+            Concern::Token,
+            Severity::Unhealthy,
+            "the MBG refused the token",
+        )
+    });
     let output = site.run(&["preflight", "--json"]);
     assert_eq!(output.status.code(), Some(1));
     let report = json(&output);

@@ -450,6 +450,7 @@ async fn apply_planned(
         shutdown: &shutdown,
         options: &options,
         progress: None,
+        superseded: &Default::default(),
     };
     reconcile::apply::apply(&cx, plan).await.unwrap()
 }

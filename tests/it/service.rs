@@ -17,6 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_mbg-provision");
 crate::on_both_backends!(
     flips_reach_the_mbg_healthz_answers_and_sigterm_exits_0,
     a_daemon_killed_mid_batch_converges_on_restart,
+    a_switch_off_during_a_long_pass_stops_its_creates,
 );
 
 async fn setup(db: TestDb, sim: SimConfig, count: usize) -> Harness {
@@ -54,9 +55,22 @@ impl Daemon {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
+        let (mut command, port) = Daemon::command(h, dir, args, env);
+        Daemon::spawn(&mut command, port, dir)
+    }
+
+    /// The command [`Daemon::start_env`] runs, and its HTTP port, for a test that changes how
+    /// the process starts.
+    pub(crate) fn command(
+        h: &Harness,
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Command, u16) {
         let port = free_port();
         let log = std::fs::File::create(dir.join(format!("daemon-{port}.log"))).unwrap();
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(args)
             .arg("run")
             .current_dir(dir)
@@ -65,17 +79,32 @@ impl Daemon {
             .env("MBG_PROVISION_MBG__BASE_URL", h.sim.base_url())
             .env("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "8")
             .env("MBG_PROVISION_WATCH__POLL_INTERVAL", "200ms")
+            .env("MBG_PROVISION_MBG__TIMEOUT", "2s")
+            .env("MBG_PROVISION_LEADER__LEASE", "1s")
             .env("MBG_PROVISION_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        (command, port)
+    }
+
+    /// Spawns `command`. A stderr the caller made a pipe is copied to the log file by this
+    /// process, so that the log survives limits put on the daemon's own writes.
+    pub(crate) fn spawn(command: &mut Command, port: u16, dir: &std::path::Path) -> Daemon {
+        let mut child = command.spawn().unwrap();
+        if let Some(mut stderr) = child.stderr.take() {
+            let mut log = std::fs::File::create(dir.join(format!("daemon-{port}.log"))).unwrap();
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut log));
+        }
         Daemon {
             child: Some(child),
             port,
         }
+    }
+
+    pub(crate) fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
     pub(crate) fn log(&self, dir: &std::path::Path) -> String {
@@ -423,6 +452,72 @@ async fn sighup_reloads_the_configuration_and_keeps_it_when_the_new_one_is_bad()
         daemon.role().await.as_deref(),
         Some("leader"),
         "still running"
+    );
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait().await, Some(0));
+}
+
+/// 2,000 extensions switched on, then all off a second into the creating pass (4 calls at a
+/// time, 25 ms each: the pass would take some 12 s): the creates not yet sent are dropped, the
+/// few made are removed, and `queue_depth` shows the work left meanwhile.
+async fn a_switch_off_during_a_long_pass_stops_its_creates(db: TestDb) {
+    const COUNT: usize = 2000;
+    let mut sim = sim_config();
+    sim.faults = Faults {
+        latency_ms: 25,
+        ..Faults::default()
+    };
+    let h = setup(db, sim, COUNT).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_env(
+        &h,
+        dir.path(),
+        &[],
+        &[("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "4")],
+    );
+    eventually("leading after a full pass", Duration::from_secs(20), async || {
+        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
+    })
+    .await;
+    sql(&h.db.url, "UPDATE extensions SET use_remote_auth = true").await;
+    let mut deepest = 0;
+    eventually(
+        "the creating pass under way",
+        Duration::from_secs(20),
+        async || {
+            if let Some((_, body)) = daemon.health().await {
+                deepest = deepest.max(body["queue_depth"].as_u64().unwrap_or(0));
+            }
+            h.sim.devices().len() >= 40 && deepest > 0
+        },
+    )
+    .await;
+    assert!(
+        deepest > 1000,
+        "queue_depth counts the work not yet done during the pass: at most {deepest} seen"
+    );
+    sql(&h.db.url, "UPDATE extensions SET use_remote_auth = false").await;
+    let switched_off_with = h.sim.devices().len();
+    eventually(
+        "every SIP user removed",
+        Duration::from_secs(60),
+        async || h.sim.devices().is_empty(),
+    )
+    .await;
+    let creates = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/devices/sip/"))
+        .count();
+    eprintln!(
+        "{:?}: {switched_off_with} SIP users when switched off, {creates} creates in all (of {COUNT})",
+        h.db.store.backend()
+    );
+    // One poll interval (200 ms) of 4 × 40 calls/s may still go out after the switch-off.
+    assert!(
+        creates < switched_off_with + 200,
+        "{creates} creates for {switched_off_with} wanted when the extensions were switched off"
     );
     daemon.signal("-TERM");
     assert_eq!(daemon.wait().await, Some(0));

@@ -1250,7 +1250,9 @@ async fn bad_rows_are_reported_and_the_others_carry_on(db: TestDb) {
     let store = &db.store;
     with_nodes(store).await;
     let mut ids = std::collections::HashMap::new();
-    for number in ["1001", "1002", "1003", "1004", "1005", "1006"] {
+    for number in [
+        "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008",
+    ] {
         let (e, _) = store
             .set_extension(&spec(number, "pbx1"), &secret("p"))
             .await
@@ -1269,6 +1271,33 @@ async fn bad_rows_are_reported_and_the_others_carry_on(db: TestDb) {
             "sip_password",
         ),
     };
+    // A flag that is neither on nor off is a bad row, not "on". PostgreSQL's boolean column
+    // cannot hold one; the same reading code judges both.
+    let flags: &[(&str, &str)] = match store.backend() {
+        Backend::Sqlite => &[
+            (
+                "UPDATE extensions SET use_remote_auth = 2 WHERE number = '1007'",
+                "use_remote_auth",
+            ),
+            (
+                "UPDATE extensions SET use_remote_auth = 'yes' WHERE number = '1008'",
+                "use_remote_auth",
+            ),
+        ],
+        Backend::Postgres => &[
+            (
+                "UPDATE extensions SET kind = '' WHERE number = '1007'",
+                "kind",
+            ),
+            (
+                "UPDATE extensions SET state = 'on' WHERE number = '1008'",
+                "state",
+            ),
+        ],
+    };
+    for (sql, _) in flags {
+        other.execute(*sql).await.unwrap();
+    }
     for sql in [
         "UPDATE extensions SET state = 'bogus', remote_auth_password = 'Leak-Pass-1' WHERE number = '1001'",
         "UPDATE extensions SET attempts = -3 WHERE number = '1002'",
@@ -1297,8 +1326,14 @@ async fn bad_rows_are_reported_and_the_others_carry_on(db: TestDb) {
             (ids["1004"], Some("1004"), "kind"),
             (ids["1005"], Some("10a5"), "number"),
             (ids["1006"], Some("1006"), backend_specific.1),
+            (ids["1007"], Some("1007"), flags[0].1),
+            (ids["1008"], Some("1008"), flags[1].1),
         ]
     );
+    if store.backend() == Backend::Sqlite {
+        let flag = rows.bad.iter().find(|b| b.id == ids["1007"]).unwrap();
+        assert!(flag.to_string().contains("is 2, not"), "{flag}");
+    }
     let text = rows
         .bad
         .iter()
