@@ -205,7 +205,8 @@ pub async fn run(
     } else {
         Display::Lines
     };
-    let pass = async {
+    let previous_uncertain = lock.as_ref().and_then(|l| l.previous_uncertain_until());
+    let one_pass = async || {
         let mut view = MbgView::read(&client, &app.config, &shutdown).await?;
         let scope = Scope {
             progress: Some(progress.clone()),
@@ -226,6 +227,33 @@ pub async fn run(
             result = pass => result,
             () = show_progress(&progress, display) => unreachable!("shows until the pass ends"),
         }
+    };
+    let pass = async {
+        let mut report = one_pass().await?;
+        if mode == Mode::DryRun {
+            return Ok(report);
+        }
+        // A create whose answer was lost (ours, or a killed holder's) may land after the device
+        // list was read: read it again once none can, and delete the late copies, before
+        // saying that the MBG holds what the database says.
+        let Some(settle_at) = report.uncertain_until().max(previous_uncertain) else {
+            return Ok(report);
+        };
+        if !quiet && !json {
+            eprintln!(
+                "a create's answer was lost (here or in a pass that was killed): reading the MBG again in {} s for late copies",
+                settle_at
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_secs()
+                    .max(1)
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(settle_at.into()) => {}
+            _ = shutdown.triggered() => return Err(ReconcileError::Interrupted),
+        }
+        report.absorb_follow_up(one_pass().await?);
+        Ok(report)
     };
     let (result, lock) = match lock {
         None => (pass.await, None),

@@ -108,6 +108,12 @@ pub async fn run_with(
                 );
                 health.update(|h| h.role = Role::Standby);
                 drop(lock);
+                // A beat before trying again, so that a standby that saw the lock free takes
+                // it rather than the instance that just lost its connection.
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY_POLL) => {}
+                    _ = shutdown.triggered() => {}
+                }
             }
         }
     }

@@ -48,6 +48,8 @@ pub struct Worker {
     client: Option<(i64, MbgClient)>,
     /// The lease of the lock held (see [`crate::lease`]).
     lease: Option<crate::lease::Lease>,
+    /// When a create whose answer was lost can no longer land: a full pass is due then.
+    settle_at: Option<Instant>,
     next_full: Instant,
     /// When the next failed extension is due; recomputed after each pass, since only passes
     /// (this leader's) write retry times.
@@ -81,6 +83,7 @@ impl Worker {
             view: None,
             client: None,
             lease: None,
+            settle_at: None,
             next_full: Instant::now(),
             retry_at: Instant::now(),
             next_probe: Instant::now(),
@@ -97,6 +100,9 @@ impl Worker {
         self.next_full = Instant::now();
         self.lease = Some(lock.lease());
         self.client = None;
+        // After a holder that stopped while creating: a full pass again once its late creates
+        // cannot land any more, to delete their copies.
+        self.settle_at = lock.previous_uncertain_until().map(Instant::from_std);
         loop {
             let wake = {
                 let poll = tokio::time::sleep(self.app.config.watch.poll_interval);
@@ -227,6 +233,10 @@ impl Worker {
             Ok(report) => {
                 if let Some(applied) = &report.applied {
                     reconcile::count_outcomes(&applied.outcomes);
+                }
+                let settle_at = report.uncertain_until().map(Instant::from_std);
+                if let Some(at) = settle_at.max(self.settle_at.take()) {
+                    self.next_full = self.next_full.min(at);
                 }
                 // The pass read and wrote the database: it works, writes included.
                 if self.last_failure.take().is_some() {

@@ -50,6 +50,8 @@ pub struct ApplyOptions {
     /// No retry round starts after this instant.
     pub retry_until: Instant,
     pub now: i64,
+    /// `mbg.timeout`: how long after its sending an unanswered create may still land.
+    pub mbg_timeout: Duration,
 }
 
 /// How one action ended.
@@ -121,6 +123,10 @@ pub struct ApplyReport {
     pub interrupted: bool,
     /// MBG calls made, retries included.
     pub calls: usize,
+    /// A create whose answer was lost may still land on the MBG until then (its sending + 2 ×
+    /// `mbg.timeout`): a second copy, if it was posted again. Whoever reports the pass a success
+    /// reads the MBG again after it.
+    pub uncertain_until: Option<Instant>,
 }
 
 /// Delay before a later pass tries again: `Retry-After` when the MBG gave one, else exponential
@@ -208,6 +214,8 @@ async fn call_and_record(
     let mut report = ApplyReport::default();
     let refused = std::sync::atomic::AtomicBool::new(false);
     let deposed = std::sync::atomic::AtomicBool::new(false);
+    let horizon = CreateHorizon::default();
+    let uncertain: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
     // Bounds the MBG calls in flight, not the bookkeeping after them: a call's slot is free as
     // soon as the MBG answers, while its outcome waits for the writer's next group.
     let in_flight = Semaphore::new(cx.options.max_in_flight.max(1));
@@ -218,6 +226,7 @@ async fn call_and_record(
             .map(|action| {
                 let span = tracing::info_span!("apply", extension = %action.number(), action = action.verb());
                 let (refused, deposed, throttled, in_flight) = (&refused, &deposed, &throttled, &in_flight);
+                let (horizon, uncertain) = (&horizon, &uncertain);
                 async move {
                     let called = action.is_mbg_call();
                     let slot = if called {
@@ -253,8 +262,21 @@ async fn call_and_record(
                     {
                         return (Step::Retry(action, limited), false);
                     }
+                    if matches!(action, Action::Create { .. })
+                        && let Err(e) = horizon.before_post(cx.store).await
+                    {
+                        return (Step::Recorded(recorded(action, Err(e))), false);
+                    }
+                    let sent_at = Instant::now();
                     let answer = call(cx.client, action).await;
                     drop(slot);
+                    if let (Action::Create { .. }, Err(error)) = (action, &answer)
+                        && answer_may_be_lost(error)
+                    {
+                        let until = sent_at + 2 * cx.options.mbg_timeout;
+                        let mut uncertain = uncertain.lock().unwrap_or_else(|e| e.into_inner());
+                        *uncertain = Some(uncertain.map_or(until, |u| u.max(until)));
+                    }
                     // Recorded as soon as the MBG answers: a guid must reach the database even
                     // if the process dies before the rest of the round is done.
                     let step = match answer {
@@ -412,7 +434,31 @@ async fn call_and_record(
         }
         pending = again;
     }
+    report.uncertain_until = uncertain.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(report)
+}
+
+/// Keeps `pass_epoch.creating_until_ms` ahead of every create posted, a write every
+/// [`HORIZON_STEP`] at most rather than one per create: after an unclean stop, the next holder
+/// learns from it until when a create of ours may still land on the MBG.
+#[derive(Default)]
+struct CreateHorizon(tokio::sync::Mutex<i64>);
+
+/// How far ahead of now the horizon is written, and how close it may come before it is moved.
+const HORIZON_STEP: i64 = 2_000;
+const HORIZON_MARGIN: i64 = 500;
+
+impl CreateHorizon {
+    async fn before_post(&self, store: &Store) -> Result<(), StoreError> {
+        let mut until = self.0.lock().await;
+        let now = chrono::Utc::now().timestamp_millis();
+        if *until < now + HORIZON_MARGIN {
+            let next = now + HORIZON_STEP;
+            store.note_creating_until(next).await?;
+            *until = next;
+        }
+        Ok(())
+    }
 }
 
 fn retry_after(error: &MbgError) -> Option<Duration> {

@@ -116,6 +116,31 @@ impl PassReport {
         }
     }
 
+    /// Until when a create of this pass whose answer was lost may still land on the MBG.
+    pub fn uncertain_until(&self) -> Option<Instant> {
+        self.applied.as_ref().and_then(|a| a.uncertain_until)
+    }
+
+    /// Takes in a later pass that read the MBG again (see [`PassReport::uncertain_until`]): its
+    /// actions and outcomes follow this one's.
+    pub fn absorb_follow_up(&mut self, later: PassReport) {
+        self.plan.actions.extend(later.plan.actions);
+        self.bad_rows = later.bad_rows;
+        self.extensions.extend(later.extensions);
+        match (&mut self.applied, later.applied) {
+            (Some(applied), Some(later)) => {
+                applied.outcomes.extend(later.outcomes);
+                applied.calls += later.calls;
+                applied.interrupted |= later.interrupted;
+                applied.uncertain_until = later.uncertain_until;
+                if applied.token_refused.is_none() {
+                    applied.token_refused = later.token_refused;
+                }
+            }
+            (applied, later) => *applied = later.or(applied.take()),
+        }
+    }
+
     /// Everything applied worked, or there was nothing to apply.
     pub fn succeeded(&self) -> bool {
         self.applied.as_ref().is_none_or(|report| {
@@ -400,6 +425,7 @@ pub async fn run_pass_with(
         max_retry_after: config.mbg.max_retry_after,
         retry_until,
         now,
+        mbg_timeout: config.mbg.timeout,
     };
     if let Some(progress) = &scope.progress {
         progress.plan(report.plan.changes().count());

@@ -280,6 +280,7 @@ async fn serve(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    let received_at = std::time::Instant::now();
     let response = if let Some(admin_path) = path.strip_prefix("/sim/") {
         if peer.ip().is_loopback() {
             admin(&state, &method, admin_path, &body)
@@ -287,12 +288,25 @@ async fn serve(
             error(StatusCode::FORBIDDEN, "the /sim/ API answers loopback only")
         }
     } else {
-        api(&state, &method, &uri, &headers, &body).await
+        // In a task of its own: a real MBG carries out a request whose client has gone (timed
+        // out, killed), and so must the simulator, or late creates never happen here.
+        let (state, method, uri, headers) =
+            (state.clone(), method.clone(), uri.clone(), headers.clone());
+        tokio::spawn(async move { api(&state, &method, &uri, &headers, &body).await })
+            .await
+            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "the simulator failed"))
     };
     lock(&state).requests.push(LoggedRequest {
         method: method.to_string(),
         path,
         status: response.status().as_u16(),
+        host: headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        received_at: Some(received_at),
+        answered_at: Some(std::time::Instant::now()),
     });
     response
 }
@@ -308,7 +322,13 @@ async fn api(
     let faults = lock(state).faults.clone();
     let chance = |p: f64| p > 0.0 && rand::rng().random_bool(p.min(1.0));
     let mut delay = faults.latency_ms;
-    if chance(faults.spike_rate) {
+    let slow = *method != Method::GET && {
+        let mut s = lock(state);
+        let slow = s.faults.slow_changes_next > 0;
+        s.faults.slow_changes_next = s.faults.slow_changes_next.saturating_sub(1);
+        slow
+    };
+    if slow || chance(faults.spike_rate) {
         delay += faults.spike_ms;
         lock(state).injected.spikes += 1;
     }

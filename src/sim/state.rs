@@ -100,6 +100,9 @@ pub struct Faults {
     /// Probability that an answer is held back `spike_ms` (beyond the client's timeout).
     pub spike_rate: f64,
     pub spike_ms: u64,
+    /// The next N signed requests that change something are held `spike_ms` before they are
+    /// carried out: a create that lands after its client gave up on it.
+    pub slow_changes_next: u32,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -107,6 +110,13 @@ pub struct LoggedRequest {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// The `Host` header: tells apart clients given different names for the simulator.
+    pub host: String,
+    /// When the request arrived, and when its answer was ready (after any injected latency).
+    #[serde(skip)]
+    pub received_at: Option<std::time::Instant>,
+    #[serde(skip)]
+    pub answered_at: Option<std::time::Instant>,
 }
 
 /// How many faults the simulator injected, by kind: the figures of a fault suite.

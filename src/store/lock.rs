@@ -54,6 +54,15 @@ impl LeaseTerms {
     }
 }
 
+/// What a holder that stopped without releasing the lock may still do.
+#[derive(Debug, Clone, Copy)]
+struct Unclean {
+    /// Its calls have ended by then: its lease, then one MBG timeout.
+    calls_end_within: Duration,
+    /// A create it posted may land on the MBG until then, if it was creating.
+    creates_land_within: Option<Duration>,
+}
+
 /// Who holds the pass lock, as it recorded itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
@@ -108,6 +117,8 @@ pub struct PassLock {
     lease: Lease,
     /// This holder's number in `pass_epoch`.
     epoch: i64,
+    /// Until when a create of a previous holder that stopped uncleanly may still land.
+    previous_uncertain_until: Option<std::time::Instant>,
 }
 
 enum Hold {
@@ -155,6 +166,13 @@ impl PassLock {
 
     pub fn epoch(&self) -> i64 {
         self.epoch
+    }
+
+    /// The previous holder stopped without releasing the lock while it was creating SIP users:
+    /// one of its creates may land on the MBG until then (its last one + 2 × its MBG timeout).
+    /// A pass that plans before then reads the MBG again after it (see `reconcile`).
+    pub fn previous_uncertain_until(&self) -> Option<std::time::Instant> {
+        self.previous_uncertain_until
     }
 
     /// Releases the lock, saying that no call of ours is in flight any more: the next holder
@@ -269,7 +287,10 @@ impl Store {
         // A file lock is never lost while this process lives: its lease never lapses.
         let lease_length = matches!(hold, Hold::Postgres(_)).then_some(terms.lease);
         let (epoch, previous) = self.take_epoch(lease_length, terms.mbg_timeout).await?;
-        let quiet_for = previous.unwrap_or_default();
+        let quiet_for = previous.map_or(Duration::ZERO, |p| p.calls_end_within);
+        let previous_uncertain_until = previous
+            .and_then(|p| p.creates_land_within)
+            .map(|within| std::time::Instant::now() + within);
         if !quiet_for.is_zero() {
             tracing::warn!(
                 wait_ms = quiet_for.as_millis() as u64,
@@ -284,16 +305,17 @@ impl Store {
             next_check: tokio::time::Instant::now() + terms.liveness_interval(),
             lease: Lease::new(lease_length, std::time::Instant::now() + quiet_for),
             epoch,
+            previous_uncertain_until,
         }))
     }
 
-    /// Bumps the epoch for a new holder; returns it and how long the previous holder's calls may
-    /// still run (`None` when it released cleanly).
+    /// Bumps the epoch for a new holder; returns it and what the previous holder may still do
+    /// (`None` when it released cleanly).
     async fn take_epoch(
         &self,
         lease: Option<Duration>,
         mbg_timeout: Duration,
-    ) -> Result<(i64, Option<Duration>), StoreError> {
+    ) -> Result<(i64, Option<Unclean>), StoreError> {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let mut tx = Transaction::begin(
             &self.pool,
@@ -301,16 +323,21 @@ impl Store {
             super::transaction::Durability::Normal,
         )
         .await?;
-        let previous =
-            sqlx::query("SELECT lease_ms, mbg_timeout_ms, released FROM pass_epoch WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::Database)?;
+        let previous = sqlx::query(
+            "SELECT lease_ms, mbg_timeout_ms, released, creating_until_ms FROM pass_epoch
+              WHERE id = 1",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::Database)?;
         let released = super::get_bool(&previous, "released").map_err(StoreError::Database)?;
-        let outlives: i64 = previous
-            .try_get::<i64, _>("lease_ms")
-            .and_then(|lease| Ok(lease + previous.try_get::<i64, _>("mbg_timeout_ms")?))
-            .map_err(StoreError::Database)?;
+        let field = |name: &str| {
+            previous
+                .try_get::<i64, _>(name)
+                .map_err(StoreError::Database)
+        };
+        let (previous_lease, previous_timeout) = (field("lease_ms")?, field("mbg_timeout_ms")?);
+        let creating_until = field("creating_until_ms")?;
         let epoch: i64 = sqlx::query_scalar(
             "UPDATE pass_epoch
                 SET epoch = epoch + 1, lease_ms = $1, mbg_timeout_ms = $2, released = FALSE,
@@ -325,9 +352,29 @@ impl Store {
         .await
         .map_err(StoreError::Database)?;
         tx.commit().await?;
-        let previous =
-            (!released).then(|| Duration::from_millis(u64::try_from(outlives).unwrap_or_default()));
+        let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or_default());
+        let late_creates_until = creating_until + 2 * previous_timeout;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let previous = (!released).then(|| Unclean {
+            calls_end_within: millis(previous_lease + previous_timeout),
+            creates_land_within: (late_creates_until > now_ms)
+                .then(|| millis(late_creates_until - now_ms)),
+        });
         Ok((epoch, previous))
+    }
+
+    /// Written before creates are posted: `until_ms` (wall clock) is later than each of them.
+    pub(crate) async fn note_creating_until(&self, until_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE pass_epoch SET creating_until_ms = $1
+              WHERE id = 1 AND epoch = $2 AND creating_until_ms < $1",
+        )
+        .bind(until_ms)
+        .bind(self.fence())
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(StoreError::Database)
     }
 
     /// Who holds the pass lock, as it recorded itself (`None` between its taking the lock and

@@ -25,6 +25,8 @@ crate::on_both_backends!(
     sigint_finishes_and_records_the_calls_in_flight,
     sync_says_which_failed_extensions_were_waiting_and_retries_them,
     sigkill_during_a_10000_extension_sync_then_converge,
+    late_creates_are_found_and_removed_before_sync_reports_success,
+    a_sync_right_after_a_killed_one_leaves_no_late_copy,
 );
 
 pub(crate) fn lenient_sim(latency_ms: u64) -> SimConfig {
@@ -563,4 +565,105 @@ async fn a_large_sync_shows_progress_and_quiet_prints_nothing() {
         "{}",
         text(&attention.stdout)
     );
+}
+
+fn duplicated(h: &Harness) -> Vec<String> {
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for device in h.sim.devices() {
+        *counts.entry(device.icpside_username).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Three creates are carried out by the MBG after the client gave up on them (held 2.5 s, the
+/// client's timeout 2 s): posted again, each lands twice. `sync` must find the late copies and
+/// delete them before it reports success, keeping the copy whose guid the database holds.
+async fn late_creates_are_found_and_removed_before_sync_reports_success(db: TestDb) {
+    let mut sim = lenient_sim(0);
+    sim.faults.slow_changes_next = 3;
+    sim.faults.spike_ms = 3_000;
+    let h = setup(db, sim, 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let output = start(command(&h, dir.path(), &["sync"])).finish().await;
+    let stderr = text(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{}\n{stderr}",
+        text(&output.stdout)
+    );
+    // Longer than any held create may still take.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let duplicates = duplicated(&h);
+    assert!(
+        stderr.contains("reading the MBG again"),
+        "{duplicates:?} {stderr}"
+    );
+    assert_eq!(duplicates, Vec::<String>::new(), "late copies left behind");
+    assert_eq!(h.sim.devices().len(), 20);
+    let recorded: std::collections::HashSet<String> =
+        h.db.store
+            .extensions()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| e.mbg_device_id)
+            .collect();
+    for device in h.sim.devices() {
+        assert!(
+            recorded.contains(&device.guid),
+            "kept a copy the database does not hold"
+        );
+    }
+}
+
+/// Killed while its creates are held by a slow MBG, then run again at once: the new sync must
+/// not read the device list before the old one's creates have landed, or it creates them a
+/// second time; and whatever lands later is deleted before it reports success.
+async fn a_sync_right_after_a_killed_one_leaves_no_late_copy(db: TestDb) {
+    let mut sim = lenient_sim(300);
+    sim.faults.slow_changes_next = 4;
+    sim.faults.spike_ms = 3_500;
+    let h = setup(db, sim, 40).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(command(&h, dir.path(), &["sync"]));
+    // Killed as its first creates are on their way.
+    eventually_requests(&h, "POST", 4).await;
+    running.signal("-KILL");
+    assert!(!running.finish().await.status.success());
+    let output = start(command(&h, dir.path(), &["sync"])).finish().await;
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        duplicated(&h),
+        Vec::<String>::new(),
+        "a late copy left behind"
+    );
+    assert_eq!(h.sim.devices().len(), 40);
+}
+
+async fn eventually_requests(h: &Harness, method: &str, count: usize) {
+    let started = Instant::now();
+    while h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == method)
+        .count()
+        < count
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no {count} {method}s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

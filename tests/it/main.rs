@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod daemon;
 mod disk_full;
+mod fencing;
 mod guarantees;
 mod hostile;
 mod http;

@@ -441,6 +441,7 @@ async fn apply_planned(
         max_retry_after: Duration::from_secs(300),
         retry_until: Instant::now() + retry_for,
         now,
+        mbg_timeout: Duration::from_secs(5),
     };
     let shutdown = Shutdown::new();
     let cx = reconcile::apply::Context {
