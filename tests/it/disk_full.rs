@@ -6,6 +6,9 @@
 //! disk does, while the test's own connections (another process's view) go on. It needs no root
 //! and no mount, so it runs the same on a developer's machine and in CI.
 //!
+//! Where the tests run as root (CI does), a third test puts the database on a real 3 MB tmpfs
+//! and fills it with a file: the disk's own "database or disk is full".
+//!
 //! What must hold: no MBG call carries credentials the database did not commit; no transaction
 //! outlives its failed COMMIT (other writers go on); the daemon says it is unhealthy while its
 //! writes fail and recovers by itself once space is back; `sync` fails cleanly, naming the cause.
@@ -281,4 +284,117 @@ async fn sync_on_a_full_disk_fails_naming_the_cause_and_sends_nothing() {
     );
     assert_eq!(h.sim.devices().len(), SWITCHED_ON);
     mbg_matches_what_was_committed(&h).await;
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    /// `None` (said) where mounting is not possible: not root, or no mount allowed.
+    fn mount(test: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            return Some(SmallDisk(dir));
+        }
+        let why = "cannot mount a tmpfs here (not root, or mounts not allowed); the file-size-limit tests beside it cover the same failure";
+        assert!(
+            std::env::var("TEST_REQUIRE_TMPFS").is_err(),
+            "{test}: TEST_REQUIRE_TMPFS is set but {why}"
+        );
+        eprintln!("SKIPPED {test}: {why}");
+        None
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    /// Writes `filler` until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn run_on_a_full_tmpfs_sends_nothing_uncommitted_and_recovers_when_space_is_back() {
+    let test = "run_on_a_full_tmpfs_sends_nothing_uncommitted_and_recovers_when_space_is_back";
+    let Some(disk) = SmallDisk::mount(test) else {
+        return;
+    };
+    let db = TestDb::sqlite_in(disk.path()).await;
+    let h = crate::guarantees::with_extensions(db, sim_config(), FIRST, COUNT, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_env(
+        &h,
+        dir.path(),
+        &[],
+        &[("MBG_PROVISION_HEALTH__GRACE", "1s")],
+    );
+    eventually("leading after a full pass", Duration::from_secs(20), async || {
+        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
+    })
+    .await;
+    // Held still while the switch is made and the disk filled behind it.
+    daemon.signal("-STOP");
+    sql(
+        &h.db.url,
+        &format!("UPDATE extensions SET use_remote_auth = 1 WHERE number < '{SWITCHED_ON_BELOW}'"),
+    )
+    .await;
+    let filler = disk.fill();
+    daemon.signal("-CONT");
+    eventually(
+        "/healthz says the database cannot be written",
+        Duration::from_secs(15),
+        async || {
+            matches!(daemon.health().await, Some((503, body))
+                if body["database"]["ok"] == false && body["unhealthy"].to_string().contains("full"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        h.sim.devices().len(),
+        0,
+        "nothing sent while nothing could be committed"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let recovered = eventually(
+        "every switched-on extension provisioned once space is back",
+        Duration::from_secs(30),
+        async || {
+            let rows = committed(&h.db.url).await;
+            rows.values()
+                .filter(|(_, _, guid, state)| guid.is_some() && state == "provisioned")
+                .count()
+                == SWITCHED_ON
+                && h.sim.devices().len() == SWITCHED_ON
+        },
+    )
+    .await;
+    eprintln!("tmpfs: recovered {recovered:?} after the filler was deleted");
+    mbg_matches_what_was_committed(&h).await;
+    another_writer_gets_through(&h.db.url)
+        .await
+        .expect("the database is writable by others after recovery");
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait().await, Some(0));
 }

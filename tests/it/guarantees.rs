@@ -415,6 +415,8 @@ async fn a_sync_that_loses_its_lock_connection_stops_calling_the_mbg() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("lost the pass lock"), "{stderr}");
     assert!(ended.elapsed() < Duration::from_secs(10));
+    // Calls in flight at the exit are still carried out by the MBG (200 ms each); none after.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let made = h.sim.devices().len();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(

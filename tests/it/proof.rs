@@ -352,10 +352,14 @@ async fn recreate(h: &Harness, numbers: &[usize]) {
 }
 
 crate::on_both_backends!(
-    crash_sync_killed_at_30_random_points,
-    crash_run_killed_at_30_random_points_while_500_flips_stream_in,
     faults_1000_flips_under_run_converge_without_a_retry_storm,
     token_loss_mid_run_loses_nothing,
+);
+
+// 30 kills each, and a restart after each waits out the killed holder's calls: minutes.
+crate::on_both_backends!(
+    long: crash_sync_killed_at_30_random_points,
+    crash_run_killed_at_30_random_points_while_500_flips_stream_in,
 );
 
 const CRASH_EXTENSIONS: usize = 1000;

@@ -24,6 +24,7 @@ crate::on_both_backends!(
     a_row_that_cannot_be_read_keeps_its_sip_user_and_the_others_go_on,
     a_node_address_change_moves_its_extensions_to_the_matching_icp,
     a_stopped_pass_records_every_call_it_made,
+    a_refused_create_of_a_sip_user_already_ours_is_taken_back,
 );
 
 fn now() -> i64 {
@@ -898,4 +899,57 @@ async fn a_stopped_pass_records_every_call_it_made(db: TestDb) {
         .filter(|e| e.state == ExtensionState::Provisioned)
         .count();
     assert_eq!(provisioned, devices.len());
+}
+
+/// The pass planned from a device list read before another holder of the pass lock created
+/// this extension's SIP user (its credentials, its ICP): the MBG refuses the create (400, the
+/// set-side name in use). One device list read shows the SIP user is this extension's own, so
+/// it is taken back, not sent to needs-attention, and no second one is made.
+async fn a_refused_create_of_a_sip_user_already_ours_is_taken_back(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    nodes(&h.db.store).await;
+    set(&h.db.store, "1001", "pbx1", true).await;
+    crate::service::sql(
+        &h.db.url,
+        "UPDATE extensions SET remote_auth_name = 'ours1001', remote_auth_password = 'Ours-Pass-1001'",
+    )
+    .await;
+    let client = h.client().await;
+    let mut stale = reconcile::MbgView::read(&client, &h.config, &Shutdown::new())
+        .await
+        .unwrap();
+    let made = h
+        .sim
+        .add_device(DeviceFields {
+            setside_username: Some("ours1001".into()),
+            setside_password: Some("Ours-Pass-1001".into()),
+            icpside_password: Some("pbx-sip-1001".into()),
+            description: Some("mbg-provision ext 1001".into()),
+            ..manual("1001", "MiVO250-1", "ours1001")
+        })
+        .unwrap();
+    let report = reconcile::run_pass_with(
+        &h.db.store,
+        &client,
+        &h.config,
+        Mode::Apply,
+        &Shutdown::new(),
+        now(),
+        &mut stale,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let outcomes = &report.applied.as_ref().unwrap().outcomes;
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0].status, Status::Done, "{outcomes:?}");
+    assert_eq!(
+        count(&h, "POST", "/devices/sip/", 400),
+        1,
+        "the create was refused"
+    );
+    let row = h.db.store.extension_by_number("1001").await.unwrap();
+    assert_eq!(row.mbg_device_id.as_deref(), Some(made.as_str()));
+    assert_eq!(row.state, ExtensionState::Provisioned);
+    assert_eq!(h.sim.devices().len(), 1);
 }

@@ -18,6 +18,7 @@ crate::on_both_backends!(
     flips_reach_the_mbg_healthz_answers_and_sigterm_exits_0,
     a_daemon_killed_mid_batch_converges_on_restart,
     a_switch_off_during_a_long_pass_stops_its_creates,
+    healthz_follows_the_mbg_without_traffic,
 );
 
 async fn setup(db: TestDb, sim: SimConfig, count: usize) -> Harness {
@@ -453,6 +454,209 @@ async fn sighup_reloads_the_configuration_and_keeps_it_when_the_new_one_is_bad()
         Some("leader"),
         "still running"
     );
+    // A key that only a restart applies: named in a warning and in /healthz, the old value
+    // kept (the log stays text), the rest of the file applied.
+    std::fs::write(
+        &config,
+        "[reconcile]\ninterval = \"8m\"\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
+    daemon.signal("-HUP");
+    eventually(
+        "the restart-only key named",
+        Duration::from_secs(10),
+        async || {
+            daemon
+                .log(dir.path())
+                .contains("except keys that apply only at the next restart: log.format")
+        },
+    )
+    .await;
+    let (code, body) = daemon.health().await.expect("still served on the old port");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert!(
+        body["degraded"]
+            .to_string()
+            .contains("applied only after a restart: log.format"),
+        "{body}"
+    );
+    // Put back: nothing pending any more.
+    std::fs::write(&config, "[reconcile]\ninterval = \"8m\"\n").unwrap();
+    daemon.signal("-HUP");
+    eventually(
+        "nothing pending after the file is put back",
+        Duration::from_secs(10),
+        async || matches!(daemon.health().await, Some((200, body)) if body["status"] == "ok"),
+    )
+    .await;
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait().await, Some(0));
+}
+
+/// SIGHUP reaches a standby too: it reloads (and warns about restart-only keys) without
+/// leading, and leads with the new configuration after a takeover.
+#[tokio::test]
+async fn a_standby_reloads_on_sighup() {
+    let Some(db) = TestDb::postgres("a_standby_reloads_on_sighup").await else {
+        return;
+    };
+    let h = setup(db, sim_config(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[reconcile]\ninterval = \"10m\"\n").unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let leader = Daemon::start_with(&h, dir.path(), &args);
+    eventually("leading", Duration::from_secs(20), async || {
+        leader.role().await.as_deref() == Some("leader")
+    })
+    .await;
+    let standby = Daemon::start_with(&h, dir.path(), &args);
+    eventually("standing by", Duration::from_secs(20), async || {
+        standby.role().await.as_deref() == Some("standby")
+    })
+    .await;
+    std::fs::write(
+        &config,
+        "[reconcile]\ninterval = \"9m\"\n[database]\nconnect_timeout = \"3s\"\n",
+    )
+    .unwrap();
+    standby.signal("-HUP");
+    eventually(
+        "the standby reloaded",
+        Duration::from_secs(10),
+        async || {
+            standby.log(dir.path()).contains(
+                "except keys that apply only at the next restart: database.connect_timeout",
+            )
+        },
+    )
+    .await;
+    assert!(
+        !leader.log(dir.path()).contains("configuration reloaded"),
+        "only the signalled instance reloads"
+    );
+    assert_eq!(
+        standby.role().await.as_deref(),
+        Some("standby"),
+        "still standing by"
+    );
+    leader.signal("-KILL");
+    leader.wait().await;
+    eventually("the standby leads", Duration::from_secs(20), async || {
+        matches!(standby.health().await, Some((200 | 503, body)) if body["role"] == "leader"
+            && body["degraded"].to_string().contains("database.connect_timeout"))
+    })
+    .await;
+    standby.signal("-TERM");
+    assert_eq!(standby.wait().await, Some(0));
+}
+
+/// `/healthz` tells the truth without traffic: an MBG that stops answering is noticed by the
+/// idle probe, degraded first and unhealthy after `health.grace`, and healthy again once it
+/// answers; the role stays what it is.
+async fn healthz_follows_the_mbg_without_traffic(db: TestDb) {
+    let h = setup(db, sim_config(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_env(
+        &h,
+        dir.path(),
+        &[],
+        &[("MBG_PROVISION_HEALTH__GRACE", "2s")],
+    );
+    eventually("leading after a full pass", Duration::from_secs(20), async || {
+        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
+    })
+    .await;
+    h.sim.set_faults(Faults {
+        fail_rate: 1.0,
+        ..Faults::default()
+    });
+    let mut saw_degraded = false;
+    eventually(
+        "unhealthy, naming the MBG",
+        Duration::from_secs(15),
+        async || {
+            let Some((code, body)) = daemon.health().await else {
+                return false;
+            };
+            saw_degraded |= code == 200 && body["degraded"].to_string().contains("MBG:");
+            code == 503
+                && body["unhealthy"].to_string().contains("MBG:")
+                && body["mbg"]["ok"] == false
+                && body["role"] == "leader"
+        },
+    )
+    .await;
+    assert!(saw_degraded, "degraded within the grace before unhealthy");
+    h.sim.set_faults(Faults::default());
+    eventually("healthy again", Duration::from_secs(15), async || {
+        matches!(daemon.health().await, Some((200, body)) if body["status"] == "ok" && body["mbg"]["ok"] == true)
+    })
+    .await;
+    daemon.signal("-TERM");
+    assert_eq!(daemon.wait().await, Some(0));
+}
+
+/// The database refusing connections (PostgreSQL: connections to it disallowed and the existing
+/// ones ended): 503 naming the database after the grace, the role standby (it lost its lock),
+/// never "stopping"; back to leading once connections are allowed again.
+#[tokio::test]
+async fn healthz_follows_a_database_that_refuses_connections() {
+    let Some(db) = TestDb::postgres("healthz_follows_a_database_that_refuses_connections").await
+    else {
+        return;
+    };
+    let h = setup(db, sim_config(), 1).await;
+    let name = url::Url::parse(&h.db.url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_string();
+    let admin = std::env::var(crate::support::POSTGRES_ENV).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_env(
+        &h,
+        dir.path(),
+        &[],
+        &[("MBG_PROVISION_HEALTH__GRACE", "2s")],
+    );
+    eventually("leading after a full pass", Duration::from_secs(20), async || {
+        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
+    })
+    .await;
+    h.db.store.close().await;
+    sql(
+        &admin,
+        &format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ),
+    )
+    .await;
+    let mut roles = std::collections::HashSet::new();
+    eventually(
+        "unhealthy, naming the database",
+        Duration::from_secs(20),
+        async || {
+            let Some((code, body)) = daemon.health().await else {
+                return false;
+            };
+            roles.insert(body["role"].as_str().unwrap_or_default().to_string());
+            code == 503 && body["unhealthy"].to_string().contains("database:")
+        },
+    )
+    .await;
+    assert!(!roles.contains("stopping"), "{roles:?}");
+    sql(
+        &admin,
+        &format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"),
+    )
+    .await;
+    eventually("leading and healthy again", Duration::from_secs(30), async || {
+        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["database"]["ok"] == true)
+    })
+    .await;
     daemon.signal("-TERM");
     assert_eq!(daemon.wait().await, Some(0));
 }

@@ -28,8 +28,15 @@ struct PostgresDb {
 impl TestDb {
     pub async fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("test.db").display());
-        let key_file = dir.path().join("test.key");
+        let mut db = TestDb::sqlite_in(dir.path()).await;
+        db._dir = Some(dir);
+        db
+    }
+
+    /// A SQLite database in `dir`, which the caller keeps (a mount of its own, say).
+    pub async fn sqlite_in(dir: &std::path::Path) -> TestDb {
+        let url = format!("sqlite://{}", dir.join("test.db").display());
+        let key_file = dir.join("test.key");
         let store = Store::open(&url.parse::<DatabaseUrl>().unwrap())
             .await
             .expect("open SQLite store")
@@ -38,7 +45,7 @@ impl TestDb {
             store,
             url,
             key_file,
-            _dir: Some(dir),
+            _dir: None,
             postgres: None,
         }
     }
@@ -118,6 +125,29 @@ impl Drop for TestDb {
 /// every store test body runs on SQLite and on PostgreSQL.
 #[macro_export]
 macro_rules! on_both_backends {
+    // Long rounds: ignored by a plain `cargo test`, run by `.ci/run` with `--ignored`.
+    (long: $($test:ident),* $(,)?) => {
+        mod sqlite_long {
+            $(
+                #[tokio::test]
+                #[ignore = "long rounds: run with --ignored (.ci/run does)"]
+                async fn $test() {
+                    super::$test($crate::support::TestDb::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres_long {
+            $(
+                #[tokio::test]
+                #[ignore = "long rounds: run with --ignored (.ci/run does)"]
+                async fn $test() {
+                    if let Some(db) = $crate::support::TestDb::postgres(stringify!($test)).await {
+                        super::$test(db).await;
+                    }
+                }
+            )*
+        }
+    };
     ($($test:ident),* $(,)?) => {
         mod sqlite {
             $(
