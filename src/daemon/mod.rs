@@ -108,10 +108,10 @@ pub async fn run_with(
                 );
                 health.update(|h| h.role = Role::Standby);
                 drop(lock);
-                // A beat before trying again, so that a standby that saw the lock free takes
-                // it rather than the instance that just lost its connection.
+                // Two standby polls before trying again, so that a standby that saw the lock
+                // free takes it rather than the instance that just lost its connection.
                 tokio::select! {
-                    _ = tokio::time::sleep(STANDBY_POLL) => {}
+                    _ = tokio::time::sleep(2 * STANDBY_POLL) => {}
                     _ = shutdown.triggered() => {}
                 }
             }

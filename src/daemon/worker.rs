@@ -100,6 +100,8 @@ impl Worker {
         self.next_full = Instant::now();
         self.lease = Some(lock.lease());
         self.client = None;
+        // The first pass checks both; the idle check comes after it.
+        self.next_probe = Instant::now() + self.health.grace() / 2;
         // After a holder that stopped while creating: a full pass again once its late creates
         // cannot land any more, to delete their copies.
         self.settle_at = lock.previous_uncertain_until().map(Instant::from_std);

@@ -48,9 +48,11 @@ impl LeaseTerms {
         (self.lease / 6).max(Duration::from_millis(50))
     }
 
-    /// How long a check waits for its answer: the bound on noticing a half-open connection.
+    /// How long a check waits for its answer before the lock counts as lost: the bound on
+    /// noticing a half-open connection, within the lease. A slow answer meanwhile only lets the
+    /// lease lapse (no call goes out) until it comes.
     fn liveness_timeout(&self) -> Duration {
-        (self.lease / 2).max(Duration::from_millis(100))
+        self.lease.max(Duration::from_millis(100))
     }
 }
 

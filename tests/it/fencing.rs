@@ -19,8 +19,9 @@ use crate::service::{Daemon, eventually, sql};
 use crate::support::TestDb;
 
 const FIRST: usize = 5000;
-/// Extensions switched on per round.
-const BURST: usize = 24;
+/// Extensions switched on per round: some 1.5 s of creates at 8 calls of 150 ms at a time, so
+/// that the cut lands in the middle of the burst.
+const BURST: usize = 80;
 
 #[tokio::test]
 async fn a_deposed_leader_is_silent_before_the_new_one_calls_3_rounds() {
@@ -51,11 +52,15 @@ async fn role(instance: &Instance) -> Option<String> {
     instance.daemon.role().await
 }
 
-/// The backend holding the pass lock's advisory lock.
+/// The backend holding the pass lock's advisory lock in this test's database (other tests run
+/// beside it on the same server).
 async fn lock_backend(url: &str) -> Option<i32> {
     let mut connection = sqlx::PgConnection::connect(url).await.ok()?;
     let pid = sqlx::query_scalar(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted LIMIT 1",
+        "SELECT pid FROM pg_locks
+          WHERE locktype = 'advisory' AND granted
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          LIMIT 1",
     )
     .fetch_optional(&mut connection)
     .await
@@ -118,7 +123,13 @@ fn gap(h: &Harness, since: Instant, old: &str, new: &str) -> Result<Duration, Du
         .filter(|r| r.host.starts_with(old))
         .filter_map(|r| r.answered_at)
         .max()
-        .expect("the old leader worked on the burst");
+        .unwrap_or_else(|| {
+            let hosts: Vec<(&str, &str)> = requests
+                .iter()
+                .map(|r| (r.host.as_str(), r.path.as_str()))
+                .collect();
+            panic!("the old leader ({old}) worked on the burst: {hosts:?}")
+        });
     let first_new = requests
         .iter()
         .filter(|r| r.host.starts_with(new))
@@ -209,6 +220,12 @@ async fn deposed_leaders_stay_silent(test: &str, rounds: usize) {
         let pid = lock_backend(&h.db.url).await.expect("a lock holder");
 
         terminate(&h.db.url, pid).await;
+        eventually(
+            "the old leader steps down",
+            Duration::from_secs(10),
+            async || role(&instances[old]).await.as_deref() != Some("leader"),
+        )
+        .await;
         eventually(
             "the burst done after the cut",
             Duration::from_secs(60),

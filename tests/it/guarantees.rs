@@ -83,7 +83,7 @@ pub(crate) async fn with_extensions(
 
 /// The lease terms of a pass lock taken by a test itself.
 const TERMS: LeaseTerms = LeaseTerms {
-    lease: Duration::from_secs(1),
+    lease: Duration::from_secs(2),
     mbg_timeout: Duration::from_secs(2),
 };
 
@@ -97,7 +97,7 @@ pub(crate) fn command(h: &Harness, dir: &Path, args: &[&str]) -> Command {
         .env("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "8")
         // Short, so that a run after a killed one waits seconds, not a quarter of a minute.
         .env("MBG_PROVISION_MBG__TIMEOUT", "2s")
-        .env("MBG_PROVISION_LEADER__LEASE", "1s")
+        .env("MBG_PROVISION_LEADER__LEASE", "2s")
         .env_remove("RUST_LOG")
         .args(args)
         .stdout(Stdio::piped())

@@ -81,7 +81,7 @@ impl Daemon {
             .env("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "8")
             .env("MBG_PROVISION_WATCH__POLL_INTERVAL", "200ms")
             .env("MBG_PROVISION_MBG__TIMEOUT", "2s")
-            .env("MBG_PROVISION_LEADER__LEASE", "1s")
+            .env("MBG_PROVISION_LEADER__LEASE", "2s")
             .env("MBG_PROVISION_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
