@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+/// What a standby shows for what only the leader checks.
+pub const NOT_CHECKED: &str = "standby: not checked";
+
 /// What this instance is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -152,6 +155,15 @@ impl Health {
     /// The reason lists as of `now`: the set reasons, and each dependency failing for longer
     /// than `grace` (unhealthy) or less (degraded).
     fn judged(mut self, now: i64, grace: Duration) -> Health {
+        // A standby checks neither the token nor the MBG: say so rather than show blanks.
+        if self.role == Role::Standby {
+            if self.token.state.is_empty() {
+                self.token.state = NOT_CHECKED.into();
+            }
+            if self.mbg.checked_at.is_none() {
+                self.mbg.error = Some(NOT_CHECKED.into());
+            }
+        }
         let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
         for (label, dependency) in [("database", &self.database), ("MBG", &self.mbg)] {
             let Some(since) = dependency.failing_since else {
@@ -266,6 +278,16 @@ mod tests {
         assert_eq!(state.snapshot().unhealthy(), ["token: expired"]);
         state.update(|h| h.clear(Concern::Token));
         assert!(state.snapshot().is_healthy());
+    }
+
+    #[test]
+    fn a_standby_says_what_it_does_not_check() {
+        let state = HealthState::new(Duration::from_secs(30));
+        state.update(|h| h.role = Role::Standby);
+        let health = state.snapshot();
+        assert_eq!(health.token.state, NOT_CHECKED);
+        assert_eq!(health.mbg.error.as_deref(), Some(NOT_CHECKED));
+        assert_eq!(health.status(), HealthStatus::Ok, "not a failure");
     }
 
     #[test]

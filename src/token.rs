@@ -469,7 +469,10 @@ impl fmt::Display for TokenStatus {
         const NEW_TOKEN: &str =
             "run `mbg-provision token request` and `token verify` for a new one";
         match self {
-            TokenStatus::None => write!(f, "none: run `mbg-provision token request`"),
+            TokenStatus::None => write!(
+                f,
+                "not requested yet: run `mbg-provision token request`, approve it on the MBG, then `mbg-provision token verify CODE`"
+            ),
             TokenStatus::PendingApproval { requested_at } => write!(
                 f,
                 "pending approval since {}: approve it on the MBG page, then run `mbg-provision token verify CODE`",

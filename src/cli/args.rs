@@ -277,10 +277,17 @@ pub enum Switch {
 #[derive(Debug, Subcommand)]
 pub enum ExtensionCommand {
     /// Create an extension or change one
+    ///
+    /// Only the options given change. Examples:
+    ///   mbg-provision extension set 1001 --node pbx1 --remote on   (create, or move to pbx1)
+    ///   mbg-provision extension set 1001 --remote off              (change an existing one)
     Set {
+        /// The extension number (1 to 10 digits)
         number: String,
+        /// The node the extension is on [needed to create it, to move it, or when the number
+        /// exists on several nodes; otherwise the node it is on]
         #[arg(long)]
-        node: String,
+        node: Option<String>,
         #[arg(long, value_enum)]
         kind: Option<Kind>,
         /// "Use remote authorization credentials"

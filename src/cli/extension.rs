@@ -112,6 +112,12 @@ pub async fn run(app: &App, command: ExtensionCommand) -> Result<ExitCode> {
             sip_password_file,
             output,
         } => {
+            let node = match node {
+                Some(node) => node,
+                None => store.node_of_number(&number).await?.ok_or_else(|| {
+                    anyhow::anyhow!("no extension {number}: give --node NAME to create it")
+                })?,
+            };
             let spec = ExtensionSpec {
                 number,
                 node,

@@ -24,6 +24,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use mbg_provision::config::{Config, LogFormat};
+use mbg_provision::store::SchemaChange;
 
 pub use args::Cli;
 use args::{Command, ExtensionCommand, NodeCommand};
@@ -98,10 +99,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let app = context::open(config, config_path, create).await?;
     let code = match cli.command {
         Command::Migrate => {
-            println!(
-                "database schema is up to date ({})",
-                app.config.database.url
-            );
+            let url = &app.config.database.url;
+            match app.store.schema_change() {
+                Some(SchemaChange { from: None, to }) => {
+                    println!("created the schema (version {to}) in {url}")
+                }
+                Some(SchemaChange {
+                    from: Some(from),
+                    to,
+                }) if from < to => {
+                    println!("upgraded the schema from version {from} to version {to} ({url})")
+                }
+                Some(SchemaChange { to, .. }) => {
+                    println!("the schema is up to date (version {to}) ({url})")
+                }
+                None => unreachable!("migrate opens the database with migrations"),
+            }
             ExitCode::SUCCESS
         }
         Command::Node(command) => node::run(&app, command).await?,
@@ -157,6 +170,13 @@ fn init_tracing_at(format: LogFormat, level: &str) {
     // sends one on every start. Keep sqlx to warnings unless RUST_LOG asks for it by name.
     if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx")) {
         filter = filter.add_directive("sqlx=warn".parse().expect("a valid directive"));
+    }
+    // rustls and the platform verifier log a refused certificate, beside our own error that says
+    // what is wrong and what to do: keep them quiet unless RUST_LOG names them.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls")) {
+        for quiet in ["rustls=error", "rustls_platform_verifier=off"] {
+            filter = filter.add_directive(quiet.parse().expect("a valid directive"));
+        }
     }
     let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

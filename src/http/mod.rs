@@ -44,7 +44,7 @@ pub struct BindError {
 fn hint(error: &std::io::Error) -> &'static str {
     match error.kind() {
         std::io::ErrorKind::AddrInUse => {
-            "; another process (another mbg-provision?) is using it: stop it or change http.listen"
+            "; another mbg-provision may already be running here (`systemctl status mbg-provision`), or another program uses the port: stop it, or change http.listen"
         }
         std::io::ErrorKind::AddrNotAvailable => "; no interface of this machine has that address",
         std::io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges",
@@ -175,7 +175,10 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains(&addr.to_string()), "{text}");
         assert!(text.contains("http.listen"), "{text}");
-        assert!(text.contains("another process"), "{text}");
+        assert!(
+            text.contains("another mbg-provision may already be running"),
+            "{text}"
+        );
     }
 
     #[test]

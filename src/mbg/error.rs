@@ -21,6 +21,9 @@ pub enum MbgErrorKind {
     RateLimited(Option<Duration>),
     /// 5xx, connection reset, timeout: try again with backoff.
     Unavailable(String),
+    /// No connection at all: refused, a name that does not resolve, a certificate refused. Not
+    /// retried within a pass (it will not mend in seconds); the words say what to check.
+    Unreachable(String),
     /// The MBG answered something that is not the contract (HTML page, bad JSON, wrong type).
     Malformed(String),
     /// Our side: a CA file that does not load, a URL we cannot build.
@@ -72,6 +75,10 @@ impl fmt::Display for MbgError {
             }
             MbgErrorKind::RateLimited(None) => write!(f, "rate limited"),
             MbgErrorKind::Unavailable(why) => write!(f, "unavailable: {why}"),
+            MbgErrorKind::Unreachable(why) => write!(
+                f,
+                "cannot connect: {why} (`mbg-provision preflight` checks the whole way to the MBG)"
+            ),
             MbgErrorKind::Malformed(what) => write!(f, "unexpected answer: {what}"),
             MbgErrorKind::Setup(why) => write!(f, "{why}"),
             MbgErrorKind::NotLeading(lapsed) => write!(f, "not sent: {lapsed}"),

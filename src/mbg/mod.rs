@@ -476,7 +476,10 @@ impl MbgClient {
             record();
             let why = transport_error(&e);
             self.observe(Err(&why));
-            fail(MbgErrorKind::Unavailable(why))
+            match connect_error(&e, &self.base) {
+                Some(unreachable) => fail(MbgErrorKind::Unreachable(unreachable)),
+                None => fail(MbgErrorKind::Unavailable(why)),
+            }
         })?;
         let status = response.status();
         if status.is_server_error() {
@@ -551,6 +554,68 @@ fn excerpt(bytes: &[u8]) -> String {
 }
 
 /// reqwest's message with its causes (connection refused, timed out, reset).
+/// A connection that could not be made, in words an administrator can act on; `None` for a
+/// failure after connecting (a reset, a timeout), which a retry may mend.
+fn connect_error(error: &reqwest::Error, base: &MbgUrl) -> Option<String> {
+    if !error.is_connect() || error.is_timeout() {
+        return None;
+    }
+    let address = url::Url::parse(base.as_str())
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+        .unwrap_or_else(|| "the MBG".into());
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = next {
+        // io::Errors nest (hyper's around tokio-rustls's around rustls's), and their `source`
+        // skips the error each wraps: unwrap them by hand.
+        let mut inner = Some(cause);
+        while let Some(candidate) = inner {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(certificate_words(tls, &address));
+            }
+            let io = candidate.downcast_ref::<std::io::Error>();
+            if io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+                return Some(format!(
+                    "connection refused at {address}: nothing listens there; check mbg.base_url"
+                ));
+            }
+            inner = io
+                .and_then(|io| io.get_ref())
+                .map(|wrapped| wrapped as &(dyn std::error::Error + 'static));
+        }
+        if cause.to_string().starts_with("dns error") {
+            return Some(format!(
+                "the host of mbg.base_url ({address}) cannot be resolved: check the name, or use the MBG's address"
+            ));
+        }
+        next = cause.source();
+    }
+    Some(format!("{}; check mbg.base_url", transport_error(error)))
+}
+
+/// Why rustls refused the MBG's certificate, and the fix.
+fn certificate_words(error: &rustls::Error, address: &str) -> String {
+    use rustls::CertificateError as Why;
+    let rustls::Error::InvalidCertificate(why) = error else {
+        return format!("the TLS handshake with {address} failed: {error}");
+    };
+    match why {
+        Why::UnknownIssuer => format!(
+            "the certificate of {address} is signed by a CA this machine does not trust (a self-signed certificate, as MBGs ship with, or the site's own CA): put that CA's certificate, or the MBG's own, in mbg.ca_file"
+        ),
+        Why::Expired | Why::ExpiredContext { .. } => {
+            format!("the certificate of {address} has expired: renew it on the MBG (or its CA)")
+        }
+        Why::NotValidYet | Why::NotValidYetContext { .. } => format!(
+            "the certificate of {address} is not valid yet: check this machine's clock and the MBG's"
+        ),
+        Why::NotValidForName | Why::NotValidForNameContext { .. } => format!(
+            "the certificate of {address} is not for that name: put a name the certificate carries in mbg.base_url"
+        ),
+        other => format!("the certificate of {address} is refused ({other:?}): check mbg.ca_file"),
+    }
+}
+
 fn transport_error(error: &reqwest::Error) -> String {
     let mut message = if error.is_timeout() {
         "timed out".to_string()

@@ -751,6 +751,7 @@ async fn record_failure(
         ),
         MbgErrorKind::RateLimited(_)
         | MbgErrorKind::Unavailable(_)
+        | MbgErrorKind::Unreachable(_)
         | MbgErrorKind::Malformed(_) => {
             let delay = retry_delay(attempts, retry_after(error), cx.options.max_retry_after);
             (

@@ -14,6 +14,11 @@ pub enum StoreError {
     NotFound(NotFound),
     #[error("{field} is still in use: {reason}")]
     InUse { field: &'static str, reason: String },
+    /// New credentials now could orphan a SIP user made with the current ones.
+    #[error(
+        "extension {number} cannot get new credentials yet: {why}. Retry once `mbg-provision status` shows it provisioned or idle (the daemon applies a change within seconds; without it, run `mbg-provision sync`)"
+    )]
+    NotSettled { number: String, why: String },
     // Not `#[source]`: sqlx's messages already include their causes, and anyhow would repeat them.
     #[error("database error: {0}{hint}", hint = disk_hint(.0))]
     Database(sqlx::Error),
@@ -24,6 +29,15 @@ pub enum StoreError {
     /// Said plainly, within `database.connect_timeout`, instead of sqlx's "pool timed out".
     #[error("cannot connect to {address}: {reason}")]
     Unreachable { address: String, reason: String },
+    /// The PostgreSQL server answers, but has no database of that name.
+    #[error(
+        "the PostgreSQL database {name} does not exist on {address}: create it with `{createdb}` (or CREATE DATABASE {name}), then run `mbg-provision migrate`"
+    )]
+    NoSuchDatabase {
+        name: String,
+        address: String,
+        createdb: String,
+    },
     #[error(
         "the SQLite database {} does not exist: create it with `mbg-provision migrate` (or `node add`), or set database.url to the existing one",
         .0.display()

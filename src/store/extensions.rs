@@ -264,6 +264,25 @@ impl Store {
         Ok(created)
     }
 
+    /// The node an existing extension is on, for a change that does not name one. `None` when
+    /// the number does not exist; an error when it exists on several nodes (which one is meant
+    /// must then be said).
+    pub async fn node_of_number(&self, number: &str) -> Result<Option<String>> {
+        let nodes: Vec<String> = sqlx::query_scalar(
+            "SELECT nodes.name FROM extensions JOIN nodes ON nodes.id = extensions.node_id
+              WHERE extensions.number = $1 ORDER BY extensions.id",
+        )
+        .bind(number)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        match nodes.as_slice() {
+            [] => Ok(None),
+            [node] => Ok(Some(node.clone())),
+            _ => Err(several_nodes(number)),
+        }
+    }
+
     pub async fn extension(&self, id: i64) -> Result<Extension> {
         self.find_extension(id)
             .await?
@@ -487,17 +506,18 @@ impl Store {
         let has_credentials =
             current.remote_auth_name.is_some() || current.remote_auth_password.is_some();
         if has_credentials && !settled {
-            return Err(StoreError::InUse {
-                field: "extension",
-                reason: format!(
-                    "{} has {}: let a pass finish first (`sync`, or wait for the daemon), so that no SIP user made with its current credentials is left unrecognised",
-                    current.number,
-                    if waiting > 0 {
-                        "a change no pass has handled yet".to_string()
-                    } else {
-                        format!("state {}", current.state.as_str())
-                    }
-                ),
+            // Rotating now could leave a SIP user made with the current credentials behind,
+            // unrecognised.
+            return Err(StoreError::NotSettled {
+                number: current.number.clone(),
+                why: if waiting > 0 {
+                    "a change to it is not applied on the MBG yet".to_string()
+                } else {
+                    format!(
+                        "its SIP user is not settled on the MBG (state {})",
+                        current.state.as_str()
+                    )
+                },
             });
         }
         // The MBG is told these credentials next: they must survive a power loss first.

@@ -109,6 +109,16 @@ pub struct Store {
     /// The `pass_epoch` of the pass lock this process holds (0: none). Outcome writes carry it,
     /// so that a deposed holder's writes land nowhere.
     fence: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// What opening did to the schema, for `migrate` to say.
+    schema_change: Option<SchemaChange>,
+}
+
+/// The schema version before and after [`Store::open`] brought it up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaChange {
+    /// `None`: there was no schema (a new database).
+    pub from: Option<i64>,
+    pub to: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -207,15 +217,21 @@ impl Store {
             .connect(&connect_url)
             .await
             .map_err(StoreError::Database)?;
-        let store = Store {
+        let mut store = Store {
             pool,
             backend,
             url: url.clone(),
             secret_key: std::sync::Arc::new(SecretKey::new(secrets::default_key_file(url))),
             fence: Default::default(),
+            schema_change: None,
         };
         if options.migrate {
+            let from = store.applied_versions().await?.into_iter().max();
             store.migrate().await?;
+            store.schema_change = Some(SchemaChange {
+                from,
+                to: MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0),
+            });
         }
         Ok(store)
     }
@@ -258,17 +274,7 @@ impl Store {
     /// Which of this program's migrations the database lacks, and which versions it has that
     /// this program does not know (a newer program migrated it).
     pub async fn migration_status(&self) -> Result<MigrationStatus> {
-        let applied: Vec<i64> = match sqlx::query_scalar::<_, i64>(
-            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-        )
-        .fetch_all(&self.pool)
-        .await
-        {
-            Ok(applied) => applied,
-            // No table: nothing was ever migrated.
-            Err(sqlx::Error::Database(e)) if e.message().contains("_sqlx_migrations") => Vec::new(),
-            Err(e) => return Err(StoreError::Database(e)),
-        };
+        let applied = self.applied_versions().await?;
         let known: Vec<(i64, &str)> = MIGRATIONS.iter().map(|m| (m.0, m.1)).collect();
         Ok(MigrationStatus {
             pending: known
@@ -292,6 +298,27 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(StoreError::Database)
+    }
+
+    /// What opening did to the schema (`None` when it was opened without migrating).
+    pub fn schema_change(&self) -> Option<SchemaChange> {
+        self.schema_change
+    }
+
+    async fn applied_versions(&self) -> Result<Vec<i64>> {
+        match sqlx::query_scalar::<_, i64>(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(applied) => Ok(applied),
+            // No table: nothing was ever migrated.
+            Err(sqlx::Error::Database(e)) if e.message().contains("_sqlx_migrations") => {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(StoreError::Database(e)),
+        }
     }
 
     pub async fn close(&self) {
@@ -319,14 +346,12 @@ async fn probe_sqlite(url: &str, timeout: Duration) -> Result<()> {
 /// One connection first, with its own deadline: the pool would retry a refused connection until
 /// its acquire timeout and then say only "pool timed out".
 async fn probe(url: &DatabaseUrl, timeout: Duration) -> Result<()> {
-    let unreachable = |reason: String| {
-        let parsed = url::Url::parse(url.expose()).ok();
-        let host = parsed.as_ref().and_then(|u| u.host_str()).unwrap_or("?");
-        let port = parsed.as_ref().and_then(|u| u.port()).unwrap_or(5432);
-        StoreError::Unreachable {
-            address: format!("{host}:{port}"),
-            reason,
-        }
+    let parsed = url::Url::parse(url.expose()).ok();
+    let host = parsed.as_ref().and_then(|u| u.host_str()).unwrap_or("?");
+    let port = parsed.as_ref().and_then(|u| u.port()).unwrap_or(5432);
+    let unreachable = |reason: String| StoreError::Unreachable {
+        address: format!("{host}:{port}"),
+        reason,
     };
     match tokio::time::timeout(timeout, AnyConnection::connect(url.expose())).await {
         Ok(Ok(connection)) => {
@@ -337,6 +362,24 @@ async fn probe(url: &DatabaseUrl, timeout: Duration) -> Result<()> {
             Err(unreachable("connection refused".into()))
         }
         Ok(Err(sqlx::Error::Io(e))) => Err(unreachable(e.to_string())),
+        // invalid_catalog_name: the server is there, the database is not.
+        Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some("3D000") => {
+            let name = parsed
+                .as_ref()
+                .map(|u| u.path().trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            let user = parsed.as_ref().map_or("", |u| u.username());
+            let user = if user.is_empty() {
+                String::new()
+            } else {
+                format!(" -U {user}")
+            };
+            Err(StoreError::NoSuchDatabase {
+                createdb: format!("createdb -h {host} -p {port}{user} {name}"),
+                name,
+                address: format!("{host}:{port}"),
+            })
+        }
         Ok(Err(other)) => Err(StoreError::Database(other)),
         Err(_) => Err(unreachable(format!(
             "no answer within {} (database.connect_timeout)",

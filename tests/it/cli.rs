@@ -332,8 +332,11 @@ async fn token_sync_status_and_icps_from_the_command_line() {
 
     let no_token = cmd(&["sync"]);
     assert_eq!(no_token.status.code(), Some(1));
+    // The state in words and the commands that fix it, not "the token is none".
     assert!(
-        stderr(&no_token).contains("token request"),
+        stderr(&no_token).contains(
+            "the MBG access token is not requested yet: run `mbg-provision token request`, approve it on the MBG, then `mbg-provision token verify CODE`"
+        ),
         "{}",
         stderr(&no_token)
     );
@@ -946,6 +949,10 @@ fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (CI does)"
+)]
 async fn postgres_notices_are_not_printed_on_every_command() {
     let Some(db) = TestDb::postgres("postgres_notices_are_not_printed_on_every_command").await
     else {
@@ -996,6 +1003,112 @@ fn an_unreachable_database_is_named_within_the_connect_timeout() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     drop(silent);
+}
+
+/// `extension set` changes an existing extension without its node, as `node set` does; `--node`
+/// is needed to create one, and a number on two nodes must say which.
+#[tokio::test]
+async fn extension_set_changes_an_existing_extension_without_its_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!("sqlite://{}", d.join("ext.db").display());
+    for node in [["pbx1", "10.0.0.20"], ["pbx2", "10.0.0.21"]] {
+        ok(run(
+            d,
+            &url,
+            &["node", "add", node[0], "--address", node[1]],
+        ));
+    }
+    ok(run(
+        d,
+        &url,
+        &["extension", "set", "1001", "--node", "pbx2"],
+    ));
+    let changed = ok(run(
+        d,
+        &url,
+        &["extension", "set", "1001", "--remote", "on"],
+    ));
+    assert_eq!(
+        changed.trim(),
+        "updated extension 1001 on node pbx2 (remote credentials on)"
+    );
+    let missing = run(d, &url, &["extension", "set", "1002", "--remote", "on"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("no extension 1002: give --node NAME to create it"),
+        "{}",
+        stderr(&missing)
+    );
+    // The same number on both nodes (another program can write that): which one is meant?
+    crate::service::sql(
+        &url,
+        "INSERT INTO extensions (node_id, number, kind, sip_password, use_remote_auth, updated_at)
+         SELECT id, '1001', 'sip', 'pw', 0, 0 FROM nodes WHERE name = 'pbx1'",
+    )
+    .await;
+    let ambiguous = run(d, &url, &["extension", "set", "1001", "--remote", "off"]);
+    assert_eq!(ambiguous.status.code(), Some(1));
+    assert!(
+        stderr(&ambiguous).contains("1001 exists on several nodes"),
+        "{}",
+        stderr(&ambiguous)
+    );
+}
+
+/// `migrate` says what it did: created, or already up to date, with the version.
+#[test]
+fn migrate_says_whether_it_created_the_schema() {
+    let versions = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+        .unwrap()
+        .count();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("new.db").display());
+    let first = ok(run(dir.path(), &url, &["migrate"]));
+    assert!(
+        first.starts_with(&format!("created the schema (version {versions}) in ")),
+        "{first}"
+    );
+    let again = ok(run(dir.path(), &url, &["migrate"]));
+    assert!(
+        again.starts_with(&format!("the schema is up to date (version {versions})")),
+        "{again}"
+    );
+}
+
+/// A PostgreSQL server without the named database: said so, with the command that creates it,
+/// and none of the server's internals ("at line 948").
+#[test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (CI does)"
+)]
+fn a_postgresql_database_that_does_not_exist_is_named_with_its_createdb() {
+    let Ok(admin) = std::env::var(crate::support::POSTGRES_ENV) else {
+        eprintln!(
+            "SKIPPED a_postgresql_database_that_does_not_exist_is_named_with_its_createdb: no {}",
+            crate::support::POSTGRES_ENV
+        );
+        return;
+    };
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path("mbgp_no_such_database");
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(dir.path(), url.as_str(), &["status"]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    let host = url.host_str().unwrap();
+    let port = url.port().unwrap_or(5432);
+    assert!(
+        message.contains("the PostgreSQL database mbgp_no_such_database does not exist"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("createdb -h {host} -p {port}"))
+            && message.contains(" mbgp_no_such_database`"),
+        "{message}"
+    );
+    assert!(!message.contains("at line"), "{message}");
 }
 
 #[test]
@@ -1160,7 +1273,9 @@ async fn extension_show_reveal_and_rotate() {
     let refused = cmd(&["extension", "rotate", "1002"]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(
-        stderr(&refused).contains("let a pass finish first"),
+        stderr(&refused).contains(
+            "extension 1002 cannot get new credentials yet: a change to it is not applied on the MBG yet. Retry once `mbg-provision status` shows it provisioned or idle"
+        ),
         "{}",
         stderr(&refused)
     );

@@ -24,6 +24,10 @@ const FIRST: usize = 5000;
 const BURST: usize = 80;
 
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (CI does)"
+)]
 async fn a_deposed_leader_is_silent_before_the_new_one_calls_3_rounds() {
     deposed_leaders_stay_silent(
         "a_deposed_leader_is_silent_before_the_new_one_calls_3_rounds",
@@ -334,9 +338,9 @@ async fn deposed_leaders_stay_silent(test: &str, rounds: usize) {
     let twice = device_counts(&h).into_values().filter(|n| *n > 1).count();
     assert_eq!(twice, 0);
     assert!(needing_attention(&h).await.is_empty());
-    eprintln!(
-        "fencing: {rounds} lock cuts mid-burst ({takeovers} taken over, {retaken} re-taken by the same instance), narrowest gap between the old leader's last answer and the new one's first request {worst_gap:?}; a frozen leader sent {after_waking} requests once woken; 0 duplicates, 0 needing attention"
-    );
+    crate::proof::record_figures(&format!(
+        "fencing      postgres rounds={rounds}: {rounds} lock cuts mid-burst ({takeovers} taken over, {retaken} re-taken by the same instance), narrowest gap between the old leader's last answer and the new one's first request {worst_gap:?}; a frozen leader sent {after_waking} requests once woken; 0 duplicates, 0 needing attention"
+    ));
     for instance in instances {
         instance.daemon.signal("-TERM");
         assert_eq!(instance.daemon.wait().await, Some(0));

@@ -391,6 +391,10 @@ async fn sync_says_which_failed_extensions_were_waiting_and_retries_them(db: Tes
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (CI does)"
+)]
 async fn a_sync_that_loses_its_lock_connection_stops_calling_the_mbg() {
     let Some(db) =
         TestDb::postgres("a_sync_that_loses_its_lock_connection_stops_calling_the_mbg").await

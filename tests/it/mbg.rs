@@ -732,10 +732,13 @@ async fn faults_become_errors_the_reconciler_can_act_on() {
     )
     .unwrap()
     .with_access_token(h.access_token().await);
-    assert!(matches!(
-        dead.ping().await.unwrap_err().kind,
-        MbgErrorKind::Unavailable(_)
-    ));
+    // Nothing listens: not a passing fault to retry, but a connection to check.
+    let refused = dead.ping().await.unwrap_err();
+    assert!(
+        matches!(&refused.kind, MbgErrorKind::Unreachable(why) if why.contains("connection refused") && why.contains("mbg.base_url")),
+        "{refused}"
+    );
+    assert!(!refused.is_retryable());
 }
 
 #[tokio::test]

@@ -803,3 +803,77 @@ async fn stun_asks_a_real_server_for_the_mapped_address() {
     );
     assert!(stun["fix"].as_str().unwrap().contains("UDP"));
 }
+
+/// Every command that calls the MBG says what is wrong with the connection and what to do,
+/// within seconds and without a library's log line: a certificate from a CA this machine does
+/// not trust (a CA made here), an expired one, one for another name, and a closed port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_name_an_unreachable_mbg_in_words_within_seconds() {
+    let mut site = Site::new(crate::mbg::sim_config()).await;
+    let ca = TestCa::new();
+    let ca_file = site.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (chain, key) = ca.leaf(&["127.0.0.1"], false);
+    let untrusted = tls_server(chain, key).await;
+    let (chain, key) = ca.leaf(&["127.0.0.1"], true);
+    let expired = tls_server(chain, key).await;
+    let (chain, key) = ca.leaf(&["mbg.example"], false);
+    let other_name = tls_server(chain, key).await;
+    let closed = free_port();
+    let cases = [
+        (
+            format!("https://127.0.0.1:{}/mslrest", untrusted.port()),
+            None,
+            "is signed by a CA this machine does not trust",
+            "mbg.ca_file",
+        ),
+        (
+            format!("https://127.0.0.1:{}/mslrest", expired.port()),
+            Some(&ca_file),
+            "has expired",
+            "renew it",
+        ),
+        (
+            format!("https://127.0.0.1:{}/mslrest", other_name.port()),
+            Some(&ca_file),
+            "is not for that name",
+            "mbg.base_url",
+        ),
+        (
+            format!("http://127.0.0.1:{closed}/mslrest"),
+            None,
+            "connection refused at 127.0.0.1:",
+            "check mbg.base_url",
+        ),
+    ];
+    for (base_url, trust, problem, fix) in cases {
+        site.set("MBG_PROVISION_MBG__BASE_URL", base_url.clone());
+        match trust {
+            Some(ca) => site.set("MBG_PROVISION_MBG__CA_FILE", ca.display().to_string()),
+            None => site.env.retain(|(k, _)| *k != "MBG_PROVISION_MBG__CA_FILE"),
+        }
+        for command in [&["sync"][..], &["token", "renew"]] {
+            let started = std::time::Instant::now();
+            let output = site.run(command);
+            let message = stderr(&output);
+            assert_ne!(
+                output.status.code(),
+                Some(0),
+                "{command:?} {base_url}: {message}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{command:?} {base_url}: {:?}",
+                started.elapsed()
+            );
+            assert!(
+                message.contains(problem) && message.contains(fix),
+                "{command:?} {base_url}: {message}"
+            );
+            assert!(
+                !message.contains("rustls") && !message.contains(" WARN "),
+                "{command:?} {base_url}: a library's log line: {message}"
+            );
+        }
+    }
+}

@@ -311,6 +311,10 @@ async fn a_daemon_killed_mid_batch_converges_on_restart(db: TestDb) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (CI does)"
+)]
 async fn two_daemons_on_postgres_fail_over_without_duplicates() {
     let Some(db) = TestDb::postgres("two_daemons_on_postgres_fail_over_without_duplicates").await
     else {
@@ -497,6 +501,10 @@ async fn sighup_reloads_the_configuration_and_keeps_it_when_the_new_one_is_bad()
 /// SIGHUP reaches a standby too: it reloads (and warns about restart-only keys) without
 /// leading, and leads with the new configuration after a takeover.
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (CI does)"
+)]
 async fn a_standby_reloads_on_sighup() {
     let Some(db) = TestDb::postgres("a_standby_reloads_on_sighup").await else {
         return;
@@ -602,6 +610,10 @@ async fn healthz_follows_the_mbg_without_traffic(db: TestDb) {
 /// ones ended): 503 naming the database after the grace, the role standby (it lost its lock),
 /// never "stopping"; back to leading once connections are allowed again.
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (CI does)"
+)]
 async fn healthz_follows_a_database_that_refuses_connections() {
     let Some(db) = TestDb::postgres("healthz_follows_a_database_that_refuses_connections").await
     else {

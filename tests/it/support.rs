@@ -139,7 +139,8 @@ macro_rules! on_both_backends {
         mod postgres_long {
             $(
                 #[tokio::test]
-                #[ignore = "long rounds: run with --ignored (.ci/run does)"]
+                #[cfg_attr(postgres_tests, ignore = "long rounds: run with --ignored (.ci/run does)")]
+                #[cfg_attr(not(postgres_tests), ignore = "PostgreSQL: set TEST_POSTGRES_URL (CI does)")]
                 async fn $test() {
                     if let Some(db) = $crate::support::TestDb::postgres(stringify!($test)).await {
                         super::$test(db).await;
@@ -160,6 +161,7 @@ macro_rules! on_both_backends {
         mod postgres {
             $(
                 #[tokio::test]
+                #[cfg_attr(not(postgres_tests), ignore = "PostgreSQL: set TEST_POSTGRES_URL (CI does)")]
                 async fn $test() {
                     if let Some(db) = $crate::support::TestDb::postgres(stringify!($test)).await {
                         super::$test(db).await;
