@@ -19,9 +19,6 @@ use super::context::{record_refusal, signed_client};
 use super::files::read_secret_file;
 use super::output::{attention_if, print_bad_rows, print_json};
 
-/// The SIP port a phone registers on when the node sets none.
-const DEFAULT_SIP_PORT: u16 = 5060;
-
 /// `extension show --json`: the extension, where its ICP and its phone's registrar are, and,
 /// with `--reveal`, the set-side password.
 #[derive(Serialize)]
@@ -317,7 +314,7 @@ async fn show(
         icp,
         icp_unknown,
         registrar_address: node.nat_address.as_deref(),
-        registrar_port: node.nat_sip_port.unwrap_or(DEFAULT_SIP_PORT),
+        registrar_port: node.registrar_port(),
         remote_auth_password: password,
     };
     if json {

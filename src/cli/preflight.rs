@@ -37,7 +37,7 @@ pub async fn run(
     let report = match config {
         Err(e) => {
             let mut report = Report::bad_configuration(&e);
-            preflight::network_checks(None, &options, &mut report).await;
+            preflight::network_checks(None, &[], &options, &mut report).await;
             report
         }
         Ok(config) => {
@@ -88,13 +88,7 @@ fn print_text(report: &Report, outcome: Status) {
     }
     if let Some(firewall) = &report.firewall {
         println!();
-        println!(
-            "Firewall: forward from the internet to the MBG ({}):",
-            firewall
-                .destination
-                .as_deref()
-                .unwrap_or("its address; mbg.base_url is not set")
-        );
+        println!("On the MBG's Port Forwarding page (to the application server, SNAT on):");
         for rule in &firewall.rules {
             let ports = rule
                 .ports
@@ -106,6 +100,23 @@ fn print_text(report: &Report, outcome: Status) {
         }
         for note in firewall.notes {
             println!("  - {note}");
+        }
+        println!();
+        println!(
+            "On the site firewall, from the internet to the MBG's external address (the nodes' NAT address; internally {}):",
+            firewall
+                .destination
+                .as_deref()
+                .unwrap_or("see mbg.base_url, not set")
+        );
+        for rule in &firewall.site {
+            println!(
+                "  {} {}: {} [{}]",
+                rule.protocol, rule.ports, rule.purpose, rule.source
+            );
+        }
+        if let Some(rule) = firewall.rules.first() {
+            println!("  (Port Forwarding figures: {})", rule.source);
         }
     }
     let count = |status| report.checks.iter().filter(|c| c.status == status).count();

@@ -17,7 +17,7 @@ use crate::store::{Extension, OpenOptions, Store};
 use crate::stun;
 use crate::token::{self, TokenStatus};
 
-use network::{Client, Rule};
+use network::{Client, Rule, SiteRule};
 
 const DAY: i64 = 86_400;
 /// How long the daemon's `/healthz` may take: it answers from memory.
@@ -44,10 +44,13 @@ pub struct Check {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Firewall {
-    /// The MBG's host as `mbg.base_url` names it (its internal address), the rules' target.
+    /// The MBG's host as `mbg.base_url` names it (its internal address).
     pub destination: Option<String>,
+    /// The MBG's *Port Forwarding* page: to the application server.
     pub rules: Vec<Rule>,
     pub notes: [&'static str; 3],
+    /// The site firewall: from the internet to the MBG's external address.
+    pub site: Vec<SiteRule>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -148,7 +151,22 @@ pub async fn run(config: &Config, config_source: &str, options: &Options) -> Rep
         }
     }
     daemon(config, &mut report).await;
-    network_checks(config.mbg.base_url.as_ref(), options, &mut report).await;
+    // The ports the phones are told to register on: what the site firewall must let through.
+    let nat_sip_ports: Vec<u16> = match &store {
+        Some(store) => store
+            .nodes()
+            .await
+            .map(|nodes| nodes.iter().map(|n| n.registrar_port()).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    network_checks(
+        config.mbg.base_url.as_ref(),
+        &nat_sip_ports,
+        options,
+        &mut report,
+    )
+    .await;
     if let Some(store) = store {
         store.close().await;
     }
@@ -157,7 +175,12 @@ pub async fn run(config: &Config, config_source: &str, options: &Options) -> Rep
 
 /// The STUN check and the firewall rules: they need no configuration, so they run even when it
 /// does not load.
-pub async fn network_checks(base: Option<&MbgUrl>, options: &Options, report: &mut Report) {
+pub async fn network_checks(
+    base: Option<&MbgUrl>,
+    nat_sip_ports: &[u16],
+    options: &Options,
+    report: &mut Report,
+) {
     if let Some(server) = &options.stun {
         stun_check(server, report).await;
     }
@@ -168,6 +191,7 @@ pub async fn network_checks(base: Option<&MbgUrl>, options: &Options, report: &m
                 .and_then(|u| u.host_str().map(str::to_string)),
             rules: network::rules(&options.clients),
             notes: network::NOTES,
+            site: network::site_rules(nat_sip_ports),
         });
     }
 }

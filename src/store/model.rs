@@ -16,6 +16,13 @@ pub struct Node {
     pub nat_sip_port: Option<u16>,
 }
 
+impl Node {
+    /// The port the node's remote phones register on at the MBG: its NAT SIP port, else SIP's.
+    pub fn registrar_port(&self) -> u16 {
+        self.nat_sip_port.unwrap_or(5060)
+    }
+}
+
 /// What `Store::update_node` changes: the fields given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeChange {

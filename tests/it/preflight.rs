@@ -439,6 +439,7 @@ async fn the_firewall_checklist_names_each_clients_ports() {
     let site = Site::new(crate::mbg::sim_config()).await;
     let text = stdout(&site.run(&["preflight", "--clients", "desktop,mobile,69xx"]));
     for expected in [
+        "On the MBG's Port Forwarding page",
         "TCP 8186, 8187",
         "TCP 8188",
         "TCP 2001",
@@ -447,17 +448,37 @@ async fn the_firewall_checklist_names_each_clients_ports() {
         "TCP 8190",
         "TCP 8202",
         "SNAT on every rule",
-        "never forward 5060",
+        "no 5060 (SIP) rule on the MBG's Port Forwarding page",
         "UDP 3478",
-        "to the MBG (127.0.0.1)",
+        "On the site firewall, from the internet to the MBG's external address",
+        "internally 127.0.0.1",
+        "UDP 20000-31000",
+        "MiVoice Border Gateway Engineering Guidelines, Release 8.0",
+        "MiVoice Office Application Suite Technical Manual",
     ] {
         assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
+    // The site firewall lets SIP reach the MBG on the port `extension show` gives the phones.
+    let node = site.run(&["node", "list", "--json"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&node.stdout).unwrap();
+    for node in nodes.as_array().unwrap() {
+        let port = node["nat_sip_port"].as_u64().unwrap_or(5060);
+        assert!(
+            text.contains(&format!("UDP and TCP {port}")),
+            "SIP port {port} in:\n{text}"
+        );
     }
     let report = json(&site.run(&["preflight", "--clients", "69xx", "--json"]));
     let rules = report["firewall"]["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0]["client"], "69xx");
     assert_eq!(rules[0]["ports"], serde_json::json!([8202]));
+    let site_rules = report["firewall"]["site"].as_array().unwrap();
+    assert!(
+        site_rules.iter().any(|r| r["ports"] == "20000-31000"),
+        "{site_rules:?}"
+    );
+    assert!(site_rules.iter().all(|r| r["source"].is_string()));
     let unknown = site.run(&["preflight", "--clients", "fax"]);
     assert_eq!(unknown.status.code(), Some(64));
     assert!(
