@@ -15,6 +15,11 @@ pub struct Cli {
     #[arg(short, long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Log what a one-off command does on stderr (info level); the daemon always does.
+    /// RUST_LOG, when set, wins
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

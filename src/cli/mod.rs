@@ -86,9 +86,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        // For cron: what went well is not worth a line.
+        Command::Run => init_tracing(config.log.format),
+        // A one-off command prints its results on stdout: info lines would repeat them.
         Command::Sync { quiet: true, .. } => init_tracing_at(config.log.format, "warn"),
-        _ => init_tracing(config.log.format),
+        _ if cli.verbose => init_tracing(config.log.format),
+        _ => init_tracing_at(config.log.format, "warn"),
     }
     let config_path = context::config_file(cli.config.as_deref());
     let daemon_shutdown = match cli.command {

@@ -673,3 +673,37 @@ async fn eventually_requests(h: &Harness, method: &str, count: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A one-off command prints its results on stdout; its log on stderr holds only warnings and
+/// errors unless `-v` asks for more.
+#[tokio::test]
+async fn one_off_commands_log_info_only_with_verbose() {
+    let h = setup(TestDb::sqlite().await, lenient_sim(0), 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let output = start(command(&h, dir.path(), &["sync"])).finish().await;
+    assert!(output.status.success());
+    assert!(
+        text(&output.stdout).contains("create"),
+        "{}",
+        text(&output.stdout)
+    );
+    assert!(
+        !text(&output.stderr).contains(" INFO "),
+        "info lines repeat stdout: {}",
+        text(&output.stderr)
+    );
+    raw_sql(
+        &h.db.url,
+        "UPDATE extensions SET use_remote_auth = false WHERE number = '2000'",
+    )
+    .await;
+    let output = start(command(&h, dir.path(), &["-v", "sync"]))
+        .finish()
+        .await;
+    assert!(output.status.success());
+    assert!(
+        text(&output.stderr).contains(" INFO "),
+        "{}",
+        text(&output.stderr)
+    );
+}

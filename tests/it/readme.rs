@@ -132,9 +132,12 @@ cargo() {
         "access token stored",
         "pbx1",
         "MiVO250-1",
-        "Firewall: forward from the internet to the MBG (127.0.0.1)",
+        "On the MBG's Port Forwarding page",
+        "internally 127.0.0.1",
         "ready",
+        // Where `extension show` says the phone registers, the site firewall lets SIP in.
         "203.0.113.7:5060",
+        "UDP and TCP 5060:",
     ] {
         assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
     }
