@@ -413,6 +413,20 @@ pub enum TokenStatus {
 }
 
 impl TokenStatus {
+    /// Why `extension` is waiting, when this token keeps every MBG call back and the extension's
+    /// SIP user is not yet as the database wants it: shown as pending with this reason, not as
+    /// the idle state no pass could move it from.
+    pub fn holds_back(&self, extension: &crate::store::Extension) -> Option<String> {
+        use crate::store::ExtensionState;
+        let settled = match extension.state {
+            ExtensionState::Provisioned => extension.use_remote_auth,
+            ExtensionState::Idle => !extension.use_remote_auth,
+            _ => false,
+        };
+        (!self.is_usable() && !settled)
+            .then(|| format!("waiting for a usable MBG access token: the token is {self}"))
+    }
+
     pub fn of(settings: &MbgSettings, now: i64) -> TokenStatus {
         match (settings.token_state, settings.token_expires_at) {
             (TokenState::Rejected, _) => TokenStatus::Rejected {

@@ -1,10 +1,11 @@
 //! `status`: per extension, wanted, provisioned, MBG guid, last error, next retry.
 
+use std::borrow::Cow;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use mbg_provision::app::App;
-use mbg_provision::store::{BadRow, Extension};
+use mbg_provision::store::{BadRow, Extension, ExtensionState};
 use mbg_provision::token::{self, TokenStatus};
 use serde::Serialize;
 
@@ -39,22 +40,29 @@ struct ExtensionStatus<'a> {
     /// `idle`, `pending`, `provisioned`, `failed` (retried at `next_retry`) or
     /// `needs_attention` (see `last_error`).
     state: &'static str,
-    /// Why the last attempt failed or needs attention.
-    last_error: Option<&'a str>,
+    /// Why the last attempt failed or needs attention, or why the extension waits.
+    last_error: Option<Cow<'a, str>>,
     /// When a failed extension is retried, in epoch seconds (UTC).
     next_retry: Option<i64>,
 }
 
-impl<'a> From<&'a Extension> for ExtensionStatus<'a> {
-    fn from(e: &'a Extension) -> Self {
+impl<'a> ExtensionStatus<'a> {
+    /// The row as recorded, or pending with the reason while the token holds every call back.
+    fn of(e: &'a Extension, token: &TokenStatus) -> Self {
+        let held_back = token.holds_back(e);
         ExtensionStatus {
             extension: &e.number,
             node: &e.node_name,
             wanted: e.use_remote_auth,
             provisioned: e.mbg_device_id.is_some() && e.provisioned_by_us,
             mbg_guid: e.mbg_device_id.as_deref(),
-            state: e.state.as_str(),
-            last_error: e.last_error.as_deref(),
+            state: match held_back {
+                Some(_) => ExtensionState::Pending.as_str(),
+                None => e.state.as_str(),
+            },
+            last_error: held_back
+                .map(Cow::Owned)
+                .or(e.last_error.as_deref().map(Cow::Borrowed)),
             next_retry: e.next_attempt_at,
         }
     }
@@ -68,7 +76,11 @@ pub async fn run(app: &App, json: bool) -> Result<ExitCode> {
     if json {
         print_json(&StatusOutput {
             token: &token,
-            extensions: rows.good.iter().map(Into::into).collect(),
+            extensions: rows
+                .good
+                .iter()
+                .map(|e| ExtensionStatus::of(e, &token))
+                .collect(),
             bad_rows: &rows.bad,
         })?;
         return Ok(code);
@@ -79,15 +91,16 @@ pub async fn run(app: &App, json: bool) -> Result<ExitCode> {
         "EXTENSION", "NODE", "WANTED", "MBG GUID", "STATE", "NEXT RETRY"
     );
     for e in &rows.good {
+        let shown = ExtensionStatus::of(e, &token);
         println!(
             "{:<11} {:<12} {:<7} {:<38} {:<16} {:<20} {}",
             e.number,
             e.node_name,
             if e.use_remote_auth { "yes" } else { "no" },
             e.mbg_device_id.as_deref().unwrap_or("-"),
-            e.state.as_str(),
+            shown.state,
             e.next_attempt_at.map_or("-".into(), token::date),
-            e.last_error.as_deref().unwrap_or("")
+            shown.last_error.as_deref().unwrap_or("")
         );
     }
     print_bad_rows(&rows.bad);

@@ -330,6 +330,23 @@ async fn token_sync_status_and_icps_from_the_command_line() {
         "on",
     ]));
 
+    // Without a token no pass can run: a wanted extension shows as waiting, with the reason.
+    let waiting: serde_json::Value = serde_json::from_str(&ok(cmd(&["status", "--json"]))).unwrap();
+    let row = waiting["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["extension"] == "2001")
+        .unwrap()
+        .clone();
+    assert_eq!(row["state"], "pending", "{row}");
+    assert!(
+        row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for a usable MBG access token"),
+        "{row}"
+    );
     let no_token = cmd(&["sync"]);
     assert_eq!(no_token.status.code(), Some(1));
     // The state in words and the commands that fix it, not "the token is none".
