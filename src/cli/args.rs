@@ -27,6 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or upgrade the database schema (every command also does this on start)
+    #[command(after_long_help = "Example:\n  mbg-provision migrate")]
     Migrate,
     /// The PBX nodes
     #[command(subcommand)]
@@ -38,6 +39,9 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// One reconcile pass: make the MBG match the database, then exit
+    #[command(
+        after_long_help = "Example:\n  mbg-provision sync --dry-run    # the plan, nothing changed\n  mbg-provision sync --quiet     # from cron: output only when something needs a look"
+    )]
     Sync {
         /// Print the plan and change nothing (takes no lock)
         #[arg(long)]
@@ -52,11 +56,13 @@ pub enum Command {
         output: Output,
     },
     /// Per extension: wanted, provisioned, MBG guid, last error, next retry
+    #[command(after_long_help = "Example:\n  mbg-provision status --json")]
     Status {
         #[command(flatten)]
         output: Output,
     },
     /// Node address to ICP mapping: nodes with no ICP, ICPs with no node
+    #[command(after_long_help = "Example:\n  mbg-provision icps")]
     Icps {
         #[command(flatten)]
         output: Output,
@@ -66,6 +72,9 @@ pub enum Command {
     /// ICP-side names, the daemon's health
     ///
     /// Changes nothing. Exit code 0: all passed; 2: a warning; 1: a failure.
+    #[command(
+        after_long_help = "Example:\n  mbg-provision preflight --clients desktop,mobile,69xx --stun stun.example.net"
+    )]
     Preflight {
         /// Also print the firewall rules these remote clients need, e.g. desktop,mobile,69xx
         #[arg(long, value_enum, value_delimiter = ',', value_name = "CLIENTS")]
@@ -83,10 +92,17 @@ pub enum Command {
     ///
     /// SIGTERM or SIGINT: no new work; the MBG calls in flight finish and are recorded, then it
     /// exits 0.
+    #[command(
+        after_long_help = "Example:\n  mbg-provision --config /etc/mbg-provision/config.toml run"
+    )]
     Run,
     /// A narrated tour on a temporary database and the built-in MBG simulator
+    #[command(after_long_help = "Example:\n  mbg-provision demo")]
     Demo,
     /// Serve the MBG simulator, for tests and demos
+    #[command(
+        after_long_help = "Example:\n  mbg-provision simulate --listen 127.0.0.1:8943 --consumer MiVOAppSuite:secret --icp MiVO250-1=10.0.0.20 --verifier 658773"
+    )]
     Simulate(SimulateArgs),
     /// Measure import and sync on a temporary database against the in-process simulator
     ///
@@ -94,14 +110,24 @@ pub enum Command {
     /// and its target, and the same sync at max_in_flight = 1 for comparison. Needs no
     /// configuration file; touches nothing outside a temporary folder (or, with a PostgreSQL
     /// URL, a database it creates on that server and drops at the end).
+    #[command(
+        after_long_help = "Example:\n  mbg-provision bench --extensions 10000 --latency-ms 20 --in-flight 32"
+    )]
     Bench(BenchArgs),
     /// Print a shell completion script, e.g. `mbg-provision completions bash >
     /// /etc/bash_completion.d/mbg-provision`
+    #[command(
+        after_long_help = "Example:\n  mbg-provision completions bash > /etc/bash_completion.d/mbg-provision"
+    )]
     Completions {
+        /// The shell to complete for
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff), e.g. `mbg-provision manpage > /usr/local/share/man/man1/mbg-provision.1`
+    #[command(
+        after_long_help = "Example:\n  mbg-provision manpage > /usr/local/share/man/man1/mbg-provision.1"
+    )]
     Manpage,
 }
 
@@ -131,6 +157,9 @@ pub struct BenchArgs {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Step 1: get a temporary token for an administrator to approve on the MBG
+    #[command(
+        after_long_help = "Example:\n  mbg-provision token request --name app-suite --consumer-id MiVOAppSuite --secret-file secret.txt"
+    )]
     Request {
         /// A name for this consumer, shown in status output
         #[arg(long)]
@@ -143,11 +172,13 @@ pub enum TokenCommand {
         secret_file: Option<PathBuf>,
     },
     /// Step 3: trade the verifier shown on the MBG for the access token
+    #[command(after_long_help = "Example:\n  mbg-provision token verify 658773")]
     Verify {
         /// The six-digit verifier
         code: String,
     },
     /// Extend the access token by 12 months (what the renewal job runs)
+    #[command(after_long_help = "Example:\n  mbg-provision token renew --if-within-days 30")]
     Renew {
         /// Only renew when the token expires within this many days
         #[arg(long, value_name = "N")]
@@ -160,12 +191,14 @@ pub enum TokenCommand {
     /// Checks with a signed call that the MBG still accepts the token, then records its expiry:
     /// the MBG's own when it tells it, else the --until date, else 12 months from now. Also clears
     /// the warning that the stored expiry has passed.
+    #[command(after_long_help = "Example:\n  mbg-provision token renewed --until 2027-11-30")]
     Renewed {
         /// The expiry the MBG page shows, as YYYY-MM-DD (UTC) [default: 12 months from now]
         #[arg(long, value_name = "DATE", value_parser = parse_date)]
         until: Option<i64>,
     },
     /// none / pending approval / valid until DATE / valid past the stored date / rejected
+    #[command(after_long_help = "Example:\n  mbg-provision token status")]
     Status {
         #[command(flatten)]
         output: Output,
@@ -235,12 +268,19 @@ pub struct Output {
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Add a PBX node; ADDRESS must equal the MBG ICP's "hostname or IP address"
+    #[command(
+        after_long_help = "Example:\n  mbg-provision node add pbx1 --address 10.0.0.20 --nat-address 203.0.113.7"
+    )]
     Add {
+        /// The node's name, as the phone system shows it
         name: String,
+        /// The node's address: what the MBG's ICP entry for it holds
         #[arg(long)]
         address: String,
+        /// The MBG's external address, which the phone system hands to the phones
         #[arg(long, value_name = "IP")]
         nat_address: Option<String>,
+        /// The MBG's external SIP port the phones register on [default: 5060]
         #[arg(long, value_name = "N")]
         nat_sip_port: Option<u16>,
         #[command(flatten)]
@@ -248,19 +288,24 @@ pub enum NodeCommand {
     },
     /// Change a node's address or NAT settings (a new address moves its extensions' SIP users
     /// to the ICP it matches)
+    #[command(after_long_help = "Example:\n  mbg-provision node set pbx1 --nat-sip-port 5062")]
     Set {
+        /// The node to change
         name: String,
+        /// Its new address (must equal the MBG ICP's "hostname or IP address")
         #[arg(long, required_unless_present_any = ["nat_address", "nat_sip_port"])]
         address: Option<String>,
         /// The MBG's external address, which the phone system hands to the phones
         #[arg(long, value_name = "IP")]
         nat_address: Option<String>,
+        /// The MBG's external SIP port the phones register on
         #[arg(long, value_name = "N")]
         nat_sip_port: Option<u16>,
         #[command(flatten)]
         output: Output,
     },
     /// List the nodes
+    #[command(after_long_help = "Example:\n  mbg-provision node list --json")]
     List {
         #[command(flatten)]
         output: Output,
@@ -281,11 +326,10 @@ pub enum Switch {
 
 #[derive(Debug, Subcommand)]
 pub enum ExtensionCommand {
-    /// Create an extension or change one
-    ///
-    /// Only the options given change. Examples:
-    ///   mbg-provision extension set 1001 --node pbx1 --remote on   (create, or move to pbx1)
-    ///   mbg-provision extension set 1001 --remote off              (change an existing one)
+    /// Create an extension or change one (only the options given change)
+    #[command(
+        after_long_help = "Example:\n  mbg-provision extension set 1001 --node pbx1 --remote on   # create, or move to pbx1\n  mbg-provision extension set 1001 --remote off              # change an existing one"
+    )]
     Set {
         /// The extension number (1 to 10 digits)
         number: String,
@@ -293,6 +337,8 @@ pub enum ExtensionCommand {
         /// exists on several nodes; otherwise the node it is on]
         #[arg(long)]
         node: Option<String>,
+        /// SIP, or SIP hot desk (an extension that logs into a teleworker phone) [default for
+        /// a new extension: sip]
         #[arg(long, value_enum)]
         kind: Option<Kind>,
         /// "Use remote authorization credentials"
@@ -305,19 +351,24 @@ pub enum ExtensionCommand {
         output: Output,
     },
     /// List the extensions
+    #[command(after_long_help = "Example:\n  mbg-provision extension list --json")]
     List {
         #[command(flatten)]
         output: Output,
     },
     /// Import extensions from CSV (header `number,node,kind,remote`): all rows or none
+    #[command(after_long_help = "Example:\n  mbg-provision extension import extensions.csv")]
     Import {
+        /// The CSV file
         file: PathBuf,
         #[command(flatten)]
         output: Output,
     },
     /// One extension as the engineer setting up its phone needs it: node, ICP, state, SIP user,
     /// set-side name, where the phone registers
+    #[command(after_long_help = "Example:\n  mbg-provision extension show 1001 --reveal")]
     Show {
+        /// The extension number
         number: String,
         /// The extension's node, when the number exists on several
         #[arg(long)]
@@ -329,7 +380,9 @@ pub enum ExtensionCommand {
         output: Output,
     },
     /// Draw new remote credentials; the daemon (or `sync`) pushes them to the MBG
+    #[command(after_long_help = "Example:\n  mbg-provision extension rotate 1001")]
     Rotate {
+        /// The extension number
         number: String,
         /// The extension's node, when the number exists on several
         #[arg(long)]
@@ -341,4 +394,39 @@ pub enum ExtensionCommand {
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     mbg_provision::config::human_duration::parse(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every option and argument says what it is for, and every command's long help shows an
+    /// example: `--help` is where an engineer on a site looks first.
+    #[test]
+    fn every_argument_has_help_and_every_command_an_example() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {} has no help", arg.get_id()));
+                }
+            }
+            let leaf = command.get_subcommands().next().is_none();
+            let example = command
+                .get_after_long_help()
+                .or(command.get_long_about())
+                .is_some_and(|text| text.to_string().contains("mbg-provision "));
+            if leaf && command.get_name() != "help" && !example {
+                missing.push(format!("{path}: no example in its long help"));
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }
