@@ -553,7 +553,6 @@ fn excerpt(bytes: &[u8]) -> String {
     format!("{:?}{more}", &redacted[..end])
 }
 
-/// reqwest's message with its causes (connection refused, timed out, reset).
 /// A connection that could not be made, in words an administrator can act on; `None` for a
 /// failure after connecting (a reset, a timeout), which a retry may mend.
 fn connect_error(error: &reqwest::Error, base: &MbgUrl) -> Option<String> {
@@ -616,6 +615,7 @@ fn certificate_words(error: &rustls::Error, address: &str) -> String {
     }
 }
 
+/// reqwest's message with its causes (connection refused, timed out, reset).
 fn transport_error(error: &reqwest::Error) -> String {
     let mut message = if error.is_timeout() {
         "timed out".to_string()
