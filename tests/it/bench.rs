@@ -1,19 +1,17 @@
 //! `mbg-provision bench` through the real binary: the report's shape and its counts. No timing
 //! is asserted: the figures depend on the machine.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
 use crate::support::POSTGRES_ENV;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mbg-provision");
-
 /// Runs a small bench in an empty folder (no configuration, no database) and returns its JSON
 /// report and the process id it ran as.
 fn bench(database: &str) -> (Value, u32, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(BIN)
+    let child = crate::support::binary()
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
         .args([

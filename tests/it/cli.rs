@@ -1,13 +1,11 @@
 //! The binary as a user runs it: exit codes, messages, and that a failed command changes nothing.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use secrecy::ExposeSecret;
 
 use crate::support::TestDb;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mbg-provision");
 
 /// Runs the binary in `dir` against `database_url` (through the environment, as a service would).
 fn run(dir: &Path, database_url: &str, args: &[&str]) -> Output {
@@ -20,7 +18,7 @@ pub(crate) fn run_with(
     env: &[(&str, &str)],
     args: &[&str],
 ) -> Output {
-    Command::new(BIN)
+    crate::support::binary()
         .current_dir(dir)
         .env("MBG_PROVISION_DATABASE__URL", database_url)
         .envs(env.iter().copied())
@@ -241,7 +239,7 @@ fn a_bad_config_names_key_and_file_and_exits_non_zero() {
         "[mbg]\nbase_url = \"http://10.1.1.1/mslrest\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
+    let out = crate::support::binary()
         .current_dir(dir.path())
         .args(["node", "list"])
         .output()
@@ -255,7 +253,7 @@ fn a_bad_config_names_key_and_file_and_exits_non_zero() {
         "nothing created on a bad config"
     );
 
-    let missing = Command::new(BIN)
+    let missing = crate::support::binary()
         .current_dir(dir.path())
         .args(["--config", "elsewhere.toml", "node", "list"])
         .output()
@@ -270,7 +268,7 @@ fn a_bad_config_names_key_and_file_and_exits_non_zero() {
 fn run_is_the_daemon_command() {
     let dir = tempfile::tempdir().unwrap();
     let bare = |args: &[&str]| {
-        Command::new(BIN)
+        crate::support::binary()
             .current_dir(dir.path())
             .env_remove("MBG_PROVISION_DATABASE__URL")
             .env_remove("RUST_LOG")
@@ -425,7 +423,7 @@ async fn token_sync_status_and_icps_from_the_command_line() {
 #[test]
 fn the_demo_runs_the_whole_cycle() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
+    let out = crate::support::binary()
         .current_dir(dir.path())
         .arg("demo")
         .output()
@@ -564,7 +562,7 @@ fn a_toml_syntax_error_is_printed_once() {
         "[mbg\nbase_url = \"https://10.0.0.5/mslrest\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
+    let out = crate::support::binary()
         .current_dir(dir.path())
         .args(["node", "list"])
         .output()
@@ -948,7 +946,7 @@ fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
     let url = format!("sqlite://{}", d.join("plain.db").display());
     ok(run(d, &url, &["migrate"]));
     // sqlx logs each statement at debug: something to look at.
-    let out = Command::new(BIN)
+    let out = crate::support::binary()
         .current_dir(d)
         .env("MBG_PROVISION_DATABASE__URL", &url)
         .env("RUST_LOG", "sqlx=debug")
@@ -1133,7 +1131,7 @@ fn a_missing_database_is_an_error_except_for_commands_that_create_one() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let bare = |args: &[&str]| {
-        Command::new(BIN)
+        crate::support::binary()
             .current_dir(d)
             .env_remove("MBG_PROVISION_DATABASE__URL")
             .env_remove("RUST_LOG")
@@ -1398,7 +1396,7 @@ fn the_readme_troubleshooting_quotes_real_messages() {
 fn a_closed_pipe_ends_a_command_quietly() {
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..5 {
-        let mut child = Command::new(BIN)
+        let mut child = crate::support::binary()
             .args(["preflight", "--json", "--clients", "desktop,mobile,69xx"])
             .current_dir(dir.path())
             .env("MBG_PROVISION_DATABASE__URL", "sqlite://none.db")

@@ -134,6 +134,30 @@ async fn another_writer_gets_through(url: &str) -> Result<(), String> {
     result.map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// Once space is back: every switched-on extension provisioned by the daemon on its own, each
+/// SIP user carrying what the database committed, and the database writable by others. How
+/// long it took.
+async fn recovers(h: &Harness) -> Duration {
+    let took = eventually(
+        "every switched-on extension provisioned once space is back",
+        Duration::from_secs(30),
+        async || {
+            let rows = committed(&h.db.url).await;
+            rows.values()
+                .filter(|(_, _, guid, state)| guid.is_some() && state == "provisioned")
+                .count()
+                == SWITCHED_ON
+                && h.sim.devices().len() == SWITCHED_ON
+        },
+    )
+    .await;
+    mbg_matches_what_was_committed(h).await;
+    another_writer_gets_through(&h.db.url)
+        .await
+        .expect("the database is writable by others after recovery");
+    took
+}
+
 #[tokio::test]
 async fn run_on_a_full_disk_sends_nothing_uncommitted_says_so_and_recovers() {
     let h = crate::guarantees::with_extensions(
@@ -187,24 +211,8 @@ async fn run_on_a_full_disk_sends_nothing_uncommitted_says_so_and_recovers() {
         .expect("no transaction of the daemon outlives its failed COMMIT");
 
     limit_file_size(daemon.pid(), None);
-    let recovered = eventually(
-        "every switched-on extension provisioned once space is back",
-        Duration::from_secs(30),
-        async || {
-            let rows = committed(&h.db.url).await;
-            rows.values()
-                .filter(|(_, _, guid, state)| guid.is_some() && state == "provisioned")
-                .count()
-                == SWITCHED_ON
-                && h.sim.devices().len() == SWITCHED_ON
-        },
-    )
-    .await;
+    let recovered = recovers(&h).await;
     eprintln!("recovered {recovered:?} after space came back");
-    mbg_matches_what_was_committed(&h).await;
-    another_writer_gets_through(&h.db.url)
-        .await
-        .expect("the database is writable by others after recovery");
     eventually("healthy again", Duration::from_secs(10), async || {
         matches!(daemon.health().await, Some((200, body)) if body["database"]["ok"] == true)
     })
@@ -377,24 +385,8 @@ async fn run_on_a_full_tmpfs_sends_nothing_uncommitted_and_recovers_when_space_i
     );
 
     std::fs::remove_file(filler).unwrap();
-    let recovered = eventually(
-        "every switched-on extension provisioned once space is back",
-        Duration::from_secs(30),
-        async || {
-            let rows = committed(&h.db.url).await;
-            rows.values()
-                .filter(|(_, _, guid, state)| guid.is_some() && state == "provisioned")
-                .count()
-                == SWITCHED_ON
-                && h.sim.devices().len() == SWITCHED_ON
-        },
-    )
-    .await;
+    let recovered = recovers(&h).await;
     eprintln!("tmpfs: recovered {recovered:?} after the filler was deleted");
-    mbg_matches_what_was_committed(&h).await;
-    another_writer_gets_through(&h.db.url)
-        .await
-        .expect("the database is writable by others after recovery");
     daemon.signal("-TERM");
     assert_eq!(daemon.wait().await, Some(0));
 }

@@ -147,6 +147,15 @@ fn gap(h: &Harness, since: Instant, old: &str, new: &str) -> Result<Duration, Du
     }
 }
 
+/// Waits until every extension of `wanted` has a SIP user.
+async fn all_made(h: &Harness, wanted: &[String], what: &str) {
+    eventually(what, Duration::from_secs(60), async || {
+        let counts = device_counts(h);
+        wanted.iter().all(|n| counts.contains_key(n))
+    })
+    .await;
+}
+
 async fn needing_attention(h: &Harness) -> Vec<String> {
     h.db.store
         .extensions()
@@ -230,15 +239,7 @@ async fn deposed_leaders_stay_silent(test: &str, rounds: usize) {
             async || role(&instances[old]).await.as_deref() != Some("leader"),
         )
         .await;
-        eventually(
-            "the burst done after the cut",
-            Duration::from_secs(60),
-            async || {
-                let counts = device_counts(&h);
-                wanted.iter().all(|n| counts.contains_key(n))
-            },
-        )
-        .await;
+        all_made(&h, &wanted, "the burst done after the cut").await;
         let mut new = None;
         eventually(
             "a leader after the cut",
@@ -309,15 +310,7 @@ async fn deposed_leaders_stay_silent(test: &str, rounds: usize) {
     let pid = lock_backend(&h.db.url).await.expect("a lock holder");
     instances[old].daemon.signal("-STOP");
     terminate(&h.db.url, pid).await;
-    eventually(
-        "the other one does the burst",
-        Duration::from_secs(60),
-        async || {
-            let counts = device_counts(&h);
-            wanted.iter().all(|n| counts.contains_key(n))
-        },
-    )
-    .await;
+    all_made(&h, &wanted, "the other one does the burst").await;
     let woken = Instant::now();
     instances[old].daemon.signal("-CONT");
     eventually(

@@ -15,8 +15,6 @@ use sqlx::Connection;
 use crate::mbg::{Harness, sim_config};
 use crate::support::TestDb;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mbg-provision");
-
 crate::on_both_backends!(
     three_syncs_at_once_make_one_sip_user_per_extension,
     sigkill_during_creates_then_off_or_deleted_leaves_no_sip_user,
@@ -88,7 +86,7 @@ const TERMS: LeaseTerms = LeaseTerms {
 };
 
 pub(crate) fn command(h: &Harness, dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = crate::support::binary();
     command
         .current_dir(dir)
         .env("MBG_PROVISION_DATABASE__URL", &h.db.url)

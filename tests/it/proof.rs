@@ -744,7 +744,7 @@ async fn token_loss_mid_run_loses_nothing(db: TestDb) {
     // Another process does the exchange again.
     // Run off the test's runtime thread, which also serves the simulator.
     let cli = |args: &[&str]| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mbg-provision"));
+        let mut command = crate::support::binary();
         command
             .args(args)
             .current_dir(dir.path())

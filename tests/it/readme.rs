@@ -142,7 +142,7 @@ cargo() {
         assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
     }
     // The walkthrough provisioned what it set: two extensions wanted remote credentials.
-    let status = Command::new(env!("CARGO_BIN_EXE_mbg-provision"))
+    let status = crate::support::binary()
         .args(["extension", "list", "--json"])
         .current_dir(&work)
         .env_remove("RUST_LOG")

@@ -12,8 +12,6 @@ use sqlx::Connection;
 use crate::mbg::{Harness, sim_config};
 use crate::support::TestDb;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mbg-provision");
-
 crate::on_both_backends!(
     flips_reach_the_mbg_healthz_answers_and_sigterm_exits_0,
     a_daemon_killed_mid_batch_converges_on_restart,
@@ -70,7 +68,7 @@ impl Daemon {
     ) -> (Command, u16) {
         let port = free_port();
         let log = std::fs::File::create(dir.join(format!("daemon-{port}.log"))).unwrap();
-        let mut command = Command::new(BIN);
+        let mut command = crate::support::binary();
         command
             .args(args)
             .arg("run")

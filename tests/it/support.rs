@@ -10,6 +10,19 @@ use sqlx::{Connection, Executor};
 
 pub const POSTGRES_ENV: &str = "TEST_POSTGRES_URL";
 
+/// The binary under test, with this process's environment minus every `MBG_PROVISION_*`
+/// variable, fixed when the command is made: the configuration tests set such variables in this
+/// process for a moment (figment's `Jail`), and a child another test starts meanwhile must not
+/// inherit them.
+pub fn binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mbg-provision"));
+    command.env_clear().envs(
+        std::env::vars_os()
+            .filter(|(name, _)| !name.to_string_lossy().starts_with("MBG_PROVISION_")),
+    );
+    command
+}
+
 pub struct TestDb {
     pub store: Store,
     /// The URL a second, independent connection can use.
