@@ -178,10 +178,7 @@ async fn run_on_a_full_disk_sends_nothing_uncommitted_says_so_and_recovers() {
     ignore_sigxfsz(&mut command, None);
     command.stderr(std::process::Stdio::piped());
     let daemon = Daemon::spawn(&mut command, port, dir.path());
-    eventually("leading after a full pass", Duration::from_secs(20), async || {
-        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
-    })
-    .await;
+    daemon.leading_after_a_full_pass().await;
 
     limit_file_size(daemon.pid(), Some(0));
     sql(
@@ -355,10 +352,7 @@ async fn run_on_a_full_tmpfs_sends_nothing_uncommitted_and_recovers_when_space_i
         &[],
         &[("MBG_PROVISION_HEALTH__GRACE", "1s")],
     );
-    eventually("leading after a full pass", Duration::from_secs(20), async || {
-        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
-    })
-    .await;
+    daemon.leading_after_a_full_pass().await;
     // Held still while the switch is made and the disk filled behind it.
     daemon.signal("-STOP");
     sql(

@@ -117,6 +117,14 @@ impl Daemon {
         Some((status, response.json().await.ok()?))
     }
 
+    /// Waits (20 s at most) until this daemon leads, healthy, with a full reconcile done.
+    pub(crate) async fn leading_after_a_full_pass(&self) {
+        eventually("leading after a full pass", Duration::from_secs(20), async || {
+            matches!(self.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
+        })
+        .await;
+    }
+
     pub(crate) async fn role(&self) -> Option<String> {
         let (_, body) = self.health().await?;
         Some(body["role"].as_str()?.to_string())
@@ -570,10 +578,7 @@ async fn healthz_follows_the_mbg_without_traffic(db: TestDb) {
         &[],
         &[("MBG_PROVISION_HEALTH__GRACE", "2s")],
     );
-    eventually("leading after a full pass", Duration::from_secs(20), async || {
-        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
-    })
-    .await;
+    daemon.leading_after_a_full_pass().await;
     h.sim.set_faults(Faults {
         fail_rate: 1.0,
         ..Faults::default()
@@ -631,10 +636,7 @@ async fn healthz_follows_a_database_that_refuses_connections() {
         &[],
         &[("MBG_PROVISION_HEALTH__GRACE", "2s")],
     );
-    eventually("leading after a full pass", Duration::from_secs(20), async || {
-        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
-    })
-    .await;
+    daemon.leading_after_a_full_pass().await;
     h.db.store.close().await;
     sql(
         &admin,
@@ -689,10 +691,7 @@ async fn a_switch_off_during_a_long_pass_stops_its_creates(db: TestDb) {
         &[],
         &[("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "4")],
     );
-    eventually("leading after a full pass", Duration::from_secs(20), async || {
-        matches!(daemon.health().await, Some((200, body)) if body["role"] == "leader" && body["last_full_reconcile"].is_i64())
-    })
-    .await;
+    daemon.leading_after_a_full_pass().await;
     sql(&h.db.url, "UPDATE extensions SET use_remote_auth = true").await;
     let mut deepest = 0;
     eventually(
