@@ -219,10 +219,17 @@ async fn call_and_record(
     // Bounds the MBG calls in flight, not the bookkeeping after them: a call's slot is free as
     // soon as the MBG answers, while its outcome waits for the writer's next group.
     let in_flight = Semaphore::new(cx.options.max_in_flight.max(1));
-    let mut pending: Vec<&Action> = plan.actions.iter().collect();
-    for round in 1.. {
-        let throttled: std::sync::Mutex<Option<MbgError>> = std::sync::Mutex::new(None);
-        let steps: Vec<(Step, bool)> = futures_util::stream::iter(pending)
+    // Removals finish before anything else starts: the copy a pass deletes may hold the set-side
+    // name that the SIP user it keeps is given, and an MBG that refuses a name in use would
+    // refuse the update sent while the delete is still in flight.
+    let (removals, rest): (Vec<&Action>, Vec<&Action>) = plan
+        .actions
+        .iter()
+        .partition(|a| matches!(a, Action::Delete { .. }));
+    for mut pending in [removals, rest] {
+        for round in 1.. {
+            let throttled: std::sync::Mutex<Option<MbgError>> = std::sync::Mutex::new(None);
+            let steps: Vec<(Step, bool)> = futures_util::stream::iter(pending)
             .map(|action| {
                 let span = tracing::info_span!("apply", extension = %action.number(), action = action.verb());
                 let (refused, deposed, throttled, in_flight) = (&refused, &deposed, &throttled, &in_flight);
@@ -320,119 +327,121 @@ async fn call_and_record(
             .buffer_unordered(cx.options.max_in_flight.max(1) * OUTCOMES_WAITING_PER_CALL)
             .collect()
             .await;
-        let mut retry: Vec<(&Action, MbgError)> = Vec::new();
-        for (step, called) in steps {
-            report.calls += usize::from(called);
-            match step {
-                Step::Recorded(outcome) => {
-                    report.interrupted |= outcome.status == Status::Skipped
-                        && (cx.shutdown.is_triggered()
-                            || deposed.load(std::sync::atomic::Ordering::SeqCst));
-                    report.outcomes.push(outcome);
-                }
-                Step::Retry(action, error) => retry.push((action, error)),
-                Step::Refused(outcome, error) => {
-                    report.outcomes.push(outcome);
-                    report.token_refused.get_or_insert(error);
-                }
-            }
-        }
-        if retry.is_empty() {
-            break;
-        }
-        let delay = retry
-            .iter()
-            .map(|(_, e)| in_pass_delay(round - 1, retry_after(e), cx.options.max_retry_after))
-            .max()
-            .unwrap_or_default();
-        // A refused create needs no delay: it is looked up at once, never posted again.
-        let delay = if retry.iter().all(|(a, e)| refused_create(a, e)) {
-            Duration::ZERO
-        } else {
-            delay
-        };
-        let give_up = report.token_refused.is_some()
-            || deposed.load(std::sync::atomic::Ordering::SeqCst)
-            || cx.shutdown.is_triggered()
-            || round >= IN_PASS_ATTEMPTS
-            || Instant::now() + delay > cx.options.retry_until;
-        if !give_up {
-            info!(
-                actions = retry.len(),
-                delay_ms = delay.as_millis() as u64,
-                round,
-                "retrying what the MBG could not do"
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = cx.shutdown.triggered() => {}
-            }
-        }
-        if give_up || cx.shutdown.is_triggered() {
-            for (action, error) in retry {
-                report.outcomes.push(recorded(
-                    action,
-                    record_failure(cx, rec, action, &error).await,
-                ));
-            }
-            break;
-        }
-        let mut again = Vec::new();
-        let lost: Vec<&(&Action, MbgError)> = retry
-            .iter()
-            .filter(|(a, e)| {
-                matches!(a, Action::Create { .. })
-                    && (answer_may_be_lost(e) || refused_create(a, e))
-            })
-            .collect();
-        let found = if lost.is_empty() {
-            Ok(Vec::new())
-        } else {
-            report.calls += 1;
-            // Retried like the pass's opening reads: one busy answer must not fail them all.
-            super::read_with_retry(
-                cx.options.max_retry_after,
-                cx.shutdown,
-                cx.options.retry_until,
-                || cx.client.devices(),
-            )
-            .await
-        };
-        for (action, error) in &retry {
-            let lost_create = lost.iter().any(|(a, _)| std::ptr::eq(*a, *action));
-            if !lost_create {
-                again.push(*action);
-                continue;
-            }
-            let Action::Create { device, .. } = action else {
-                unreachable!("only creates are looked up")
-            };
-            match &found {
-                Ok(devices) => match devices.iter().find(|d| carries(d, device)) {
-                    Some(made) => {
-                        info!(extension = %action.number(), guid = %made.guid, "the SIP user this create asked for is on the MBG already: taken as ours");
-                        let result = record_success(cx, rec, action, Some(made.guid.clone())).await;
-                        report.outcomes.push(recorded(action, result));
+            let mut retry: Vec<(&Action, MbgError)> = Vec::new();
+            for (step, called) in steps {
+                report.calls += usize::from(called);
+                match step {
+                    Step::Recorded(outcome) => {
+                        report.interrupted |= outcome.status == Status::Skipped
+                            && (cx.shutdown.is_triggered()
+                                || deposed.load(std::sync::atomic::Ordering::SeqCst));
+                        report.outcomes.push(outcome);
                     }
-                    // Refused, and not there with our credentials: the MBG's reason stands.
-                    None if refused_create(action, error) => report.outcomes.push(recorded(
+                    Step::Retry(action, error) => retry.push((action, error)),
+                    Step::Refused(outcome, error) => {
+                        report.outcomes.push(outcome);
+                        report.token_refused.get_or_insert(error);
+                    }
+                }
+            }
+            if retry.is_empty() {
+                break;
+            }
+            let delay = retry
+                .iter()
+                .map(|(_, e)| in_pass_delay(round - 1, retry_after(e), cx.options.max_retry_after))
+                .max()
+                .unwrap_or_default();
+            // A refused create needs no delay: it is looked up at once, never posted again.
+            let delay = if retry.iter().all(|(a, e)| refused_create(a, e)) {
+                Duration::ZERO
+            } else {
+                delay
+            };
+            let give_up = report.token_refused.is_some()
+                || deposed.load(std::sync::atomic::Ordering::SeqCst)
+                || cx.shutdown.is_triggered()
+                || round >= IN_PASS_ATTEMPTS
+                || Instant::now() + delay > cx.options.retry_until;
+            if !give_up {
+                info!(
+                    actions = retry.len(),
+                    delay_ms = delay.as_millis() as u64,
+                    round,
+                    "retrying what the MBG could not do"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cx.shutdown.triggered() => {}
+                }
+            }
+            if give_up || cx.shutdown.is_triggered() {
+                for (action, error) in retry {
+                    report.outcomes.push(recorded(
+                        action,
+                        record_failure(cx, rec, action, &error).await,
+                    ));
+                }
+                break;
+            }
+            let mut again = Vec::new();
+            let lost: Vec<&(&Action, MbgError)> = retry
+                .iter()
+                .filter(|(a, e)| {
+                    matches!(a, Action::Create { .. })
+                        && (answer_may_be_lost(e) || refused_create(a, e))
+                })
+                .collect();
+            let found = if lost.is_empty() {
+                Ok(Vec::new())
+            } else {
+                report.calls += 1;
+                // Retried like the pass's opening reads: one busy answer must not fail them all.
+                super::read_with_retry(
+                    cx.options.max_retry_after,
+                    cx.shutdown,
+                    cx.options.retry_until,
+                    || cx.client.devices(),
+                )
+                .await
+            };
+            for (action, error) in &retry {
+                let lost_create = lost.iter().any(|(a, _)| std::ptr::eq(*a, *action));
+                if !lost_create {
+                    again.push(*action);
+                    continue;
+                }
+                let Action::Create { device, .. } = action else {
+                    unreachable!("only creates are looked up")
+                };
+                match &found {
+                    Ok(devices) => match devices.iter().find(|d| carries(d, device)) {
+                        Some(made) => {
+                            info!(extension = %action.number(), guid = %made.guid, "the SIP user this create asked for is on the MBG already: taken as ours");
+                            let result =
+                                record_success(cx, rec, action, Some(made.guid.clone())).await;
+                            report.outcomes.push(recorded(action, result));
+                        }
+                        // Refused, and not there with our credentials: the MBG's reason stands.
+                        None if refused_create(action, error) => report.outcomes.push(recorded(
+                            action,
+                            record_failure(cx, rec, action, error).await,
+                        )),
+                        None => again.push(*action),
+                    },
+                    // Unknown whether it went through: never post twice. The next pass sees the
+                    // device, if there is one, and takes it back by its credentials.
+                    Err(_) => report.outcomes.push(recorded(
                         action,
                         record_failure(cx, rec, action, error).await,
                     )),
-                    None => again.push(*action),
-                },
-                // Unknown whether it went through: never post twice. The next pass sees the
-                // device, if there is one, and takes it back by its credentials.
-                Err(_) => report.outcomes.push(recorded(
-                    action,
-                    record_failure(cx, rec, action, error).await,
-                )),
+                }
             }
+            if again.is_empty() {
+                break;
+            }
+            pending = again;
         }
-        if again.is_empty() {
-            break;
-        }
-        pending = again;
     }
     report.uncertain_until = uncertain.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(report)

@@ -25,6 +25,7 @@ crate::on_both_backends!(
     a_node_address_change_moves_its_extensions_to_the_matching_icp,
     a_stopped_pass_records_every_call_it_made,
     a_refused_create_of_a_sip_user_already_ours_is_taken_back,
+    a_second_copy_is_gone_before_its_name_goes_to_the_one_kept,
 );
 
 fn now() -> i64 {
@@ -952,4 +953,49 @@ async fn a_refused_create_of_a_sip_user_already_ours_is_taken_back(db: TestDb) {
     assert_eq!(row.mbg_device_id.as_deref(), Some(made.as_str()));
     assert_eq!(row.state, ExtensionState::Provisioned);
     assert_eq!(h.sim.devices().len(), 1);
+}
+
+/// The extension's row names a SIP user other than the one it was provisioned as (repointed by
+/// hand): the pass deletes the copy carrying the extension's credentials and gives them to the
+/// SIP user the row names. The simulator, like an MBG with a unique set-side name, refuses the
+/// name while the copy holds it, and holds the first change back 300 ms: the update must wait
+/// for the delete, not race it.
+async fn a_second_copy_is_gone_before_its_name_goes_to_the_one_kept(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    let id = set(store, "1001", "pbx1", true).await;
+    pass(&h).await;
+    let first = store.extension(id).await.unwrap().mbg_device_id.unwrap();
+    let kept = h
+        .sim
+        .add_device(manual("9999", "MiVO250-1", "by-hand-1001"))
+        .unwrap();
+    store.record_device(id, Some(&kept), true).await.unwrap();
+    h.sim.set_faults(Faults {
+        slow_changes_next: 1,
+        spike_ms: 300,
+        ..Default::default()
+    });
+
+    let report = pass(&h).await;
+    assert_eq!(
+        verbs(&report),
+        [("1001".into(), "delete"), ("1001".into(), "update")]
+    );
+    let outcomes = &report.applied.as_ref().unwrap().outcomes;
+    assert!(
+        outcomes.iter().all(|o| o.status == Status::Done),
+        "{outcomes:?}"
+    );
+    let devices = h.sim.devices();
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    let ext = store.extension(id).await.unwrap();
+    assert_eq!(devices[0].guid, kept);
+    assert_ne!(devices[0].guid, first);
+    assert_eq!(
+        Some(&devices[0].setside_username),
+        ext.remote_auth_name.as_ref()
+    );
+    assert_eq!(devices[0].icpside_username, "1001");
 }
