@@ -311,7 +311,7 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
-            Some(path) if !path.is_file() => return Err(ConfigError::MissingFile(path.into())),
+            Some(path) if !path.is_file() => return Err(ConfigError::MissingFile(absolute(path))),
             // Absolute, so that an error names the file that was read, whatever the working folder.
             Some(path) => figment = figment.merge(Toml::file_exact(absolute(path))),
             None if Path::new(DEFAULT_FILE).is_file() => {
@@ -323,7 +323,35 @@ impl Config {
             .split("__")
             .ignore(NON_CONFIG_VARS);
         figment = figment.merge(env);
-        Self::extract(&figment)
+        let mut config = Self::extract(&figment)?;
+        config.anchor_relative_paths(&figment);
+        Ok(config)
+    }
+
+    /// A relative path written in a configuration file means the file's folder, not the working
+    /// folder of whoever runs the command: `sudo -u mbg-provision mbg-provision --config
+    /// /etc/mbg-provision/config.toml status` run from a home folder must open the service's
+    /// database, not make a new one there. Paths from the environment keep the working folder.
+    fn anchor_relative_paths(&mut self, figment: &Figment) {
+        let folder_of = |key: &str| -> Option<PathBuf> {
+            let source = figment.find_metadata(key)?.source.as_ref()?;
+            Some(source.file_path()?.parent()?.to_path_buf())
+        };
+        if let Some(folder) = folder_of("database.url")
+            && let Some(url) = self.database.url.anchored_in(&folder)
+        {
+            self.database.url = url;
+        }
+        for (key, path) in [
+            ("mbg.ca_file", &mut self.mbg.ca_file),
+            ("secrets.key_file", &mut self.secrets.key_file),
+        ] {
+            if let (Some(folder), Some(path)) = (folder_of(key), path)
+                && path.is_relative()
+            {
+                *path = folder.join(&*path);
+            }
+        }
     }
 
     /// Takes in `new`, read again on SIGHUP, and returns the keys whose change only a restart
@@ -583,6 +611,30 @@ impl DatabaseUrl {
 
     pub fn is_postgres(&self) -> bool {
         self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+
+    /// The SQLite file, as written in the URL; `None` for PostgreSQL and in-memory databases.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        if self.is_postgres() {
+            return None;
+        }
+        let path = self
+            .0
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:");
+        let path = path.split('?').next().unwrap_or(path);
+        (!path.is_empty() && !path.contains(":memory:")).then(|| PathBuf::from(path))
+    }
+
+    /// The same database with a relative SQLite file taken from `folder`.
+    fn anchored_in(&self, folder: &Path) -> Option<DatabaseUrl> {
+        let file = self.sqlite_file().filter(|f| f.is_relative())?;
+        let query = self.0.split_once('?').map(|(_, q)| format!("?{q}"));
+        Some(Self(format!(
+            "sqlite://{}{}",
+            folder.join(file).display(),
+            query.unwrap_or_default()
+        )))
     }
 }
 

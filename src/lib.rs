@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+pub mod file_owner;
 pub mod health;
 pub mod http;
 pub mod import;

@@ -77,8 +77,10 @@ impl std::fmt::Debug for SecretKey {
 
 impl SecretKey {
     pub fn new(path: impl Into<PathBuf>) -> SecretKey {
+        let path = path.into();
         SecretKey {
-            path: path.into(),
+            // Absolute, so that every message names the file it tried, whatever the working folder.
+            path: std::path::absolute(&path).unwrap_or(path),
             cipher: OnceLock::new(),
         }
     }
@@ -148,6 +150,7 @@ impl SecretKey {
         let key = match std::fs::read(&self.path) {
             Ok(key) => key,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                crate::file_owner::check(&self.path).map_err(|e| bad(e.to_string()))?;
                 create_key_file(&self.path).map_err(|e| bad(format!("cannot create it: {e}")))?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -216,7 +219,7 @@ pub fn default_key_file(url: &DatabaseUrl) -> PathBuf {
             return credential;
         }
     }
-    if let Some(db) = sqlite_file(url) {
+    if let Some(db) = url.sqlite_file() {
         return db.with_extension("key");
     }
     match std::env::var_os("STATE_DIRECTORY") {
@@ -227,19 +230,6 @@ pub fn default_key_file(url: &DatabaseUrl) -> PathBuf {
         }
         None => PathBuf::from(KEY_FILE_NAME),
     }
-}
-
-/// The file of a SQLite URL; `None` for PostgreSQL and in-memory databases.
-pub fn sqlite_file(url: &DatabaseUrl) -> Option<PathBuf> {
-    if url.is_postgres() {
-        return None;
-    }
-    let path = url
-        .expose()
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or(path);
-    (!path.is_empty() && !path.contains(":memory:")).then(|| PathBuf::from(path))
 }
 
 /// A warning when `path` can be read (or written) by its group or by others: it holds a secret,
@@ -339,6 +329,6 @@ mod tests {
             );
         }
         let pg: DatabaseUrl = "postgres://u@h/db".parse().unwrap();
-        assert!(sqlite_file(&pg).is_none());
+        assert!(pg.sqlite_file().is_none());
     }
 }

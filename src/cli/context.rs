@@ -38,7 +38,10 @@ pub async fn open(config: Config, config_path: Option<PathBuf>, create: bool) ->
         .await
         .with_context(|| format!("cannot open the database {}", config.database.url))?
         .with_secret_key(SecretKey::new(secrets::key_file(&config)));
-    for file in secrets::sqlite_file(&config.database.url)
+    for file in config
+        .database
+        .url
+        .sqlite_file()
         .into_iter()
         .chain([secrets::key_file(&config)])
     {

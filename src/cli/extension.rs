@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::args::{ExtensionCommand, Kind, Switch};
 use super::context::{record_refusal, signed_client};
-use super::files::read_secret_file;
+use super::files::{self, read_secret_file};
 use super::output::{attention_if, print_bad_rows, print_json};
 
 /// `extension show --json`: the extension, where its ICP and its phone's registrar are, and,
@@ -163,7 +163,7 @@ pub async fn run(app: &App, command: ExtensionCommand) -> Result<ExitCode> {
         }
         ExtensionCommand::Import { file, output } => {
             let reader = std::fs::File::open(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
+                .with_context(|| format!("cannot read {}", files::absolute(&file).display()))?;
             let nodes: HashSet<String> = store.nodes().await?.into_iter().map(|n| n.name).collect();
             let rows = import::parse(reader, &nodes)
                 .with_context(|| format!("cannot import {}", file.display()))?;

@@ -10,8 +10,8 @@ use secrecy::SecretString;
 /// A secret from a file (`--sip-password-file`, `--secret-file`): its text without the final
 /// line break; an empty file is an error.
 pub fn read_secret_file(path: &Path) -> Result<SecretString> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", absolute(path).display()))?;
     let secret = text.trim_end_matches(['\r', '\n']);
     if secret.is_empty() {
         bail!("{} is empty", path.display());
@@ -24,4 +24,9 @@ pub fn warn_if_exposed(path: &Path) {
     if let Some(warning) = secrets::exposure_warning(path) {
         eprintln!("warning: {warning}");
     }
+}
+
+/// `path` from the working folder: a message names the file it tried, not only what was typed.
+pub fn absolute(path: &Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

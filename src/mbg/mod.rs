@@ -1,4 +1,4 @@
-//! A typed client for the MBG REST API of `shared/mbg-api.md`: every call signed with OAuth 1.0a,
+//! A typed client for the MBG REST API of `docs/mbg-api.md`: every call signed with OAuth 1.0a,
 //! every answer checked against the contract, every failure turned into an [`MbgErrorKind`] the
 //! reconciler can act on.
 
@@ -755,7 +755,7 @@ mod tests {
         .unwrap();
         assert_eq!(encoded.token.expose_secret(), "or7z4alsrn2+pyuwm33djq==");
         assert_eq!(encoded.secret.expose_secret(), "a/b=");
-        // The shape of a real MBG's answer, left unencoded (mbg-api.md: `+ / =` must survive).
+        // The shape of a real MBG's answer, left unencoded (docs/mbg-api.md: `+ / =` must survive).
         let bare = token_from_form(
             "POST initiate",
             "oauth_token=or7z4alsrn2+pyuwm33djq==&oauth_token_secret=ab/c+d==&oauth_callback_confirmed=true\n",

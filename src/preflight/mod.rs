@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::config::{Config, MbgUrl};
 use crate::mbg::{Icp, MbgClient, MbgError, MbgErrorKind, SipDevice};
 use crate::secrets::{self, SecretKey};
-use crate::store::{Extension, OpenOptions, Store};
+use crate::store::{Extension, OpenOptions, Store, StoreError};
 use crate::stun;
 use crate::token::{self, TokenStatus};
 
@@ -131,6 +131,9 @@ pub async fn run(config: &Config, config_source: &str, options: &Options) -> Rep
     report.pass("configuration", format!("{config_source} is valid"));
     let store = database(config, &mut report).await;
     secret_files(config, &mut report);
+    if let Some(store) = &store {
+        key_file(config, store, &mut report).await;
+    }
     let extensions = match &store {
         Some(store) => extensions(store, &mut report).await,
         None => None,
@@ -258,7 +261,10 @@ async fn database(config: &Config, report: &mut Report) -> Option<Store> {
 /// The SQLite file and the key file hold secrets: only their owner may read them.
 fn secret_files(config: &Config, report: &mut Report) {
     const NAME: &str = "secret files";
-    let files: Vec<_> = secrets::sqlite_file(&config.database.url)
+    let files: Vec<_> = config
+        .database
+        .url
+        .sqlite_file()
         .into_iter()
         .chain([secrets::key_file(config)])
         .filter(|f| f.exists())
@@ -284,6 +290,33 @@ fn secret_files(config: &Config, report: &mut Report) {
             warnings.join("; "),
             "chmod 600 each file named (and keep its folder closed to others)",
         );
+    }
+}
+
+/// Whether this instance's key opens the secrets stored in the database: with PostgreSQL, every
+/// instance needs the key of the one that stored them, and a wrong one is otherwise found only
+/// when the daemon first needs the token.
+async fn key_file(config: &Config, store: &Store, report: &mut Report) {
+    const NAME: &str = "key file";
+    let key = secrets::key_file(config);
+    let key = std::path::absolute(&key).unwrap_or(key);
+    match store.mbg_settings().await {
+        Ok(settings) if settings.consumer_secret.is_some() || settings.access_token.is_some() => {
+            report.pass(NAME, format!("{} opens the secrets stored in the database", key.display()))
+        }
+        Ok(_) => report.pass(NAME, format!("{}: no secrets stored yet", key.display())),
+        Err(StoreError::Secrets(e)) if e.needs_new_exchange() => report.problem(
+            NAME,
+            Status::Fail,
+            e.to_string(),
+            "use the key file of the instance that stored the token (with PostgreSQL every instance needs the same key: copy it, mode 0600, owned by the service's user), or store new secrets with this key: `mbg-provision token request`, approve, `token verify CODE`",
+        ),
+        Err(e) => report.problem(
+            NAME,
+            Status::Fail,
+            e.to_string(),
+            "fix the key file named (secrets.key_file), or run `mbg-provision token request` and `token verify`",
+        ),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The MBG simulator: a real HTTP server that serves the contract in `shared/mbg-api.md` from
+//! The MBG simulator: a real HTTP server that serves the contract in `docs/mbg-api.md` from
 //! memory, verifies every OAuth signature, and injects the faults a real MBG shows under load.
 //! Tests start it in-process on `127.0.0.1:0`; `mbg-provision simulate` serves it standalone.
 //!

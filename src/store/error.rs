@@ -43,6 +43,8 @@ pub enum StoreError {
         .0.display()
     )]
     MissingDatabase(std::path::PathBuf),
+    #[error(transparent)]
+    ForeignOwner(#[from] crate::file_owner::ForeignOwner),
     #[error("{0}")]
     BadRow(super::BadRow),
     /// The pass's outcome writer was gone (the pass itself was dropped) before this was written.

@@ -250,11 +250,11 @@ impl Store {
                 }
                 Hold::Postgres(connection)
             }
-            Backend::Sqlite => match super::sqlite_path(self.url.expose()) {
+            Backend::Sqlite => match self.url.sqlite_file() {
                 None => Hold::Nothing,
                 Some(db) => {
                     // The real file: two URLs naming it through a link must share one lock.
-                    let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
+                    let db = std::fs::canonicalize(&db).unwrap_or(db);
                     let mut path = db.into_os_string();
                     path.push(".lock");
                     let path = PathBuf::from(path);

@@ -178,21 +178,25 @@ impl Store {
             probe(url, options.connect_timeout).await?;
             (Backend::Postgres, url.expose().to_string())
         } else if options.create {
-            create_private_file(url.expose()).map_err(|e| {
+            if let Some(file) = url.sqlite_file() {
+                crate::file_owner::check(&file)?;
+            }
+            create_private_file(url).map_err(|e| {
                 StoreError::Database(sqlx::Error::Configuration(
                     format!("cannot create the SQLite file of {url}: {e}").into(),
                 ))
             })?;
             (Backend::Sqlite, sqlite_url(url.expose()))
         } else {
-            match sqlite_path(url.expose()) {
-                Some(path) if !path.exists() => {
+            if let Some(path) = url.sqlite_file() {
+                if !path.exists() {
                     return Err(StoreError::MissingDatabase(
-                        std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+                        std::path::absolute(&path).unwrap_or(path),
                     ));
                 }
-                _ => (Backend::Sqlite, url.expose().to_string()),
+                crate::file_owner::check(&path)?;
             }
+            (Backend::Sqlite, url.expose().to_string())
         };
         if backend == Backend::Sqlite {
             probe_sqlite(&connect_url, options.connect_timeout).await?;
@@ -389,18 +393,10 @@ async fn probe(url: &DatabaseUrl, timeout: Duration) -> Result<()> {
 }
 
 /// The file of a SQLite URL; `None` for an in-memory database.
-fn sqlite_path(url: &str) -> Option<&std::path::Path> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or(path);
-    (!path.is_empty() && !path.contains(":memory:")).then(|| std::path::Path::new(path))
-}
-
 /// Creates a missing SQLite file readable by its owner only: it will hold the MBG access token
 /// and every SIP password. An existing file keeps the permissions its admin gave it.
-fn create_private_file(url: &str) -> std::io::Result<()> {
-    let Some(path) = sqlite_path(url).filter(|p| !p.exists()) else {
+fn create_private_file(url: &DatabaseUrl) -> std::io::Result<()> {
+    let Some(path) = url.sqlite_file().filter(|p| !p.exists()) else {
         return Ok(());
     };
     let mut options = std::fs::OpenOptions::new();

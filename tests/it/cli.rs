@@ -1441,3 +1441,107 @@ fn a_file_that_is_not_a_database_is_named_at_once() {
         started.elapsed()
     );
 }
+
+/// Run as root against the service's SQLite file (owned by the service's user), a command would
+/// leave root's journal and lock beside it, which the service could not open: it refuses, names
+/// the user to run as, and creates nothing. Run as that user, the same commands work. Needs
+/// root, to give the files away and to run as another uid; CI runs as root.
+#[test]
+fn a_command_run_as_another_user_than_the_databases_refuses_and_creates_nothing() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid cannot fail and touches no memory of ours.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED a_command_run_as_another_user_than_the_databases: not root (cannot give files to another uid)"
+        );
+        return;
+    }
+    const SERVICE: u32 = 4242;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/svc.db", dir.path().display());
+    ok(run(dir.path(), &url, &["migrate"]));
+    ok(run(
+        dir.path(),
+        &url,
+        &["node", "add", "pbx1", "--address", "10.0.0.20"],
+    ));
+    let files = || -> Vec<(String, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().uid(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    for (name, _) in files() {
+        std::os::unix::fs::chown(dir.path().join(name), Some(SERVICE), Some(SERVICE)).unwrap();
+    }
+    std::os::unix::fs::chown(dir.path(), Some(SERVICE), Some(SERVICE)).unwrap();
+    let before = files();
+    assert!(before.iter().all(|(_, uid)| *uid == SERVICE), "{before:?}");
+
+    let as_root: [&[&str]; 3] = [
+        &["status"],
+        &["node", "list"],
+        &[
+            "extension",
+            "set",
+            "1001",
+            "--node",
+            "pbx1",
+            "--remote",
+            "on",
+        ],
+    ];
+    for args in as_root {
+        let output = run(dir.path(), &url, args);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            stdout(&output)
+        );
+        let message = stderr(&output);
+        assert!(
+            message.contains(&format!(
+                "svc.db belongs to uid {SERVICE}, but this command runs as root"
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("sudo -u '#{SERVICE}' mbg-provision")),
+            "{message}"
+        );
+        assert_eq!(files(), before, "{args:?} created or changed nothing");
+    }
+
+    let as_service = |args: &[&str]| {
+        crate::support::binary()
+            .current_dir(dir.path())
+            .env("MBG_PROVISION_DATABASE__URL", &url)
+            .uid(SERVICE)
+            .gid(SERVICE)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    ok(as_service(&[
+        "extension",
+        "set",
+        "1001",
+        "--node",
+        "pbx1",
+        "--remote",
+        "on",
+    ]));
+    assert!(ok(as_service(&["node", "list"])).contains("pbx1"));
+    let after = files();
+    assert!(after.iter().all(|(_, uid)| *uid == SERVICE), "{after:?}");
+}

@@ -23,8 +23,12 @@ fn the_example_file_loads_and_documents_the_defaults() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example");
     let config = Config::load(Some(&example)).expect("example loads");
     let defaults = Config::default();
-    assert_eq!(config.database.url.expose(), "sqlite://mbg-provision.db");
-    assert_eq!(config.database.url, defaults.database.url);
+    // The example's relative file, taken from the example's folder.
+    assert_eq!(
+        config.database.url.expose(),
+        format!("sqlite://{}/mbg-provision.db", env!("CARGO_MANIFEST_DIR"))
+    );
+    assert_eq!(defaults.database.url.expose(), "sqlite://mbg-provision.db");
     assert_eq!(
         config.mbg.base_url.unwrap().as_str(),
         "https://10.0.0.5/mslrest"
@@ -81,12 +85,46 @@ fn config_toml_in_the_working_folder_is_found_and_env_wins() {
 
 #[test]
 fn no_file_means_defaults_and_a_named_missing_file_is_an_error() {
-    Jail::expect_with(|_| {
+    Jail::expect_with(|jail| {
         let config = Config::load(None).expect("defaults");
         assert!(config.mbg.base_url.is_none());
         let err = Config::load(Some(Path::new("nope.toml"))).unwrap_err();
         assert!(matches!(err, ConfigError::MissingFile(_)));
-        assert!(err.to_string().contains("nope.toml"));
+        let tried = jail.directory().join("nope.toml");
+        assert!(
+            err.to_string().contains(&tried.display().to_string()),
+            "the absolute path: {err}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn relative_paths_in_a_file_mean_its_folder_and_in_the_environment_the_working_one() {
+    Jail::expect_with(|jail| {
+        std::fs::create_dir(jail.directory().join("etc")).unwrap();
+        jail.create_file(
+            "etc/config.toml",
+            "[database]\nurl = \"sqlite://state/db.sqlite?mode=rwc\"\n[mbg]\nca_file = \"ca.pem\"\n[secrets]\nkey_file = \"/var/lib/x/key\"\n",
+        )?;
+        let etc = jail.directory().join("etc");
+        let config = Config::load(Some(Path::new("etc/config.toml"))).expect("loads");
+        assert_eq!(
+            config.database.url.expose(),
+            format!("sqlite://{}/state/db.sqlite?mode=rwc", etc.display())
+        );
+        assert_eq!(config.mbg.ca_file, Some(etc.join("ca.pem")));
+        assert_eq!(
+            config.secrets.key_file.as_deref(),
+            Some(Path::new("/var/lib/x/key")),
+            "absolute paths stay"
+        );
+
+        jail.set_env("MBG_PROVISION_MBG__CA_FILE", "here.pem");
+        jail.set_env("MBG_PROVISION_DATABASE__URL", "sqlite://here.db");
+        let config = Config::load(Some(Path::new("etc/config.toml"))).expect("loads");
+        assert_eq!(config.mbg.ca_file.as_deref(), Some(Path::new("here.pem")));
+        assert_eq!(config.database.url.expose(), "sqlite://here.db");
         Ok(())
     });
 }

@@ -96,6 +96,7 @@ async fn a_good_setup_passes_every_check() {
         "permission MBG/v1/icps",
         "permission MBG/v1/devices",
         "ICP-side names",
+        "key file",
     ] {
         assert_eq!(check(&report, name)["status"], "pass", "{name}: {report:#}");
     }
@@ -241,6 +242,30 @@ async fn each_failure_is_named_with_its_fix() {
         "mbg-provision sync",
     );
     ok(site.run(&["sync"]));
+
+    // Another instance's key: it cannot open the secrets this database holds.
+    let other_key = site.dir.path().join("other.key");
+    std::fs::write(&other_key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(
+        &other_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    site.set(
+        "MBG_PROVISION_SECRETS__KEY_FILE",
+        other_key.display().to_string(),
+    );
+    fails(
+        &site.run(&["preflight", "--json"]),
+        "key file",
+        &format!(
+            "with the key file {}: the key file does not match",
+            other_key.display()
+        ),
+        "every instance needs the same key",
+    );
+    site.env
+        .retain(|(k, _)| *k != "MBG_PROVISION_SECRETS__KEY_FILE");
 
     // A rate-limiting MBG answered: not "unreachable", and when to try again.
     site.sim.set_faults(mbg_provision::sim::Faults {
