@@ -102,6 +102,9 @@ pub struct TokenHealth {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Health {
+    /// The random name of the database this daemon works on (`Store::database_id`), for
+    /// `preflight` to tell whether the daemon it reaches is this installation's.
+    pub database_id: Option<String>,
     pub role: Role,
     pub token: TokenHealth,
     pub database: Reachability,

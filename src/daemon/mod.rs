@@ -81,6 +81,12 @@ pub async fn run_with(
     // From the start, so that a SIGHUP never ends the process (its default): the standby's
     // wait and the leader's loop both reload on it.
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    match app.store.database_id().await {
+        Ok(id) => health.update(|h| h.database_id = Some(id)),
+        Err(e) => {
+            warn!(error = %e, "cannot read the database id; preflight will not recognise this daemon")
+        }
+    }
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     if app.store.backend() == Backend::Postgres {
         watch::listen(&app, wake.clone(), shutdown.clone());

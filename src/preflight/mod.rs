@@ -153,7 +153,11 @@ pub async fn run(config: &Config, config_source: &str, options: &Options) -> Rep
             }
         }
     }
-    daemon(config, &mut report).await;
+    let database_id = match &store {
+        Some(store) => store.database_id().await.ok(),
+        None => None,
+    };
+    daemon(config, database_id.as_deref(), &mut report).await;
     // The ports the phones are told to register on: what the site firewall must let through.
     let nat_sip_ports: Vec<u16> = match &store {
         Some(store) => store
@@ -871,7 +875,9 @@ fn icpside_names(extensions: &[Extension], devices: &[SipDevice], report: &mut R
     }
 }
 
-async fn daemon(config: &Config, report: &mut Report) {
+/// The health of the daemon answering on `http.listen`, when it works on this database: one
+/// started with another configuration (a trial folder, another site) says nothing about this one.
+async fn daemon(config: &Config, database_id: Option<&str>, report: &mut Report) {
     const NAME: &str = "daemon";
     let mut address = config.http.listen;
     if address.ip().is_unspecified() {
@@ -918,6 +924,17 @@ async fn daemon(config: &Config, report: &mut Report) {
             .unwrap_or_default()
     };
     let role = body["role"].as_str().unwrap_or("unknown").to_string();
+    let theirs = body["database_id"].as_str();
+    if theirs.is_none() || theirs != database_id {
+        report.skip(
+            NAME,
+            format!(
+                "a daemon answers at {address} (http.listen), but it works on {}: its health is not this database's",
+                if theirs.is_some() { "another database" } else { "a database it does not name" }
+            ),
+        );
+        return;
+    }
     if code.is_success() && body.get("role").is_some() {
         let degraded = reasons("degraded");
         if degraded.is_empty() {

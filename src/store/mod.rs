@@ -70,6 +70,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0006_pass_epoch.sql"),
         include_str!("../../migrations/postgres/0006_pass_epoch.sql"),
     ),
+    (
+        7,
+        "database id",
+        include_str!("../../migrations/sqlite/0007_database_id.sql"),
+        include_str!("../../migrations/postgres/0007_database_id.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -14,6 +14,15 @@ use super::{
 const MBG_SETTINGS_ID: i64 = 1;
 
 impl Store {
+    /// This database's random name (see `migrations/*/0007_database_id.sql`): what `/healthz`
+    /// and `preflight` compare, never the URL.
+    pub async fn database_id(&self) -> Result<String> {
+        sqlx::query_scalar("SELECT database_id FROM installation WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::Database)
+    }
+
     /// The MBG's settings, secrets decrypted; all empty before the first `token request`.
     pub async fn mbg_settings(&self) -> Result<MbgSettings> {
         let row = sqlx::query(

@@ -422,7 +422,12 @@ async fn the_daemons_health_is_read_from_healthz() {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let health = HealthState::default();
-    health.update(|h| h.role = mbg_provision::health::Role::Leader);
+    // A daemon on another database first: its health is not this one's.
+    health.update(|h| {
+        h.role = mbg_provision::health::Role::Leader;
+        h.database_id = Some("another-database".into());
+        h.set(Concern::Token, Severity::Unhealthy, "another site's token");
+    });
     let shutdown = Shutdown::new();
     let server = tokio::spawn(mbg_provision::http::serve(
         listener,
@@ -431,6 +436,24 @@ async fn the_daemons_health_is_read_from_healthz() {
         shutdown.clone(),
     ));
     site.set("MBG_PROVISION_HTTP__LISTEN", addr.to_string());
+    let output = site.run(&["preflight", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let daemon = check(&json(&output), "daemon").clone();
+    assert_eq!(daemon["status"], "skip", "{daemon:#}");
+    assert!(
+        daemon["detail"]
+            .as_str()
+            .unwrap()
+            .contains("another database"),
+        "{daemon:#}"
+    );
+
+    let id = site.db.store.database_id().await.unwrap();
+    assert_eq!(id.len(), 32, "{id}");
+    health.update(|h| {
+        h.database_id = Some(id);
+        h.clear(Concern::Token);
+    });
     let report = json(&site.run(&["preflight", "--json"]));
     let daemon = check(&report, "daemon");
     assert_eq!(daemon["status"], "pass", "{daemon:#}");

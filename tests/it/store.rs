@@ -30,6 +30,7 @@ crate::on_both_backends!(
     a_deleted_row_keeps_the_credentials_that_prove_its_sip_user,
     outcome_writes_follow_the_planned_version,
     a_node_is_changed_field_by_field,
+    the_database_id_is_random_and_stays,
 );
 
 fn node(name: &str, address: &str) -> NewNode {
@@ -1701,4 +1702,17 @@ async fn a_node_is_changed_field_by_field(db: TestDb) {
         "10.0.0.30",
         "a refused change changes nothing"
     );
+}
+
+/// The id that tells `preflight` whether a daemon works on its database: the same on every
+/// open of one database, different for another.
+async fn the_database_id_is_random_and_stays(db: TestDb) {
+    let id = db.store.database_id().await.unwrap();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    let again = Store::open(&db.url.parse().unwrap()).await.unwrap();
+    assert_eq!(again.database_id().await.unwrap(), id);
+    again.close().await;
+    let other = TestDb::sqlite().await;
+    assert_ne!(other.store.database_id().await.unwrap(), id);
 }
