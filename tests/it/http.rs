@@ -100,6 +100,7 @@ fn healthy_leader(health: &HealthState) {
         };
         h.queue_depth = 3;
         h.last_full_reconcile = Some(1_700_000_002);
+        h.database_id = Some("0123456789abcdef0123456789abcdef".into());
     });
 }
 
@@ -119,6 +120,7 @@ async fn healthz_reports_a_healthy_leader_with_every_field() {
     assert_eq!(body["mbg"]["ok"], true);
     assert_eq!(body["queue_depth"], 3);
     assert_eq!(body["last_full_reconcile"], 1_700_000_002);
+    assert_eq!(body["database_id"], "0123456789abcdef0123456789abcdef");
     assert_eq!(body["unhealthy"], serde_json::json!([]));
     assert_eq!(body["degraded"], serde_json::json!([]));
     let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(|k| &**k).collect();
@@ -127,6 +129,7 @@ async fn healthz_reports_a_healthy_leader_with_every_field() {
         keys,
         [
             "database",
+            "database_id",
             "degraded",
             "last_full_reconcile",
             "mbg",

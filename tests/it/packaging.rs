@@ -80,3 +80,47 @@ fn alert_rules_name_exported_metrics() {
         assert!(rules.contains(alert), "{alert}");
     }
 }
+
+/// The packaged configuration loads, and every path in it is absolute: a command run by an
+/// admin (`sudo -u mbg-provision mbg-provision --config /etc/mbg-provision/config.toml …`)
+/// opens the service's files, not files in the admin's working folder. The units run as the
+/// user that `mbg-provision.sysusers` creates, and keep their files where the config points.
+#[test]
+fn the_packaged_config_and_user_match_the_units() {
+    let config = Path::new(PACKAGING).join("config.toml");
+    let loaded = mbg_provision::config::Config::load(Some(&config)).expect("loads");
+    let database = loaded
+        .database
+        .url
+        .sqlite_file()
+        .expect("the embedded default");
+    let key = loaded.secrets.key_file.expect("a key file");
+    for path in [&database, &key] {
+        assert!(path.is_absolute(), "{}", path.display());
+        assert!(
+            path.starts_with("/var/lib/mbg-provision"),
+            "{}",
+            path.display()
+        );
+    }
+    let sysusers =
+        std::fs::read_to_string(Path::new(PACKAGING).join("mbg-provision.sysusers")).unwrap();
+    let user = sysusers
+        .lines()
+        .find(|l| l.starts_with("u "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("a user line");
+    for unit in ["mbg-provision.service", "mbg-provision-renew.service"] {
+        let text = std::fs::read_to_string(Path::new(PACKAGING).join(unit)).unwrap();
+        assert!(text.contains(&format!("\nUser={user}\n")), "{unit}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("DynamicUser=")),
+            "{unit}: a static user"
+        );
+        assert!(text.contains("StateDirectory=mbg-provision\n"), "{unit}");
+        assert!(
+            text.contains("--config /etc/mbg-provision/config.toml"),
+            "{unit}"
+        );
+    }
+}

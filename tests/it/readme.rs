@@ -1,8 +1,10 @@
-//! The README cannot rot: every `sh` block in it runs, in order, as one script, from an empty
-//! temporary folder, against the simulator that its walkthrough starts. `mbg-provision` is the
-//! binary under test; `cargo run --release --` is mapped to it, and `cargo test` (the command
-//! running this test) is only echoed. The `console` block that installs the systemd service is
-//! the one not run (`packaging::systemd_units_verify` checks the units).
+//! The README cannot rot: every `sh` block of its walkthrough runs, in order, as one script, the
+//! way a reader runs it: starting in the clone, `HOME` a temporary folder, the program installed
+//! by the README's own `cargo install` into `~/.cargo/bin` and found on the `PATH` there. The one
+//! change: `--debug` is added to that `cargo install`, which then reuses the build the tests
+//! made (same target folder) instead of spending minutes on an optimised one. The `console`
+//! blocks that install the service are not run (`packaging::*` checks the units and the
+//! packaged configuration).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -41,45 +43,71 @@ fn the_blocks_are_found_as_written() {
     assert_eq!(blocks, [(2, "x 1\n".into()), (5, "y 2\n  z\n".into())]);
 }
 
+/// The README's section under `heading`, up to the next `## ` heading.
+fn section<'a>(text: &'a str, heading: &str) -> &'a str {
+    let start = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?}"));
+    let rest = &text[start + heading.len()..];
+    &rest[..rest.find("\n## ").unwrap_or(rest.len())]
+}
+
+const INSTALL: &str = "cargo install --path . --locked\n";
+const WALKTHROUGH: &str = "## Ten minutes to a live site";
+
 #[test]
 fn every_command_block_runs() {
-    let blocks = sh_blocks(README);
-    assert!(blocks.len() >= 12, "{} blocks", blocks.len());
-    let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::os::unix::fs::symlink(
-        env!("CARGO_BIN_EXE_mbg-provision"),
-        bin.join("mbg-provision"),
-    )
-    .unwrap();
-    let work = dir.path().join("site");
-    std::fs::create_dir(&work).unwrap();
-    let mut script = String::from(
-        r#"set -euo pipefail
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-cargo() {
-  if [ "$*" = test ]; then echo "(cargo test: the command running this test)"; return 0; fi
-  if [ "$1 $2 $3" = "run --release --" ]; then shift 3; mbg-provision "$@"; return; fi
-  echo "the README runs an unexpected cargo command: cargo $*" >&2; return 1
-}
-"#,
+    let walkthrough = section(README, WALKTHROUGH);
+    let offset = README[..README.find(WALKTHROUGH).unwrap()].lines().count();
+    let blocks = sh_blocks(walkthrough);
+    assert!(blocks.len() >= 11, "{} blocks", blocks.len());
+    assert!(
+        blocks[0].1.starts_with(INSTALL),
+        "the walkthrough starts by installing: {:?}",
+        blocks[0].1
     );
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    // The tests' binary is TARGET/debug/mbg-provision: `cargo install --debug` with the same
+    // target folder finds it built.
+    let target = std::path::Path::new(env!("CARGO_BIN_EXE_mbg-provision"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .to_path_buf();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(&std::env::var_os("HOME").unwrap()).join(".cargo"));
+    let mut script = String::from("set -euo pipefail\n");
     for (line, block) in &blocks {
-        script.push_str(&format!("echo '>>> README line {line}' >&2\n{block}\n"));
+        let block = block.replace(INSTALL, "cargo install --path . --locked --debug\n");
+        script.push_str(&format!(
+            "echo '>>> README line {}' >&2\n{block}\n",
+            offset + line
+        ));
     }
     script.push_str("echo '>>> README done' >&2\n");
+    // The reader's PATH: the system's, and ~/.cargo/bin, where rustup's installer puts cargo and
+    // where `cargo install` puts the program. Cargo itself is found there or on the system PATH.
     let path = format!(
-        "{}:{}",
-        bin.display(),
+        "{}:{}:{}",
+        home.join(".cargo/bin").display(),
+        cargo_home.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let mut command = Command::new("bash");
     command
         .arg("-c")
         .arg(&script)
-        .current_dir(&work)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HOME", &home)
         .env("PATH", path)
+        // Where this machine keeps cargo's registry (offline here); the install goes to the
+        // reader's ~/.cargo, as it does for a rustup user.
+        .env("CARGO_HOME", &cargo_home)
+        .env("CARGO_INSTALL_ROOT", home.join(".cargo"))
+        .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -109,7 +137,7 @@ cargo() {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
         }
-        if started.elapsed() > Duration::from_secs(180) {
+        if started.elapsed() > Duration::from_secs(600) {
             // The whole group: the script and anything it left in the background.
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
@@ -117,6 +145,9 @@ cargo() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    // The walkthrough stops what it starts: nothing answers on the simulator's port any more.
+    let left_running = std::net::TcpStream::connect("127.0.0.1:8943").is_ok();
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
     let (stdout, stderr) = (reader.join().unwrap(), err_reader.join().unwrap());
     let failed_at = stderr
         .lines()
@@ -128,6 +159,13 @@ cargo() {
         "the README's commands stopped ({status:?}) at {failed_at}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
     assert!(stderr.contains(">>> README done"));
+    assert!(!left_running, "the walkthrough left the simulator running");
+    let installed = home.join(".cargo/bin/mbg-provision");
+    assert!(installed.is_file(), "installed where the README says");
+    assert!(
+        stdout.contains(concat!("mbg-provision ", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
     for expected in [
         "access token stored",
         "pbx1",
@@ -144,7 +182,7 @@ cargo() {
     // The walkthrough provisioned what it set: two extensions wanted remote credentials.
     let status = crate::support::binary()
         .args(["extension", "list", "--json"])
-        .current_dir(&work)
+        .current_dir(home.join("mbg-trial"))
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
@@ -163,10 +201,16 @@ cargo() {
 #[test]
 fn ci_runs_the_readmes_test_command() {
     let ci = include_str!("../../.ci/run");
-    let blocks = sh_blocks(README);
-    let test_command = blocks
+    let blocks = sh_blocks(section(README, "## Two commands on a fresh machine"));
+    let commands: Vec<&str> = blocks
         .iter()
-        .map(|(_, b)| b.trim())
+        .flat_map(|(_, b)| b.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(commands.len(), 2, "two commands: {commands:?}");
+    let test_command = commands
+        .iter()
         .find(|b| b.starts_with("cargo test"))
         .expect("the README gives a test command");
     assert!(
