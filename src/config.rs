@@ -38,6 +38,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub health: HealthConfig,
     pub leader: LeaderConfig,
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,6 +224,27 @@ impl Default for HealthConfig {
     }
 }
 
+/// The console's sessions (see `src/console`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// A session not used for this long ends.
+    #[serde(with = "nonzero_duration")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after its sign-in, used or not.
+    #[serde(with = "nonzero_duration")]
+    pub absolute_timeout: Duration,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30 * 60),
+            absolute_timeout: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -402,6 +424,7 @@ impl Config {
         check_section::<HttpConfig>(figment, "http", &mut found);
         check_section::<LogConfig>(figment, "log", &mut found);
         check_section::<SecretsConfig>(figment, "secrets", &mut found);
+        check_section::<ConsoleConfig>(figment, "console", &mut found);
         if !found.is_empty() {
             return Err(ConfigError::Invalid(found));
         }

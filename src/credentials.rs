@@ -51,11 +51,91 @@ pub fn random_auth_name(length: usize) -> String {
     name
 }
 
+/// The shortest password the MBG takes for a SIP user.
+pub const MBG_MIN_PASSWORD: usize = 8;
+/// The longest name or password a person may type: more is a paste gone wrong.
+pub const MAX_TYPED: usize = 64;
+
+/// A remote credential typed by a person, and what is wrong with it: `field` is the form field
+/// (the database column) at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct CredentialError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// Checks remote credentials a person typed (generated ones meet these by construction): the
+/// name starts with a letter and holds letters, digits, `-`, `_` or `.`; the password holds
+/// only [`PASSWORD_ALPHABET`] and is at least as strong as [`MIN_PASSWORD_BITS`] asks (and
+/// never shorter than the MBG's [`MBG_MIN_PASSWORD`]). Both at most [`MAX_TYPED`] characters.
+pub fn check_typed(name: &str, password: &str) -> Result<(), CredentialError> {
+    let name_ok = name.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+        && name.len() <= MAX_TYPED
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !name_ok {
+        return Err(CredentialError {
+            field: "remote_auth_name",
+            reason: format!(
+                "1 to {MAX_TYPED} letters, digits, '-', '_' or '.', starting with a letter"
+            ),
+        });
+    }
+    let shortest = min_password_length().max(MBG_MIN_PASSWORD);
+    if password.len() < shortest || password.len() > MAX_TYPED {
+        return Err(CredentialError {
+            field: "remote_auth_password",
+            reason: format!("{shortest} to {MAX_TYPED} characters"),
+        });
+    }
+    if let Some(bad) = password
+        .chars()
+        .find(|c| !c.is_ascii() || !PASSWORD_ALPHABET.contains(&(*c as u8)))
+    {
+        return Err(CredentialError {
+            field: "remote_auth_password",
+            reason: format!(
+                "{bad:?} is not taken by every phone: use letters, digits and - _ . ! * + ="
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
     use std::collections::HashSet;
+
+    #[test]
+    fn typed_credentials_name_the_field_at_fault() {
+        assert_eq!(check_typed("alice1", "Abcdefgh1234"), Ok(()));
+        assert_eq!(
+            check_typed("1alice", "Abcdefgh1234").unwrap_err().field,
+            "remote_auth_name"
+        );
+        assert_eq!(
+            check_typed("", "Abcdefgh1234").unwrap_err().field,
+            "remote_auth_name"
+        );
+        assert_eq!(
+            check_typed("al ice", "Abcdefgh1234").unwrap_err().field,
+            "remote_auth_name"
+        );
+        let short = check_typed("alice", "Abc123").unwrap_err();
+        assert_eq!(short.field, "remote_auth_password");
+        assert!(short.reason.starts_with("11 to 64"), "{short}");
+        let quote = check_typed("alice", "Abcdefgh1234\"").unwrap_err();
+        assert_eq!(quote.field, "remote_auth_password");
+        let generated = random_password(20);
+        assert_eq!(
+            check_typed(&random_auth_name(12), generated.expose_secret()),
+            Ok(())
+        );
+    }
 
     #[test]
     fn passwords_have_the_length_and_alphabet_asked_for() {

@@ -5,6 +5,7 @@ pub mod app;
 pub mod bench;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod credentials;
 pub mod daemon;
 pub mod file_owner;

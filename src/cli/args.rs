@@ -35,6 +35,9 @@ pub enum Command {
     /// The extensions (writes only the database, as the phone system's own page would)
     #[command(subcommand)]
     Extension(ExtensionCommand),
+    /// The console's accounts (the pages the daemon serves on http.listen)
+    #[command(subcommand)]
+    Console(ConsoleCommand),
     /// The OAuth access token: the one-off exchange, its status and renewal
     #[command(subcommand)]
     Token(TokenCommand),
@@ -263,6 +266,65 @@ pub struct Output {
     /// Print JSON for scripts
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsoleCommand {
+    /// Add, change, remove and list the console's accounts
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add an account; its password is asked for (not echoed) or read from --password-file
+    #[command(
+        after_long_help = "Example:\n  mbg-provision console user add alice --role admin\n\nRoles: viewer reads; operator also changes extensions, reveals and rotates;\nadmin also nodes, the token and the accounts. The console opens once an admin exists."
+    )]
+    Add {
+        /// The name to sign in with
+        name: String,
+        /// viewer, operator or admin
+        #[arg(long, value_parser = parse_role)]
+        role: mbg_provision::store::Role,
+        /// Read the password from this file (its first line) instead of asking
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Set an account's password; its sessions end
+    #[command(after_long_help = "Example:\n  mbg-provision console user passwd alice")]
+    Passwd {
+        /// The account
+        name: String,
+        /// Read the password from this file (its first line) instead of asking
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Change an account's role (the last admin stays admin)
+    #[command(after_long_help = "Example:\n  mbg-provision console user role bob operator")]
+    Role {
+        /// The account
+        name: String,
+        /// viewer, operator or admin
+        #[arg(value_parser = parse_role)]
+        role: mbg_provision::store::Role,
+    },
+    /// Remove an account and end its sessions (not the last admin)
+    #[command(after_long_help = "Example:\n  mbg-provision console user remove bob")]
+    Remove {
+        /// The account
+        name: String,
+    },
+    /// The accounts, with their roles
+    #[command(after_long_help = "Example:\n  mbg-provision console user list --json")]
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+fn parse_role(text: &str) -> Result<mbg_provision::store::Role, String> {
+    text.parse()
 }
 
 #[derive(Debug, Subcommand)]

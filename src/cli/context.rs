@@ -89,6 +89,13 @@ pub async fn record_refusal(app: &App, generation: i64, error: &MbgError) -> Res
     Ok(())
 }
 
+/// Who ran this command, for the audit log: the login name of the process's uid (not `$USER`,
+/// which anyone can set), else the uid.
+pub fn os_user() -> String {
+    // SAFETY: getuid cannot fail and touches no memory of ours.
+    mbg_provision::file_owner::user_name(unsafe { libc::getuid() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

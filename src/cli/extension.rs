@@ -249,23 +249,15 @@ async fn find(app: &App, number: &str, node: Option<&str>) -> Result<Extension> 
     }
 }
 
-/// Who ran this, for the audit log: the login name, else the uid.
-fn os_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        // SAFETY: getuid cannot fail and touches no memory of ours.
-        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
-}
-
 fn audit_entry(app: &App, extension: &Extension, action: &str, what: &str) -> AuditEntry {
+    let user = super::context::os_user();
     AuditEntry {
         at: app.clock.now(),
+        actor: Some(format!("os:{user}")),
         extension: Some(extension.number.clone()),
         action: action.to_string(),
         outcome: "ok".to_string(),
-        detail: Some(format!("{what}, by OS user {}", os_user())),
+        detail: Some(format!("{what}, by OS user {user}")),
     }
 }
 

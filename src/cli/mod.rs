@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod console;
 mod context;
 mod demo;
 mod docs;
@@ -121,6 +122,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Node(command) => node::run(&app, command).await?,
         Command::Extension(command) => extension::run(&app, command).await?,
+        Command::Console(command) => console::run(&app, command).await?,
         Command::Token(command) => token::run(&app, command).await?,
         Command::Sync {
             dry_run,

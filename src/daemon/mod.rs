@@ -56,10 +56,12 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
             error: e.error,
         })?;
     info!(listen = %app.config.http.listen, "serving /healthz and /metrics");
+    let console = crate::console::Console::new(app.store.clone(), &app.config, health.clone());
     let server = tokio::spawn(http::serve(
         listener,
         health.clone(),
         telemetry,
+        Some(console),
         shutdown.clone(),
     ));
     systemd::ready();

@@ -4,6 +4,7 @@
 //!   healthy), 503 when it cannot (`unhealthy`), with the [`Health`] snapshot as JSON so the
 //!   reason is one `curl` away;
 //! - `GET /metrics`: Prometheus text format, from [`Telemetry`];
+//! - the console's pages (`crate::console`), when the daemon serves them;
 //! - anything else: 404.
 //!
 //! Handlers only read a snapshot: a scrape never waits for the daemon, nor the daemon for it.
@@ -21,6 +22,7 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::console::Console;
 use crate::health::{Health, HealthState, HealthStatus};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
@@ -82,22 +84,31 @@ pub fn router(health: HealthState, telemetry: Telemetry) -> Router {
         .with_state(Endpoints { health, telemetry })
 }
 
-/// Serves `/healthz` and `/metrics` on `listener` until `shutdown` is triggered, then lets
-/// requests in progress finish (at most [`SHUTDOWN_GRACE`]) and returns `Ok`. While serving, it
-/// also runs the metrics upkeep every [`UPKEEP_INTERVAL`], so histograms stay bounded even when
-/// nothing scrapes.
+/// Serves `/healthz`, `/metrics` and, when given, the console on `listener` until `shutdown`
+/// is triggered, then lets requests in progress finish (at most [`SHUTDOWN_GRACE`]) and returns
+/// `Ok`. While serving, it also runs the metrics upkeep every [`UPKEEP_INTERVAL`], so histograms
+/// stay bounded even when nothing scrapes.
 pub async fn serve(
     listener: TcpListener,
     health: HealthState,
     telemetry: Telemetry,
+    console: Option<Console>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let app = router(health, telemetry.clone());
+    let mut app = router(health, telemetry.clone());
+    if let Some(console) = console {
+        app = app.merge(console.router());
+    }
     let graceful = {
         let shutdown = shutdown.clone();
         async move { shutdown.triggered().await }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    // The peer's address reaches the console's sign-in throttling.
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful);
     let upkeep = async {
         let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,7 +167,7 @@ async fn metrics(State(endpoints): State<Endpoints>) -> Response {
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        "not found: this server answers GET /healthz and GET /metrics\n",
+        "not found: this server answers GET /healthz, GET /metrics and the console's pages (GET /)\n",
     )
         .into_response()
 }

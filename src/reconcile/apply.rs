@@ -799,6 +799,7 @@ async fn record_failure(
 fn audit(cx: &Context<'_>, action: &Action, outcome: &str, detail: &str) -> AuditEntry {
     AuditEntry {
         at: cx.options.now,
+        actor: None,
         extension: Some(action.number().to_string()),
         action: action.verb().to_string(),
         outcome: outcome.to_string(),

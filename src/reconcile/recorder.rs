@@ -136,6 +136,7 @@ mod tests {
         let work = async move {
             let audit = vec![PassWrite::Audit(AuditEntry {
                 at: 1,
+                actor: None,
                 extension: Some("1003".into()),
                 action: "create".into(),
                 outcome: "ok".into(),

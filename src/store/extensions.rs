@@ -7,8 +7,9 @@ use sqlx::{AssertSqlSafe, Row, ValueRef};
 use super::error::{classify, quote};
 use super::transaction::{Durability, Transaction};
 use super::{
-    AuditEntry, Backend, BadRow, CredentialFill, Extension, ExtensionKind, ExtensionRows,
-    ExtensionSpec, ExtensionState, NotFound, Result, StateUpdate, Store, StoreError, get_bool, now,
+    AuditEntry, Backend, BadRow, CredentialFill, Extension, ExtensionFilter, ExtensionKind,
+    ExtensionRows, ExtensionSpec, ExtensionState, NotFound, Result, StateUpdate, Store, StoreError,
+    get_bool, now,
 };
 
 // A LEFT JOIN, so that an extension whose node was deleted behind our back (foreign keys off in a
@@ -264,6 +265,138 @@ impl Store {
         Ok(created)
     }
 
+    /// [`Store::set_extension`] with remote credentials, in one transaction: all of it or
+    /// nothing. Credentials the row already has are kept when they are the same, and replaced
+    /// only when [`Store::rotate_remote_credentials`] would allow it; the row's audit entry is
+    /// written with them.
+    pub async fn set_extension_with_credentials(
+        &self,
+        spec: &ExtensionSpec,
+        new_sip_password: &SecretString,
+        credentials: Option<(&str, &SecretString)>,
+        audit: &AuditEntry,
+    ) -> Result<(Extension, bool)> {
+        // Credentials the MBG is told next must survive a power loss first.
+        let durability = match credentials {
+            Some(_) => Durability::Synced,
+            None => Durability::Normal,
+        };
+        let mut tx = Transaction::begin(&self.pool, self.backend, durability).await?;
+        let (id, created) = set_extension_in(&mut tx, spec, new_sip_password).await?;
+        if let Some((name, password)) = credentials {
+            let row = sqlx::query(AssertSqlSafe(format!("{EXTENSION_SELECT} WHERE e.id = $1")))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::Database)?;
+            let current = decode_one(&row)?;
+            let same = current.remote_auth_name.as_deref() == Some(name)
+                && current
+                    .remote_auth_password
+                    .as_ref()
+                    .is_some_and(|p| p.expose_secret() == password.expose_secret());
+            if !same {
+                check_replaceable(&mut tx, &current).await?;
+                let holder: Option<String> = sqlx::query_scalar(
+                    "SELECT number FROM extensions WHERE remote_auth_name = $1 AND id <> $2 LIMIT 1",
+                )
+                .bind(name)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::Database)?;
+                if let Some(number) = holder {
+                    return Err(StoreError::Invalid {
+                        field: "remote_auth_name",
+                        reason: format!(
+                            "{} is extension {number}'s already: a phone would log in as the other",
+                            quote(name)
+                        ),
+                    });
+                }
+                sqlx::query(
+                    "UPDATE extensions SET remote_auth_name = $2, remote_auth_password = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(name)
+                .bind(password.expose_secret())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify(e, |_| name.to_string()))?;
+            }
+        }
+        let audited = [super::PassWrite::Audit(audit.clone())];
+        super::outcomes::write_chunk(&mut tx, self.backend, self.fence(), &audited).await?;
+        tx.commit().await?;
+        Ok((self.extension(id).await?, created))
+    }
+
+    /// One page of the console's extension list, in number order after `after` (a number and
+    /// an id). A number prefix is a range on the `extensions_number` index, not a LIKE (which
+    /// PostgreSQL's default collation cannot serve from an index), and the next page starts
+    /// after the last row shown (keyset paging), so the last page costs what the first does.
+    /// Rows that cannot be read are left out (`status` and `sync` list them).
+    pub async fn extension_page(
+        &self,
+        filter: &ExtensionFilter,
+        after: Option<(&str, i64)>,
+        limit: u32,
+    ) -> Result<Vec<Extension>> {
+        let mut conditions = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        let mut bind = |value: String| {
+            binds.push(value);
+            format!("${}", binds.len())
+        };
+        if let Some(prefix) = filter.prefix.as_deref().filter(|p| !p.is_empty()) {
+            // Numbers are digits, and every collation sorts a digit before a letter.
+            let (low, high) = (bind(prefix.to_string()), bind(format!("{prefix}a")));
+            conditions.push(format!("e.number >= {low} AND e.number < {high}"));
+        }
+        if let Some(state) = filter.state {
+            conditions.push(format!("e.state = {}", bind(state.as_str().to_string())));
+        }
+        if let Some(node) = &filter.node {
+            conditions.push(format!("n.name = {}", bind(node.clone())));
+        }
+        let mut after_id = None;
+        if let Some((number, id)) = after {
+            let number = bind(number.to_string());
+            after_id = Some(id);
+            let id = format!("${}", binds.len() + 1);
+            conditions.push(format!(
+                "(e.number > {number} OR (e.number = {number} AND e.id > {id}))"
+            ));
+        }
+        let filter_sql = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "{EXTENSION_SELECT}{filter_sql} ORDER BY e.number, e.id LIMIT {}",
+            limit.max(1)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for value in binds {
+            query = query.bind(value);
+        }
+        if let Some(id) = after_id {
+            query = query.bind(id);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+        let mut page = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Ok(extension) = decode(row)? {
+                page.push(extension);
+            }
+        }
+        Ok(page)
+    }
+
     /// The node an existing extension is on, for a change that does not name one. `None` when
     /// the number does not exist; an error when it exists on several nodes (which one is meant
     /// must then be said).
@@ -490,38 +623,9 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<Extension> {
         let current = self.extension(id).await?;
-        let waiting: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM extension_changes WHERE extension_id = $1")
-                .bind(id)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(StoreError::Database)?;
-        let recorded = current.mbg_device_id.is_some() && current.provisioned_by_us;
-        let settled = waiting == 0
-            && match current.state {
-                ExtensionState::Provisioned => recorded,
-                ExtensionState::Idle => current.mbg_device_id.is_none(),
-                _ => false,
-            };
-        let has_credentials =
-            current.remote_auth_name.is_some() || current.remote_auth_password.is_some();
-        if has_credentials && !settled {
-            // Rotating now could leave a SIP user made with the current credentials behind,
-            // unrecognised.
-            return Err(StoreError::NotSettled {
-                number: current.number.clone(),
-                why: if waiting > 0 {
-                    "a change to it is not applied on the MBG yet".to_string()
-                } else {
-                    format!(
-                        "its SIP user is not settled on the MBG (state {})",
-                        current.state.as_str()
-                    )
-                },
-            });
-        }
         // The MBG is told these credentials next: they must survive a power loss first.
         let mut tx = Transaction::begin(&self.pool, self.backend, Durability::Synced).await?;
+        check_replaceable(&mut tx, &current).await?;
         sqlx::query(
             "UPDATE extensions SET remote_auth_name = $2, remote_auth_password = $3
               WHERE id = $1 AND version = $4",
@@ -580,6 +684,45 @@ impl Store {
         .map_err(StoreError::Database)?;
         Ok(())
     }
+}
+
+/// Whether the remote credentials of `current` may be replaced now. Refused while a pass may
+/// have left a SIP user that only the current credentials prove to be ours (a create whose guid
+/// never reached the database): the extension must be settled (no change waiting for a pass;
+/// `provisioned` with its SIP user recorded, or `idle` with none), or have no credentials yet.
+async fn check_replaceable(tx: &mut Transaction, current: &Extension) -> Result<()> {
+    let has_credentials =
+        current.remote_auth_name.is_some() || current.remote_auth_password.is_some();
+    if !has_credentials {
+        return Ok(());
+    }
+    let waiting: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM extension_changes WHERE extension_id = $1")
+            .bind(current.id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(StoreError::Database)?;
+    let recorded = current.mbg_device_id.is_some() && current.provisioned_by_us;
+    let settled = waiting == 0
+        && match current.state {
+            ExtensionState::Provisioned => recorded,
+            ExtensionState::Idle => current.mbg_device_id.is_none(),
+            _ => false,
+        };
+    if settled {
+        return Ok(());
+    }
+    Err(StoreError::NotSettled {
+        number: current.number.clone(),
+        why: if waiting > 0 {
+            "a change to it is not applied on the MBG yet".to_string()
+        } else {
+            format!(
+                "its SIP user is not settled on the MBG (state {})",
+                current.state.as_str()
+            )
+        },
+    })
 }
 
 async fn set_extension_in(

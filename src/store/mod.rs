@@ -6,6 +6,7 @@
 //! Times are epoch seconds (`i64`) because `Any` carries no date types.
 
 mod changes;
+mod console;
 mod error;
 mod extensions;
 mod lock;
@@ -26,7 +27,9 @@ use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row, Sql
 use crate::config::DatabaseUrl;
 use crate::secrets::{self, SecretKey};
 
+pub use console::{ConsoleUser, Role, Session, validate_user_name};
 pub use error::{NotFound, StoreError, quote};
+pub use extensions::validate_number;
 pub use lock::{Holder, LeaseTerms, LockError, PassLock};
 pub use model::*;
 pub use outcomes::{CredentialFill, PassWrite};
@@ -75,6 +78,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "database id",
         include_str!("../../migrations/sqlite/0007_database_id.sql"),
         include_str!("../../migrations/postgres/0007_database_id.sql"),
+    ),
+    (
+        8,
+        "console",
+        include_str!("../../migrations/sqlite/0008_console.sql"),
+        include_str!("../../migrations/postgres/0008_console.sql"),
     ),
 ];
 

@@ -188,6 +188,16 @@ pub struct ExtensionSpec {
     pub sip_password: Option<SecretString>,
 }
 
+/// What the console's extension list is narrowed to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtensionFilter {
+    /// Numbers that start with these digits.
+    pub prefix: Option<String>,
+    pub state: Option<ExtensionState>,
+    /// The node's name.
+    pub node: Option<String>,
+}
+
 /// A row of `extension_changes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
@@ -323,6 +333,9 @@ pub struct TemporaryToken {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {
     pub at: i64,
+    /// Who: a console user's name, or `os:NAME` for the OS user who ran a command; `None` for
+    /// the engine's own entries.
+    pub actor: Option<String>,
     pub extension: Option<String>,
     pub action: String,
     pub outcome: String,

@@ -283,11 +283,11 @@ pub(super) async fn write_chunk(
         .collect();
     if !audits.is_empty() {
         let sql = format!(
-            "INSERT INTO audit_log (at, extension, action, outcome, detail) VALUES {}",
+            "INSERT INTO audit_log (at, extension, action, outcome, detail, actor) VALUES {}",
             values(
                 backend,
                 audits.len(),
-                &["BIGINT", "TEXT", "TEXT", "TEXT", "TEXT"]
+                &["BIGINT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT"]
             )
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -297,7 +297,8 @@ pub(super) async fn write_chunk(
                 .bind(entry.extension.as_deref())
                 .bind(entry.action.as_str())
                 .bind(entry.outcome.as_str())
-                .bind(entry.detail.as_deref());
+                .bind(entry.detail.as_deref())
+                .bind(entry.actor.as_deref());
         }
         query
             .execute(&mut *conn)

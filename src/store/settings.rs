@@ -230,23 +230,42 @@ impl Store {
     /// The newest `limit` audit entries, newest first.
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT at, extension, action, outcome, detail FROM audit_log ORDER BY id DESC LIMIT $1",
+            "SELECT at, actor, extension, action, outcome, detail FROM audit_log ORDER BY id DESC LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::Database)?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEntry {
-                    at: row.try_get("at")?,
-                    extension: row.try_get("extension")?,
-                    action: row.try_get("action")?,
-                    outcome: row.try_get("outcome")?,
-                    detail: row.try_get("detail")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::Database)
+        audit_entries(&rows)
     }
+
+    /// The newest `limit` audit entries of one extension, newest first.
+    pub async fn audit_of(&self, number: &str, limit: u32) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT at, actor, extension, action, outcome, detail FROM audit_log
+              WHERE extension = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(number)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        audit_entries(&rows)
+    }
+}
+
+fn audit_entries(rows: &[sqlx::any::AnyRow]) -> Result<Vec<AuditEntry>> {
+    rows.iter()
+        .map(|row| {
+            Ok(AuditEntry {
+                at: row.try_get("at")?,
+                actor: row.try_get("actor")?,
+                extension: row.try_get("extension")?,
+                action: row.try_get("action")?,
+                outcome: row.try_get("outcome")?,
+                detail: row.try_get("detail")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::Database)
 }

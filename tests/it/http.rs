@@ -34,6 +34,7 @@ impl Server {
             listener,
             health.clone(),
             Telemetry::install(),
+            None,
             shutdown.clone(),
         ));
         Server {

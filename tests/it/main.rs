@@ -5,6 +5,7 @@ mod support;
 mod bench;
 mod cli;
 mod config;
+mod console;
 mod daemon;
 mod disk_full;
 mod fencing;

@@ -433,6 +433,7 @@ async fn the_daemons_health_is_read_from_healthz() {
         listener,
         health.clone(),
         Telemetry::install(),
+        None,
         shutdown.clone(),
     ));
     site.set("MBG_PROVISION_HTTP__LISTEN", addr.to_string());

@@ -31,6 +31,8 @@ crate::on_both_backends!(
     outcome_writes_follow_the_planned_version,
     a_node_is_changed_field_by_field,
     the_database_id_is_random_and_stays,
+    console_accounts_keep_an_admin_and_sessions_end_when_they_should,
+    the_console_list_pages_by_number_with_a_prefix,
 );
 
 fn node(name: &str, address: &str) -> NewNode {
@@ -526,6 +528,7 @@ async fn state_settings_and_audit_round_trip(db: TestDb) {
         store
             .audit(&AuditEntry {
                 at,
+                actor: Some("os:root".into()),
                 extension: Some("1001".into()),
                 action: action.into(),
                 outcome: "ok".into(),
@@ -1715,4 +1718,168 @@ async fn the_database_id_is_random_and_stays(db: TestDb) {
     again.close().await;
     let other = TestDb::sqlite().await;
     assert_ne!(other.store.database_id().await.unwrap(), id);
+}
+
+/// The console's accounts: names are unique, the last admin can be neither removed nor demoted,
+/// a new password ends the user's other sessions, and a session past its idle or absolute
+/// limit is gone.
+async fn console_accounts_keep_an_admin_and_sessions_end_when_they_should(db: TestDb) {
+    use mbg_provision::store::Role;
+    let store = &db.store;
+    assert!(!store.has_console_admin().await.unwrap());
+    let ada = store
+        .add_console_user("ada", Role::Admin, "$argon2id$x")
+        .await
+        .unwrap();
+    assert!(store.has_console_admin().await.unwrap());
+    let again = store
+        .add_console_user("ada", Role::Viewer, "$argon2id$y")
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("already exists"), "{again}");
+    assert!(
+        store
+            .add_console_user("a b", Role::Viewer, "h")
+            .await
+            .is_err()
+    );
+    let last = store.remove_console_user("ada").await.unwrap_err();
+    assert!(last.to_string().contains("last admin"), "{last}");
+    let demote = store
+        .set_console_role("ada", Role::Viewer)
+        .await
+        .unwrap_err();
+    assert!(demote.to_string().contains("last admin"), "{demote}");
+    store
+        .add_console_user("bob", Role::Admin, "h")
+        .await
+        .unwrap();
+    store.set_console_role("ada", Role::Operator).await.unwrap();
+    assert!(store.remove_console_user("nobody").await.is_err());
+
+    store.create_console_session("s1", ada.id).await.unwrap();
+    store.create_console_session("s2", ada.id).await.unwrap();
+    let session = store
+        .console_session("s1", 60, 3600)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.user.name, "ada");
+    assert_eq!(session.user.role, Role::Operator);
+    store
+        .set_console_password("ada", "$argon2id$new", Some("s1"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .console_session("s1", 60, 3600)
+            .await
+            .unwrap()
+            .is_some(),
+        "kept"
+    );
+    assert!(
+        store
+            .console_session("s2", 60, 3600)
+            .await
+            .unwrap()
+            .is_none(),
+        "ended"
+    );
+    // Limits of -1 s: every session is past them, and is deleted.
+    assert!(
+        store
+            .console_session("s1", -1, 3600)
+            .await
+            .unwrap()
+            .is_none(),
+        "idle"
+    );
+    store.create_console_session("s3", ada.id).await.unwrap();
+    assert!(
+        store.console_session("s3", 60, -1).await.unwrap().is_none(),
+        "absolute"
+    );
+    store.create_console_session("s4", ada.id).await.unwrap();
+    store.remove_console_user("ada").await.unwrap();
+    assert!(
+        store
+            .console_session("s4", 60, 3600)
+            .await
+            .unwrap()
+            .is_none(),
+        "with its user"
+    );
+
+    assert_eq!(
+        store
+            .record_login_failure("bob", "10.1.1.1", 0)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .record_login_failure("bob", "10.1.1.1", 0)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store.login_failures("bob", "10.9.9.9", 0).await.unwrap(),
+        0,
+        "per address"
+    );
+    store.clear_login_failures("bob", "10.1.1.1").await.unwrap();
+    assert_eq!(store.login_failures("bob", "10.1.1.1", 0).await.unwrap(), 0);
+}
+
+/// The console's list: a prefix is a range (1 and 10 match "1", 2 does not), the state filter,
+/// and keyset pages that together hold every row once, in number order.
+async fn the_console_list_pages_by_number_with_a_prefix(db: TestDb) {
+    use mbg_provision::store::ExtensionFilter;
+    let store = &db.store;
+    with_nodes(store).await;
+    for number in ["1", "10", "100", "1999", "2", "19", "1000"] {
+        store
+            .set_extension(&spec(number, "pbx1"), &secret("p"))
+            .await
+            .unwrap();
+    }
+    let numbers = |page: &[mbg_provision::store::Extension]| -> Vec<String> {
+        page.iter().map(|e| e.number.clone()).collect()
+    };
+    let ones = ExtensionFilter {
+        prefix: Some("1".into()),
+        ..Default::default()
+    };
+    let all = store.extension_page(&ones, None, 100).await.unwrap();
+    assert_eq!(numbers(&all), ["1", "10", "100", "1000", "19", "1999"]);
+    let first = store.extension_page(&ones, None, 4).await.unwrap();
+    let last = first.last().unwrap();
+    let second = store
+        .extension_page(&ones, Some((&last.number, last.id)), 4)
+        .await
+        .unwrap();
+    assert_eq!(numbers(&first), ["1", "10", "100", "1000"]);
+    assert_eq!(numbers(&second), ["19", "1999"]);
+    let ten = ExtensionFilter {
+        prefix: Some("10".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        numbers(&store.extension_page(&ten, None, 100).await.unwrap()),
+        ["10", "100", "1000"]
+    );
+    let pending = ExtensionFilter {
+        state: Some(ExtensionState::Provisioned),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .extension_page(&pending, None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

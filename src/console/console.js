@@ -1,0 +1,27 @@
+// The console's only script: a section with `data-live="URL"` follows the JSON at URL every
+// 700 ms and writes each value into the element inside it with the same `data-field`. Without
+// JavaScript the page shows the same after a reload.
+"use strict";
+document.addEventListener("DOMContentLoaded", () => {
+  for (const section of document.querySelectorAll("[data-live]")) {
+    const url = section.getAttribute("data-live");
+    const refresh = async () => {
+      try {
+        const answer = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+        if (answer.status === 401) {
+          window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
+          return;
+        }
+        if (!answer.ok) return;
+        const values = await answer.json();
+        for (const [field, value] of Object.entries(values)) {
+          const element = section.querySelector(`[data-field="${field}"]`);
+          if (element) element.textContent = value === null ? "" : String(value);
+        }
+      } catch (_) {
+        // The daemon restarting: try again on the next tick.
+      }
+    };
+    setInterval(refresh, 700);
+  }
+});

@@ -1,0 +1,463 @@
+//! `/extensions`: the list, and the SIP Authorization form of one extension. Saving writes the
+//! database only, through the store function `extension set` uses; the daemon does the rest, and
+//! the page follows the extension's state live (`/extensions/{number}/live`).
+
+use axum::Json;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::pages::{self, FormView};
+use super::{Access, Console, PageError};
+use crate::credentials;
+use crate::store::{
+    AuditEntry, ConsoleUser, Extension, ExtensionFilter, ExtensionKind, ExtensionSpec, Role,
+    StoreError,
+};
+
+/// Rows per page of the list.
+const PAGE: u32 = 100;
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    node: String,
+    /// The last row of the previous page, as `NUMBER:ID`.
+    after: Option<String>,
+}
+
+pub(crate) async fn list(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, PageError> {
+    let session = match console.require(&headers, &uri, Role::Viewer).await? {
+        Access::Granted(session) => session,
+        Access::SignIn(to) => return Ok(to),
+    };
+    let bad = |message: String| PageError::new(StatusCode::BAD_REQUEST, message);
+    let prefix = query.prefix.trim();
+    if !prefix.bytes().all(|b| b.is_ascii_digit()) || prefix.len() > 10 {
+        return Err(bad("number prefix: digits only, at most 10".into()));
+    }
+    let state = match query.state.as_str() {
+        "" => None,
+        state => Some(state.parse().map_err(bad)?),
+    };
+    let filter = ExtensionFilter {
+        prefix: Some(prefix.to_string()).filter(|p| !p.is_empty()),
+        state,
+        node: Some(query.node.trim().to_string()).filter(|n| !n.is_empty()),
+    };
+    let after = query.after.as_deref().and_then(|a| {
+        let (number, id) = a.rsplit_once(':')?;
+        Some((number.to_string(), id.parse::<i64>().ok()?))
+    });
+    let rows = console
+        .0
+        .store
+        .extension_page(
+            &filter,
+            after.as_ref().map(|(n, id)| (n.as_str(), *id)),
+            PAGE,
+        )
+        .await?;
+    let next = (rows.len() == PAGE as usize)
+        .then(|| rows.last())
+        .flatten()
+        .map(|last| {
+            format!(
+                "/extensions?prefix={}&state={}&node={}&after={}:{}",
+                super::percent(prefix),
+                super::percent(&query.state),
+                super::percent(query.node.trim()),
+                last.number,
+                last.id
+            )
+        });
+    Ok(pages::layout(
+        "Extensions",
+        &session.user,
+        html! {
+            form method="get" action="/extensions" class="filters" {
+                label for="prefix" { "Number starts with" }
+                input id="prefix" name="prefix" inputmode="numeric" value=(prefix);
+                label for="state" { "State" }
+                select id="state" name="state" {
+                    option value="" { "any" }
+                    @for s in ["idle", "pending", "provisioned", "failed", "needs_attention"] {
+                        option value=(s) selected[query.state == s] { (s) }
+                    }
+                }
+                label for="node" { "Node" }
+                input id="node" name="node" value=(query.node.trim());
+                button type="submit" { "Search" }
+            }
+            table class="extensions" {
+                thead { tr { th { "Number" } th { "Node" } th { "Kind" } th { "Remote credentials" } th { "State" } th { "The MBG's ID" } } }
+                tbody { (pages::extension_rows(&rows)) }
+            }
+            @if let Some(next) = next {
+                p { a href=(next) rel="next" { "Next page" } }
+            }
+            @if session.user.role >= Role::Operator {
+                form method="get" action="/extensions/new" class="new" {
+                    label for="number" { "New extension number" }
+                    input id="number" name="number" inputmode="numeric" required;
+                    button type="submit" { "Open" }
+                }
+            }
+        },
+    )
+    .into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct NewQuery {
+    number: Option<String>,
+}
+
+/// The form of `number`; `/extensions/new?number=N` opens the form of a new extension N.
+pub(crate) async fn form(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(number): Path<String>,
+    Query(new): Query<NewQuery>,
+) -> Result<Response, PageError> {
+    let session = match console.require(&headers, &uri, Role::Viewer).await? {
+        Access::Granted(session) => session,
+        Access::SignIn(to) => return Ok(to),
+    };
+    if number == "new" {
+        let number = new.number.unwrap_or_default();
+        let number = number.trim();
+        crate::store::validate_number(number)
+            .map_err(|e| PageError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        return Ok((
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/extensions/{number}"))],
+        )
+            .into_response());
+    }
+    crate::store::validate_number(&number)
+        .map_err(|e| PageError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let extension = find(&console, &number).await?;
+    let view = console
+        .view(&session.user, &number, extension.as_ref(), None, None)
+        .await?;
+    Ok(pages::extension_form(&session.user, &view).into_response())
+}
+
+/// The form as posted: fields named as the database columns.
+#[derive(Deserialize)]
+pub(crate) struct Posted {
+    node: Option<String>,
+    kind: Option<String>,
+    use_remote_auth: Option<String>,
+    #[serde(default)]
+    remote_auth_name: String,
+    #[serde(default)]
+    remote_auth_password: String,
+}
+
+pub(crate) async fn save(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(number): Path<String>,
+    Form(posted): Form<Posted>,
+) -> Result<Response, PageError> {
+    let session = match console.require(&headers, &uri, Role::Operator).await? {
+        Access::Granted(session) => session,
+        Access::SignIn(to) => return Ok(to),
+    };
+    crate::store::validate_number(&number)
+        .map_err(|e| PageError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let current = find(&console, &number).await?;
+    match console
+        .write(&session.user, &number, current.as_ref(), &posted)
+        .await
+    {
+        Ok(()) => Ok((
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/extensions/{number}"))],
+        )
+            .into_response()),
+        // Shown on the form with what was typed, naming the field; nothing was written.
+        Err((field, message)) => {
+            let view = console
+                .view(
+                    &session.user,
+                    &number,
+                    current.as_ref(),
+                    Some(&posted),
+                    Some((field, message)),
+                )
+                .await?;
+            Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                pages::extension_form(&session.user, &view),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// Shows the stored remote password to an operator or admin, and audits it.
+pub(crate) async fn reveal(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(number): Path<String>,
+) -> Result<Response, PageError> {
+    let session = match console.require(&headers, &uri, Role::Operator).await? {
+        Access::Granted(session) => session,
+        Access::SignIn(to) => return Ok(to),
+    };
+    let Some(extension) = find(&console, &number).await? else {
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("no extension {number}"),
+        ));
+    };
+    console
+        .0
+        .store
+        .audit(&audit(
+            &session.user,
+            &extension.number,
+            "reveal",
+            "remote password shown in the console",
+        ))
+        .await?;
+    let mut view = console
+        .view(&session.user, &number, Some(&extension), None, None)
+        .await?;
+    view.remote_auth_password = extension
+        .remote_auth_password
+        .as_ref()
+        .map(|p| p.expose_secret().to_string());
+    Ok(pages::extension_form(&session.user, &view).into_response())
+}
+
+/// What the page follows live: the row's state as the engine records it.
+#[derive(Serialize)]
+pub(crate) struct Live {
+    state: &'static str,
+    mbg_device_id: Option<String>,
+    last_error: Option<String>,
+    use_remote_auth: bool,
+}
+
+pub(crate) async fn live(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> Result<Response, PageError> {
+    if console.session(&headers).await?.is_none() {
+        return Ok((StatusCode::UNAUTHORIZED, "sign in first").into_response());
+    }
+    let Some(extension) = find(&console, &number).await? else {
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("no extension {number}"),
+        ));
+    };
+    Ok(Json(Live {
+        state: extension.state.as_str(),
+        mbg_device_id: extension.mbg_device_id,
+        last_error: extension.last_error,
+        use_remote_auth: extension.use_remote_auth,
+    })
+    .into_response())
+}
+
+async fn find(console: &Console, number: &str) -> Result<Option<Extension>, PageError> {
+    match console.0.store.extension_by_number(number).await {
+        Ok(extension) => Ok(Some(extension)),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn audit(user: &ConsoleUser, number: &str, action: &str, detail: &str) -> AuditEntry {
+    AuditEntry {
+        at: chrono::Utc::now().timestamp(),
+        actor: Some(user.name.clone()),
+        extension: Some(number.to_string()),
+        action: action.to_string(),
+        outcome: "ok".to_string(),
+        detail: Some(detail.to_string()),
+    }
+}
+
+impl Console {
+    /// The form's content: the row as stored, or what was posted when it is shown again with an
+    /// error. A row with no remote credentials arrives with random candidates, so that ticking
+    /// the box fills them without JavaScript.
+    async fn view<'a>(
+        &self,
+        user: &ConsoleUser,
+        number: &'a str,
+        extension: Option<&'a Extension>,
+        posted: Option<&Posted>,
+        error: Option<(String, String)>,
+    ) -> Result<FormView<'a>, PageError> {
+        let store = &self.0.store;
+        let nodes = store.nodes().await?;
+        let node_name = posted
+            .and_then(|p| p.node.clone())
+            .or_else(|| extension.map(|e| e.node_name.clone()))
+            .or_else(|| nodes.first().map(|n| n.name.clone()))
+            .unwrap_or_default();
+        let registrar = nodes.iter().find(|n| n.name == node_name).and_then(|n| {
+            Some(format!(
+                "{}:{}",
+                n.nat_address.as_ref()?,
+                n.registrar_port()
+            ))
+        });
+        let stored_name = extension.and_then(|e| e.remote_auth_name.clone());
+        let (name, password) = match (posted, &stored_name) {
+            (Some(p), _) => (
+                p.remote_auth_name.clone(),
+                Some(p.remote_auth_password.clone()).filter(|p| !p.is_empty()),
+            ),
+            (None, Some(name)) => (name.clone(), None),
+            (None, None) => (
+                credentials::random_auth_name(self.0.credentials.name_length),
+                Some(
+                    credentials::random_password(self.0.credentials.password_length)
+                        .expose_secret()
+                        .to_string(),
+                ),
+            ),
+        };
+        let kind = posted
+            .and_then(|p| p.kind.as_deref())
+            .map(|k| {
+                if k == "sip_hot_desk" {
+                    "sip_hot_desk"
+                } else {
+                    "sip"
+                }
+            })
+            .or_else(|| extension.map(|e| e.kind.as_str()))
+            .unwrap_or("sip");
+        let audit = match extension {
+            Some(e) => store.audit_of(&e.number, 20).await?,
+            None => Vec::new(),
+        };
+        Ok(FormView {
+            number,
+            extension,
+            nodes: nodes.into_iter().map(|n| n.name).collect(),
+            node: node_name,
+            kind,
+            use_remote_auth: posted.map_or_else(
+                || extension.is_some_and(|e| e.use_remote_auth),
+                |p| p.use_remote_auth.is_some(),
+            ),
+            remote_auth_name: name,
+            remote_auth_password: password,
+            error,
+            registrar,
+            can_edit: user.role >= Role::Operator,
+            can_reveal: user.role >= Role::Operator,
+            audit,
+        })
+    }
+
+    /// Checks the posted form as the CLI would and writes it in one transaction; an error names
+    /// the form field at fault and nothing is written.
+    async fn write(
+        &self,
+        user: &ConsoleUser,
+        number: &str,
+        current: Option<&Extension>,
+        posted: &Posted,
+    ) -> Result<(), (String, String)> {
+        let field = |field: &str, message: String| (field.to_string(), message);
+        let node = posted
+            .node
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .or_else(|| current.map(|e| e.node_name.clone()))
+            .ok_or_else(|| field("node", "node: choose the extension's node".into()))?;
+        let kind: Option<ExtensionKind> = match posted.kind.as_deref() {
+            None | Some("") => None,
+            Some(kind) => Some(kind.parse().map_err(|e: String| field("kind", e))?),
+        };
+        let wanted = posted.use_remote_auth.is_some();
+        let name = posted.remote_auth_name.trim();
+        let typed = &posted.remote_auth_password;
+        let stored_password = current.and_then(|e| e.remote_auth_password.as_ref());
+        // Unticked, the credentials stay as stored; ticked, they are what the form holds (an
+        // empty password field keeps the stored password).
+        let credentials = match (wanted, stored_password) {
+            (false, _) => None,
+            (true, Some(stored)) if typed.is_empty() => {
+                if current.and_then(|e| e.remote_auth_name.as_deref()) == Some(name) {
+                    None
+                } else {
+                    Some((name.to_string(), stored.clone()))
+                }
+            }
+            (true, _) => Some((name.to_string(), SecretString::from(typed.clone()))),
+        };
+        if let Some((name, password)) = &credentials {
+            credentials::check_typed(name, password.expose_secret())
+                .map_err(|e| field(e.field, e.to_string()))?;
+        }
+        let spec = ExtensionSpec {
+            number: number.to_string(),
+            node,
+            kind,
+            use_remote_auth: Some(wanted),
+            sip_password: None,
+        };
+        let detail = format!(
+            "saved in the console: remote credentials {}{}",
+            if wanted { "on" } else { "off" },
+            if credentials.is_some() {
+                ", new name or password"
+            } else {
+                ""
+            }
+        );
+        let pbx_password = credentials::random_password(self.0.credentials.password_length);
+        self.0
+            .store
+            .set_extension_with_credentials(
+                &spec,
+                &pbx_password,
+                credentials.as_ref().map(|(n, p)| (n.as_str(), p)),
+                &audit(user, number, "save", &detail),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                StoreError::Invalid { field: f, .. } | StoreError::Duplicate { field: f, .. } => {
+                    let name = match f {
+                        "node" | "node name" => "node",
+                        "remote_auth_name" => "remote_auth_name",
+                        "extension number" => "number",
+                        other => other,
+                    };
+                    field(name, e.to_string())
+                }
+                StoreError::NotFound(_) => field("node", e.to_string()),
+                StoreError::NotSettled { .. } => field("remote_auth_name", e.to_string()),
+                other => field("form", other.to_string()),
+            })
+    }
+}

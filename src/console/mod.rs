@@ -1,0 +1,243 @@
+//! The console: the phone system's pages in a browser, served by the daemon beside `/healthz`
+//! and `/metrics`, on the leader and on a standby alike (it writes the database only; the
+//! leader applies what changed).
+//!
+//! Server-rendered HTML that works without JavaScript; `console.js` only follows an extension's
+//! state live. Every page needs a signed-in account, and the server checks the account's role
+//! on every request: a hidden button is not the check. Sessions live in the database (a standby
+//! that takes over keeps them). A request that changes something must come from the console's
+//! own pages (`Sec-Fetch-Site` / `Origin`), and a GET never changes anything.
+
+mod auth;
+mod extensions;
+mod pages;
+pub mod secrets;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::config::{Config, CredentialsConfig};
+use crate::health::HealthState;
+use crate::store::{Role, Session, Store};
+
+pub use auth::SESSION_COOKIE;
+
+/// What every console handler needs.
+#[derive(Clone)]
+pub struct Console(Arc<Inner>);
+
+struct Inner {
+    store: Store,
+    health: HealthState,
+    credentials: CredentialsConfig,
+    idle: Duration,
+    absolute: Duration,
+}
+
+impl Console {
+    pub fn new(store: Store, config: &Config, health: HealthState) -> Console {
+        Console(Arc::new(Inner {
+            store,
+            health,
+            credentials: config.credentials.clone(),
+            idle: config.console.idle_timeout,
+            absolute: config.console.absolute_timeout,
+        }))
+    }
+
+    /// The console's routes, to merge with the operations endpoints.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/", get(pages::dashboard))
+            .route("/login", get(auth::login_page).post(auth::login))
+            .route("/logout", post(auth::logout))
+            .route("/extensions", get(extensions::list))
+            .route(
+                "/extensions/{number}",
+                get(extensions::form).post(extensions::save),
+            )
+            .route("/extensions/{number}/live", get(extensions::live))
+            .route("/extensions/{number}/reveal", post(extensions::reveal))
+            .route("/assets/console.js", get(script))
+            .route("/assets/console.css", get(style))
+            .layer(middleware::from_fn(same_origin_only))
+            .layer(middleware::from_fn(security_headers))
+            .with_state(self)
+    }
+}
+
+/// The page an error becomes: its status and the words a user can act on.
+#[derive(Debug)]
+pub(crate) struct PageError {
+    status: StatusCode,
+    message: String,
+}
+
+impl PageError {
+    fn new(status: StatusCode, message: impl Into<String>) -> PageError {
+        PageError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn forbidden(role: Role, needed: Role) -> PageError {
+        PageError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "your role ({}) cannot do this: it needs {}",
+                role.as_str(),
+                needed.as_str()
+            ),
+        )
+    }
+}
+
+impl From<crate::store::StoreError> for PageError {
+    fn from(error: crate::store::StoreError) -> PageError {
+        tracing::warn!(error = %error, "console: a database request failed");
+        PageError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        (self.status, pages::error_page(self.status, &self.message)).into_response()
+    }
+}
+
+/// The signed-in account, or the way to the sign-in page.
+pub(crate) enum Access {
+    Granted(Session),
+    SignIn(Response),
+}
+
+impl Console {
+    /// The session of this request, if its cookie names a live one.
+    async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, PageError> {
+        let Some(id) = auth::session_cookie(headers) else {
+            return Ok(None);
+        };
+        Ok(self
+            .0
+            .store
+            .console_session(
+                &secrets::session_hash(&id),
+                self.0.idle.as_secs() as i64,
+                self.0.absolute.as_secs() as i64,
+            )
+            .await?)
+    }
+
+    /// The session, with at least `role`; a request without one is sent to sign in and back.
+    async fn require(
+        &self,
+        headers: &HeaderMap,
+        uri: &axum::http::Uri,
+        role: Role,
+    ) -> Result<Access, PageError> {
+        match self.session(headers).await? {
+            Some(session) if session.user.role >= role => Ok(Access::Granted(session)),
+            Some(session) => Err(PageError::forbidden(session.user.role, role)),
+            None => {
+                let next = uri
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "/".into());
+                let to = format!("/login?next={}", percent(&next));
+                Ok(Access::SignIn(
+                    (
+                        StatusCode::SEE_OTHER,
+                        [(header::LOCATION, to)],
+                        "sign in first",
+                    )
+                        .into_response(),
+                ))
+            }
+        }
+    }
+}
+
+fn percent(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Refuses a request that changes something unless it comes from the console's own pages: a
+/// browser says where a request comes from (`Sec-Fetch-Site`, else `Origin`), and a page of
+/// another site must not be able to post here with the user's cookie. Clients that send
+/// neither header (curl, scripts) are not browsers carrying someone else's cookie.
+async fn same_origin_only(request: Request, next: Next) -> Response {
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    if safe || from_this_site(request.headers()) {
+        return next.run(request).await;
+    }
+    tracing::warn!(path = %request.uri().path(), "console: a cross-site request was refused");
+    PageError::new(
+        StatusCode::FORBIDDEN,
+        "refused: this request came from another site's page",
+    )
+    .into_response()
+}
+
+fn from_this_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (text("origin"), text("host")) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority == host),
+        (Some(_), None) => false,
+    }
+}
+
+/// The headers of every console answer: no inline script, no framing, no form posted
+/// elsewhere, no referrer, nothing cached.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("console.js"),
+    )
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("console.css"),
+    )
+}
+
+/// The client's address for sign-in throttling: the connection's peer (a proxy's
+/// `X-Forwarded-For` is not trusted here).
+pub(crate) fn client_address(peer: Option<SocketAddr>) -> String {
+    peer.map(|p| p.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}

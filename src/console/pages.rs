@@ -1,0 +1,334 @@
+//! The console's HTML, checked at compile time (maud escapes every value it is given). Shown
+//! values carry `data-field="COLUMN"` and form fields are named as the database columns, so
+//! that scripts and tests find them by meaning, not by layout.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use maud::{DOCTYPE, Markup, html};
+
+use super::{Access, Console, PageError};
+use crate::store::{AuditEntry, ConsoleUser, Extension, ExtensionFilter, ExtensionState, Role};
+use crate::token::TokenStatus;
+
+pub(crate) fn render(markup: Markup) -> Html<String> {
+    Html(markup.into_string())
+}
+
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · mbg-provision" }
+            link rel="stylesheet" href="/assets/console.css";
+            script src="/assets/console.js" defer {}
+        }
+    }
+}
+
+/// A signed-in page: the navigation, who is signed in, and the content.
+pub(crate) fn layout(title: &str, user: &ConsoleUser, content: Markup) -> Html<String> {
+    render(html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body {
+                header {
+                    nav aria-label="Main" {
+                        a href="/" { "Dashboard" }
+                        a href="/extensions" { "Extensions" }
+                    }
+                    form method="post" action="/logout" class="signout" {
+                        span data-field="username" { (user.name) }
+                        " (" span data-field="role" { (user.role.as_str()) } ") "
+                        button type="submit" { "Sign out" }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (content)
+                }
+            }
+        }
+    })
+}
+
+/// A page for someone not signed in.
+fn bare(title: &str, content: Markup) -> Html<String> {
+    render(html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body { main { h1 { (title) } (content) } }
+        }
+    })
+}
+
+pub(crate) fn login(error: Option<&str>, next: &str) -> Html<String> {
+    bare(
+        "Sign in",
+        html! {
+            @if let Some(error) = error {
+                p role="alert" class="error" data-field="error" { (error) }
+            }
+            form method="post" action="/login" {
+                input type="hidden" name="next" value=(next);
+                label for="username" { "Name" }
+                input id="username" name="username" autocomplete="username" required autofocus;
+                label for="password" { "Password" }
+                input id="password" name="password" type="password" autocomplete="current-password" required;
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+pub(crate) fn closed() -> Html<String> {
+    bare(
+        "The console is not open yet",
+        html! {
+            p { "No console administrator exists yet. On the server, add one:" }
+            pre { "sudo -u mbg-provision mbg-provision --config /etc/mbg-provision/config.toml console user add NAME --role admin" }
+            p { "then reload this page." }
+        },
+    )
+}
+
+pub(crate) fn error_page(status: StatusCode, message: &str) -> Html<String> {
+    bare(
+        status.canonical_reason().unwrap_or("Error"),
+        html! {
+            p role="alert" class="error" data-field="error" { (message) }
+            p { a href="/" { "Back to the dashboard" } }
+        },
+    )
+}
+
+fn when(at: Option<i64>) -> String {
+    at.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+fn audit_table(entries: &[AuditEntry]) -> Markup {
+    html! {
+        table class="audit" {
+            thead { tr { th { "When" } th { "Who" } th { "Extension" } th { "Action" } th { "Outcome" } th { "Detail" } } }
+            tbody {
+                @for entry in entries {
+                    tr {
+                        td { (when(Some(entry.at))) }
+                        td { (entry.actor.as_deref().unwrap_or("mbg-provision")) }
+                        td { (entry.extension.as_deref().unwrap_or("")) }
+                        td { (entry.action) }
+                        td { (entry.outcome) }
+                        td { (entry.detail.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `/`: the token, this instance's role, the extensions by state, what needs a human, and the
+/// latest audit entries.
+pub(crate) async fn dashboard(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, PageError> {
+    let session = match console.require(&headers, &uri, Role::Viewer).await? {
+        Access::Granted(session) => session,
+        Access::SignIn(to) => return Ok(to),
+    };
+    let store = &console.0.store;
+    let token = match store.mbg_settings().await {
+        Ok(settings) => TokenStatus::of(&settings, chrono::Utc::now().timestamp()).to_string(),
+        Err(e) => format!("cannot be read: {e}"),
+    };
+    let health = console.0.health.snapshot();
+    let counts = store.count_by_state().await?;
+    let attention = store
+        .extension_page(
+            &ExtensionFilter {
+                state: Some(ExtensionState::NeedsAttention),
+                ..Default::default()
+            },
+            None,
+            50,
+        )
+        .await?;
+    let audit = store.audit_log(15).await?;
+    let role = serde_json::to_value(health.role)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    Ok(layout(
+        "Dashboard",
+        &session.user,
+        html! {
+            section {
+                h2 { "Service" }
+                dl {
+                    dt { "This instance" } dd data-field="role" { (role) }
+                    dt { "Health" } dd data-field="health" { (format!("{:?}", health.status()).to_lowercase()) }
+                    dt { "MBG access token" } dd data-field="token_state" { (token) }
+                    dt { "Last full reconcile" } dd data-field="last_full_reconcile" { (when(health.last_full_reconcile)) }
+                }
+            }
+            section {
+                h2 { "Extensions" }
+                table {
+                    thead { tr { th { "State" } th { "Extensions" } } }
+                    tbody {
+                        @for (state, count) in &counts {
+                            tr {
+                                td { a href={ "/extensions?state=" (state.as_str()) } { (state.as_str()) } }
+                                td data-field={ "count_" (state.as_str()) } { (count) }
+                            }
+                        }
+                    }
+                }
+            }
+            section {
+                h2 { "Needs attention" }
+                @if attention.is_empty() {
+                    p { "Nothing needs a human." }
+                } @else {
+                    ul {
+                        @for extension in &attention {
+                            li {
+                                a href={ "/extensions/" (extension.number) } { (extension.number) }
+                                ": " (extension.last_error.as_deref().unwrap_or(""))
+                            }
+                        }
+                    }
+                }
+            }
+            section {
+                h2 { "Latest changes" }
+                (audit_table(&audit))
+            }
+        },
+    )
+    .into_response())
+}
+
+/// One row of the extension list.
+pub(crate) fn extension_rows(extensions: &[Extension]) -> Markup {
+    html! {
+        @for extension in extensions {
+            tr data-number=(extension.number) {
+                td { a href={ "/extensions/" (extension.number) } data-field="number" { (extension.number) } }
+                td data-field="node" { (extension.node_name) }
+                td data-field="kind" { (extension.kind.as_str()) }
+                td data-field="use_remote_auth" { @if extension.use_remote_auth { "yes" } @else { "no" } }
+                td data-field="state" { (extension.state.as_str()) }
+                td data-field="mbg_device_id" { (extension.mbg_device_id.as_deref().unwrap_or("")) }
+            }
+        }
+    }
+}
+
+/// What the SIP Authorization form shows.
+pub(crate) struct FormView<'a> {
+    pub number: &'a str,
+    pub extension: Option<&'a Extension>,
+    pub nodes: Vec<String>,
+    pub node: String,
+    pub kind: &'a str,
+    pub use_remote_auth: bool,
+    pub remote_auth_name: String,
+    /// Shown in the password field: new candidates, what was typed, or a revealed password.
+    pub remote_auth_password: Option<String>,
+    pub error: Option<(String, String)>,
+    pub registrar: Option<String>,
+    pub can_edit: bool,
+    pub can_reveal: bool,
+    pub audit: Vec<AuditEntry>,
+}
+
+pub(crate) fn extension_form(user: &ConsoleUser, view: &FormView<'_>) -> Html<String> {
+    let title = format!("Extension {}", view.number);
+    let stored = view
+        .extension
+        .is_some_and(|e| e.remote_auth_password.is_some());
+    let field_error = |field: &str| -> Option<String> {
+        view.error
+            .as_ref()
+            .filter(|(f, _)| f == field)
+            .map(|(_, m)| m.clone())
+    };
+    let readonly = !view.can_edit;
+    layout(
+        &title,
+        user,
+        html! {
+            @if let Some((field, message)) = &view.error {
+                p role="alert" class="error" data-field="error" data-error-field=(field) { (message) }
+            }
+            form method="post" action={ "/extensions/" (view.number) } class="sip-authorization" {
+                fieldset disabled[readonly] {
+                    legend { "SIP Authorization" }
+                    label for="node" { "Node" }
+                    select id="node" name="node" {
+                        @for node in &view.nodes {
+                            option value=(node) selected[*node == view.node] { (node) }
+                        }
+                    }
+                    label for="kind" { "Kind" }
+                    select id="kind" name="kind" {
+                        option value="sip" selected[view.kind == "sip"] { "SIP" }
+                        option value="sip_hot_desk" selected[view.kind == "sip_hot_desk"] { "SIP hot desk" }
+                    }
+                    div class="check" {
+                        input id="use_remote_auth" name="use_remote_auth" type="checkbox" value="on" checked[view.use_remote_auth];
+                        label for="use_remote_auth" { "Use remote authorization credentials" }
+                    }
+                    label for="remote_auth_name" { "Remote authorization name" }
+                    input id="remote_auth_name" name="remote_auth_name" value=(view.remote_auth_name)
+                        autocomplete="off" aria-invalid=[field_error("remote_auth_name").map(|_| "true")];
+                    label for="remote_auth_password" { "Remote authorization password" }
+                    @match &view.remote_auth_password {
+                        Some(password) => {
+                            input id="remote_auth_password" name="remote_auth_password" value=(password)
+                                autocomplete="off" data-field="remote_auth_password"
+                                aria-invalid=[field_error("remote_auth_password").map(|_| "true")];
+                        }
+                        None => {
+                            input id="remote_auth_password" name="remote_auth_password" type="password" value=""
+                                autocomplete="new-password"
+                                placeholder=(if stored { "unchanged (Reveal shows it)" } else { "" })
+                                aria-invalid=[field_error("remote_auth_password").map(|_| "true")];
+                        }
+                    }
+                    @if view.can_edit {
+                        button type="submit" { "Save" }
+                    }
+                }
+            }
+            @if view.can_reveal && stored && view.remote_auth_password.is_none() {
+                form method="post" action={ "/extensions/" (view.number) "/reveal" } {
+                    button type="submit" { "Reveal" }
+                }
+            }
+            @if let Some(extension) = view.extension {
+                section data-live={ "/extensions/" (view.number) "/live" } {
+                    h2 { "On the MBG" }
+                    dl {
+                        dt { "State" } dd data-field="state" { (extension.state.as_str()) }
+                        dt { "The MBG's ID for the SIP user" } dd data-field="mbg_device_id" { (extension.mbg_device_id.as_deref().unwrap_or("")) }
+                        dt { "Last error" } dd data-field="last_error" { (extension.last_error.as_deref().unwrap_or("")) }
+                        dt { "Next retry" } dd data-field="next_attempt_at" { (when(extension.next_attempt_at)) }
+                        dt { "The phone registers at" } dd data-field="registrar" { (view.registrar.as_deref().unwrap_or("(the node has no NAT address)")) }
+                    }
+                }
+                section {
+                    h2 { "History" }
+                    (audit_table(&view.audit))
+                }
+            }
+        },
+    )
+}

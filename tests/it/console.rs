@@ -1,0 +1,670 @@
+//! The console in a real browser: Debian's Chromium, headless, driven through chromedriver's
+//! WebDriver protocol (plain HTTP + JSON, spoken here with reqwest), against the real daemon
+//! and the MBG simulator. Requests a browser would never send (a viewer's raw POST, a
+//! cross-site POST) are sent with reqwest. Screenshots of each page land in
+//! `target/console-screenshots/`.
+//!
+//! Without chromium and chromedriver the browser tests say SKIPPED; `.ci/run` installs both
+//! and sets `TEST_REQUIRE_CHROMIUM=1`, which turns a missing browser into a failure.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use mbg_provision::store::ExtensionState;
+use serde_json::{Value, json};
+
+use crate::mbg::{Harness, sim_config};
+use crate::service::{Daemon, free_port};
+use crate::support::TestDb;
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A form post as a browser sends it (reqwest's own `form` needs a feature the product does not).
+trait FormPost {
+    fn form_pairs(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl FormPost for reqwest::RequestBuilder {
+    fn form_pairs(self, pairs: &[(&str, &str)]) -> Self {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        self.header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    }
+}
+
+/// A headless Chromium session, ended (and chromedriver stopped) when dropped.
+struct Browser {
+    driver: Child,
+    http: reqwest::Client,
+    session: String,
+    base: String,
+}
+
+impl Browser {
+    /// `None` (said loudly) when this machine has no chromium or chromedriver.
+    async fn start() -> Option<Browser> {
+        let found = |program: &str| {
+            Command::new(program)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !found("chromedriver") || !found("chromium") {
+            assert!(
+                std::env::var("TEST_REQUIRE_CHROMIUM").is_err(),
+                "TEST_REQUIRE_CHROMIUM is set but chromium or chromedriver is missing"
+            );
+            eprintln!(
+                "SKIPPED the console's browser tests: chromium and chromium-driver are not installed (apt install chromium chromium-driver; .ci/run does)"
+            );
+            return None;
+        }
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver answers"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,1000"]
+            }
+        }}});
+        let answer: Value = http
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a WebDriver session: {answer}"))
+            .to_string();
+        Some(Browser {
+            driver,
+            http,
+            session,
+            base,
+        })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer: Value = request.send().await.unwrap().json().await.unwrap();
+        answer["value"].clone()
+    }
+
+    async fn go(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
+    }
+
+    async fn url(&self) -> String {
+        self.call(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The element `css` selects; `None` when there is none.
+    async fn find(&self, css: &str) -> Option<String> {
+        let found = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        found[ELEMENT].as_str().map(str::to_string)
+    }
+
+    async fn element(&self, css: &str) -> String {
+        self.find(css)
+            .await
+            .unwrap_or_else(|| panic!("no element {css:?} on the page"))
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.element(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/clear"),
+            Some(json!({})),
+        )
+        .await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.element(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let element = self.element(css).await;
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{element}/text"),
+            None,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    async fn value(&self, css: &str) -> String {
+        let element = self.element(css).await;
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{element}/property/value"),
+            None,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    async fn script(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    async fn cookie(&self, name: &str) -> String {
+        self.call(reqwest::Method::GET, &format!("/cookie/{name}"), None)
+            .await["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or_default())
+            .unwrap_or_default();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+
+    async fn sign_in(&self, name: &str, password: &str) {
+        self.type_into("#username", name).await;
+        self.type_into("#password", password).await;
+        self.click("form[action='/login'] button").await;
+    }
+}
+
+impl Drop for Browser {
+    /// Ends the session (chromedriver then closes Chromium), then stops chromedriver. Plain
+    /// blocking HTTP: there is no runtime to await on in a drop.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let address = self.base.trim_start_matches("http://");
+        if let Ok(mut stream) = std::net::TcpStream::connect(address) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = write!(
+                stream,
+                "DELETE /session/{} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The site: the daemon with a token, a node, and three console accounts.
+struct Site {
+    h: Harness,
+    daemon: Daemon,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+const PASSWORD: &str = "a long console password";
+
+impl Site {
+    async fn start() -> Site {
+        let h = Harness::new(TestDb::sqlite().await, sim_config())
+            .await
+            .with_token()
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let cli = |args: &[&str]| {
+            let output = crate::support::binary()
+                .current_dir(dir.path())
+                .env("MBG_PROVISION_DATABASE__URL", &h.db.url)
+                .env("MBG_PROVISION_SECRETS__KEY_FILE", &h.db.key_file)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+        let file = password_file.to_str().unwrap();
+        cli(&[
+            "node",
+            "add",
+            "pbx1",
+            "--address",
+            "10.0.0.20",
+            "--nat-address",
+            "203.0.113.7",
+        ]);
+        for (name, role) in [("ada", "admin"), ("otto", "operator"), ("vera", "viewer")] {
+            cli(&[
+                "console",
+                "user",
+                "add",
+                name,
+                "--role",
+                role,
+                "--password-file",
+                file,
+            ]);
+        }
+        let daemon = Daemon::start(&h, dir.path());
+        daemon.leading_after_a_full_pass().await;
+        let url = format!("http://127.0.0.1:{}", daemon.port);
+        Site {
+            h,
+            daemon,
+            dir,
+            url,
+        }
+    }
+
+    /// A session cookie for `name`, signed in without a browser.
+    async fn cookie(&self, name: &str) -> String {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let answer = client
+            .post(format!("{}/login", self.url))
+            .form_pairs(&[("username", name), ("password", PASSWORD)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 303, "{name} signs in");
+        let cookie = answer.headers()["set-cookie"].to_str().unwrap();
+        cookie.split(';').next().unwrap().to_string()
+    }
+}
+
+async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The engineer's path: sent to sign in and back, a wrong password, the SIP Authorization form
+/// of a new extension with random candidates, Save, the MBG's ID on the page without a reload,
+/// untick and the SIP user is gone; every change audited with the console user's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tick_save_and_the_mbg_id_appears_untick_and_it_is_gone() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let site = Site::start().await;
+    browser.go(&format!("{}/extensions/1001", site.url)).await;
+    assert!(
+        browser.url().await.contains("/login?next="),
+        "sent to sign in"
+    );
+    browser.screenshot("login").await;
+
+    browser.sign_in("otto", "not the password").await;
+    assert_eq!(
+        browser.text("[data-field=error]").await,
+        "Wrong name or password."
+    );
+    browser.sign_in("otto", PASSWORD).await;
+    assert!(
+        browser.url().await.ends_with("/extensions/1001"),
+        "back where it was going: {}",
+        browser.url().await
+    );
+    let cookie = browser.cookie(mbg_provision::console::SESSION_COOKIE).await;
+    assert_eq!(cookie.len(), 43, "a 256-bit session id");
+
+    // A new extension: random candidates in the form, the box not ticked yet.
+    let candidate_name = browser.value("#remote_auth_name").await;
+    let candidate_password = browser.value("#remote_auth_password").await;
+    assert_eq!(candidate_name.len(), 12, "{candidate_name:?}");
+    assert_eq!(candidate_password.len(), 20);
+    browser.click("#use_remote_auth").await;
+    browser.screenshot("sip-authorization").await;
+    browser
+        .click("form.sip-authorization button[type=submit]")
+        .await;
+    assert!(browser.url().await.ends_with("/extensions/1001"));
+
+    // The page follows the extension: the MBG's ID appears without a reload.
+    browser.script("window.notReloaded = true;").await;
+    let started = Instant::now();
+    let shown = eventually(
+        "the MBG's ID on the page",
+        Duration::from_secs(10),
+        async || Some(browser.text("[data-field=mbg_device_id]").await).filter(|t| !t.is_empty()),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(
+        browser.script("return window.notReloaded === true;").await,
+        true
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the MBG's ID within 2 s: {took:?}"
+    );
+    let row = site.h.db.store.extension_by_number("1001").await.unwrap();
+    assert_eq!(row.mbg_device_id.as_deref(), Some(shown.as_str()));
+    assert_eq!(
+        row.remote_auth_name.as_deref(),
+        Some(candidate_name.as_str())
+    );
+    let devices = site.h.sim.devices();
+    let device = devices
+        .iter()
+        .find(|d| d.guid == shown)
+        .expect("on the MBG");
+    assert_eq!(device.setside_username, candidate_name);
+    assert_eq!(device.setside_password, candidate_password);
+    assert_eq!(browser.text("[data-field=state]").await, "provisioned");
+    assert_eq!(
+        browser.text("[data-field=registrar]").await,
+        "203.0.113.7:5060"
+    );
+    // After Save the password is hidden until Reveal.
+    assert_eq!(browser.value("#remote_auth_password").await, "");
+    browser.screenshot("provisioned").await;
+    browser
+        .click("form[action='/extensions/1001/reveal'] button")
+        .await;
+    assert_eq!(
+        browser.value("#remote_auth_password").await,
+        candidate_password
+    );
+
+    // Untick: the SIP user goes.
+    browser.go(&format!("{}/extensions/1001", site.url)).await;
+    browser.click("#use_remote_auth").await;
+    browser
+        .click("form.sip-authorization button[type=submit]")
+        .await;
+    eventually(
+        "the SIP user removed",
+        Duration::from_secs(10),
+        async || (site.h.sim.devices().is_empty()).then_some(()),
+    )
+    .await;
+    eventually("idle on the page", Duration::from_secs(5), async || {
+        (browser.text("[data-field=state]").await == "idle").then_some(())
+    })
+    .await;
+    let row = site.h.db.store.extension_by_number("1001").await.unwrap();
+    assert_eq!(row.state, ExtensionState::Idle);
+    let audit = site.h.db.store.audit_of("1001", 50).await.unwrap();
+    let by_otto: Vec<&str> = audit
+        .iter()
+        .filter(|a| a.actor.as_deref() == Some("otto"))
+        .map(|a| a.action.as_str())
+        .collect();
+    assert_eq!(
+        by_otto,
+        ["save", "reveal", "save"],
+        "newest first: {audit:?}"
+    );
+    assert!(
+        audit.iter().all(|a| !a
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&candidate_password)),
+        "no secret in the audit"
+    );
+
+    // The list and the dashboard.
+    browser
+        .go(&format!("{}/extensions?prefix=10", site.url))
+        .await;
+    assert_eq!(
+        browser
+            .text("tr[data-number='1001'] [data-field=state]")
+            .await,
+        "idle"
+    );
+    browser.screenshot("extensions").await;
+    browser.go(&format!("{}/", site.url)).await;
+    assert_eq!(browser.text("dd[data-field=role]").await, "leader");
+    browser.screenshot("dashboard").await;
+    drop(site.daemon);
+    drop(site.dir);
+}
+
+/// The server decides, not the buttons: a viewer sees no Save and its raw POST is refused; a
+/// POST from another site's page is refused even with an operator's cookie; a bad value names
+/// its field and writes nothing; a signed-out browser is sent to sign in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_cross_site_posts_and_bad_input_are_refused_by_the_server() {
+    let site = Site::start().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = [
+        ("node", "pbx1"),
+        ("kind", "sip"),
+        ("use_remote_auth", "on"),
+        ("remote_auth_name", "alice1001"),
+        ("remote_auth_password", "Abcdefgh12345"),
+    ];
+    let post = |cookie: String, extra: Vec<(&'static str, String)>| {
+        let mut request = client
+            .post(format!("{}/extensions/1002", site.url))
+            .header("cookie", cookie)
+            .form_pairs(&form);
+        for (name, value) in extra {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+
+    let viewer = site.cookie("vera").await;
+    let page = client
+        .get(format!("{}/extensions/1002", site.url))
+        .header("cookie", &viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        !html.contains("type=\"submit\">Save"),
+        "no Save for a viewer"
+    );
+    assert!(html.contains("<fieldset disabled"), "read-only");
+    let refused = post(viewer.clone(), vec![]).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let reveal = client
+        .post(format!("{}/extensions/1002/reveal", site.url))
+        .header("cookie", &viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reveal.status(), 403);
+
+    let operator = site.cookie("otto").await;
+    for (header, value) in [
+        ("sec-fetch-site", "cross-site".to_string()),
+        ("origin", "http://evil.example".to_string()),
+    ] {
+        let refused = post(operator.clone(), vec![(header, value)]).await.unwrap();
+        assert_eq!(refused.status(), 403, "{header}");
+        assert!(refused.text().await.unwrap().contains("another site"));
+    }
+    assert!(
+        site.h.db.store.extension_by_number("1002").await.is_err(),
+        "nothing written"
+    );
+
+    // A password a phone would not take: the field is named, nothing is written.
+    let bad = client
+        .post(format!("{}/extensions/1002", site.url))
+        .header("cookie", &operator)
+        .header("origin", &site.url)
+        .form_pairs(&[
+            ("node", "pbx1"),
+            ("use_remote_auth", "on"),
+            ("remote_auth_name", "alice1002"),
+            ("remote_auth_password", "short"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    let html = bad.text().await.unwrap();
+    assert!(
+        html.contains("data-error-field=\"remote_auth_password\""),
+        "{html}"
+    );
+    assert!(
+        site.h.db.store.extension_by_number("1002").await.is_err(),
+        "nothing written"
+    );
+
+    // The same form from the console's own page goes through.
+    let done = post(operator.clone(), vec![("origin", site.url.clone())])
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303);
+    let row = site.h.db.store.extension_by_number("1002").await.unwrap();
+    assert_eq!(row.remote_auth_name.as_deref(), Some("alice1001"));
+    assert!(row.use_remote_auth);
+
+    // Signed out: the session is gone on the server, and the page asks to sign in again.
+    let out = client
+        .post(format!("{}/logout", site.url))
+        .header("cookie", &operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    let after = client
+        .get(format!("{}/extensions/1002", site.url))
+        .header("cookie", &operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 303);
+    assert!(
+        after.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/login?next=")
+    );
+
+    // Every answer carries the security headers.
+    let login = client
+        .get(format!("{}/login", site.url))
+        .send()
+        .await
+        .unwrap();
+    let headers = login.headers();
+    assert_eq!(
+        headers["content-security-policy"],
+        "default-src 'self'; frame-ancestors 'none'; form-action 'self'"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["cache-control"], "no-store");
+    drop(site.daemon);
+}
+
+/// Five wrong passwords lock that name out from that address, the right one included; the
+/// other accounts are not locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_failed_sign_ins_lock_the_name_out_from_that_address() {
+    let site = Site::start().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = async |name: &str, password: &str| {
+        client
+            .post(format!("{}/login", site.url))
+            .form_pairs(&[("username", name), ("password", password)])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for _ in 0..5 {
+        assert_eq!(sign_in("ada", "wrong wrong wrong").await, 401);
+    }
+    assert_eq!(sign_in("ada", PASSWORD).await, 429, "locked out");
+    assert_eq!(sign_in("otto", PASSWORD).await, 303, "another name is not");
+    drop(site.daemon);
+}
