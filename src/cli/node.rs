@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use mbg_provision::app::App;
-use mbg_provision::store::{NewNode, Node, NodeChange, quote};
+use mbg_provision::store::{NewNode, Node, NodeChange};
 
 use super::args::NodeCommand;
 use super::output::print_json;
@@ -20,10 +20,6 @@ pub async fn run(app: &App, command: NodeCommand) -> Result<ExitCode> {
             nat_sip_port,
             output,
         } => {
-            check_address("--address", &address)?;
-            if let Some(nat) = &nat_address {
-                check_address("--nat-address", nat)?;
-            }
             let node = app
                 .store
                 .add_node(&NewNode {
@@ -46,11 +42,6 @@ pub async fn run(app: &App, command: NodeCommand) -> Result<ExitCode> {
             nat_sip_port,
             output,
         } => {
-            for (option, value) in [("--address", &address), ("--nat-address", &nat_address)] {
-                if let Some(value) = value {
-                    check_address(option, value)?;
-                }
-            }
             let node = app
                 .store
                 .update_node(
@@ -88,29 +79,6 @@ pub async fn run(app: &App, command: NodeCommand) -> Result<ExitCode> {
 }
 
 /// An IP address or a DNS host name, as the MBG's ICP page accepts.
-fn check_address(option: &str, address: &str) -> Result<()> {
-    let is_host_name = !address.is_empty()
-        && address.len() <= 253
-        && address.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-        && !address.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    if address.parse::<std::net::IpAddr>().is_ok() || is_host_name {
-        Ok(())
-    } else {
-        bail!(
-            "{option} {} is not an IP address or host name",
-            quote(address)
-        )
-    }
-}
-
 fn print_nodes(nodes: &[Node]) {
     if nodes.is_empty() {
         println!("no nodes yet: add one with `mbg-provision node add NAME --address IP`");

@@ -290,14 +290,7 @@ async fn find(console: &Console, number: &str) -> Result<Option<Extension>, Page
 }
 
 fn audit(user: &ConsoleUser, number: &str, action: &str, detail: &str) -> AuditEntry {
-    AuditEntry {
-        at: chrono::Utc::now().timestamp(),
-        actor: Some(user.name.clone()),
-        extension: Some(number.to_string()),
-        action: action.to_string(),
-        outcome: "ok".to_string(),
-        detail: Some(detail.to_string()),
-    }
+    super::audit_entry(&user.name, Some(number), action, detail)
 }
 
 impl Console {

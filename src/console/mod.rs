@@ -8,8 +8,10 @@
 //! that takes over keeps them). A request that changes something must come from the console's
 //! own pages (`Sec-Fetch-Site` / `Origin`), and a GET never changes anything.
 
+mod audit;
 mod auth;
 mod extensions;
+mod nodes;
 mod pages;
 pub mod secrets;
 
@@ -26,7 +28,7 @@ use axum::routing::{get, post};
 
 use crate::config::{Config, CredentialsConfig};
 use crate::health::HealthState;
-use crate::store::{Role, Session, Store};
+use crate::store::{AuditEntry, Role, Session, Store};
 
 pub use auth::SESSION_COOKIE;
 
@@ -66,6 +68,9 @@ impl Console {
             )
             .route("/extensions/{number}/live", get(extensions::live))
             .route("/extensions/{number}/reveal", post(extensions::reveal))
+            .route("/nodes", get(nodes::list).post(nodes::add))
+            .route("/nodes/{name}", post(nodes::change))
+            .route("/audit", get(audit::list))
             .route("/assets/console.js", get(script))
             .route("/assets/console.css", get(style))
             .layer(middleware::from_fn(same_origin_only))
@@ -166,7 +171,24 @@ impl Console {
     }
 }
 
-fn percent(text: &str) -> String {
+/// An audit entry of a change made in the console, with the account's name as its actor.
+pub(crate) fn audit_entry(
+    actor: &str,
+    extension: Option<&str>,
+    action: &str,
+    detail: &str,
+) -> AuditEntry {
+    AuditEntry {
+        at: chrono::Utc::now().timestamp(),
+        actor: Some(actor.to_string()),
+        extension: extension.map(str::to_string),
+        action: action.to_string(),
+        outcome: "ok".to_string(),
+        detail: Some(detail.to_string()),
+    }
+}
+
+pub(crate) fn percent(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 

@@ -38,6 +38,8 @@ pub(crate) fn layout(title: &str, user: &ConsoleUser, content: Markup) -> Html<S
                     nav aria-label="Main" {
                         a href="/" { "Dashboard" }
                         a href="/extensions" { "Extensions" }
+                        a href="/nodes" { "Nodes" }
+                        a href="/audit" { "Audit" }
                     }
                     form method="post" action="/logout" class="signout" {
                         span data-field="username" { (user.name) }
@@ -111,7 +113,7 @@ fn when(at: Option<i64>) -> String {
         .unwrap_or_default()
 }
 
-fn audit_table(entries: &[AuditEntry]) -> Markup {
+pub(crate) fn audit_table(entries: &[AuditEntry]) -> Markup {
     html! {
         table class="audit" {
             thead { tr { th { "When" } th { "Who" } th { "Extension" } th { "Action" } th { "Outcome" } th { "Detail" } } }

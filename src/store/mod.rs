@@ -32,6 +32,7 @@ pub use error::{NotFound, StoreError, quote};
 pub use extensions::validate_number;
 pub use lock::{Holder, LeaseTerms, LockError, PassLock};
 pub use model::*;
+pub use nodes::validate_address;
 pub use outcomes::{CredentialFill, PassWrite};
 
 /// Each schema version in both dialects: a version cannot be added for one backend only.

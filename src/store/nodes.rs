@@ -1,7 +1,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::error::classify;
+use super::error::{classify, quote};
 use super::{NewNode, Node, NodeChange, NotFound, Result, Store, StoreError};
 
 const NODE_COLUMNS: &str = "id, name, address, nat_address, nat_sip_port";
@@ -18,8 +18,37 @@ fn node_from_row(row: &AnyRow) -> Result<Node, sqlx::Error> {
     })
 }
 
+/// An address the MBG's ICP list or a phone could hold: an IP address or a host name. `field`
+/// names it in the error (the CLI's option, the console's field).
+pub fn validate_address(field: &'static str, address: &str) -> Result<()> {
+    let is_host_name = !address.is_empty()
+        && address.len() <= 253
+        && address.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && !address.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if address.parse::<std::net::IpAddr>().is_ok() || is_host_name {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            field,
+            reason: format!("{} is not an IP address or host name", quote(address)),
+        })
+    }
+}
+
 impl Store {
     pub async fn add_node(&self, node: &NewNode) -> Result<Node> {
+        validate_address("address", node.address.trim())?;
+        if let Some(nat) = &node.nat_address {
+            validate_address("nat_address", nat.trim())?;
+        }
         let row = sqlx::query(
             "INSERT INTO nodes (name, address, nat_address, nat_sip_port) VALUES ($1, $2, $3, $4)
              RETURNING id, name, address, nat_address, nat_sip_port",
@@ -69,6 +98,12 @@ impl Store {
     /// Changes what is given of a node, keeping the rest. A new address is a change to each of
     /// the node's extensions (the trigger of migration 0003): they move to the ICP it matches.
     pub async fn update_node(&self, name: &str, change: &NodeChange) -> Result<Node> {
+        if let Some(address) = &change.address {
+            validate_address("address", address.trim())?;
+        }
+        if let Some(nat) = &change.nat_address {
+            validate_address("nat_address", nat.trim())?;
+        }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE nodes
                 SET address = COALESCE($2, address),

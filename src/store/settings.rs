@@ -254,6 +254,63 @@ impl Store {
     }
 }
 
+impl Store {
+    /// One page of the audit log, newest first, before the entry `before` (an id: keyset
+    /// paging), narrowed to an extension, an actor and an action when given. Returns each
+    /// entry with its id, for the next page.
+    pub async fn audit_page(
+        &self,
+        extension: Option<&str>,
+        actor: Option<&str>,
+        action: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, AuditEntry)>> {
+        let mut conditions = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        for (column, value) in [
+            ("extension", extension),
+            ("actor", actor),
+            ("action", action),
+        ] {
+            if let Some(value) = value {
+                binds.push(value.to_string());
+                conditions.push(format!("{column} = ${}", binds.len()));
+            }
+        }
+        if before.is_some() {
+            conditions.push(format!("id < ${}", binds.len() + 1));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT id, at, actor, extension, action, outcome, detail FROM audit_log{filter}
+              ORDER BY id DESC LIMIT {}",
+            limit.max(1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in binds {
+            query = query.bind(value);
+        }
+        if let Some(before) = before {
+            query = query.bind(before);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+        let ids = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>("id"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::Database)?;
+        Ok(ids.into_iter().zip(audit_entries(&rows)?).collect())
+    }
+}
+
 fn audit_entries(rows: &[sqlx::any::AnyRow]) -> Result<Vec<AuditEntry>> {
     rows.iter()
         .map(|row| {

@@ -668,3 +668,62 @@ async fn five_failed_sign_ins_lock_the_name_out_from_that_address() {
     assert_eq!(sign_in("otto", PASSWORD).await, 303, "another name is not");
     drop(site.daemon);
 }
+
+/// An admin adds a node and changes its NAT settings on the Nodes page; a bad address names
+/// its field and adds nothing; an operator's POST is refused; the Audit page shows who did
+/// what, filtered by user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_manages_nodes_and_the_audit_page_names_who() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let site = Site::start().await;
+    browser.go(&format!("{}/nodes", site.url)).await;
+    browser.sign_in("ada", PASSWORD).await;
+    assert!(browser.url().await.ends_with("/nodes"));
+
+    browser.type_into("#name", "pbx2").await;
+    browser.type_into("#address", "not an address!").await;
+    browser.click("form.new-node button").await;
+    assert!(
+        browser.text("[data-field=error]").await.contains("not an IP address or host name"),
+        "the field's rule"
+    );
+    assert_eq!(site.h.db.store.nodes().await.unwrap().len(), 1, "nothing added");
+    browser.type_into("#name", "pbx2").await;
+    browser.type_into("#address", "10.0.0.21").await;
+    browser.type_into("#nat_address", "203.0.113.8").await;
+    browser.type_into("#nat_sip_port", "5062").await;
+    browser.click("form.new-node button").await;
+    let pbx2 = site.h.db.store.node_by_name("pbx2").await.unwrap();
+    assert_eq!(pbx2.nat_address.as_deref(), Some("203.0.113.8"));
+    assert_eq!(pbx2.nat_sip_port, Some(5062));
+
+    browser
+        .type_into("tr[data-node=pbx2] input[name=nat_sip_port]", "5064")
+        .await;
+    browser.click("form#node-pbx2 button").await;
+    assert_eq!(
+        site.h.db.store.node_by_name("pbx2").await.unwrap().nat_sip_port,
+        Some(5064)
+    );
+    browser.screenshot("nodes").await;
+
+    let operator = site.cookie("otto").await;
+    let refused = reqwest::Client::new()
+        .post(format!("{}/nodes", site.url))
+        .header("cookie", operator)
+        .form_pairs(&[("name", "pbx3"), ("address", "10.0.0.22")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
+    browser.go(&format!("{}/audit?actor=ada", site.url)).await;
+    let table = browser.text("table.audit").await;
+    assert!(table.contains("node add"), "{table}");
+    assert!(table.contains("node set"), "{table}");
+    assert!(!table.contains("console user add"), "only ada's: {table}");
+    browser.screenshot("audit").await;
+    drop(site.daemon);
+}
