@@ -230,14 +230,12 @@ pub(crate) async fn reveal(
         ));
     };
     console
-        .0
-        .store
-        .audit(&audit(
-            &session.user,
-            &extension.number,
+        .audit(
+            &session.user.name,
+            Some(&extension.number),
             "reveal",
             "remote password shown in the console",
-        ))
+        )
         .await?;
     let mut view = console
         .view(&session.user, &number, Some(&extension), None, None)

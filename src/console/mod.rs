@@ -11,6 +11,7 @@
 mod audit;
 mod auth;
 mod extensions;
+mod mbg;
 mod nodes;
 mod pages;
 pub mod secrets;
@@ -38,20 +39,32 @@ pub struct Console(Arc<Inner>);
 
 struct Inner {
     store: Store,
+    /// As the daemon started: the token steps and preflight need the MBG's address and the
+    /// key; a SIGHUP's new values reach the console at the next start.
+    config: Config,
     health: HealthState,
     credentials: CredentialsConfig,
     idle: Duration,
     absolute: Duration,
+    /// Tells the daemon in this process that a new token is stored.
+    token_stored: Arc<tokio::sync::Notify>,
 }
 
 impl Console {
-    pub fn new(store: Store, config: &Config, health: HealthState) -> Console {
+    pub fn new(
+        store: Store,
+        config: &Config,
+        health: HealthState,
+        token_stored: Arc<tokio::sync::Notify>,
+    ) -> Console {
         Console(Arc::new(Inner {
             store,
+            config: config.clone(),
             health,
             credentials: config.credentials.clone(),
             idle: config.console.idle_timeout,
             absolute: config.console.absolute_timeout,
+            token_stored,
         }))
     }
 
@@ -71,6 +84,12 @@ impl Console {
             .route("/nodes", get(nodes::list).post(nodes::add))
             .route("/nodes/{name}", post(nodes::change))
             .route("/audit", get(audit::list))
+            .route("/mbg", get(mbg::page))
+            .route("/mbg/request", post(mbg::request))
+            .route("/mbg/verify", post(mbg::verify))
+            .route("/mbg/renew", post(mbg::renew))
+            .route("/mbg/renewed", post(mbg::renewed))
+            .route("/mbg/preflight", post(mbg::preflight))
             .route("/assets/console.js", get(script))
             .route("/assets/console.css", get(style))
             .layer(middleware::from_fn(same_origin_only))
@@ -168,6 +187,21 @@ impl Console {
                 ))
             }
         }
+    }
+}
+
+impl Console {
+    /// Records a change made in the console, with the account's name.
+    async fn audit(
+        &self,
+        actor: &str,
+        extension: Option<&str>,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), PageError> {
+        let entry = audit_entry(actor, extension, action, detail);
+        self.0.store.audit(&entry).await?;
+        Ok(())
     }
 }
 

@@ -142,13 +142,14 @@ pub(crate) async fn add(
     };
     match console.0.store.add_node(&node).await {
         Ok(node) => {
-            audit(
-                &console,
-                &session.user.name,
-                "node add",
-                &format!("{} ({})", node.name, node.address),
-            )
-            .await?;
+            console
+                .audit(
+                    &session.user.name,
+                    None,
+                    "node add",
+                    &format!("{} ({})", node.name, node.address),
+                )
+                .await?;
             Ok(to_nodes())
         }
         Err(e @ (StoreError::Invalid { .. } | StoreError::Duplicate { .. })) => {
@@ -179,13 +180,14 @@ pub(crate) async fn change(
     };
     match console.0.store.update_node(&name, &change).await {
         Ok(node) => {
-            audit(
-                &console,
-                &session.user.name,
-                "node set",
-                &format!("{} ({})", node.name, node.address),
-            )
-            .await?;
+            console
+                .audit(
+                    &session.user.name,
+                    None,
+                    "node set",
+                    &format!("{} ({})", node.name, node.address),
+                )
+                .await?;
             Ok(to_nodes())
         }
         Err(
@@ -212,15 +214,4 @@ async fn refused(
 
 fn to_nodes() -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, "/nodes")]).into_response()
-}
-
-async fn audit(
-    console: &Console,
-    actor: &str,
-    action: &str,
-    detail: &str,
-) -> Result<(), PageError> {
-    let entry = super::audit_entry(actor, None, action, detail);
-    console.0.store.audit(&entry).await?;
-    Ok(())
 }

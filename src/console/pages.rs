@@ -39,6 +39,7 @@ pub(crate) fn layout(title: &str, user: &ConsoleUser, content: Markup) -> Html<S
                         a href="/" { "Dashboard" }
                         a href="/extensions" { "Extensions" }
                         a href="/nodes" { "Nodes" }
+                        a href="/mbg" { "MiVoice Border Gateway" }
                         a href="/audit" { "Audit" }
                     }
                     form method="post" action="/logout" class="signout" {

@@ -56,7 +56,13 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
             error: e.error,
         })?;
     info!(listen = %app.config.http.listen, "serving /healthz and /metrics");
-    let console = crate::console::Console::new(app.store.clone(), &app.config, health.clone());
+    let token_stored = std::sync::Arc::new(tokio::sync::Notify::new());
+    let console = crate::console::Console::new(
+        app.store.clone(),
+        &app.config,
+        health.clone(),
+        token_stored.clone(),
+    );
     let server = tokio::spawn(http::serve(
         listener,
         health.clone(),
@@ -65,7 +71,7 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
         shutdown.clone(),
     ));
     systemd::ready();
-    let result = run_with(app, shutdown.clone(), health).await;
+    let result = run_with(app, shutdown.clone(), health, token_stored).await;
     systemd::stopping();
     if result.is_err() {
         server.abort();
@@ -74,11 +80,14 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
     result
 }
 
-/// [`run`], reporting into `health` (which the HTTP endpoints read).
+/// [`run`], reporting into `health` (which the HTTP endpoints read). `token_stored` is notified
+/// by whoever stores a new token in this process (the console), so that a daemon waiting for
+/// one resumes at once rather than at its next `token.recheck_interval`.
 pub async fn run_with(
     app: App,
     shutdown: Shutdown,
     health: HealthState,
+    token_stored: std::sync::Arc<tokio::sync::Notify>,
 ) -> Result<(), DaemonError> {
     // From the start, so that a SIGHUP never ends the process (its default): the standby's
     // wait and the leader's loop both reload on it.
@@ -93,7 +102,7 @@ pub async fn run_with(
     if app.store.backend() == Backend::Postgres {
         watch::listen(&app, wake.clone(), shutdown.clone());
     }
-    let mut worker = worker::Worker::new(app, health.clone(), shutdown.clone(), wake);
+    let mut worker = worker::Worker::new(app, health.clone(), shutdown.clone(), wake, token_stored);
     loop {
         let Some(mut lock) = acquire(&mut worker, &health, &shutdown, &mut hangups).await? else {
             break;

@@ -42,6 +42,8 @@ pub struct Worker {
     health: HealthState,
     shutdown: Shutdown,
     wake: Arc<Notify>,
+    /// Notified when this process stores a new token (the console's token steps).
+    token_stored: Arc<Notify>,
     /// The MBG as last seen; `None` until a full pass read it.
     view: Option<MbgView>,
     /// The client and the token generation it signs with.
@@ -67,6 +69,7 @@ pub struct Worker {
 /// What the loop woke up for.
 enum Wake {
     Work,
+    TokenStored,
     Renew,
     Reload,
     Watchdog,
@@ -74,12 +77,19 @@ enum Wake {
 }
 
 impl Worker {
-    pub fn new(app: App, health: HealthState, shutdown: Shutdown, wake: Arc<Notify>) -> Worker {
+    pub fn new(
+        app: App,
+        health: HealthState,
+        shutdown: Shutdown,
+        wake: Arc<Notify>,
+        token_stored: Arc<Notify>,
+    ) -> Worker {
         Worker {
             app,
             health,
             shutdown,
             wake,
+            token_stored,
             view: None,
             client: None,
             lease: None,
@@ -124,6 +134,7 @@ impl Worker {
                     _ = self.shutdown.triggered() => return Ended::Stopped,
                     _ = lock.lost() => return Ended::LostLeadership,
                     _ = self.wake.notified() => Wake::Work,
+                    _ = self.token_stored.notified() => Wake::TokenStored,
                     _ = poll => Wake::Work,
                     _ = tokio::time::sleep_until(due) => Wake::Work,
                     _ = tokio::time::sleep_until(renewal) => Wake::Renew,
@@ -135,6 +146,13 @@ impl Worker {
             let step = async {
                 match wake {
                     Wake::Work => self.work().await,
+                    Wake::TokenStored => {
+                        // Look at the token now, not at the next recheck.
+                        if let Some((refused, _)) = self.blocked {
+                            self.blocked = Some((refused, Instant::now()));
+                        }
+                        self.work().await
+                    }
                     Wake::Renew => self.renew().await,
                     Wake::Reload => self.reload().await,
                     Wake::Watchdog => {}

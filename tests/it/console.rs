@@ -271,10 +271,15 @@ const PASSWORD: &str = "a long console password";
 
 impl Site {
     async fn start() -> Site {
-        let h = Harness::new(TestDb::sqlite().await, sim_config())
-            .await
-            .with_token()
-            .await;
+        Site::start_with(true).await
+    }
+
+    /// With the MBG token or without (the daemon then waits for one, serving the console).
+    async fn start_with(token: bool) -> Site {
+        let mut h = Harness::new(TestDb::sqlite().await, sim_config()).await;
+        if token {
+            h = h.with_token().await;
+        }
         let dir = tempfile::tempdir().unwrap();
         let cli = |args: &[&str]| {
             let output = crate::support::binary()
@@ -315,7 +320,16 @@ impl Site {
             ]);
         }
         let daemon = Daemon::start(&h, dir.path());
-        daemon.leading_after_a_full_pass().await;
+        if token {
+            daemon.leading_after_a_full_pass().await;
+        } else {
+            crate::service::eventually(
+                "the console answers",
+                Duration::from_secs(20),
+                async || daemon.health().await.is_some(),
+            )
+            .await;
+        }
         let url = format!("http://127.0.0.1:{}", daemon.port);
         Site {
             h,
@@ -686,10 +700,17 @@ async fn an_admin_manages_nodes_and_the_audit_page_names_who() {
     browser.type_into("#address", "not an address!").await;
     browser.click("form.new-node button").await;
     assert!(
-        browser.text("[data-field=error]").await.contains("not an IP address or host name"),
+        browser
+            .text("[data-field=error]")
+            .await
+            .contains("not an IP address or host name"),
         "the field's rule"
     );
-    assert_eq!(site.h.db.store.nodes().await.unwrap().len(), 1, "nothing added");
+    assert_eq!(
+        site.h.db.store.nodes().await.unwrap().len(),
+        1,
+        "nothing added"
+    );
     browser.type_into("#name", "pbx2").await;
     browser.type_into("#address", "10.0.0.21").await;
     browser.type_into("#nat_address", "203.0.113.8").await;
@@ -704,7 +725,13 @@ async fn an_admin_manages_nodes_and_the_audit_page_names_who() {
         .await;
     browser.click("form#node-pbx2 button").await;
     assert_eq!(
-        site.h.db.store.node_by_name("pbx2").await.unwrap().nat_sip_port,
+        site.h
+            .db
+            .store
+            .node_by_name("pbx2")
+            .await
+            .unwrap()
+            .nat_sip_port,
         Some(5064)
     );
     browser.screenshot("nodes").await;
@@ -725,5 +752,129 @@ async fn an_admin_manages_nodes_and_the_audit_page_names_who() {
     assert!(table.contains("node set"), "{table}");
     assert!(!table.contains("console user add"), "only ada's: {table}");
     browser.screenshot("audit").await;
+    drop(site.daemon);
+}
+
+/// The whole token exchange in the browser, on a site that has no token yet: a wrong shared
+/// secret and a wrong verifier each say what went wrong on the page; the right ones store the
+/// token, and the daemon, which was waiting for it, provisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_exchange_is_done_in_the_browser() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let site = Site::start_with(false).await;
+    browser.go(&format!("{}/mbg", site.url)).await;
+    browser.sign_in("ada", PASSWORD).await;
+    assert!(
+        browser
+            .text("[data-field=token_state]")
+            .await
+            .contains("not requested yet"),
+        "{}",
+        browser.text("[data-field=token_state]").await
+    );
+
+    browser
+        .type_into("#consumer_id", crate::mbg::CONSUMER)
+        .await;
+    browser
+        .type_into("#consumer_secret", "not-the-secret")
+        .await;
+    browser.click("form[action='/mbg/request'] button").await;
+    let error = browser.text("[data-field=error]").await;
+    assert!(error.contains("401"), "{error}");
+
+    browser
+        .type_into("#consumer_id", crate::mbg::CONSUMER)
+        .await;
+    browser
+        .type_into("#consumer_secret", crate::mbg::SECRET)
+        .await;
+    browser.click("form[action='/mbg/request'] button").await;
+    let temporary = site
+        .h
+        .db
+        .store
+        .mbg_settings()
+        .await
+        .unwrap()
+        .temp_token
+        .expect("a temporary token stored");
+    // The administrator approves it on the MBG's page.
+    let verifier = site
+        .h
+        .sim
+        .approve(secrecy::ExposeSecret::expose_secret(&temporary))
+        .unwrap();
+    let wrong = if verifier == "111111" {
+        "222222"
+    } else {
+        "111111"
+    };
+    browser.type_into("#verifier", wrong).await;
+    browser.click("form[action='/mbg/verify'] button").await;
+    assert!(
+        browser
+            .text("[data-field=error]")
+            .await
+            .contains("verifier"),
+        "{}",
+        browser.text("[data-field=error]").await
+    );
+    browser.type_into("#verifier", &verifier).await;
+    browser.click("form[action='/mbg/verify'] button").await;
+    assert!(
+        browser
+            .text("[data-field=outcome]")
+            .await
+            .starts_with("Access token stored, valid until"),
+        "{}",
+        browser.text("body").await
+    );
+    assert!(
+        browser
+            .text("[data-field=token_state]")
+            .await
+            .contains("valid until")
+    );
+    browser.screenshot("mbg").await;
+    let page = browser.text("body").await;
+    assert!(
+        !page.contains(crate::mbg::SECRET),
+        "the shared secret is never shown"
+    );
+
+    // The daemon was waiting for a token: an extension switched on now reaches the MBG.
+    site.h
+        .db
+        .store
+        .set_extension(
+            &mbg_provision::store::ExtensionSpec {
+                number: "1001".into(),
+                node: "pbx1".into(),
+                kind: None,
+                use_remote_auth: Some(true),
+                sip_password: None,
+            },
+            &secrecy::SecretString::from("pbx-password-1001"),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "provisioned with the new token",
+        Duration::from_secs(30),
+        async || (site.h.sim.devices().len() == 1).then_some(()),
+    )
+    .await;
+    let audit = site
+        .h
+        .db
+        .store
+        .audit_page(None, Some("ada"), None, None, 10)
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|(_, a)| a.action.as_str()).collect();
+    assert_eq!(actions, ["token verify", "token request"]);
     drop(site.daemon);
 }

@@ -47,7 +47,7 @@ async fn with_daemon<F: std::future::Future<Output = ()>>(
     };
     let shutdown = Shutdown::new();
     let health = HealthState::default();
-    let daemon = daemon::run_with(app, shutdown.clone(), health.clone());
+    let daemon = daemon::run_with(app, shutdown.clone(), health.clone(), Default::default());
     let running = Running { health };
     let test = async move {
         body(running).await;
