@@ -15,6 +15,7 @@ mod mbg;
 mod nodes;
 mod pages;
 pub mod secrets;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,6 +91,10 @@ impl Console {
             .route("/mbg/renew", post(mbg::renew))
             .route("/mbg/renewed", post(mbg::renewed))
             .route("/mbg/preflight", post(mbg::preflight))
+            .route("/users", get(users::list).post(users::add))
+            .route("/users/{name}/role", post(users::change_role))
+            .route("/users/{name}/password", post(users::set_password))
+            .route("/users/{name}/remove", post(users::remove))
             .route("/assets/console.js", get(script))
             .route("/assets/console.css", get(style))
             .layer(middleware::from_fn(same_origin_only))

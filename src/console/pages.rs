@@ -41,6 +41,9 @@ pub(crate) fn layout(title: &str, user: &ConsoleUser, content: Markup) -> Html<S
                         a href="/nodes" { "Nodes" }
                         a href="/mbg" { "MiVoice Border Gateway" }
                         a href="/audit" { "Audit" }
+                        @if user.role >= Role::Admin {
+                            a href="/users" { "Users" }
+                        }
                     }
                     form method="post" action="/logout" class="signout" {
                         span data-field="username" { (user.name) }

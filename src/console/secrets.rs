@@ -46,8 +46,12 @@ pub fn hash_password(password: &SecretString) -> Result<String, PasswordError> {
 /// Whether `password` matches `hash`. `hash: None` (no such user) still costs one verification,
 /// so that the answer's timing does not tell which names exist.
 pub fn verify_password(password: &SecretString, hash: Option<&str>) -> bool {
-    const UNUSABLE: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$4fF8yYc2d7yRaqcH6n9XGtb6BlGkj3s+OAnzZmO0Ebg";
-    let Ok(parsed) = PasswordHash::new(hash.unwrap_or(UNUSABLE)) else {
+    // A real hash of a random password, made once: verifying against it costs what a real
+    // account's verification costs.
+    static UNUSABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let unusable = UNUSABLE
+        .get_or_init(|| hash_password(&SecretString::from(new_session_id())).unwrap_or_default());
+    let Ok(parsed) = PasswordHash::new(hash.unwrap_or(unusable)) else {
         return false;
     };
     let matches = Argon2::default()

@@ -57,17 +57,24 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
         })?;
     info!(listen = %app.config.http.listen, "serving /healthz and /metrics");
     let token_stored = std::sync::Arc::new(tokio::sync::Notify::new());
-    let console = crate::console::Console::new(
-        app.store.clone(),
-        &app.config,
-        health.clone(),
-        token_stored.clone(),
-    );
+    // The console has no TLS of its own yet: it is served on loopback only, where a password
+    // and a session cookie never cross a network in clear.
+    let console = if app.config.http.listen.ip().is_loopback() {
+        Some(crate::console::Console::new(
+            app.store.clone(),
+            &app.config,
+            health.clone(),
+            token_stored.clone(),
+        ))
+    } else {
+        warn!(listen = %app.config.http.listen, "the console is off: http.listen is not a loopback address and the console has no TLS yet; reach it through an SSH tunnel to a loopback http.listen");
+        None
+    };
     let server = tokio::spawn(http::serve(
         listener,
         health.clone(),
         telemetry,
-        Some(console),
+        console,
         shutdown.clone(),
     ));
     systemd::ready();

@@ -1545,3 +1545,110 @@ fn a_command_run_as_another_user_than_the_databases_refuses_and_creates_nothing(
     let after = files();
     assert!(after.iter().all(|(_, uid)| *uid == SERVICE), "{after:?}");
 }
+
+/// `console user …`: a password from a file (never the command line; without a terminal and
+/// without a file it says so), a duplicate name, the last admin kept, and a list that shows
+/// no hash.
+#[test]
+fn console_accounts_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/c.db", dir.path().display());
+    ok(run(dir.path(), &url, &["migrate"]));
+    let password = dir.path().join("pw");
+    std::fs::write(&password, "a long enough password\n").unwrap();
+    let file = password.to_str().unwrap();
+
+    let asked = run(
+        dir.path(),
+        &url,
+        &["console", "user", "add", "ada", "--role", "admin"],
+    );
+    assert_eq!(asked.status.code(), Some(1));
+    assert!(
+        stderr(&asked).contains("--password-file"),
+        "{}",
+        stderr(&asked)
+    );
+    let short = dir.path().join("short");
+    std::fs::write(&short, "short\n").unwrap();
+    let refused = run(
+        dir.path(),
+        &url,
+        &[
+            "console",
+            "user",
+            "add",
+            "ada",
+            "--role",
+            "admin",
+            "--password-file",
+            short.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr(&refused).contains("at least 12 characters"),
+        "{}",
+        stderr(&refused)
+    );
+
+    ok(run(
+        dir.path(),
+        &url,
+        &[
+            "console",
+            "user",
+            "add",
+            "ada",
+            "--role",
+            "admin",
+            "--password-file",
+            file,
+        ],
+    ));
+    let again = run(
+        dir.path(),
+        &url,
+        &[
+            "console",
+            "user",
+            "add",
+            "ada",
+            "--role",
+            "viewer",
+            "--password-file",
+            file,
+        ],
+    );
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let bad_role = run(
+        dir.path(),
+        &url,
+        &[
+            "console",
+            "user",
+            "add",
+            "bob",
+            "--role",
+            "root",
+            "--password-file",
+            file,
+        ],
+    );
+    assert_eq!(bad_role.status.code(), Some(64), "a usage error");
+    let last = run(dir.path(), &url, &["console", "user", "remove", "ada"]);
+    assert!(stderr(&last).contains("last admin"), "{}", stderr(&last));
+
+    let list = ok(run(
+        dir.path(),
+        &url,
+        &["console", "user", "list", "--json"],
+    ));
+    let accounts: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(accounts[0]["name"], "ada");
+    assert_eq!(accounts[0]["role"], "admin");
+    assert!(!list.contains("argon2"), "no hash: {list}");
+}

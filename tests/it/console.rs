@@ -102,12 +102,21 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("a WebDriver session: {answer}"))
             .to_string();
-        Some(Browser {
+        let browser = Browser {
             driver,
             http,
             session,
             base,
-        })
+        };
+        // An element looked for right after a click that loads a page is waited for.
+        browser
+            .call(
+                reqwest::Method::POST,
+                "/timeouts",
+                Some(json!({"implicit": 5000})),
+            )
+            .await;
+        Some(browser)
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -177,6 +186,25 @@ impl Browser {
         .await;
     }
 
+    /// Clicks what submits a form, and waits until the page it loads is there (a click returns
+    /// before the next page has replaced the current one).
+    async fn submit(&self, css: &str) {
+        self.script("window.beforeSubmit = true;").await;
+        self.click(css).await;
+        let started = Instant::now();
+        while self
+            .script("return window.beforeSubmit === true || document.readyState !== 'complete';")
+            .await
+            != json!(false)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no page after clicking {css:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn text(&self, css: &str) -> String {
         let element = self.element(css).await;
         self.call(
@@ -235,7 +263,7 @@ impl Browser {
     async fn sign_in(&self, name: &str, password: &str) {
         self.type_into("#username", name).await;
         self.type_into("#password", password).await;
-        self.click("form[action='/login'] button").await;
+        self.submit("form[action='/login'] button").await;
     }
 }
 
@@ -410,7 +438,7 @@ async fn tick_save_and_the_mbg_id_appears_untick_and_it_is_gone() {
     browser.click("#use_remote_auth").await;
     browser.screenshot("sip-authorization").await;
     browser
-        .click("form.sip-authorization button[type=submit]")
+        .submit("form.sip-authorization button[type=submit]")
         .await;
     assert!(browser.url().await.ends_with("/extensions/1001"));
 
@@ -424,6 +452,7 @@ async fn tick_save_and_the_mbg_id_appears_untick_and_it_is_gone() {
     )
     .await;
     let took = started.elapsed();
+    eprintln!("console: the MBG's ID on the page {took:?} after Save");
     assert_eq!(
         browser.script("return window.notReloaded === true;").await,
         true
@@ -454,7 +483,7 @@ async fn tick_save_and_the_mbg_id_appears_untick_and_it_is_gone() {
     assert_eq!(browser.value("#remote_auth_password").await, "");
     browser.screenshot("provisioned").await;
     browser
-        .click("form[action='/extensions/1001/reveal'] button")
+        .submit("form[action='/extensions/1001/reveal'] button")
         .await;
     assert_eq!(
         browser.value("#remote_auth_password").await,
@@ -465,7 +494,7 @@ async fn tick_save_and_the_mbg_id_appears_untick_and_it_is_gone() {
     browser.go(&format!("{}/extensions/1001", site.url)).await;
     browser.click("#use_remote_auth").await;
     browser
-        .click("form.sip-authorization button[type=submit]")
+        .submit("form.sip-authorization button[type=submit]")
         .await;
     eventually(
         "the SIP user removed",
@@ -698,7 +727,7 @@ async fn an_admin_manages_nodes_and_the_audit_page_names_who() {
 
     browser.type_into("#name", "pbx2").await;
     browser.type_into("#address", "not an address!").await;
-    browser.click("form.new-node button").await;
+    browser.submit("form.new-node button").await;
     assert!(
         browser
             .text("[data-field=error]")
@@ -715,7 +744,7 @@ async fn an_admin_manages_nodes_and_the_audit_page_names_who() {
     browser.type_into("#address", "10.0.0.21").await;
     browser.type_into("#nat_address", "203.0.113.8").await;
     browser.type_into("#nat_sip_port", "5062").await;
-    browser.click("form.new-node button").await;
+    browser.submit("form.new-node button").await;
     let pbx2 = site.h.db.store.node_by_name("pbx2").await.unwrap();
     assert_eq!(pbx2.nat_address.as_deref(), Some("203.0.113.8"));
     assert_eq!(pbx2.nat_sip_port, Some(5062));
@@ -723,7 +752,7 @@ async fn an_admin_manages_nodes_and_the_audit_page_names_who() {
     browser
         .type_into("tr[data-node=pbx2] input[name=nat_sip_port]", "5064")
         .await;
-    browser.click("form#node-pbx2 button").await;
+    browser.submit("form#node-pbx2 button").await;
     assert_eq!(
         site.h
             .db
@@ -781,7 +810,7 @@ async fn the_token_exchange_is_done_in_the_browser() {
     browser
         .type_into("#consumer_secret", "not-the-secret")
         .await;
-    browser.click("form[action='/mbg/request'] button").await;
+    browser.submit("form[action='/mbg/request'] button").await;
     let error = browser.text("[data-field=error]").await;
     assert!(error.contains("401"), "{error}");
 
@@ -791,7 +820,7 @@ async fn the_token_exchange_is_done_in_the_browser() {
     browser
         .type_into("#consumer_secret", crate::mbg::SECRET)
         .await;
-    browser.click("form[action='/mbg/request'] button").await;
+    browser.submit("form[action='/mbg/request'] button").await;
     let temporary = site
         .h
         .db
@@ -813,7 +842,7 @@ async fn the_token_exchange_is_done_in_the_browser() {
         "111111"
     };
     browser.type_into("#verifier", wrong).await;
-    browser.click("form[action='/mbg/verify'] button").await;
+    browser.submit("form[action='/mbg/verify'] button").await;
     assert!(
         browser
             .text("[data-field=error]")
@@ -823,7 +852,7 @@ async fn the_token_exchange_is_done_in_the_browser() {
         browser.text("[data-field=error]").await
     );
     browser.type_into("#verifier", &verifier).await;
-    browser.click("form[action='/mbg/verify'] button").await;
+    browser.submit("form[action='/mbg/verify'] button").await;
     assert!(
         browser
             .text("[data-field=outcome]")
@@ -877,4 +906,142 @@ async fn the_token_exchange_is_done_in_the_browser() {
     let actions: Vec<&str> = audit.iter().map(|(_, a)| a.action.as_str()).collect();
     assert_eq!(actions, ["token verify", "token request"]);
     drop(site.daemon);
+}
+
+/// The Users page, for admins: add (a short password names its field), change a role, set a
+/// password (the account's sessions end), remove; the last admin cannot demote itself; an
+/// operator cannot open the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_manages_accounts_and_the_last_admin_stays() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let site = Site::start().await;
+    let store = &site.h.db.store;
+    browser.go(&format!("{}/users", site.url)).await;
+    browser.sign_in("ada", PASSWORD).await;
+    assert!(browser.url().await.ends_with("/users"));
+
+    browser.type_into("form.new-user #username", "nina").await;
+    browser.type_into("form.new-user #password", "short").await;
+    browser.submit("form.new-user button").await;
+    assert_eq!(
+        browser
+            .script("return document.querySelector('[data-field=error]').dataset.errorField;")
+            .await,
+        "password"
+    );
+    assert!(
+        store.console_user("nina").await.unwrap().is_none(),
+        "nothing added"
+    );
+    browser.type_into("form.new-user #username", "nina").await;
+    browser.type_into("form.new-user #password", PASSWORD).await;
+    browser.submit("form.new-user button").await;
+    assert_eq!(
+        store.console_user("nina").await.unwrap().unwrap().role,
+        mbg_provision::store::Role::Viewer
+    );
+
+    browser
+        .script(
+            "document.querySelector('tr[data-user=nina] select[name=role]').value = 'operator';",
+        )
+        .await;
+    browser
+        .submit("form[action='/users/nina/role'] button")
+        .await;
+    assert_eq!(
+        store.console_user("nina").await.unwrap().unwrap().role,
+        mbg_provision::store::Role::Operator
+    );
+
+    browser
+        .script("document.querySelector('tr[data-user=ada] select[name=role]').value = 'viewer';")
+        .await;
+    browser
+        .submit("form[action='/users/ada/role'] button")
+        .await;
+    assert!(
+        browser
+            .text("[data-field=error]")
+            .await
+            .contains("last admin")
+    );
+    browser.screenshot("users").await;
+
+    let nina = site.cookie("nina").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = |cookie: String| {
+        client
+            .get(format!("{}/extensions", site.url))
+            .header("cookie", cookie)
+            .send()
+    };
+    assert_eq!(page(nina.clone()).await.unwrap().status(), 200);
+    browser
+        .type_into(
+            "form[action='/users/nina/password'] input[name=password]",
+            "another long password",
+        )
+        .await;
+    browser
+        .submit("form[action='/users/nina/password'] button")
+        .await;
+    eventually("nina's session ended", Duration::from_secs(5), async || {
+        (page(nina.clone()).await.unwrap().status() == 303).then_some(())
+    })
+    .await;
+
+    browser
+        .submit("form[action='/users/nina/remove'] button")
+        .await;
+    assert!(store.console_user("nina").await.unwrap().is_none());
+
+    let operator = site.cookie("otto").await;
+    let refused = client
+        .get(format!("{}/users", site.url))
+        .header("cookie", operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let audit = store
+        .audit_page(None, Some("ada"), None, None, 20)
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|(_, a)| a.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "console user remove",
+            "console user passwd",
+            "console user role",
+            "console user add"
+        ]
+    );
+    drop(site.daemon);
+}
+
+/// On an address other than loopback the console is off (it has no TLS yet): its pages answer
+/// 404, `/healthz` still answers, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_off_on_an_address_other_than_loopback() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut command, port) = Daemon::command(&h, dir.path(), &[], &[]);
+    command.env("MBG_PROVISION_HTTP__LISTEN", format!("0.0.0.0:{port}"));
+    let daemon = Daemon::spawn(&mut command, port, dir.path());
+    daemon.leading_after_a_full_pass().await;
+    let login = reqwest::get(format!("http://127.0.0.1:{port}/login"))
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 404);
+    assert!(daemon.log(dir.path()).contains("the console is off"));
 }
