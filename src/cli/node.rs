@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use mbg_provision::app::App;
-use mbg_provision::store::{NewNode, Node, NodeChange};
+use mbg_provision::store::{NewNode, Node, NodeChange, StoreError};
 
 use super::args::NodeCommand;
 use super::output::print_json;
@@ -28,7 +28,8 @@ pub async fn run(app: &App, command: NodeCommand) -> Result<ExitCode> {
                     nat_address,
                     nat_sip_port,
                 })
-                .await?;
+                .await
+                .map_err(option_error)?;
             if output.json {
                 print_json(&node)?;
             } else {
@@ -52,7 +53,8 @@ pub async fn run(app: &App, command: NodeCommand) -> Result<ExitCode> {
                         nat_sip_port,
                     },
                 )
-                .await?;
+                .await
+                .map_err(option_error)?;
             if output.json {
                 print_json(&node)?;
             } else {
@@ -79,6 +81,21 @@ pub async fn run(app: &App, command: NodeCommand) -> Result<ExitCode> {
 }
 
 /// An IP address or a DNS host name, as the MBG's ICP page accepts.
+/// The store names a bad address by its column; on the command line it is the option.
+fn option_error(error: StoreError) -> anyhow::Error {
+    match &error {
+        StoreError::Invalid {
+            field: "node address",
+            reason,
+        } => anyhow::anyhow!("--address {reason}"),
+        StoreError::Invalid {
+            field: "node NAT address",
+            reason,
+        } => anyhow::anyhow!("--nat-address {reason}"),
+        _ => error.into(),
+    }
+}
+
 fn print_nodes(nodes: &[Node]) {
     if nodes.is_empty() {
         println!("no nodes yet: add one with `mbg-provision node add NAME --address IP`");

@@ -115,6 +115,8 @@ fn field_of(error: &StoreError) -> &'static str {
         StoreError::Invalid { field, .. } | StoreError::Duplicate { field, .. } => match *field {
             "node name" => "name",
             "node address" => "address",
+            "node NAT address" => "nat_address",
+            "node NAT SIP port" => "nat_sip_port",
             other => other,
         },
         _ => "form",

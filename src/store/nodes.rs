@@ -45,9 +45,9 @@ pub fn validate_address(field: &'static str, address: &str) -> Result<()> {
 
 impl Store {
     pub async fn add_node(&self, node: &NewNode) -> Result<Node> {
-        validate_address("address", node.address.trim())?;
+        validate_address("node address", node.address.trim())?;
         if let Some(nat) = &node.nat_address {
-            validate_address("nat_address", nat.trim())?;
+            validate_address("node NAT address", nat.trim())?;
         }
         let row = sqlx::query(
             "INSERT INTO nodes (name, address, nat_address, nat_sip_port) VALUES ($1, $2, $3, $4)
@@ -99,10 +99,10 @@ impl Store {
     /// the node's extensions (the trigger of migration 0003): they move to the ICP it matches.
     pub async fn update_node(&self, name: &str, change: &NodeChange) -> Result<Node> {
         if let Some(address) = &change.address {
-            validate_address("address", address.trim())?;
+            validate_address("node address", address.trim())?;
         }
         if let Some(nat) = &change.nat_address {
-            validate_address("nat_address", nat.trim())?;
+            validate_address("node NAT address", nat.trim())?;
         }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE nodes

@@ -1045,3 +1045,99 @@ async fn the_console_is_off_on_an_address_other_than_loopback() {
     assert_eq!(login.status(), 404);
     assert!(daemon.log(dir.path()).contains("the console is off"));
 }
+
+/// Accessibility: axe-core (vendored, `tests/fixtures/axe.min.js`) on every page, as an admin
+/// sees it: no serious or critical violation. And the SIP Authorization form works from the
+/// keyboard alone: Tab to the box, Space ticks it, Enter on Save submits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_passes_axe_and_the_form_works_from_the_keyboard() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let site = Site::start().await;
+    let axe = include_str!("../fixtures/axe.min.js");
+    browser.go(&format!("{}/login", site.url)).await;
+    let mut pages = vec!["/login".to_string()];
+    let check = async |path: &str| {
+        browser.script(axe).await;
+        let violations = browser
+            .call(
+                reqwest::Method::POST,
+                "/execute/async",
+                Some(json!({"script": "const done = arguments[arguments.length - 1]; axe.run(document).then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' '))}))));", "args": []})),
+            )
+            .await;
+        let serious: Vec<&Value> = violations
+            .as_array()
+            .unwrap_or_else(|| panic!("axe ran on {path}: {violations}"))
+            .iter()
+            .filter(|v| v["impact"] == "serious" || v["impact"] == "critical")
+            .collect();
+        assert!(serious.is_empty(), "{path}: {serious:#?}");
+        violations.as_array().map_or(0, Vec::len)
+    };
+    let mut minor = check("/login").await;
+    browser.sign_in("ada", PASSWORD).await;
+    for path in [
+        "/",
+        "/extensions",
+        "/extensions/1001",
+        "/nodes",
+        "/mbg",
+        "/audit",
+        "/users",
+    ] {
+        browser.go(&format!("{}{path}", site.url)).await;
+        minor += check(path).await;
+        pages.push(path.to_string());
+    }
+    eprintln!(
+        "console: axe on {} pages: 0 serious or critical, {minor} minor or moderate",
+        pages.len()
+    );
+
+    // The keyboard alone: focus the box, Space ticks it, Tab to Save, Enter submits.
+    browser.go(&format!("{}/extensions/1003", site.url)).await;
+    let focus = browser.element("#use_remote_auth").await;
+    browser
+        .call(
+            reqwest::Method::POST,
+            &format!("/element/{focus}/value"),
+            Some(json!({"text": " "})),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .script("return document.querySelector('#use_remote_auth').checked;")
+            .await,
+        true,
+        "Space ticks the box"
+    );
+    let save = browser
+        .element("form.sip-authorization button[type=submit]")
+        .await;
+    browser.script("window.beforeSubmit = true;").await;
+    browser
+        .call(
+            reqwest::Method::POST,
+            &format!("/element/{save}/value"),
+            Some(json!({"text": "\u{E007}"})),
+        )
+        .await;
+    eventually(
+        "saved from the keyboard",
+        Duration::from_secs(10),
+        async || {
+            site.h
+                .db
+                .store
+                .extension_by_number("1003")
+                .await
+                .ok()
+                .filter(|e| e.use_remote_auth)
+                .map(|_| ())
+        },
+    )
+    .await;
+    drop(site.daemon);
+}
