@@ -25,3 +25,31 @@ document.addEventListener("DOMContentLoaded", () => {
     setInterval(refresh, 700);
   }
 });
+
+// A table body with `data-live-rows="URL"` follows its rows: URL?numbers=… answers, per number,
+// the values to write into that row's `data-field` cells.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const body of document.querySelectorAll("[data-live-rows]")) {
+    const rows = [...body.querySelectorAll("tr[data-number]")];
+    if (rows.length === 0) continue;
+    const numbers = rows.map((row) => row.getAttribute("data-number")).join(",");
+    const url = body.getAttribute("data-live-rows") + "?numbers=" + encodeURIComponent(numbers);
+    const refresh = async () => {
+      try {
+        const answer = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+        if (!answer.ok) return;
+        const values = await answer.json();
+        for (const row of rows) {
+          const fields = values[row.getAttribute("data-number")] || {};
+          for (const [field, value] of Object.entries(fields)) {
+            const cell = row.querySelector(`[data-field="${field}"]`);
+            if (cell) cell.textContent = value === null ? "" : String(value);
+          }
+        }
+      } catch (_) {
+        // The daemon restarting: try again on the next tick.
+      }
+    };
+    setInterval(refresh, 700);
+  }
+});

@@ -103,7 +103,7 @@ pub(crate) async fn list(
             }
             table class="extensions" {
                 thead { tr { th { "Number" } th { "Node" } th { "Kind" } th { "Remote credentials" } th { "State" } th { "The MBG's ID" } } }
-                tbody { (pages::extension_rows(&rows)) }
+                tbody data-live-rows="/extensions/live" { (pages::extension_rows(&rows)) }
             }
             @if let Some(next) = next {
                 p { a href=(next) rel="next" { "Next page" } }
@@ -451,4 +451,45 @@ impl Console {
                 other => field("form", other.to_string()),
             })
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RowsQuery {
+    #[serde(default)]
+    numbers: String,
+}
+
+/// What the list follows live: per number shown, its state and the MBG's ID.
+pub(crate) async fn live_rows(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(query): Query<RowsQuery>,
+) -> Result<Response, PageError> {
+    if console.session(&headers).await?.is_none() {
+        return Ok((StatusCode::UNAUTHORIZED, "sign in first").into_response());
+    }
+    let numbers: Vec<String> = query
+        .numbers
+        .split(',')
+        .map(str::trim)
+        .filter(|n| crate::store::validate_number(n).is_ok())
+        .take(PAGE as usize)
+        .map(str::to_string)
+        .collect();
+    let rows = console.0.store.extensions_by_numbers(&numbers).await?;
+    let live: std::collections::BTreeMap<String, Live> = rows
+        .into_iter()
+        .map(|e| {
+            (
+                e.number.clone(),
+                Live {
+                    state: e.state.as_str(),
+                    mbg_device_id: e.mbg_device_id,
+                    last_error: e.last_error,
+                    use_remote_auth: e.use_remote_auth,
+                },
+            )
+        })
+        .collect();
+    Ok(Json(live).into_response())
 }

@@ -76,6 +76,8 @@ impl Console {
             .route("/login", get(auth::login_page).post(auth::login))
             .route("/logout", post(auth::logout))
             .route("/extensions", get(extensions::list))
+            .route("/extensions/live", get(extensions::live_rows))
+            .route("/live/dashboard", get(pages::live_dashboard))
             .route(
                 "/extensions/{number}",
                 get(extensions::form).post(extensions::save),

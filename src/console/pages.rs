@@ -11,6 +11,16 @@ use super::{Access, Console, PageError};
 use crate::store::{AuditEntry, ConsoleUser, Extension, ExtensionFilter, ExtensionState, Role};
 use crate::token::TokenStatus;
 
+/// Every state, in the order the dashboard lists them: a state with no extension shows 0, so
+/// that the live count has a cell to write into.
+const ALL_STATES: [ExtensionState; 5] = [
+    ExtensionState::Idle,
+    ExtensionState::Pending,
+    ExtensionState::Provisioned,
+    ExtensionState::Failed,
+    ExtensionState::NeedsAttention,
+];
+
 pub(crate) fn render(markup: Markup) -> Html<String> {
     Html(markup.into_string())
 }
@@ -183,12 +193,13 @@ pub(crate) async fn dashboard(
                     dt { "Last full reconcile" } dd data-field="last_full_reconcile" { (when(health.last_full_reconcile)) }
                 }
             }
-            section {
+            section data-live="/live/dashboard" {
                 h2 { "Extensions" }
                 table {
                     thead { tr { th { "State" } th { "Extensions" } } }
                     tbody {
-                        @for (state, count) in &counts {
+                        @for state in ALL_STATES {
+                            @let count = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
                             tr {
                                 td { a href={ "/extensions?state=" (state.as_str()) } { (state.as_str()) } }
                                 td data-field={ "count_" (state.as_str()) } { (count) }
@@ -229,7 +240,7 @@ pub(crate) fn extension_rows(extensions: &[Extension]) -> Markup {
                 td { a href={ "/extensions/" (extension.number) } data-field="number" { (extension.number) } }
                 td data-field="node" { (extension.node_name) }
                 td data-field="kind" { (extension.kind.as_str()) }
-                td data-field="use_remote_auth" { @if extension.use_remote_auth { "yes" } @else { "no" } }
+                td data-field="use_remote_auth" { (extension.use_remote_auth) }
                 td data-field="state" { (extension.state.as_str()) }
                 td data-field="mbg_device_id" { (extension.mbg_device_id.as_deref().unwrap_or("")) }
             }
@@ -337,4 +348,26 @@ pub(crate) fn extension_form(user: &ConsoleUser, view: &FormView<'_>) -> Html<St
             }
         },
     )
+}
+
+/// What the dashboard follows live: the count of extensions in each state.
+pub(crate) async fn live_dashboard(
+    State(console): State<Console>,
+    headers: HeaderMap,
+) -> Result<Response, PageError> {
+    if console.session(&headers).await?.is_none() {
+        return Ok((StatusCode::UNAUTHORIZED, "sign in first").into_response());
+    }
+    let counted = console.0.store.count_by_state().await?;
+    let counts: std::collections::BTreeMap<String, u64> = ALL_STATES
+        .iter()
+        .map(|state| {
+            let count = counted
+                .iter()
+                .find(|(s, _)| s == state)
+                .map_or(0, |(_, n)| *n);
+            (format!("count_{}", state.as_str()), count)
+        })
+        .collect();
+    Ok(axum::Json(counts).into_response())
 }

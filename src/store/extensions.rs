@@ -397,6 +397,34 @@ impl Store {
         Ok(page)
     }
 
+    /// The extensions with these numbers (at most a page of them), for the console's list to
+    /// follow; rows that cannot be read are left out.
+    pub async fn extensions_by_numbers(&self, numbers: &[String]) -> Result<Vec<Extension>> {
+        if numbers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (1..=numbers.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "{EXTENSION_SELECT} WHERE e.number IN ({})",
+            marks.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for number in numbers {
+            query = query.bind(number);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Ok(extension) = decode(row)? {
+                found.push(extension);
+            }
+        }
+        Ok(found)
+    }
+
     /// The node an existing extension is on, for a change that does not name one. `None` when
     /// the number does not exist; an error when it exists on several nodes (which one is meant
     /// must then be said).

@@ -1141,3 +1141,95 @@ async fn every_page_passes_axe_and_the_form_works_from_the_keyboard() {
     .await;
     drop(site.daemon);
 }
+
+/// The list and the dashboard follow what the engine does, without a reload: an extension
+/// switched on by another writer (SQL, the phone system) shows as provisioned, with the MBG's
+/// ID, in its row, and the dashboard's count moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_and_the_dashboard_follow_changes_live() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let site = Site::start().await;
+    let store = &site.h.db.store;
+    let spec = |number: &str, on: bool| mbg_provision::store::ExtensionSpec {
+        number: number.into(),
+        node: "pbx1".into(),
+        kind: None,
+        use_remote_auth: Some(on),
+        sip_password: None,
+    };
+    let password = secrecy::SecretString::from("pbx-password");
+    store
+        .set_extension(&spec("2001", false), &password)
+        .await
+        .unwrap();
+    store
+        .set_extension(&spec("2002", false), &password)
+        .await
+        .unwrap();
+    browser
+        .go(&format!("{}/extensions?prefix=200", site.url))
+        .await;
+    browser.sign_in("vera", PASSWORD).await;
+    let state = "tr[data-number='2002'] [data-field=state]";
+    assert_eq!(browser.text(state).await, "idle");
+    browser.script("window.notReloaded = true;").await;
+    store
+        .set_extension(&spec("2002", true), &password)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    eventually(
+        "provisioned in the row",
+        Duration::from_secs(10),
+        async || (browser.text(state).await == "provisioned").then_some(()),
+    )
+    .await;
+    eprintln!(
+        "console: the list showed the change {:?} after the write",
+        started.elapsed()
+    );
+    let guid = store
+        .extension_by_number("2002")
+        .await
+        .unwrap()
+        .mbg_device_id
+        .unwrap();
+    eventually(
+        "the MBG's ID in the row",
+        Duration::from_secs(2),
+        async || {
+            (browser
+                .text("tr[data-number='2002'] [data-field=mbg_device_id]")
+                .await
+                == guid)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        browser.script("return window.notReloaded === true;").await,
+        true
+    );
+
+    browser.go(&format!("{}/", site.url)).await;
+    let before = browser.text("[data-field=count_provisioned]").await;
+    assert_eq!(before, "1");
+    browser.script("window.notReloaded = true;").await;
+    store
+        .set_extension(&spec("2001", true), &password)
+        .await
+        .unwrap();
+    eventually(
+        "the dashboard's count",
+        Duration::from_secs(10),
+        async || (browser.text("[data-field=count_provisioned]").await == "2").then_some(()),
+    )
+    .await;
+    assert_eq!(
+        browser.script("return window.notReloaded === true;").await,
+        true
+    );
+    drop(site.daemon);
+}
