@@ -35,9 +35,11 @@ pub mod names {
     pub const LAST_FULL_RECONCILE: &str = "mbg_provision_last_full_reconcile_timestamp_seconds";
     /// Gauge: 1 while this instance holds the leader lock.
     pub const LEADER: &str = "mbg_provision_leader";
+    /// Counter: console sign-ins refused, label `reason` (`wrong_password`, `locked_out`).
+    pub const CONSOLE_SIGN_IN_REFUSED: &str = "mbg_provision_console_sign_in_refused_total";
 
     /// Every family, for documentation and tests.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         CHANGES_SEEN,
         ACTIONS,
         MBG_REQUEST_DURATION,
@@ -46,6 +48,7 @@ pub mod names {
         TOKEN_NEEDS_ATTENTION,
         LAST_FULL_RECONCILE,
         LEADER,
+        CONSOLE_SIGN_IN_REFUSED,
     ];
 }
 
@@ -110,6 +113,10 @@ fn builder() -> PrometheusBuilder {
 }
 
 fn describe() {
+    describe_counter!(
+        names::CONSOLE_SIGN_IN_REFUSED,
+        "Console sign-ins refused, by reason (wrong_password: a wrong name or password; locked_out: too many failures for that name from that address)."
+    );
     describe_counter!(
         names::CHANGES_SEEN,
         "Change rows read from extension_changes (before coalescing)."
@@ -211,6 +218,11 @@ impl ActionOutcome {
 /// rate shows how busy the phone system is).
 pub fn changes_seen(n: u64) {
     counter!(names::CHANGES_SEEN).increment(n);
+}
+
+/// A console sign-in was refused: `wrong_password` or `locked_out`.
+pub fn console_sign_in_refused(reason: &'static str) {
+    counter!(names::CONSOLE_SIGN_IN_REFUSED, "reason" => reason).increment(1);
 }
 
 /// One action finished with this outcome.

@@ -80,6 +80,7 @@ pub(crate) async fn login(
     let since = chrono::Utc::now().timestamp() - FAILURE_WINDOW;
     if store.login_failures(&name, &client, since).await? >= FAILURES_ALLOWED {
         tracing::warn!(user = %name, client = %client, "console: sign-in refused, locked out");
+        crate::telemetry::console_sign_in_refused("locked_out");
         let message = format!(
             "Too many failed sign-ins for this name from {client}: try again in {} minutes.",
             FAILURE_WINDOW / 60
@@ -101,6 +102,7 @@ pub(crate) async fn login(
     let Some(user) = user.filter(|_| matches) else {
         let failures = store.record_login_failure(&name, &client, since).await?;
         tracing::warn!(user = %name, client = %client, failures, "console: a sign-in failed");
+        crate::telemetry::console_sign_in_refused("wrong_password");
         return Ok((
             StatusCode::UNAUTHORIZED,
             pages::login(Some("Wrong name or password."), &next),

@@ -709,6 +709,23 @@ async fn five_failed_sign_ins_lock_the_name_out_from_that_address() {
     }
     assert_eq!(sign_in("ada", PASSWORD).await, 429, "locked out");
     assert_eq!(sign_in("otto", PASSWORD).await, 303, "another name is not");
+    let metrics = reqwest::get(format!("{}/metrics", site.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"mbg_provision_console_sign_in_refused_total{reason="wrong_password"} 5"#,
+        r#"mbg_provision_console_sign_in_refused_total{reason="locked_out"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    let log = site.daemon.log(site.dir.path());
+    assert!(
+        log.contains("console: sign-in refused, locked out"),
+        "logged"
+    );
     drop(site.daemon);
 }
 

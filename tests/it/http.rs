@@ -222,6 +222,7 @@ async fn metrics_has_every_family_and_the_latency_buckets() {
     telemetry::token_needs_attention(true);
     telemetry::full_reconcile_done(1_700_000_000);
     telemetry::leader(true);
+    telemetry::console_sign_in_refused("wrong_password");
 
     let text = server.metrics().await;
     for name in names::ALL {
