@@ -1250,3 +1250,120 @@ async fn the_list_and_the_dashboard_follow_changes_live() {
     );
     drop(site.daemon);
 }
+
+/// On PostgreSQL both instances serve the console from the same sessions: signed in on the
+/// leader, the same cookie works on the standby after the leader is killed; a Save there writes
+/// the database, and the standby, now leading, provisions it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(postgres_tests), ignore = "needs TEST_POSTGRES_URL")]
+async fn a_session_survives_the_leaders_death_on_postgres() {
+    let Some(db) = TestDb::postgres("a_session_survives_the_leaders_death_on_postgres").await
+    else {
+        return;
+    };
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    for args in [
+        vec!["node", "add", "pbx1", "--address", "10.0.0.20"],
+        vec![
+            "console",
+            "user",
+            "add",
+            "otto",
+            "--role",
+            "operator",
+            "--password-file",
+            password_file.to_str().unwrap(),
+        ],
+    ] {
+        let output = crate::support::binary()
+            .env("MBG_PROVISION_DATABASE__URL", &h.db.url)
+            .env("MBG_PROVISION_SECRETS__KEY_FILE", &h.db.key_file)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let a = Daemon::start(&h, dir.path());
+    let b = Daemon::start(&h, dir.path());
+    let mut roles = Vec::new();
+    crate::service::eventually(
+        "one leader, one standby",
+        Duration::from_secs(20),
+        async || {
+            roles = vec![a.role().await, b.role().await];
+            roles.contains(&Some("leader".into())) && roles.contains(&Some("standby".into()))
+        },
+    )
+    .await;
+    let (leader, standby) = if roles[0].as_deref() == Some("leader") {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = client
+        .post(format!("http://127.0.0.1:{}/login", leader.port))
+        .form_pairs(&[("username", "otto"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+
+    leader.signal("-KILL");
+    let standby_url = format!("http://127.0.0.1:{}", standby.port);
+    let page = client
+        .get(format!("{standby_url}/extensions/1001"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "the same session on the other instance");
+    assert!(page.text().await.unwrap().contains("otto"));
+    let saved = client
+        .post(format!("{standby_url}/extensions/1001"))
+        .header("cookie", &cookie)
+        .header("origin", &standby_url)
+        .form_pairs(&[
+            ("node", "pbx1"),
+            ("use_remote_auth", "on"),
+            ("remote_auth_name", "otto1001"),
+            ("remote_auth_password", "Abcdefgh12345"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status(), 303);
+    eventually(
+        "provisioned by the new leader",
+        Duration::from_secs(30),
+        async || {
+            h.db.store
+                .extension_by_number("1001")
+                .await
+                .ok()
+                .and_then(|e| e.mbg_device_id)
+        },
+    )
+    .await;
+    assert_eq!(standby.role().await.as_deref(), Some("leader"));
+    let devices = h.sim.devices();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].setside_username, "otto1001");
+}
