@@ -100,8 +100,15 @@ pub enum Command {
     )]
     Run,
     /// A narrated tour on a temporary database and the built-in MBG simulator
-    #[command(after_long_help = "Example:\n  mbg-provision demo")]
-    Demo,
+    #[command(
+        after_long_help = "Example:\n  mbg-provision demo\n  mbg-provision demo --console    # then browse to http://127.0.0.1:9187/ (Ctrl-C ends it)"
+    )]
+    Demo {
+        /// Then keep running with the console open on ADDR (default 127.0.0.1:9187), with a
+        /// one-time sign-in printed
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9187")]
+        console: Option<std::net::SocketAddr>,
+    },
     /// Serve the MBG simulator, for tests and demos
     #[command(
         after_long_help = "Example:\n  mbg-provision simulate --listen 127.0.0.1:8943 --consumer MiVOAppSuite:secret --icp MiVO250-1=10.0.0.20 --verifier 658773"

@@ -23,7 +23,7 @@ fn step(text: &str) {
     println!("\n== {text}");
 }
 
-pub async fn run() -> Result<ExitCode> {
+pub async fn run(console: Option<std::net::SocketAddr>) -> Result<ExitCode> {
     let dir = tempfile::tempdir().context("cannot make a temporary folder")?;
     step("A temporary extension database (SQLite) and the built-in MBG simulator");
     let secret = credentials::random_password(24);
@@ -161,7 +161,43 @@ pub async fn run() -> Result<ExitCode> {
         "a third pass must have nothing to change"
     );
     println!("\nA third pass finds nothing to change. Demo finished.");
+    if let Some(listen) = console {
+        return keep_the_console_open(&app, listen).await;
+    }
     store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `demo --console`: the daemon on the demo's database and simulator, with the console on
+/// `listen` and an admin whose one-time password exists only in the temporary database.
+async fn keep_the_console_open(app: &App, listen: std::net::SocketAddr) -> Result<ExitCode> {
+    step("The console, on the demo's database and simulator");
+    let password = credentials::random_password(16);
+    let hash = mbg_provision::console::secrets::hash_password(&password)?;
+    app.store
+        .add_console_user("demo", mbg_provision::store::Role::Admin, &hash)
+        .await?;
+    let mut config = app.config.clone();
+    config.http.listen = listen;
+    let daemon = App {
+        store: app.store.clone(),
+        config,
+        config_path: None,
+        clock: app.clock,
+    };
+    println!(
+        "http://{listen}/ : sign in as demo with {} (a password of this temporary database only).",
+        password.expose_secret()
+    );
+    println!("Ctrl-C ends the demo and deletes its database.");
+    let shutdown = Shutdown::new();
+    shutdown
+        .on_signals()
+        .context("cannot listen for SIGINT/SIGTERM")?;
+    mbg_provision::daemon::run(daemon, shutdown)
+        .await
+        .context("the demo's daemon stopped")?;
+    app.store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -64,7 +64,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             init_tracing(LogFormat::Text);
             return simulate::run(args).await;
         }
-        Command::Demo => return demo::run().await,
+        Command::Demo { console } => return demo::run(console).await,
         Command::Bench(args) => {
             init_tracing_at(LogFormat::Text, "warn");
             return bench::run(args).await;
@@ -139,7 +139,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Simulate(_)
         | Command::Preflight { .. }
-        | Command::Demo
+        | Command::Demo { .. }
         | Command::Bench(_)
         | Command::Completions { .. }
         | Command::Manpage => {

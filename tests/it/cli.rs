@@ -1652,3 +1652,93 @@ fn console_accounts_from_the_command_line() {
     assert_eq!(accounts[0]["role"], "admin");
     assert!(!list.contains("argon2"), "no hash: {list}");
 }
+
+/// `demo --console`: after the tour, the console stays open on the demo's database with a
+/// one-time admin sign-in printed; SIGTERM ends it with exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_keeps_the_console_open_with_a_printed_sign_in() {
+    use std::io::BufRead;
+    let port = crate::service::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = crate::support::binary()
+        .current_dir(dir.path())
+        .args(["demo", "--console", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let password = loop {
+        let line = seen
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the demo prints the sign-in");
+        if let Some(rest) = line.split(": sign in as demo with ").nth(1) {
+            assert!(
+                line.starts_with(&format!("http://127.0.0.1:{port}/")),
+                "{line}"
+            );
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("username", "demo"), ("password", password.as_str())])
+        .finish();
+    let mut signed_in = None;
+    for _ in 0..100 {
+        if let Ok(answer) = client
+            .post(format!("{url}/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.clone())
+            .send()
+            .await
+        {
+            signed_in = Some(answer);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let signed_in = signed_in.expect("the console answers");
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = client
+        .get(format!("{url}/extensions"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("1003"), "the demo's extensions: {page}");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
