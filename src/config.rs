@@ -176,13 +176,31 @@ impl Default for CredentialsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// The certificate chain (PEM) served on `listen`; with `tls_key`, `listen` speaks TLS
+    /// only, and the console may listen on any address.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// A TLS proxy in front terminates TLS for `listen`: the console then marks its cookies
+    /// `Secure` and may listen on any address. Only true when every client goes through it.
+    pub behind_tls_proxy: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+            tls_cert: None,
+            tls_key: None,
+            behind_tls_proxy: false,
         }
+    }
+}
+
+impl HttpConfig {
+    /// Whether browsers reach `listen` over TLS: served here, or by a declared proxy.
+    pub fn is_tls(&self) -> bool {
+        self.tls_cert.is_some() || self.behind_tls_proxy
     }
 }
 
@@ -367,6 +385,8 @@ impl Config {
         for (key, path) in [
             ("mbg.ca_file", &mut self.mbg.ca_file),
             ("secrets.key_file", &mut self.secrets.key_file),
+            ("http.tls_cert", &mut self.http.tls_cert),
+            ("http.tls_key", &mut self.http.tls_key),
         ] {
             if let (Some(folder), Some(path)) = (folder_of(key), path)
                 && path.is_relative()
@@ -428,9 +448,26 @@ impl Config {
         if !found.is_empty() {
             return Err(ConfigError::Invalid(found));
         }
-        figment
+        let config: Config = figment
             .extract()
-            .map_err(|error| ConfigError::Invalid(problems(figment, error, &[])))
+            .map_err(|error| ConfigError::Invalid(problems(figment, error, &[])))?;
+        // A certificate without its key (or the reverse) is a half-done TLS setup.
+        if config.http.tls_cert.is_some() != config.http.tls_key.is_some() {
+            let (given, missing) = if config.http.tls_cert.is_some() {
+                ("tls_cert", "tls_key")
+            } else {
+                ("tls_key", "tls_cert")
+            };
+            let path = ["http".to_string(), given.to_string()];
+            return Err(ConfigError::Invalid(vec![ConfigProblem {
+                key: format!("http.{missing}"),
+                origin: origin(figment.find_metadata(&path.join(".")), &path),
+                message: format!(
+                    "http.{given} is set, so http.{missing} must be too (both or neither)"
+                ),
+            }]));
+        }
+        Ok(config)
     }
 }
 
@@ -471,24 +508,28 @@ fn problems(figment: &Figment, error: figment::Error, prefix: &[&str]) -> Vec<Co
                 // An unknown field error carries no tag; find who supplied the key.
                 figment.find_metadata(&path.join(".")).cloned()
             });
-            let origin = match metadata {
-                Some(md) if md.name.contains("environment") => format!(
-                    "environment variable {ENV_PREFIX}{}",
-                    path.join("__").to_ascii_uppercase()
-                ),
-                Some(md) => match &md.source {
-                    Some(figment::Source::File(file)) => format!("config file {}", file.display()),
-                    _ => md.name.to_string(),
-                },
-                None => "configuration".to_string(),
-            };
             ConfigProblem {
+                origin: origin(metadata.as_ref(), &path),
                 key: path.join("."),
-                origin,
                 message,
             }
         })
         .collect()
+}
+
+/// Where the key at `path` came from, the way a user wrote it.
+fn origin(metadata: Option<&figment::Metadata>, path: &[String]) -> String {
+    match metadata {
+        Some(md) if md.name.contains("environment") => format!(
+            "environment variable {ENV_PREFIX}{}",
+            path.join("__").to_ascii_uppercase()
+        ),
+        Some(md) => match &md.source {
+            Some(figment::Source::File(file)) => format!("config file {}", file.display()),
+            _ => md.name.to_string(),
+        },
+        None => "configuration".to_string(),
+    }
 }
 
 fn de_max_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

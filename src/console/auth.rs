@@ -12,9 +12,10 @@ use serde::Deserialize;
 
 use super::{Console, PageError, client_address, pages, secrets};
 
-/// The cookie that carries the session id. Over plain HTTP, hence no `__Host-` prefix (which
-/// needs `Secure`): the console listens on loopback unless TLS is set up.
+/// The cookie that carries the session id over plain HTTP (loopback only).
 pub const SESSION_COOKIE: &str = "mbgp_session";
+/// Over TLS: `Secure`, and `__Host-`, which browsers keep to this host and path `/`.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-mbgp_session";
 
 /// Failed sign-ins allowed per (name, client address) within [`FAILURE_WINDOW`] seconds; then
 /// that pair is refused until the oldest failure leaves the window.
@@ -22,14 +23,14 @@ const FAILURES_ALLOWED: i64 = 5;
 const FAILURE_WINDOW: i64 = 600;
 
 /// The session id in the request's cookies.
-pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(found, _)| *found == name)
         .map(|(_, value)| value.to_string())
         .filter(|value| !value.is_empty())
 }
@@ -118,10 +119,7 @@ pub(crate) async fn login(
     Ok((
         StatusCode::SEE_OTHER,
         [
-            (
-                header::SET_COOKIE,
-                format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/"),
-            ),
+            (header::SET_COOKIE, console.cookie(&id)),
             (header::LOCATION, next),
         ],
     )
@@ -132,7 +130,7 @@ pub(crate) async fn logout(
     State(console): State<Console>,
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
-    if let Some(id) = session_cookie(&headers) {
+    if let Some(id) = session_cookie(&headers, console.cookie_name()) {
         console
             .0
             .store
@@ -142,10 +140,7 @@ pub(crate) async fn logout(
     Ok((
         StatusCode::SEE_OTHER,
         [
-            (
-                header::SET_COOKIE,
-                format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-            ),
+            (header::SET_COOKIE, console.cookie("")),
             (header::LOCATION, "/login".to_string()),
         ],
     )
@@ -172,8 +167,12 @@ mod tests {
             header::COOKIE,
             format!("a=1; {SESSION_COOKIE}=abc; b=2").parse().unwrap(),
         );
-        assert_eq!(session_cookie(&headers).as_deref(), Some("abc"));
+        assert_eq!(
+            session_cookie(&headers, SESSION_COOKIE).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(session_cookie(&headers, SECURE_SESSION_COOKIE), None);
         headers.insert(header::COOKIE, "a=1".parse().unwrap());
-        assert_eq!(session_cookie(&headers), None);
+        assert_eq!(session_cookie(&headers, SESSION_COOKIE), None);
     }
 }

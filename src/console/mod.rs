@@ -32,7 +32,7 @@ use crate::config::{Config, CredentialsConfig};
 use crate::health::HealthState;
 use crate::store::{AuditEntry, Role, Session, Store};
 
-pub use auth::SESSION_COOKIE;
+pub use auth::{SECURE_SESSION_COOKIE, SESSION_COOKIE};
 
 /// What every console handler needs.
 #[derive(Clone)]
@@ -49,6 +49,9 @@ struct Inner {
     absolute: Duration,
     /// Tells the daemon in this process that a new token is stored.
     token_stored: Arc<tokio::sync::Notify>,
+    /// Browsers reach the console over TLS (here or at a declared proxy): `Secure` cookies
+    /// with the `__Host-` prefix, and HSTS.
+    secure: bool,
 }
 
 impl Console {
@@ -66,6 +69,7 @@ impl Console {
             idle: config.console.idle_timeout,
             absolute: config.console.absolute_timeout,
             token_stored,
+            secure: config.http.is_tls(),
         }))
     }
 
@@ -100,7 +104,10 @@ impl Console {
             .route("/assets/console.js", get(script))
             .route("/assets/console.css", get(style))
             .layer(middleware::from_fn(same_origin_only))
-            .layer(middleware::from_fn(security_headers))
+            .layer(middleware::from_fn_with_state(
+                self.0.secure,
+                security_headers,
+            ))
             .with_state(self)
     }
 }
@@ -152,9 +159,27 @@ pub(crate) enum Access {
 }
 
 impl Console {
+    fn cookie_name(&self) -> &'static str {
+        if self.0.secure {
+            SECURE_SESSION_COOKIE
+        } else {
+            SESSION_COOKIE
+        }
+    }
+
+    /// The cookie that carries `value` (empty: the one that ends the session).
+    fn cookie(&self, value: &str) -> String {
+        let secure = if self.0.secure { "; Secure" } else { "" };
+        let expiry = if value.is_empty() { "; Max-Age=0" } else { "" };
+        format!(
+            "{}={value}; HttpOnly; SameSite=Strict; Path=/{secure}{expiry}",
+            self.cookie_name()
+        )
+    }
+
     /// The session of this request, if its cookie names a live one.
     async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, PageError> {
-        let Some(id) = auth::session_cookie(headers) else {
+        let Some(id) = auth::session_cookie(headers, self.cookie_name()) else {
             return Ok(None);
         };
         Ok(self
@@ -266,9 +291,19 @@ fn from_this_site(headers: &HeaderMap) -> bool {
 
 /// The headers of every console answer: no inline script, no framing, no form posted
 /// elsewhere, no referrer, nothing cached.
-async fn security_headers(request: Request, next: Next) -> Response {
+async fn security_headers(
+    axum::extract::State(secure): axum::extract::State<bool>,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    if secure {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     for (name, value) in [
         (
             header::CONTENT_SECURITY_POLICY,

@@ -234,7 +234,7 @@ pub(crate) async fn set_password(
             return page(&console, &session.user, Some((field, message))).await;
         }
     };
-    let own = super::auth::session_cookie(&headers)
+    let own = super::auth::session_cookie(&headers, console.cookie_name())
         .filter(|_| session.user.name == name)
         .map(|id| secrets::session_hash(&id));
     match console

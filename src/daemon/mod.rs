@@ -40,6 +40,8 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         error: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(#[from] http::tls::TlsError),
 }
 
 /// Runs until `shutdown` is triggered; then lets the calls in flight finish, records them and
@@ -57,9 +59,14 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
         })?;
     info!(listen = %app.config.http.listen, "serving /healthz and /metrics");
     let token_stored = std::sync::Arc::new(tokio::sync::Notify::new());
-    // The console has no TLS of its own yet: it is served on loopback only, where a password
-    // and a session cookie never cross a network in clear.
-    let console = if app.config.http.listen.ip().is_loopback() {
+    let tls = match (&app.config.http.tls_cert, &app.config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(http::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    // A password and a session cookie never cross a network in clear: the console is served
+    // on loopback, or over TLS (here or at a declared proxy).
+    let http_config = &app.config.http;
+    let console = if http_config.listen.ip().is_loopback() || http_config.is_tls() {
         Some(crate::console::Console::new(
             app.store.clone(),
             &app.config,
@@ -67,7 +74,7 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
             token_stored.clone(),
         ))
     } else {
-        warn!(listen = %app.config.http.listen, "the console is off: http.listen is not a loopback address and the console has no TLS yet; reach it through an SSH tunnel to a loopback http.listen");
+        warn!(listen = %app.config.http.listen, "the console is off: http.listen is not a loopback address and there is no TLS (set http.tls_cert and http.tls_key, or http.behind_tls_proxy), or reach a loopback http.listen through an SSH tunnel");
         None
     };
     let server = tokio::spawn(http::serve(
@@ -75,6 +82,7 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
         health.clone(),
         telemetry,
         console,
+        tls,
         shutdown.clone(),
     ));
     systemd::ready();

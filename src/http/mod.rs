@@ -11,6 +11,8 @@
 //! There is no authentication, which is why `http.listen` defaults to loopback; the bodies carry
 //! no secret.
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -93,6 +95,7 @@ pub async fn serve(
     health: HealthState,
     telemetry: Telemetry,
     console: Option<Console>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let mut app = router(health, telemetry.clone());
@@ -104,11 +107,24 @@ pub async fn serve(
         async move { shutdown.triggered().await }
     };
     // The peer's address reaches the console's sign-in throttling.
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(graceful);
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+        None => Box::pin(
+            axum::serve(listener, service)
+                .with_graceful_shutdown(graceful)
+                .into_future(),
+        ),
+        Some(acceptor) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` lends the listener axum's `ConnectInfo<SocketAddr>`.
+            let listener = tls::TlsListener::new(listener, acceptor)?.tap_io(|_| {});
+            Box::pin(
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(graceful)
+                    .into_future(),
+            )
+        }
+    };
     let upkeep = async {
         let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,7 +138,7 @@ pub async fn serve(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        result = server.into_future() => result,
+        result = server => result,
         () = upkeep => unreachable!("the upkeep loop never ends"),
         () = deadline => {
             tracing::debug!("http: requests still open after the shutdown grace period, dropped");

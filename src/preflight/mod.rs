@@ -886,8 +886,20 @@ async fn daemon(config: &Config, database_id: Option<&str>, report: &mut Report)
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let url = format!("http://{address}/healthz");
-    let Ok(http) = reqwest::Client::builder().timeout(HEALTH_TIMEOUT).build() else {
+    let mut builder = reqwest::Client::builder().timeout(HEALTH_TIMEOUT);
+    let scheme = match &config.http.tls_cert {
+        // The daemon's own certificate (or the chain that holds its CA) is what to trust.
+        Some(cert) => {
+            let pem = std::fs::read(cert).unwrap_or_default();
+            if let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem) {
+                builder = builder.tls_certs_merge(certs);
+            }
+            "https"
+        }
+        None => "http",
+    };
+    let url = format!("{scheme}://{address}/healthz");
+    let Ok(http) = builder.build() else {
         report.skip(NAME, "cannot build an HTTP client");
         return;
     };

@@ -130,6 +130,29 @@ fn relative_paths_in_a_file_mean_its_folder_and_in_the_environment_the_working_o
 }
 
 #[test]
+fn a_tls_certificate_without_its_key_names_the_missing_key() {
+    Jail::expect_with(|jail| {
+        jail.create_file("site.toml", "[http]\ntls_cert = \"console.pem\"\n")?;
+        let message = problems(Config::load(Some(Path::new("site.toml"))).unwrap_err());
+        assert!(message.contains("`http.tls_key`"), "{message}");
+        assert!(message.contains("site.toml"), "{message}");
+        assert!(message.contains("both or neither"), "{message}");
+        jail.create_file(
+            "both.toml",
+            "[http]\ntls_cert = \"console.pem\"\ntls_key = \"console.key\"\n",
+        )?;
+        let config = Config::load(Some(Path::new("both.toml"))).expect("loads");
+        assert_eq!(
+            config.http.tls_key,
+            Some(jail.directory().join("console.key")),
+            "relative to the file"
+        );
+        assert!(config.http.is_tls());
+        Ok(())
+    });
+}
+
+#[test]
 fn unknown_keys_are_errors_naming_key_and_file() {
     Jail::expect_with(|jail| {
         jail.create_file("site.toml", "[mbg]\ntimeout = \"5s\"\ntimout = \"5s\"\n")?;

@@ -1367,3 +1367,138 @@ async fn a_session_survives_the_leaders_death_on_postgres() {
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0].setside_username, "otto1001");
 }
+
+/// With `http.tls_cert` and `http.tls_key`, `http.listen` speaks TLS (`/healthz` too), the
+/// console may listen beyond loopback, its session cookie is `__Host-` and `Secure`, answers
+/// carry HSTS, plain HTTP gets nothing, and `preflight` reads the daemon's health over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_console_listens_beyond_loopback_with_secure_cookies() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::preflight::TestCa::new();
+    let (chain, key) = ca.leaf(&["127.0.0.1", "localhost"], false);
+    let pem = |der: &[u8]| {
+        let text = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = text
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
+    };
+    let cert_file = dir.path().join("console.pem");
+    std::fs::write(&cert_file, format!("{}{}", pem(&chain[0]), ca.pem)).unwrap();
+    let key_file = dir.path().join("console.key");
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let output = crate::support::binary()
+        .env("MBG_PROVISION_DATABASE__URL", &h.db.url)
+        .args([
+            "console",
+            "user",
+            "add",
+            "otto",
+            "--role",
+            "operator",
+            "--password-file",
+        ])
+        .arg(&password_file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let tls_env = [
+        (
+            "MBG_PROVISION_HTTP__TLS_CERT",
+            cert_file.to_str().unwrap().to_string(),
+        ),
+        (
+            "MBG_PROVISION_HTTP__TLS_KEY",
+            key_file.to_str().unwrap().to_string(),
+        ),
+    ];
+    let (mut command, port) = Daemon::command(&h, dir.path(), &[], &[]);
+    command.env("MBG_PROVISION_HTTP__LISTEN", format!("0.0.0.0:{port}"));
+    command.envs(tls_env.iter().map(|(k, v)| (*k, v.as_str())));
+    let daemon = Daemon::spawn(&mut command, port, dir.path());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(ca.pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    eventually("healthz over TLS", Duration::from_secs(20), async || {
+        let answer = client.get(format!("{url}/healthz")).send().await.ok()?;
+        (answer.status() == 200).then_some(())
+    })
+    .await;
+
+    let signed_in = client
+        .post(format!("{url}/login"))
+        .form_pairs(&[("username", "otto"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("__Host-mbgp_session="), "{cookie}");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert_eq!(
+        signed_in.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = client
+        .get(format!("{url}/extensions"))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "no answer over plain HTTP"
+    );
+
+    let mut env: Vec<(&str, &str)> = tls_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let listen = format!("127.0.0.1:{port}");
+    env.push(("MBG_PROVISION_HTTP__LISTEN", &listen));
+    let base_url = h.sim.base_url();
+    env.push(("MBG_PROVISION_MBG__BASE_URL", &base_url));
+    let key_path = h.db.key_file.to_str().unwrap().to_string();
+    env.push(("MBG_PROVISION_SECRETS__KEY_FILE", &key_path));
+    let preflight = crate::cli::run_with(dir.path(), &h.db.url, &env, &["preflight", "--json"]);
+    let report: Value = serde_json::from_slice(&preflight.stdout).unwrap();
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "daemon")
+        .unwrap()
+        .clone();
+    assert_eq!(check["status"], "pass", "{check:#}");
+    drop(daemon);
+}

@@ -35,6 +35,7 @@ impl Server {
             health.clone(),
             Telemetry::install(),
             None,
+            None,
             shutdown.clone(),
         ));
         Server {

@@ -434,6 +434,7 @@ async fn the_daemons_health_is_read_from_healthz() {
         health.clone(),
         Telemetry::install(),
         None,
+        None,
         shutdown.clone(),
     ));
     site.set("MBG_PROVISION_HTTP__LISTEN", addr.to_string());
@@ -539,13 +540,13 @@ async fn the_firewall_checklist_names_each_clients_ports() {
 
 // ---- TLS: certificates from a test CA --------------------------------------------------------
 
-struct TestCa {
+pub(crate) struct TestCa {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
 impl TestCa {
-    fn new() -> TestCa {
+    pub(crate) fn new() -> TestCa {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -560,7 +561,11 @@ impl TestCa {
     }
 
     /// A leaf for `names`, valid from `not_before` to `not_after`.
-    fn leaf(&self, names: &[&str], expired: bool) -> (Vec<CertificateDer<'static>>, KeyPair) {
+    pub(crate) fn leaf(
+        &self,
+        names: &[&str],
+        expired: bool,
+    ) -> (Vec<CertificateDer<'static>>, KeyPair) {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
