@@ -24,7 +24,9 @@ use crate::reconcile::{self, Mode, ReconcileError, Status};
 use crate::secrets::SecretKey;
 use crate::shutdown::Shutdown;
 use crate::sim::{self, SimConfig, SimConsumer, SimHandle};
-use crate::store::{LeaseTerms, LockError, NewNode, Store, StoreError};
+use crate::store::{
+    ExtensionFilter, ExtensionState, LeaseTerms, LockError, NewNode, Store, StoreError,
+};
 use crate::token::{self, TokenError};
 
 const CONSUMER: &str = "MiVOAppSuite";
@@ -196,6 +198,19 @@ pub struct BenchReport {
     pub serial_sync: Option<SyncFigure>,
     /// Seconds per extension at `max_in_flight = 1` over seconds per extension at `in_flight`.
     pub speedup: Option<f64>,
+    /// The console's slowest extension-list query over the bench's extensions.
+    pub console_page: PageFigure,
+}
+
+/// The console's extension list at the bench's size: the slowest of its page queries (the
+/// first page, the last, a number prefix, a state, a node), each the median of 5 runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct PageFigure {
+    pub extensions: usize,
+    /// Which query was the slowest.
+    pub slowest: &'static str,
+    #[serde(flatten)]
+    pub figure: Figure,
 }
 
 /// Runs the whole bench. Logs nothing itself; the caller chooses what tracing shows.
@@ -215,10 +230,11 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         let import = world.import(n).await?;
         let sync = world.sync(n, true).await?;
         let no_change_sync = world.sync(n, false).await?;
-        Ok((import, sync, no_change_sync))
+        let console_page = world.console_page(n).await?;
+        Ok((import, sync, no_change_sync, console_page))
     })
     .await?;
-    let (import, sync, no_change_sync) = main;
+    let (import, sync, no_change_sync, console_page) = main;
 
     let serial_n = options.serial_size();
     let serial_sync = if serial_n == 0 {
@@ -249,6 +265,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         no_change_sync,
         serial_sync,
         speedup,
+        console_page,
     })
 }
 
@@ -362,6 +379,86 @@ impl<'a> World<'a> {
             sim,
             config,
             latency_ms,
+        })
+    }
+
+    /// The console's list queries on N extensions: each page query's median of 5 runs, and the
+    /// slowest of them against the console's 100 ms bound.
+    async fn console_page(&self, n: usize) -> Result<PageFigure, BenchError> {
+        const PAGE: u32 = 100;
+        let all = ExtensionFilter::default();
+        // The row before the last page, found without timing it.
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .extension_page(
+                    &all,
+                    after
+                        .as_ref()
+                        .map(|(n, id): &(String, i64)| (n.as_str(), *id)),
+                    10_000,
+                )
+                .await?;
+            match page.len() {
+                len if len < 10_000 => {
+                    let cut = page.len().saturating_sub(PAGE as usize + 1);
+                    after = page.get(cut).map(|e| (e.number.clone(), e.id)).or(after);
+                    break;
+                }
+                _ => after = page.last().map(|e| (e.number.clone(), e.id)),
+            }
+        }
+        let last_number = (FIRST_NUMBER + n as u64 - 1).to_string();
+        let prefix = last_number[..last_number.len().saturating_sub(2)].to_string();
+        let queries: [(&'static str, ExtensionFilter, bool); 5] = [
+            ("first page", all.clone(), false),
+            ("last page", all.clone(), true),
+            (
+                "number prefix",
+                ExtensionFilter {
+                    prefix: Some(prefix),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                "state needs_attention",
+                ExtensionFilter {
+                    state: Some(ExtensionState::NeedsAttention),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                "node",
+                ExtensionFilter {
+                    node: Some(NODE.into()),
+                    ..Default::default()
+                },
+                true,
+            ),
+        ];
+        let mut slowest = ("", Duration::ZERO);
+        for (name, filter, from_the_end) in &queries {
+            let mut runs = Vec::new();
+            for _ in 0..5 {
+                let started = Instant::now();
+                let after = after.as_ref().filter(|_| *from_the_end);
+                self.store
+                    .extension_page(filter, after.map(|(n, id)| (n.as_str(), *id)), PAGE)
+                    .await?;
+                runs.push(started.elapsed());
+            }
+            runs.sort();
+            if runs[2] > slowest.1 {
+                slowest = (name, runs[2]);
+            }
+        }
+        Ok(PageFigure {
+            extensions: n,
+            slowest: slowest.0,
+            figure: Figure::new(slowest.1, None, 0.1, "any page < 100 ms".into()),
         })
     }
 

@@ -36,5 +36,7 @@ CREATE INDEX console_login_failures_pair ON console_login_failures (name, client
 -- engine's own entries.
 ALTER TABLE audit_log ADD COLUMN actor TEXT;
 
--- The console's extension list: a number prefix is a range on this index, paged by number.
+-- The console's extension list: a number prefix is a range on this index, paged by number; a
+-- state filter (needs attention) is paged on the second without reading the other states.
 CREATE INDEX extensions_number ON extensions (number, id);
+CREATE INDEX extensions_state_number ON extensions (state, number, id);

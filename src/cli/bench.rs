@@ -54,6 +54,11 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     if let Some(serial) = &report.serial_sync {
         sync_row("sync, new extensions", serial);
     }
+    row(
+        &format!("console page, {} rows", report.console_page.extensions),
+        &report.console_page.figure,
+    );
+    println!("{:<34} slowest: {}", "", report.console_page.slowest);
     if let Some(speedup) = report.speedup {
         println!(
             "\nspeed-up of max_in_flight = {} over 1, per extension: {speedup:.1} ×",
@@ -64,6 +69,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         ("import", &report.import.figure),
         ("sync", &report.sync.figure),
         ("no-change sync", &report.no_change_sync.figure),
+        ("console page", &report.console_page.figure),
     ]
     .into_iter()
     .filter(|(_, f)| !f.target_met)

@@ -325,9 +325,9 @@ impl Console {
             ),
             (None, Some(name)) => (name.clone(), None),
             (None, None) => (
-                credentials::random_auth_name(self.0.credentials.name_length),
+                credentials::random_auth_name(self.0.config.credentials.name_length),
                 Some(
-                    credentials::random_password(self.0.credentials.password_length)
+                    credentials::random_password(self.0.config.credentials.password_length)
                         .expose_secret()
                         .to_string(),
                 ),
@@ -425,7 +425,7 @@ impl Console {
                 ""
             }
         );
-        let pbx_password = credentials::random_password(self.0.credentials.password_length);
+        let pbx_password = credentials::random_password(self.0.config.credentials.password_length);
         self.0
             .store
             .set_extension_with_credentials(

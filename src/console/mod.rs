@@ -19,7 +19,6 @@ mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
@@ -28,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::config::{Config, CredentialsConfig};
+use crate::config::Config;
 use crate::health::HealthState;
 use crate::store::{AuditEntry, Role, Session, Store};
 
@@ -40,18 +39,12 @@ pub struct Console(Arc<Inner>);
 
 struct Inner {
     store: Store,
-    /// As the daemon started: the token steps and preflight need the MBG's address and the
-    /// key; a SIGHUP's new values reach the console at the next start.
+    /// As the daemon started (the credential rules, the session limits, TLS, and for the token
+    /// steps and preflight the MBG's address); a SIGHUP's new values reach it at the next start.
     config: Config,
     health: HealthState,
-    credentials: CredentialsConfig,
-    idle: Duration,
-    absolute: Duration,
     /// Tells the daemon in this process that a new token is stored.
     token_stored: Arc<tokio::sync::Notify>,
-    /// Browsers reach the console over TLS (here or at a declared proxy): `Secure` cookies
-    /// with the `__Host-` prefix, and HSTS.
-    secure: bool,
 }
 
 impl Console {
@@ -65,11 +58,7 @@ impl Console {
             store,
             config: config.clone(),
             health,
-            credentials: config.credentials.clone(),
-            idle: config.console.idle_timeout,
-            absolute: config.console.absolute_timeout,
             token_stored,
-            secure: config.http.is_tls(),
         }))
     }
 
@@ -105,7 +94,7 @@ impl Console {
             .route("/assets/console.css", get(style))
             .layer(middleware::from_fn(same_origin_only))
             .layer(middleware::from_fn_with_state(
-                self.0.secure,
+                self.secure(),
                 security_headers,
             ))
             .with_state(self)
@@ -159,8 +148,14 @@ pub(crate) enum Access {
 }
 
 impl Console {
+    /// Browsers reach the console over TLS (here or at a declared proxy): `Secure` cookies
+    /// with the `__Host-` prefix, and HSTS.
+    fn secure(&self) -> bool {
+        self.0.config.http.is_tls()
+    }
+
     fn cookie_name(&self) -> &'static str {
-        if self.0.secure {
+        if self.secure() {
             SECURE_SESSION_COOKIE
         } else {
             SESSION_COOKIE
@@ -169,7 +164,7 @@ impl Console {
 
     /// The cookie that carries `value` (empty: the one that ends the session).
     fn cookie(&self, value: &str) -> String {
-        let secure = if self.0.secure { "; Secure" } else { "" };
+        let secure = if self.secure() { "; Secure" } else { "" };
         let expiry = if value.is_empty() { "; Max-Age=0" } else { "" };
         format!(
             "{}={value}; HttpOnly; SameSite=Strict; Path=/{secure}{expiry}",
@@ -187,8 +182,8 @@ impl Console {
             .store
             .console_session(
                 &secrets::session_hash(&id),
-                self.0.idle.as_secs() as i64,
-                self.0.absolute.as_secs() as i64,
+                self.0.config.console.idle_timeout.as_secs() as i64,
+                self.0.config.console.absolute_timeout.as_secs() as i64,
             )
             .await?)
     }

@@ -76,7 +76,22 @@ fn check(report: &Value, database: &str) {
     assert_eq!(serial["created"], 200);
     assert_eq!(serial["mbg_requests"], 202);
 
-    for figure in [import, sync, idle, serial] {
+    let page = &report["console_page"];
+    assert_eq!(page["extensions"], 200);
+    assert!(
+        [
+            "first page",
+            "last page",
+            "number prefix",
+            "state needs_attention",
+            "node"
+        ]
+        .contains(&page["slowest"].as_str().unwrap()),
+        "{page}"
+    );
+    assert_eq!(page["target_seconds"], 0.1);
+
+    for figure in [import, sync, idle, serial, page] {
         for key in ["seconds", "target_seconds", "ratio_to_target"] {
             assert!(figure[key].as_f64().is_some(), "{key} in {figure}");
         }
