@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use maud::html;
 use serde::Deserialize;
 
-use super::{Access, Console, PageError, pages, percent};
+use super::{Console, PageError, pages, percent};
 use crate::store::Role;
 
 const PAGE: u32 = 100;
@@ -29,10 +29,7 @@ pub(crate) async fn list(
     uri: Uri,
     Query(query): Query<AuditQuery>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Viewer).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Viewer).await?;
     let given = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
     let (extension, actor, action) = (
         given(&query.extension),

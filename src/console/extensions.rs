@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::pages::{self, FormView};
-use super::{Access, Console, PageError};
+use super::{Console, PageError};
 use crate::credentials;
 use crate::store::{
     AuditEntry, ConsoleUser, Extension, ExtensionFilter, ExtensionKind, ExtensionSpec, Role,
@@ -39,10 +39,7 @@ pub(crate) async fn list(
     uri: Uri,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Viewer).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Viewer).await?;
     let bad = |message: String| PageError::new(StatusCode::BAD_REQUEST, message);
     let prefix = query.prefix.trim();
     if !prefix.bytes().all(|b| b.is_ascii_digit()) || prefix.len() > 10 {
@@ -133,10 +130,7 @@ pub(crate) async fn form(
     Path(number): Path<String>,
     Query(new): Query<NewQuery>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Viewer).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Viewer).await?;
     if number == "new" {
         let number = new.number.unwrap_or_default();
         let number = number.trim();
@@ -176,10 +170,7 @@ pub(crate) async fn save(
     Path(number): Path<String>,
     Form(posted): Form<Posted>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Operator).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Operator).await?;
     crate::store::validate_number(&number)
         .map_err(|e| PageError::new(StatusCode::NOT_FOUND, e.to_string()))?;
     let current = find(&console, &number).await?;
@@ -219,10 +210,7 @@ pub(crate) async fn reveal(
     uri: Uri,
     Path(number): Path<String>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Operator).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Operator).await?;
     let Some(extension) = find(&console, &number).await? else {
         return Err(PageError::new(
             StatusCode::NOT_FOUND,

@@ -11,7 +11,7 @@ use maud::{Markup, html};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{Access, Console, PageError, pages};
+use super::{Console, PageError, pages};
 use crate::store::{ConsoleUser, Role};
 use crate::token::{self, Renewal, TokenStatus};
 
@@ -30,10 +30,7 @@ pub(crate) async fn page(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Viewer).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Viewer).await?;
     Ok(render(&console, &session.user, Said::Nothing, None)
         .await?
         .into_response())
@@ -136,10 +133,7 @@ pub(crate) async fn request(
     uri: Uri,
     Form(form): Form<RequestForm>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     let empty = [
         ("consumer_name", form.consumer_name.trim()),
         ("consumer_id", form.consumer_id.trim()),
@@ -195,10 +189,7 @@ pub(crate) async fn verify(
     uri: Uri,
     Form(form): Form<VerifyForm>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     let now = chrono::Utc::now().timestamp();
     let said = match token::verify(&console.0.store, &console.0.config, &form.verifier, now).await {
         Ok(expires_at) => {
@@ -229,10 +220,7 @@ pub(crate) async fn renew(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     let now = chrono::Utc::now().timestamp();
     let said = match token::renew_if_due(&console.0.store, &console.0.config, now, None).await {
         Ok(Renewal::Renewed { expires_at, .. }) => {
@@ -259,10 +247,7 @@ pub(crate) async fn renewed(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     let now = chrono::Utc::now().timestamp();
     let said = match token::record_renewal(&console.0.store, &console.0.config, None, now).await {
         Ok((expires_at, _)) => {
@@ -288,10 +273,7 @@ pub(crate) async fn preflight(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     let options = crate::preflight::Options {
         clients: Vec::new(),
         stun: None,

@@ -101,11 +101,13 @@ impl Console {
     }
 }
 
-/// The page an error becomes: its status and the words a user can act on.
+/// The page an error becomes: its status and the words a user can act on; or, for a request
+/// without a session, the way to the sign-in page and back.
 #[derive(Debug)]
 pub(crate) struct PageError {
     status: StatusCode,
     message: String,
+    sign_in: Option<String>,
 }
 
 impl PageError {
@@ -113,6 +115,7 @@ impl PageError {
         PageError {
             status,
             message: message.into(),
+            sign_in: None,
         }
     }
 
@@ -137,14 +140,16 @@ impl From<crate::store::StoreError> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        (self.status, pages::error_page(self.status, &self.message)).into_response()
+        match self.sign_in {
+            Some(to) => (
+                StatusCode::SEE_OTHER,
+                [(header::LOCATION, to)],
+                "sign in first",
+            )
+                .into_response(),
+            None => (self.status, pages::error_page(self.status, &self.message)).into_response(),
+        }
     }
-}
-
-/// The signed-in account, or the way to the sign-in page.
-pub(crate) enum Access {
-    Granted(Session),
-    SignIn(Response),
 }
 
 impl Console {
@@ -194,24 +199,19 @@ impl Console {
         headers: &HeaderMap,
         uri: &axum::http::Uri,
         role: Role,
-    ) -> Result<Access, PageError> {
+    ) -> Result<Session, PageError> {
         match self.session(headers).await? {
-            Some(session) if session.user.role >= role => Ok(Access::Granted(session)),
+            Some(session) if session.user.role >= role => Ok(session),
             Some(session) => Err(PageError::forbidden(session.user.role, role)),
             None => {
                 let next = uri
                     .path_and_query()
                     .map(|p| p.as_str().to_string())
                     .unwrap_or_else(|| "/".into());
-                let to = format!("/login?next={}", percent(&next));
-                Ok(Access::SignIn(
-                    (
-                        StatusCode::SEE_OTHER,
-                        [(header::LOCATION, to)],
-                        "sign in first",
-                    )
-                        .into_response(),
-                ))
+                Err(PageError {
+                    sign_in: Some(format!("/login?next={}", percent(&next))),
+                    ..PageError::new(StatusCode::SEE_OTHER, "sign in first")
+                })
             }
         }
     }

@@ -9,7 +9,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::pages;
-use super::{Access, Console, PageError};
+use super::{Console, PageError};
 use crate::store::{NewNode, NodeChange, Role, StoreError};
 
 /// The node form as posted: fields named as the database columns.
@@ -30,10 +30,7 @@ pub(crate) async fn list(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Viewer).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Viewer).await?;
     Ok(page(&console, &session.user, None).await?.into_response())
 }
 
@@ -129,10 +126,7 @@ pub(crate) async fn add(
     uri: Uri,
     Form(posted): Form<Posted>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     let node = match port(&posted.nat_sip_port) {
         Ok(nat_sip_port) => NewNode {
             name: posted.name.trim().to_string(),
@@ -168,10 +162,7 @@ pub(crate) async fn change(
     Path(name): Path<String>,
     Form(posted): Form<Posted>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     let change = match port(&posted.nat_sip_port) {
         Ok(nat_sip_port) => NodeChange {
             address: optional(&posted.address),

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 
-use super::{Access, Console, PageError};
+use super::{Console, PageError};
 use crate::store::{AuditEntry, ConsoleUser, Extension, ExtensionFilter, ExtensionState, Role};
 use crate::token::TokenStatus;
 
@@ -154,10 +154,7 @@ pub(crate) async fn dashboard(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Viewer).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Viewer).await?;
     let store = &console.0.store;
     let token = match store.mbg_settings().await {
         Ok(settings) => TokenStatus::of(&settings, chrono::Utc::now().timestamp()).to_string(),

@@ -8,7 +8,7 @@ use maud::html;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{Access, Console, PageError, pages, secrets};
+use super::{Console, PageError, pages, secrets};
 use crate::store::{ConsoleUser, Role, StoreError};
 
 pub(crate) async fn list(
@@ -16,10 +16,7 @@ pub(crate) async fn list(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     page(&console, &session.user, None).await
 }
 
@@ -131,10 +128,7 @@ pub(crate) async fn add(
     uri: Uri,
     Form(form): Form<NewUser>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     let name = form.username.trim().to_string();
     let checked = match crate::store::validate_user_name(&name) {
         Err(e) => Err(("username", e.to_string())),
@@ -181,10 +175,7 @@ pub(crate) async fn change_role(
     Path(name): Path<String>,
     Form(form): Form<RoleForm>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     let role = match role(&form.role) {
         Ok(role) => role,
         Err((field, message)) => {
@@ -224,10 +215,7 @@ pub(crate) async fn set_password(
     Path(name): Path<String>,
     Form(form): Form<PasswordForm>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     let hash = match hash(form.password).await {
         Ok(hash) => hash,
         Err((field, message)) => {
@@ -262,10 +250,7 @@ pub(crate) async fn remove(
     uri: Uri,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let session = match console.require(&headers, &uri, Role::Admin).await? {
-        Access::Granted(session) => session,
-        Access::SignIn(to) => return Ok(to),
-    };
+    let session = console.require(&headers, &uri, Role::Admin).await?;
     match console.0.store.remove_console_user(&name).await {
         Ok(()) => {
             console
