@@ -397,7 +397,7 @@ pub enum Switch {
 pub enum ExtensionCommand {
     /// Create an extension or change one (only the options given change)
     #[command(
-        after_long_help = "Example:\n  mbg-provision extension set 1001 --node pbx1 --remote on   # create, or move to pbx1\n  mbg-provision extension set 1001 --remote off              # change an existing one"
+        after_long_help = "Example:\n  mbg-provision extension set 1001 --node pbx1 --remote on   # create, or move to pbx1\n  mbg-provision extension set 1001 --remote off              # change an existing one\n  mbg-provision extension set 1001 --remote on --remote-name alice1001 --remote-password-file pw.txt"
     )]
     Set {
         /// The extension number (1 to 10 digits)
@@ -416,6 +416,14 @@ pub enum ExtensionCommand {
         /// File holding the PBX SIP password [default for a new extension: random]
         #[arg(long, value_name = "FILE")]
         sip_password_file: Option<PathBuf>,
+        /// Remote authorization name (set-side) to use instead of a random one; with
+        /// --remote-password-file. Refused while a change to the SIP user is still pending
+        #[arg(long, value_name = "NAME", requires = "remote_password_file")]
+        remote_name: Option<String>,
+        /// File holding the remote authorization password (at least 8 characters the phones
+        /// accept); with --remote-name
+        #[arg(long, value_name = "FILE", requires = "remote_name")]
+        remote_password_file: Option<PathBuf>,
         #[command(flatten)]
         output: Output,
     },

@@ -107,6 +107,8 @@ pub async fn run(app: &App, command: ExtensionCommand) -> Result<ExitCode> {
             kind,
             remote,
             sip_password_file,
+            remote_name,
+            remote_password_file,
             output,
         } => {
             let node = match node {
@@ -128,7 +130,27 @@ pub async fn run(app: &App, command: ExtensionCommand) -> Result<ExitCode> {
                     .map(read_secret_file)
                     .transpose()?,
             };
-            let (extension, created) = store.set_extension(&spec, &new_password()).await?;
+            let remote_password = remote_password_file
+                .as_deref()
+                .map(read_secret_file)
+                .transpose()?;
+            let (extension, created) = match remote_name.as_deref().zip(remote_password.as_ref()) {
+                None => store.set_extension(&spec, &new_password()).await?,
+                Some(credentials) => {
+                    let audit = AuditEntry {
+                        extension: Some(spec.number.clone()),
+                        ..os_audit_entry(app, "set", "remote credentials typed")
+                    };
+                    store
+                        .set_extension_with_credentials(
+                            &spec,
+                            &new_password(),
+                            Some(credentials),
+                            &audit,
+                        )
+                        .await?
+                }
+            };
             if output.json {
                 print_json(&ExtensionView::from(&extension))?;
             } else {
@@ -250,11 +272,19 @@ async fn find(app: &App, number: &str, node: Option<&str>) -> Result<Extension> 
 }
 
 fn audit_entry(app: &App, extension: &Extension, action: &str, what: &str) -> AuditEntry {
+    AuditEntry {
+        extension: Some(extension.number.clone()),
+        ..os_audit_entry(app, action, what)
+    }
+}
+
+/// An audit entry of a command, with the OS user who ran it as its actor.
+fn os_audit_entry(app: &App, action: &str, what: &str) -> AuditEntry {
     let user = super::context::os_user();
     AuditEntry {
         at: app.clock.now(),
         actor: Some(format!("os:{user}")),
-        extension: Some(extension.number.clone()),
+        extension: None,
         action: action.to_string(),
         outcome: "ok".to_string(),
         detail: Some(format!("{what}, by OS user {user}")),

@@ -1,16 +1,14 @@
 //! Signing in and out: the session cookie, password checks off the async threads, and the
 //! lock-out of a (name, client address) pair after repeated failures.
 
-use std::net::SocketAddr;
-
 use axum::Extension;
-use axum::extract::{ConnectInfo, Form, Query, State};
+use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{Console, PageError, client_address, pages, secrets};
+use super::{Client, Console, PageError, pages, secrets};
 
 /// The cookie that carries the session id over plain HTTP (loopback only).
 pub const SESSION_COOKIE: &str = "mbgp_session";
@@ -71,12 +69,11 @@ pub(crate) struct Credentials {
 
 pub(crate) async fn login(
     State(console): State<Console>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Extension(Client { address: client }): Extension<Client>,
     Form(form): Form<Credentials>,
 ) -> Result<Response, PageError> {
     let store = &console.0.store;
     let name = form.username.trim().to_string();
-    let client = client_address(peer.map(|Extension(ConnectInfo(addr))| addr));
     let next = local_path(form.next.as_deref());
     let since = chrono::Utc::now().timestamp() - FAILURE_WINDOW;
     if store.login_failures(&name, &client, since).await? >= FAILURES_ALLOWED {

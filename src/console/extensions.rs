@@ -298,13 +298,15 @@ impl Console {
             .or_else(|| extension.map(|e| e.node_name.clone()))
             .or_else(|| nodes.first().map(|n| n.name.clone()))
             .unwrap_or_default();
-        let registrar = nodes.iter().find(|n| n.name == node_name).and_then(|n| {
+        let node = nodes.iter().find(|n| n.name == node_name);
+        let registrar = node.and_then(|n| {
             Some(format!(
                 "{}:{}",
                 n.nat_address.as_ref()?,
                 n.registrar_port()
             ))
         });
+        let node_address = node.map(|n| n.address.clone());
         let stored_name = extension.and_then(|e| e.remote_auth_name.clone());
         let (name, password) = match (posted, &stored_name) {
             (Some(p), _) => (
@@ -313,9 +315,9 @@ impl Console {
             ),
             (None, Some(name)) => (name.clone(), None),
             (None, None) => (
-                credentials::random_auth_name(self.0.config.credentials.name_length),
+                credentials::random_auth_name(self.config().credentials.name_length),
                 Some(
-                    credentials::random_password(self.0.config.credentials.password_length)
+                    credentials::random_password(self.config().credentials.password_length)
                         .expose_secret()
                         .to_string(),
                 ),
@@ -350,6 +352,8 @@ impl Console {
             remote_auth_password: password,
             error,
             registrar,
+            node_address,
+            icps: store.recorded_icps().await?,
             can_edit: user.role >= Role::Operator,
             can_reveal: user.role >= Role::Operator,
             audit,
@@ -393,10 +397,6 @@ impl Console {
             }
             (true, _) => Some((name.to_string(), SecretString::from(typed.clone()))),
         };
-        if let Some((name, password)) = &credentials {
-            credentials::check_typed(name, password.expose_secret())
-                .map_err(|e| field(e.field, e.to_string()))?;
-        }
         let spec = ExtensionSpec {
             number: number.to_string(),
             node,
@@ -413,7 +413,7 @@ impl Console {
                 ""
             }
         );
-        let pbx_password = credentials::random_password(self.0.config.credentials.password_length);
+        let pbx_password = credentials::random_password(self.config().credentials.password_length);
         self.0
             .store
             .set_extension_with_credentials(

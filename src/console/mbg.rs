@@ -52,8 +52,7 @@ async fn render(
         _ => StatusCode::OK,
     };
     let base = console
-        .0
-        .config
+        .config()
         .mbg
         .base_url
         .as_ref()
@@ -149,7 +148,7 @@ pub(crate) async fn request(
     } else {
         match token::request(
             &console.0.store,
-            &console.0.config,
+            &console.config(),
             form.consumer_name.trim(),
             form.consumer_id.trim(),
             SecretString::from(form.consumer_secret),
@@ -191,9 +190,9 @@ pub(crate) async fn verify(
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Admin).await?;
     let now = chrono::Utc::now().timestamp();
-    let said = match token::verify(&console.0.store, &console.0.config, &form.verifier, now).await {
+    let said = match token::verify(&console.0.store, &console.config(), &form.verifier, now).await {
         Ok(expires_at) => {
-            console.0.token_stored.notify_one();
+            console.0.link.token_stored.notify_one();
             console
                 .audit(
                     &session.user.name,
@@ -222,7 +221,7 @@ pub(crate) async fn renew(
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Admin).await?;
     let now = chrono::Utc::now().timestamp();
-    let said = match token::renew_if_due(&console.0.store, &console.0.config, now, None).await {
+    let said = match token::renew_if_due(&console.0.store, &console.config(), now, None).await {
         Ok(Renewal::Renewed { expires_at, .. }) => {
             console.audit(&session.user.name, None, "token renew", "renewed").await?;
             Said::Done(format!("Renewed until {}.", token::date(expires_at)))
@@ -249,7 +248,7 @@ pub(crate) async fn renewed(
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Admin).await?;
     let now = chrono::Utc::now().timestamp();
-    let said = match token::record_renewal(&console.0.store, &console.0.config, None, now).await {
+    let said = match token::record_renewal(&console.0.store, &console.config(), None, now).await {
         Ok((expires_at, _)) => {
             console
                 .audit(&session.user.name, None, "token renewed", "recorded")
@@ -280,7 +279,7 @@ pub(crate) async fn preflight(
         now: chrono::Utc::now().timestamp(),
     };
     let report =
-        crate::preflight::run(&console.0.config, "the daemon's configuration", &options).await;
+        crate::preflight::run(&console.config(), "the daemon's configuration", &options).await;
     let checks = html! {
         table class="preflight" {
             thead { tr { th { "Check" } th { "Result" } th { "Detail" } th { "Fix" } } }

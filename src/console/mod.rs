@@ -17,21 +17,41 @@ mod pages;
 pub mod secrets;
 mod users;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::config::Config;
+use crate::config::{Config, HttpConfig};
 use crate::health::HealthState;
 use crate::store::{AuditEntry, Role, Session, Store};
 
 pub use auth::{SECURE_SESSION_COOKIE, SESSION_COOKIE};
+
+/// What the daemon and the console in one process tell each other.
+#[derive(Clone, Default)]
+pub struct Link {
+    /// The console stored a new token: a daemon waiting for one resumes at once rather than at
+    /// its next `token.recheck_interval`.
+    pub token_stored: Arc<tokio::sync::Notify>,
+    /// The daemon's configuration, as a SIGHUP last reloaded it (the credential rules, the
+    /// session limits, and for the token steps and preflight the MBG's address).
+    pub config: Arc<tokio::sync::watch::Sender<Arc<Config>>>,
+}
+
+impl Link {
+    pub fn new(config: &Config) -> Link {
+        Link {
+            token_stored: Arc::default(),
+            config: Arc::new(tokio::sync::watch::Sender::new(Arc::new(config.clone()))),
+        }
+    }
+}
 
 /// What every console handler needs.
 #[derive(Clone)]
@@ -39,27 +59,22 @@ pub struct Console(Arc<Inner>);
 
 struct Inner {
     store: Store,
-    /// As the daemon started (the credential rules, the session limits, TLS, and for the token
-    /// steps and preflight the MBG's address); a SIGHUP's new values reach it at the next start.
-    config: Config,
+    link: Link,
     health: HealthState,
-    /// Tells the daemon in this process that a new token is stored.
-    token_stored: Arc<tokio::sync::Notify>,
 }
 
 impl Console {
-    pub fn new(
-        store: Store,
-        config: &Config,
-        health: HealthState,
-        token_stored: Arc<tokio::sync::Notify>,
-    ) -> Console {
+    pub fn new(store: Store, health: HealthState, link: Link) -> Console {
         Console(Arc::new(Inner {
             store,
-            config: config.clone(),
+            link,
             health,
-            token_stored,
         }))
+    }
+
+    /// The configuration as the daemon runs it now.
+    fn config(&self) -> Arc<Config> {
+        self.0.link.config.borrow().clone()
     }
 
     /// The console's routes, to merge with the operations endpoints.
@@ -97,6 +112,7 @@ impl Console {
                 self.secure(),
                 security_headers,
             ))
+            .layer(middleware::from_fn_with_state(self.clone(), reach))
             .with_state(self)
     }
 }
@@ -156,7 +172,7 @@ impl Console {
     /// Browsers reach the console over TLS (here or at a declared proxy): `Secure` cookies
     /// with the `__Host-` prefix, and HSTS.
     fn secure(&self) -> bool {
-        self.0.config.http.is_tls()
+        self.config().http.is_tls()
     }
 
     fn cookie_name(&self) -> &'static str {
@@ -182,13 +198,14 @@ impl Console {
         let Some(id) = auth::session_cookie(headers, self.cookie_name()) else {
             return Ok(None);
         };
+        let config = self.config();
         Ok(self
             .0
             .store
             .console_session(
                 &secrets::session_hash(&id),
-                self.0.config.console.idle_timeout.as_secs() as i64,
-                self.0.config.console.absolute_timeout.as_secs() as i64,
+                config.console.idle_timeout.as_secs() as i64,
+                config.console.absolute_timeout.as_secs() as i64,
             )
             .await?)
     }
@@ -328,9 +345,128 @@ async fn style() -> impl IntoResponse {
     )
 }
 
-/// The client's address for sign-in throttling: the connection's peer (a proxy's
-/// `X-Forwarded-For` is not trusted here).
-pub(crate) fn client_address(peer: Option<SocketAddr>) -> String {
-    peer.map(|p| p.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+/// Who is asking, as far as the console can trust it: the connection's peer, or behind a
+/// declared TLS proxy the address the proxy appended to `X-Forwarded-For` (a client can write
+/// anything to the left of it). Keys the sign-in lock-out.
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    pub address: String,
+}
+
+tokio::task_local! {
+    /// Set for the duration of a request that crossed a network in plain HTTP: every page
+    /// then carries a red warning (see [`pages::layout`]).
+    static IN_CLEAR: bool;
+}
+
+/// Whether the request being answered crossed a network in plain HTTP.
+pub(crate) fn in_clear() -> bool {
+    IN_CLEAR.try_with(|in_clear| *in_clear).unwrap_or(false)
+}
+
+/// Works out [`Client`] and [`in_clear`] for the handlers.
+async fn reach(State(console): State<Console>, mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    let (client, in_clear) = client_of(
+        &console.config().http,
+        peer,
+        text("x-forwarded-for"),
+        text("x-forwarded-proto"),
+    );
+    request.extensions_mut().insert(client);
+    IN_CLEAR.scope(in_clear, next.run(request)).await
+}
+
+/// The client, and whether its request crossed a network in plain HTTP. Without TLS here, it
+/// did when the declared proxy says it received plain HTTP (`X-Forwarded-Proto: http`), or
+/// when a client other than this host reached the listener without the proxy (no
+/// `X-Forwarded-For`).
+fn client_of(
+    http: &HttpConfig,
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&str>,
+    forwarded_proto: Option<&str>,
+) -> (Client, bool) {
+    let forwarded_for = forwarded_for
+        .filter(|_| http.behind_tls_proxy)
+        .and_then(|list| list.rsplit(',').next())
+        .and_then(|last| last.trim().parse::<IpAddr>().ok());
+    let in_clear = http.tls_cert.is_none()
+        && ((http.behind_tls_proxy
+            && forwarded_proto.is_some_and(|p| p.eq_ignore_ascii_case("http")))
+            || (forwarded_for.is_none() && peer.is_some_and(|p| !p.is_loopback())));
+    let address = forwarded_for
+        .or(peer)
+        .map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    (Client { address }, in_clear)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(behind_tls_proxy: bool, tls: bool) -> HttpConfig {
+        HttpConfig {
+            behind_tls_proxy,
+            tls_cert: tls.then(|| "cert.pem".into()),
+            tls_key: tls.then(|| "key.pem".into()),
+            ..HttpConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_declared_proxy_names_it() {
+        let peer = Some("127.0.0.1".parse().unwrap());
+        let forged = Some("203.0.113.9, 198.51.100.1");
+        assert_eq!(
+            client_of(&http(false, false), peer, forged, None).0.address,
+            "127.0.0.1"
+        );
+        assert_eq!(
+            client_of(&http(true, false), peer, forged, None).0.address,
+            "198.51.100.1"
+        );
+        assert_eq!(
+            client_of(&http(true, false), peer, Some("junk"), None)
+                .0
+                .address,
+            "127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn plain_http_across_a_network_is_flagged() {
+        let local = Some("127.0.0.1".parse().unwrap());
+        let remote = Some("192.0.2.5".parse().unwrap());
+        let via = Some("198.51.100.1");
+        let in_clear = |config: HttpConfig, peer, forwarded_for, proto| {
+            client_of(&config, peer, forwarded_for, proto).1
+        };
+        assert!(!in_clear(http(false, false), local, None, None), "loopback");
+        assert!(
+            in_clear(http(true, false), local, via, Some("http")),
+            "the proxy got plain HTTP"
+        );
+        assert!(
+            !in_clear(http(true, false), local, via, Some("https")),
+            "the proxy got TLS"
+        );
+        assert!(
+            in_clear(http(true, false), remote, None, None),
+            "around the proxy"
+        );
+        assert!(
+            !in_clear(http(true, false), remote, via, None),
+            "through the proxy"
+        );
+        assert!(
+            !in_clear(http(false, true), remote, None, Some("http")),
+            "TLS here"
+        );
+    }
 }

@@ -40,6 +40,7 @@ async fn page(
     error: Option<(&str, String)>,
 ) -> Result<axum::response::Html<String>, PageError> {
     let nodes = console.0.store.nodes().await?;
+    let icps = console.0.store.recorded_icps().await?;
     let admin = user.role >= Role::Admin;
     Ok(pages::layout(
         "Nodes",
@@ -49,7 +50,7 @@ async fn page(
                 p role="alert" class="error" data-field="error" data-error-field=(field) { (message) }
             }
             table class="nodes" {
-                thead { tr { th { "Name" } th { "Address (the ICP's)" } th { "NAT IP address" } th { "NAT SIP port" } @if admin { th { "" } } } }
+                thead { tr { th { "Name" } th { "Address (the ICP's)" } th { "NAT IP address" } th { "NAT SIP port" } th { "ICP on the MBG" } @if admin { th { "" } } } }
                 tbody {
                     @for node in &nodes {
                         tr data-node=(node.name) {
@@ -58,12 +59,14 @@ async fn page(
                                 td { input form={ "node-" (node.name) } name="address" aria-label="Address" value=(node.address); }
                                 td { input form={ "node-" (node.name) } name="nat_address" aria-label="NAT IP address" value=(node.nat_address.as_deref().unwrap_or("")); }
                                 td { input form={ "node-" (node.name) } name="nat_sip_port" aria-label="NAT SIP port" inputmode="numeric" value=(node.nat_sip_port.map(|p| p.to_string()).unwrap_or_default()); }
+                                td { (pages::icp_cell(&icps, &node.address)) }
                                 td { form id={ "node-" (node.name) } method="post" action={ "/nodes/" (node.name) } { button type="submit" { "Save" } } }
                             } @else {
                                 td data-field="name" { (node.name) }
                                 td data-field="address" { (node.address) }
                                 td data-field="nat_address" { (node.nat_address.as_deref().unwrap_or("")) }
                                 td data-field="nat_sip_port" { (node.registrar_port()) }
+                                td { (pages::icp_cell(&icps, &node.address)) }
                             }
                         }
                     }

@@ -8,7 +8,9 @@ use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 
 use super::{Console, PageError};
-use crate::store::{AuditEntry, ConsoleUser, Extension, ExtensionFilter, ExtensionState, Role};
+use crate::store::{
+    AuditEntry, ConsoleUser, Extension, ExtensionFilter, ExtensionState, RecordedIcp, Role,
+};
 use crate::token::TokenStatus;
 
 /// Every state, in the order the dashboard lists them: a state with no extension shows 0, so
@@ -44,6 +46,7 @@ pub(crate) fn layout(title: &str, user: &ConsoleUser, content: Markup) -> Html<S
         html lang="en" {
             (head(title))
             body {
+                (in_clear_warning())
                 header {
                     nav aria-label="Main" {
                         a href="/" { "Dashboard" }
@@ -70,13 +73,25 @@ pub(crate) fn layout(title: &str, user: &ConsoleUser, content: Markup) -> Html<S
     })
 }
 
+/// The red banner of a page that crossed a network in plain HTTP (see [`super::reach`]).
+fn in_clear_warning() -> Markup {
+    html! {
+        @if super::in_clear() {
+            p role="alert" class="in-clear" data-field="in_clear" {
+                "Warning: this page reached you over plain HTTP across a network: your password and session can be read on the way. "
+                "Serve the console over TLS (http.tls_cert and http.tls_key), or make the TLS proxy the only way in and have it send X-Forwarded-Proto: https."
+            }
+        }
+    }
+}
+
 /// A page for someone not signed in.
 fn bare(title: &str, content: Markup) -> Html<String> {
     render(html! {
         (DOCTYPE)
         html lang="en" {
             (head(title))
-            body { main { h1 { (title) } (content) } }
+            body { (in_clear_warning()) main { h1 { (title) } (content) } }
         }
     })
 }
@@ -125,6 +140,28 @@ fn when(at: Option<i64>) -> String {
     at.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_default()
+}
+
+/// The ICP whose address is `address` among those the leader last listed (the plan's rule:
+/// the node's address equals the ICP's), or why there is none, with the MBG's ICPs to choose
+/// from, as `icps` and preflight say it.
+pub(crate) fn icp_cell(icps: &[RecordedIcp], address: &str) -> Markup {
+    let listed_at = icps.first().map(|icp| icp.seen_at);
+    match icps.iter().find(|icp| icp.address == address) {
+        Some(icp) => html! { span data-field="icp" { (icp.name) } },
+        None if icps.is_empty() => html! {
+            span data-field="icp" { "not known yet: the leader lists the MBG's ICPs at its next full reconcile" }
+        },
+        None => html! {
+            span data-field="icp" class="attention" { "no ICP on the MBG has this address" }
+            " (the MBG's ICPs as listed at " (when(listed_at)) ": "
+            @for (i, icp) in icps.iter().enumerate() {
+                @if i > 0 { ", " }
+                (icp.name) " " code { (icp.address) }
+            }
+            ")"
+        },
+    }
 }
 
 pub(crate) fn audit_table(entries: &[AuditEntry]) -> Markup {
@@ -258,6 +295,9 @@ pub(crate) struct FormView<'a> {
     pub remote_auth_password: Option<String>,
     pub error: Option<(String, String)>,
     pub registrar: Option<String>,
+    /// The ICP the node's address matches, and the ICPs the leader last listed.
+    pub node_address: Option<String>,
+    pub icps: Vec<RecordedIcp>,
     pub can_edit: bool,
     pub can_reveal: bool,
     pub audit: Vec<AuditEntry>,
@@ -335,6 +375,7 @@ pub(crate) fn extension_form(user: &ConsoleUser, view: &FormView<'_>) -> Html<St
                         dt { "The MBG's ID for the SIP user" } dd data-field="mbg_device_id" { (extension.mbg_device_id.as_deref().unwrap_or("")) }
                         dt { "Last error" } dd data-field="last_error" { (extension.last_error.as_deref().unwrap_or("")) }
                         dt { "Next retry" } dd data-field="next_attempt_at" { (when(extension.next_attempt_at)) }
+                        dt { "ICP" } dd { @if let Some(address) = &view.node_address { (icp_cell(&view.icps, address)) } }
                         dt { "The phone registers at" } dd data-field="registrar" { (view.registrar.as_deref().unwrap_or("(the node has no NAT address)")) }
                     }
                 }

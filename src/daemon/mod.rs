@@ -58,7 +58,7 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
             error: e.error,
         })?;
     info!(listen = %app.config.http.listen, "serving /healthz and /metrics");
-    let token_stored = std::sync::Arc::new(tokio::sync::Notify::new());
+    let link = crate::console::Link::new(&app.config);
     let tls = match (&app.config.http.tls_cert, &app.config.http.tls_key) {
         (Some(cert), Some(key)) => Some(http::tls::acceptor(cert, key)?),
         _ => None,
@@ -69,9 +69,8 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
     let console = if http_config.listen.ip().is_loopback() || http_config.is_tls() {
         Some(crate::console::Console::new(
             app.store.clone(),
-            &app.config,
             health.clone(),
-            token_stored.clone(),
+            link.clone(),
         ))
     } else {
         warn!(listen = %app.config.http.listen, "the console is off: http.listen is not a loopback address and there is no TLS (set http.tls_cert and http.tls_key, or http.behind_tls_proxy), or reach a loopback http.listen through an SSH tunnel");
@@ -86,7 +85,7 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
         shutdown.clone(),
     ));
     systemd::ready();
-    let result = run_with(app, shutdown.clone(), health, token_stored).await;
+    let result = run_with(app, shutdown.clone(), health, link).await;
     systemd::stopping();
     if result.is_err() {
         server.abort();
@@ -95,14 +94,13 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
     result
 }
 
-/// [`run`], reporting into `health` (which the HTTP endpoints read). `token_stored` is notified
-/// by whoever stores a new token in this process (the console), so that a daemon waiting for
-/// one resumes at once rather than at its next `token.recheck_interval`.
+/// [`run`], reporting into `health` (which the HTTP endpoints read), and through `link` to the
+/// console in this process.
 pub async fn run_with(
     app: App,
     shutdown: Shutdown,
     health: HealthState,
-    token_stored: std::sync::Arc<tokio::sync::Notify>,
+    link: crate::console::Link,
 ) -> Result<(), DaemonError> {
     // From the start, so that a SIGHUP never ends the process (its default): the standby's
     // wait and the leader's loop both reload on it.
@@ -117,7 +115,7 @@ pub async fn run_with(
     if app.store.backend() == Backend::Postgres {
         watch::listen(&app, wake.clone(), shutdown.clone());
     }
-    let mut worker = worker::Worker::new(app, health.clone(), shutdown.clone(), wake, token_stored);
+    let mut worker = worker::Worker::new(app, health.clone(), shutdown.clone(), wake, link);
     loop {
         let Some(mut lock) = acquire(&mut worker, &health, &shutdown, &mut hangups).await? else {
             break;

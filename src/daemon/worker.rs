@@ -13,11 +13,12 @@ use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::config::Config;
+use crate::console::Link;
 use crate::health::{Concern, HealthState, Severity};
 use crate::mbg::{MbgClient, MbgError, MbgErrorKind};
 use crate::reconcile::{self, MbgView, Mode, PassReport, Progress, ReconcileError, Scope};
 use crate::shutdown::Shutdown;
-use crate::store::PassLock;
+use crate::store::{PassLock, RecordedIcp};
 use crate::token::{self, TokenStatus};
 use crate::{systemd, telemetry};
 
@@ -42,8 +43,8 @@ pub struct Worker {
     health: HealthState,
     shutdown: Shutdown,
     wake: Arc<Notify>,
-    /// Notified when this process stores a new token (the console's token steps).
-    token_stored: Arc<Notify>,
+    /// To the console in this process: its new token, our reloaded configuration.
+    link: Link,
     /// The MBG as last seen; `None` until a full pass read it.
     view: Option<MbgView>,
     /// The client and the token generation it signs with.
@@ -82,14 +83,14 @@ impl Worker {
         health: HealthState,
         shutdown: Shutdown,
         wake: Arc<Notify>,
-        token_stored: Arc<Notify>,
+        link: Link,
     ) -> Worker {
         Worker {
             app,
             health,
             shutdown,
             wake,
-            token_stored,
+            link,
             view: None,
             client: None,
             lease: None,
@@ -134,7 +135,7 @@ impl Worker {
                     _ = self.shutdown.triggered() => return Ended::Stopped,
                     _ = lock.lost() => return Ended::LostLeadership,
                     _ = self.wake.notified() => Wake::Work,
-                    _ = self.token_stored.notified() => Wake::TokenStored,
+                    _ = self.link.token_stored.notified() => Wake::TokenStored,
                     _ = poll => Wake::Work,
                     _ = tokio::time::sleep_until(due) => Wake::Work,
                     _ = tokio::time::sleep_until(renewal) => Wake::Renew,
@@ -324,8 +325,8 @@ impl Worker {
         now: i64,
         progress: Arc<Progress>,
     ) -> Result<PassReport, ReconcileError> {
+        let mut view = self.read_view(client).await?;
         let config = &self.app.config;
-        let mut view = MbgView::read(client, config, &self.shutdown).await?;
         let scope = Scope {
             only: None,
             honour_backoff: true,
@@ -351,6 +352,27 @@ impl Worker {
         }
         log_pass("full reconcile", &report);
         Ok(report)
+    }
+
+    /// Reads the MBG afresh, and records its ICPs for the console (a standby's too, which never
+    /// asks the MBG). A failed record costs the console its ICP column, not the pass.
+    async fn read_view(&self, client: &MbgClient) -> Result<MbgView, ReconcileError> {
+        let view = MbgView::read(client, &self.app.config, &self.shutdown).await?;
+        let seen_at = self.app.clock.now();
+        let icps: Vec<RecordedIcp> = view
+            .icps
+            .iter()
+            .map(|icp| RecordedIcp {
+                guid: icp.guid.clone(),
+                name: icp.name.clone(),
+                address: icp.address.clone(),
+                seen_at,
+            })
+            .collect();
+        if let Err(e) = self.app.store.record_icps(&icps).await {
+            warn!(error = %e, "cannot record the MBG's ICPs for the console");
+        }
+        Ok(view)
     }
 
     /// Keeps the view for the next targeted pass if the pass succeeded (a failed one may have
@@ -381,7 +403,7 @@ impl Worker {
         };
         let mut view = match self.view.take() {
             Some(view) => view,
-            None => MbgView::read(client, &self.app.config, &self.shutdown).await?,
+            None => self.read_view(client).await?,
         };
         let report = reconcile::run_pass_with(
             &self.app.store,
@@ -462,6 +484,9 @@ impl Worker {
             }
         };
         let needs_restart = self.app.config.reload(config);
+        self.link
+            .config
+            .send_replace(Arc::new(self.app.config.clone()));
         self.health.set_grace(self.app.config.health.grace);
         self.client = None;
         if needs_restart.is_empty() {

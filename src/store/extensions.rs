@@ -276,6 +276,14 @@ impl Store {
         credentials: Option<(&str, &SecretString)>,
         audit: &AuditEntry,
     ) -> Result<(Extension, bool)> {
+        if let Some((name, password)) = credentials {
+            crate::credentials::check_typed(name, password.expose_secret()).map_err(|e| {
+                StoreError::Invalid {
+                    field: e.field,
+                    reason: e.reason,
+                }
+            })?;
+        }
         // Credentials the MBG is told next must survive a power loss first.
         let durability = match credentials {
             Some(_) => Durability::Synced,

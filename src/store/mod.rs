@@ -86,6 +86,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0008_console.sql"),
         include_str!("../../migrations/postgres/0008_console.sql"),
     ),
+    (
+        9,
+        "mbg icps",
+        include_str!("../../migrations/sqlite/0009_mbg_icps.sql"),
+        include_str!("../../migrations/postgres/0009_mbg_icps.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

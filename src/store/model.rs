@@ -23,6 +23,17 @@ impl Node {
     }
 }
 
+/// An ICP as the leader last listed it on the MBG (migration 0009): what a page shows of the
+/// MBG without asking it, on a standby too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedIcp {
+    pub guid: String,
+    pub name: String,
+    pub address: String,
+    /// When the leader read the list (seconds since the epoch).
+    pub seen_at: i64,
+}
+
 /// What `Store::update_node` changes: the fields given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeChange {

@@ -2,7 +2,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::error::{classify, quote};
-use super::{NewNode, Node, NodeChange, NotFound, Result, Store, StoreError};
+use super::transaction::{Durability, Transaction};
+use super::{NewNode, Node, NodeChange, NotFound, RecordedIcp, Result, Store, StoreError};
 
 const NODE_COLUMNS: &str = "id, name, address, nat_address, nat_sip_port";
 
@@ -141,5 +142,47 @@ impl Store {
             return Err(StoreError::NotFound(NotFound::Node(name.to_string())));
         }
         Ok(())
+    }
+
+    /// Replaces the recorded ICP list with `icps`, as the MBG listed them (one transaction: a
+    /// reader sees the old list or the new one, never half of each).
+    pub async fn record_icps(&self, icps: &[RecordedIcp]) -> Result<()> {
+        let mut tx = Transaction::begin(&self.pool, self.backend, Durability::Normal).await?;
+        sqlx::query("DELETE FROM mbg_icps")
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::Database)?;
+        for icp in icps {
+            sqlx::query(
+                "INSERT INTO mbg_icps (guid, name, address, seen_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&icp.guid)
+            .bind(&icp.name)
+            .bind(&icp.address)
+            .bind(icp.seen_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::Database)?;
+        }
+        tx.commit().await
+    }
+
+    /// The ICPs as the leader last listed them (empty before its first full read), by name.
+    pub async fn recorded_icps(&self) -> Result<Vec<RecordedIcp>> {
+        let rows = sqlx::query("SELECT guid, name, address, seen_at FROM mbg_icps ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+        rows.iter()
+            .map(|row| {
+                Ok(RecordedIcp {
+                    guid: row.try_get("guid")?,
+                    name: row.try_get("name")?,
+                    address: row.try_get("address")?,
+                    seen_at: row.try_get("seen_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::Database)
     }
 }

@@ -1071,6 +1071,94 @@ async fn extension_set_changes_an_existing_extension_without_its_node() {
     );
 }
 
+/// Remote credentials typed on the command line pass the same check as the console's form
+/// (the store's), name the field at fault, and write nothing when refused; accepted, they are
+/// stored as typed and the change is audited with the OS user.
+#[tokio::test]
+async fn extension_set_takes_typed_remote_credentials_checked_as_the_console_checks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!("sqlite://{}", d.join("typed.db").display());
+    ok(run(
+        d,
+        &url,
+        &["node", "add", "pbx1", "--address", "10.0.0.20"],
+    ));
+    ok(run(
+        d,
+        &url,
+        &["extension", "set", "1001", "--node", "pbx1"],
+    ));
+    let before = list(d, &url);
+    let password_file = d.join("remote-password");
+    let set = |name: &str, password: &str| {
+        std::fs::write(&password_file, format!("{password}\n")).unwrap();
+        run(
+            d,
+            &url,
+            &[
+                "extension",
+                "set",
+                "1001",
+                "--remote",
+                "on",
+                "--remote-name",
+                name,
+                "--remote-password-file",
+                password_file.to_str().unwrap(),
+            ],
+        )
+    };
+    for (name, password, field) in [
+        ("alice1001", "short1", "remote_auth_password"),
+        ("alice1001", "Abcdefgh1234\"", "remote_auth_password"),
+        ("1alice", "Abcdefgh12345", "remote_auth_name"),
+    ] {
+        let refused = set(name, password);
+        assert_eq!(refused.status.code(), Some(1), "{name} {password}");
+        assert!(
+            stderr(&refused).contains(field),
+            "{field} named: {}",
+            stderr(&refused)
+        );
+        assert!(
+            !stderr(&refused).contains(password),
+            "the password is not echoed"
+        );
+        assert_eq!(list(d, &url), before, "nothing written");
+    }
+    let half = run(
+        d,
+        &url,
+        &["extension", "set", "1001", "--remote-name", "alice1001"],
+    );
+    assert_eq!(
+        half.status.code(),
+        Some(64),
+        "a name without a password is a usage error"
+    );
+
+    ok(set("alice1001", "Abcdefgh12345"));
+    let store = mbg_provision::store::Store::open(&url.parse().unwrap())
+        .await
+        .unwrap();
+    let stored = store.extension_by_number("1001").await.unwrap();
+    assert!(stored.use_remote_auth);
+    assert_eq!(stored.remote_auth_name.as_deref(), Some("alice1001"));
+    assert_eq!(
+        stored.remote_auth_password.unwrap().expose_secret(),
+        "Abcdefgh12345"
+    );
+    let audit = store.audit_of("1001", 10).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "set"
+                && a.actor.as_deref().is_some_and(|who| who.starts_with("os:"))),
+        "{audit:?}"
+    );
+}
+
 /// `migrate` says what it did: created, or already up to date, with the version.
 #[test]
 fn migrate_says_whether_it_created_the_schema() {

@@ -304,6 +304,11 @@ impl Site {
 
     /// With the MBG token or without (the daemon then waits for one, serving the console).
     async fn start_with(token: bool) -> Site {
+        Site::configured(token, None).await
+    }
+
+    /// With the daemon reading `config` from `dir/config.toml`, when given.
+    async fn configured(token: bool, config: Option<&str>) -> Site {
         let mut h = Harness::new(TestDb::sqlite().await, sim_config()).await;
         if token {
             h = h.with_token().await;
@@ -347,7 +352,19 @@ impl Site {
                 file,
             ]);
         }
-        let daemon = Daemon::start(&h, dir.path());
+        let config_file = dir.path().join("config.toml");
+        let daemon = match config {
+            Some(text) => {
+                std::fs::write(&config_file, text).unwrap();
+                Daemon::start_env(
+                    &h,
+                    dir.path(),
+                    &["--config", config_file.to_str().unwrap()],
+                    &[],
+                )
+            }
+            None => Daemon::start(&h, dir.path()),
+        };
         if token {
             daemon.leading_after_a_full_pass().await;
         } else {
@@ -365,6 +382,18 @@ impl Site {
             dir,
             url,
         }
+    }
+
+    /// A console page as `cookie`'s account sees it, without a browser.
+    async fn page(&self, cookie: &str, path: &str) -> String {
+        let answer = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "GET {path}");
+        answer.text().await.unwrap()
     }
 
     /// A session cookie for `name`, signed in without a browser.
@@ -1501,4 +1530,153 @@ async fn over_tls_the_console_listens_beyond_loopback_with_secure_cookies() {
         .clone();
     assert_eq!(check["status"], "pass", "{check:#}");
     drop(daemon);
+}
+
+/// The Nodes page and the SIP Authorization form show the ICP each node's address matches,
+/// from the list the leader recorded (so a standby, which never asks the MBG, shows it too);
+/// a node no ICP matches is flagged with the MBG's ICPs to choose from. A SIGHUP's new
+/// credential rules reach the console without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_show_their_icp_and_a_sighup_reaches_the_console() {
+    let site = Site::configured(true, Some("[credentials]\nname_length = 12\n")).await;
+    let cli = |args: &[&str]| {
+        let output = crate::support::binary()
+            .env("MBG_PROVISION_DATABASE__URL", &site.h.db.url)
+            .env("MBG_PROVISION_SECRETS__KEY_FILE", &site.h.db.key_file)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    cli(&["node", "add", "pbx9", "--address", "10.9.9.9"]);
+    cli(&["extension", "set", "1001", "--node", "pbx1"]);
+    let viewer = site.cookie("vera").await;
+
+    let nodes = site.page(&viewer, "/nodes").await;
+    let row = |name: &str| {
+        let start = nodes
+            .find(&format!("data-node=\"{name}\""))
+            .unwrap_or_else(|| panic!("{name} in {nodes}"));
+        let end = nodes[start..].find("</tr>").unwrap() + start;
+        nodes[start..end].to_string()
+    };
+    assert!(
+        row("pbx1").contains(r#"<span data-field="icp">MiVO250-1</span>"#),
+        "pbx1 matches the ICP at 10.0.0.20: {}",
+        row("pbx1")
+    );
+    let unmatched = row("pbx9");
+    assert!(
+        unmatched.contains("no ICP on the MBG has this address"),
+        "{unmatched}"
+    );
+    for listed in ["MiVO250-1", "10.0.0.20", "MiVO250-2", "10.0.0.21"] {
+        assert!(
+            unmatched.contains(listed),
+            "the MBG's ICPs are offered: {unmatched}"
+        );
+    }
+    let form = site.page(&viewer, "/extensions/1001").await;
+    assert!(
+        form.contains(r#"<span data-field="icp">MiVO250-1</span>"#),
+        "the form shows the extension's ICP"
+    );
+
+    // New candidates follow the configuration the daemon runs now.
+    let candidate = |html: &str| {
+        let at = html.find(r#"id="remote_auth_name""#).unwrap();
+        let value = &html[at..];
+        let start = value.find("value=\"").unwrap() + 7;
+        let end = value[start..].find('"').unwrap() + start;
+        value[start..end].to_string()
+    };
+    let before = candidate(&site.page(&viewer, "/extensions/2001").await);
+    assert_eq!(before.len(), 12, "{before}");
+    std::fs::write(
+        site.dir.path().join("config.toml"),
+        "[credentials]\nname_length = 20\n",
+    )
+    .unwrap();
+    site.daemon.signal("-HUP");
+    eventually(
+        "the console draws 20-character names",
+        Duration::from_secs(10),
+        async || {
+            (candidate(&site.page(&viewer, "/extensions/2001").await).len() == 20).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Behind a declared TLS proxy: a request the proxy says it received in plain HTTP, or one
+/// that reached the listener from elsewhere without the proxy, carries the red warning; and a
+/// lock-out is keyed on the address the proxy saw (its last `X-Forwarded-For` entry), not on
+/// the proxy's own address, so one client's failures do not lock out everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_tls_proxy_plain_http_is_flagged_and_clients_are_told_apart() {
+    let site = Site::configured(true, Some("[http]\nbehind_tls_proxy = true\n")).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login_page = async |proto: &str| {
+        client
+            .get(format!("{}/login", site.url))
+            .header("x-forwarded-for", "198.51.100.1")
+            .header("x-forwarded-proto", proto)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    const BANNER: &str = r#"data-field="in_clear""#;
+    assert!(
+        login_page("http").await.contains(BANNER),
+        "plain HTTP at the proxy is flagged"
+    );
+    assert!(
+        !login_page("https").await.contains(BANNER),
+        "TLS at the proxy is not"
+    );
+
+    let sign_in = async |forwarded_for: &str, password: &str| {
+        client
+            .post(format!("{}/login", site.url))
+            .header("x-forwarded-for", forwarded_for)
+            .header("x-forwarded-proto", "https")
+            .form_pairs(&[("username", "ada"), ("password", password)])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for _ in 0..5 {
+        // What the client wrote first is not what the proxy saw: the last entry counts.
+        assert_eq!(
+            sign_in("10.1.1.1, 198.51.100.1", "wrong wrong wrong").await,
+            401
+        );
+    }
+    assert_eq!(
+        sign_in("10.1.1.2, 198.51.100.1", PASSWORD).await,
+        429,
+        "locked out from 198.51.100.1"
+    );
+    assert_eq!(
+        sign_in("198.51.100.2", PASSWORD).await,
+        303,
+        "another client is not"
+    );
+    let log = site.daemon.log(site.dir.path());
+    assert!(
+        log.contains("198.51.100.1"),
+        "the lock-out names the client the proxy saw"
+    );
 }

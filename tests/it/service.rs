@@ -173,6 +173,9 @@ pub(crate) async fn eventually(
 }
 
 pub(crate) async fn sql(url: &str, statement: &str) {
+    // A test may run this before any store is opened in its process (nextest runs each test
+    // in a process of its own).
+    sqlx::any::install_default_drivers();
     let mut other = sqlx::AnyConnection::connect(url).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
         .execute(&mut other)
