@@ -39,6 +39,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub leader: LeaderConfig,
     pub console: ConsoleConfig,
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,6 +264,29 @@ impl Default for ConsoleConfig {
     }
 }
 
+/// How long the audit log keeps what, so that a daemon running for years does not fill its disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The engine's own entries (creates, updates, removals, failure streaks) older than this
+    /// are deleted by the leader.
+    #[serde(with = "nonzero_duration")]
+    pub keep: Duration,
+    /// Entries of a person (a console user or an OS user: reveals, saves, accounts, tokens)
+    /// are kept this long: the security record outlives the operational one.
+    #[serde(with = "nonzero_duration")]
+    pub keep_security: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            keep: Duration::from_secs(400 * 86_400),
+            keep_security: Duration::from_secs(7 * 365 * 86_400),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -445,6 +469,7 @@ impl Config {
         check_section::<LogConfig>(figment, "log", &mut found);
         check_section::<SecretsConfig>(figment, "secrets", &mut found);
         check_section::<ConsoleConfig>(figment, "console", &mut found);
+        check_section::<AuditConfig>(figment, "audit", &mut found);
         if !found.is_empty() {
             return Err(ConfigError::Invalid(found));
         }

@@ -132,6 +132,8 @@ async fn audit(app: &App, action: &str, detail: &str) -> Result<()> {
             action: action.to_string(),
             outcome: "ok".to_string(),
             detail: Some(detail.to_string()),
+            repeats: 1,
+            last_at: None,
         })
         .await?;
     Ok(())

@@ -288,6 +288,8 @@ fn os_audit_entry(app: &App, action: &str, what: &str) -> AuditEntry {
         action: action.to_string(),
         outcome: "ok".to_string(),
         detail: Some(format!("{what}, by OS user {user}")),
+        repeats: 1,
+        last_at: None,
     }
 }
 

@@ -263,6 +263,8 @@ pub(crate) fn audit_entry(
         action: action.to_string(),
         outcome: "ok".to_string(),
         detail: Some(detail.to_string()),
+        repeats: 1,
+        last_at: None,
     }
 }
 

@@ -176,7 +176,12 @@ pub(crate) fn audit_table(entries: &[AuditEntry]) -> Markup {
                         td { (entry.extension.as_deref().unwrap_or("")) }
                         td { (entry.action) }
                         td { (entry.outcome) }
-                        td { (entry.detail.as_deref().unwrap_or("")) }
+                        td {
+                            (entry.detail.as_deref().unwrap_or(""))
+                            @if entry.repeats > 1 {
+                                " " span data-field="repeats" { "(" (entry.repeats) " times, the last at " (when(entry.last_at)) ")" }
+                            }
+                        }
                     }
                 }
             }

@@ -350,6 +350,7 @@ impl Worker {
             self.health.update(|h| h.last_full_reconcile = Some(now));
             telemetry::full_reconcile_done(now);
         }
+        self.prune_audit(now).await;
         log_pass("full reconcile", &report);
         Ok(report)
     }
@@ -373,6 +374,29 @@ impl Worker {
             warn!(error = %e, "cannot record the MBG's ICPs for the console");
         }
         Ok(view)
+    }
+
+    /// Deletes audit entries past `audit.keep` / `audit.keep_security`. A failure is logged and
+    /// tried again at the next full reconcile; it never stops the work.
+    async fn prune_audit(&self, now: i64) {
+        let audit = &self.app.config.audit;
+        let age =
+            |keep: Duration| now.saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX));
+        match self
+            .app
+            .store
+            .prune_audit(age(audit.keep), age(audit.keep_security))
+            .await
+        {
+            Ok(0) => {}
+            Ok(deleted) => info!(
+                deleted,
+                "audit entries past audit.keep / audit.keep_security deleted"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot prune the audit log; trying again at the next full reconcile")
+            }
+        }
     }
 
     /// Keeps the view for the next targeted pass if the pass succeeded (a failed one may have

@@ -804,6 +804,8 @@ fn audit(cx: &Context<'_>, action: &Action, outcome: &str, detail: &str) -> Audi
         action: action.verb().to_string(),
         outcome: outcome.to_string(),
         detail: Some(detail.to_string()),
+        repeats: 1,
+        last_at: None,
     }
 }
 

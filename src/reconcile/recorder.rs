@@ -141,6 +141,8 @@ mod tests {
                 action: "create".into(),
                 outcome: "ok".into(),
                 detail: None,
+                repeats: 1,
+                last_at: None,
             })];
             let results = tokio::join!(
                 rec.record(holds(ids[0], "guid-shared")),

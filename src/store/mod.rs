@@ -92,6 +92,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0009_mbg_icps.sql"),
         include_str!("../../migrations/postgres/0009_mbg_icps.sql"),
     ),
+    (
+        10,
+        "audit growth",
+        include_str!("../../migrations/sqlite/0010_audit_growth.sql"),
+        include_str!("../../migrations/postgres/0010_audit_growth.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

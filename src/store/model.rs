@@ -351,4 +351,8 @@ pub struct AuditEntry {
     pub action: String,
     pub outcome: String,
     pub detail: Option<String>,
+    /// How many times this happened: a failure that repeats is one entry (1 for a new one).
+    pub repeats: u32,
+    /// When it last repeated, if it did.
+    pub last_at: Option<i64>,
 }

@@ -190,6 +190,61 @@ fn values(backend: Backend, rows: usize, types: &[&str]) -> String {
     tuples.join(", ")
 }
 
+/// A failed attempt of the engine's own (not a person's action) for one extension: the kind of
+/// entry that repeats while an MBG is down, and is kept as a streak.
+fn is_engine_failure(entry: &AuditEntry) -> bool {
+    entry.actor.is_none() && entry.outcome != "ok" && entry.extension.is_some()
+}
+
+/// Counts each engine failure that repeats the newest entry of its extension (same action,
+/// outcome and detail) as one more repeat of that entry, instead of a new row: an MBG down for
+/// a week costs one row per extension, not one per retry. Returns the extensions so counted.
+async fn extend_failure_streaks(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    audits: &[&AuditEntry],
+) -> Result<std::collections::HashSet<String>> {
+    let failures: Vec<&AuditEntry> = audits
+        .iter()
+        .copied()
+        .filter(|a| is_engine_failure(a))
+        .collect();
+    if failures.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "WITH failure (extension, action, outcome, detail, at) AS (VALUES {})
+         UPDATE audit_log
+            SET repeats = audit_log.repeats + 1, last_at = failure.at
+           FROM failure
+          WHERE audit_log.id = (SELECT max(newest.id) FROM audit_log newest
+                                 WHERE newest.extension = failure.extension)
+            AND audit_log.action = failure.action AND audit_log.outcome = failure.outcome
+            AND audit_log.detail = failure.detail AND audit_log.actor IS NULL
+         RETURNING audit_log.extension",
+        values(
+            backend,
+            failures.len(),
+            &["TEXT", "TEXT", "TEXT", "TEXT", "BIGINT"]
+        )
+    );
+    let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+    for entry in &failures {
+        query = query
+            .bind(entry.extension.as_deref())
+            .bind(entry.action.as_str())
+            .bind(entry.outcome.as_str())
+            .bind(entry.detail.as_deref())
+            .bind(entry.at);
+    }
+    Ok(query
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::Database)?
+        .into_iter()
+        .collect())
+}
+
 /// One chunk of a group, whose outcomes name distinct extensions.
 pub(super) async fn write_chunk(
     conn: &mut AnyConnection,
@@ -279,6 +334,13 @@ pub(super) async fn write_chunk(
         .filter_map(|w| match w {
             PassWrite::Audit(a) => Some(a),
             _ => None,
+        })
+        .collect();
+    let repeated = extend_failure_streaks(conn, backend, &audits).await?;
+    let audits: Vec<&AuditEntry> = audits
+        .into_iter()
+        .filter(|a| {
+            !(is_engine_failure(a) && a.extension.as_ref().is_some_and(|e| repeated.contains(e)))
         })
         .collect();
     if !audits.is_empty() {

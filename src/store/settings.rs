@@ -227,10 +227,37 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Deletes the engine's own audit entries last seen before `engine_before` and every entry
+    /// last seen before `person_before` (a reveal is a person's, whoever wrote it), a batch
+    /// at a time so that no transaction holds the log for long. Returns how many went.
+    pub async fn prune_audit(&self, engine_before: i64, person_before: i64) -> Result<u64> {
+        const BATCH: i64 = 5_000;
+        let mut deleted = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM audit_log WHERE id IN (
+                   SELECT id FROM audit_log
+                    WHERE at < $1 AND COALESCE(last_at, at) < $1
+                      AND ((actor IS NULL AND action <> 'reveal') OR COALESCE(last_at, at) < $2)
+                    LIMIT $3)",
+            )
+            .bind(engine_before.max(person_before))
+            .bind(person_before)
+            .bind(BATCH)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+            deleted += done.rows_affected();
+            if done.rows_affected() < BATCH as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// The newest `limit` audit entries, newest first.
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT at, actor, extension, action, outcome, detail FROM audit_log ORDER BY id DESC LIMIT $1",
+            "SELECT at, actor, extension, action, outcome, detail, repeats, last_at FROM audit_log ORDER BY id DESC LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -242,7 +269,7 @@ impl Store {
     /// The newest `limit` audit entries of one extension, newest first.
     pub async fn audit_of(&self, number: &str, limit: u32) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
-            "SELECT at, actor, extension, action, outcome, detail FROM audit_log
+            "SELECT at, actor, extension, action, outcome, detail, repeats, last_at FROM audit_log
               WHERE extension = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(number)
@@ -287,7 +314,7 @@ impl Store {
             format!(" WHERE {}", conditions.join(" AND "))
         };
         let sql = format!(
-            "SELECT id, at, actor, extension, action, outcome, detail FROM audit_log{filter}
+            "SELECT id, at, actor, extension, action, outcome, detail, repeats, last_at FROM audit_log{filter}
               ORDER BY id DESC LIMIT {}",
             limit.max(1)
         );
@@ -321,6 +348,8 @@ fn audit_entries(rows: &[sqlx::any::AnyRow]) -> Result<Vec<AuditEntry>> {
                 action: row.try_get("action")?,
                 outcome: row.try_get("outcome")?,
                 detail: row.try_get("detail")?,
+                repeats: u32::try_from(row.try_get::<i64, _>("repeats")?).unwrap_or(u32::MAX),
+                last_at: row.try_get("last_at")?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()

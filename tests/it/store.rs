@@ -33,6 +33,7 @@ crate::on_both_backends!(
     the_database_id_is_random_and_stays,
     console_accounts_keep_an_admin_and_sessions_end_when_they_should,
     the_console_list_pages_by_number_with_a_prefix,
+    a_repeated_failure_is_one_entry_and_old_entries_are_pruned_by_kind,
 );
 
 fn node(name: &str, address: &str) -> NewNode {
@@ -533,6 +534,8 @@ async fn state_settings_and_audit_round_trip(db: TestDb) {
                 action: action.into(),
                 outcome: "ok".into(),
                 detail: None,
+                repeats: 1,
+                last_at: None,
             })
             .await
             .unwrap();
@@ -1881,5 +1884,130 @@ async fn the_console_list_pages_by_number_with_a_prefix(db: TestDb) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// A daemon that runs for years: a failure that repeats (the same action, outcome and detail
+/// for the same extension, the engine's own) is one entry with a count and the time of its
+/// last repeat; a different failure, a success between, or a person's entry starts a new one.
+/// Pruning deletes the engine's entries past `audit.keep` and everything past
+/// `audit.keep_security`, keeping a person's entries (and reveals) in between.
+async fn a_repeated_failure_is_one_entry_and_old_entries_are_pruned_by_kind(db: TestDb) {
+    let store = &db.store;
+    let entry =
+        |at: i64, number: &str, outcome: &str, detail: &str, actor: Option<&str>| AuditEntry {
+            at,
+            actor: actor.map(str::to_string),
+            extension: Some(number.into()),
+            action: "create".into(),
+            outcome: outcome.into(),
+            detail: Some(detail.into()),
+            repeats: 1,
+            last_at: None,
+        };
+    let down = "extension 1001: the MBG is unreachable";
+    for at in [100, 200, 300] {
+        store
+            .audit(&entry(at, "1001", "failed", down, None))
+            .await
+            .unwrap();
+    }
+    // Several at once, as a pass writes them: each extension's streak grows by one.
+    store
+        .write_group(&[
+            mbg_provision::store::PassWrite::Audit(entry(400, "1001", "failed", down, None)),
+            mbg_provision::store::PassWrite::Audit(entry(
+                400,
+                "1002",
+                "failed",
+                "extension 1002: refused",
+                None,
+            )),
+        ])
+        .await
+        .unwrap();
+    let log = store.audit_log(10).await.unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    let streak = log
+        .iter()
+        .find(|e| e.extension.as_deref() == Some("1001"))
+        .unwrap();
+    assert_eq!(
+        (streak.at, streak.repeats, streak.last_at),
+        (100, 4, Some(400))
+    );
+
+    store
+        .audit(&entry(
+            500,
+            "1001",
+            "failed",
+            "extension 1001: another error",
+            None,
+        ))
+        .await
+        .unwrap();
+    store
+        .audit(&entry(600, "1001", "ok", "created", None))
+        .await
+        .unwrap();
+    store
+        .audit(&entry(700, "1001", "failed", down, None))
+        .await
+        .unwrap();
+    store
+        .audit(&entry(800, "1001", "failed", down, Some("ada")))
+        .await
+        .unwrap();
+    store
+        .audit(&entry(900, "1001", "failed", down, Some("ada")))
+        .await
+        .unwrap();
+    let log = store.audit_log(20).await.unwrap();
+    assert_eq!(
+        log.len(),
+        7,
+        "a new streak after each difference, none for a person: {log:?}"
+    );
+    assert!(log.iter().all(|e| e.repeats == 1 || e.at == 100));
+
+    // keep: entries of the engine last seen before 650 go; keep_security: all before 150.
+    let mut reveal = entry(120, "1003", "ok", "revealed", None);
+    reveal.action = "reveal".into();
+    store.audit(&reveal).await.unwrap();
+    store
+        .audit(&entry(140, "1004", "ok", "saved", Some("os:root")))
+        .await
+        .unwrap();
+    store
+        .audit(&entry(160, "1005", "ok", "saved", Some("ada")))
+        .await
+        .unwrap();
+    let deleted = store.prune_audit(650, 150).await.unwrap();
+    let left: Vec<(i64, Option<String>)> = store
+        .audit_log(20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.at, e.extension))
+        .collect();
+    // Gone: the engine's entries last seen before 650 (1001's first streak, last seen at 400;
+    // 1002's failure; the other error; the success) and, past keep_security, the reveal and
+    // root's save. Kept: the engine's failure at 700 and every person's entry after 150.
+    assert_eq!(deleted, 6, "{left:?}");
+    assert_eq!(
+        left,
+        [
+            (160, Some("1005".to_string())),
+            (900, Some("1001".to_string())),
+            (800, Some("1001".to_string())),
+            (700, Some("1001".to_string())),
+        ],
+        "newest first"
+    );
+    assert_eq!(
+        store.prune_audit(650, 150).await.unwrap(),
+        0,
+        "nothing more to do"
     );
 }
