@@ -249,7 +249,11 @@ pub(crate) async fn live(
     headers: HeaderMap,
     Path(number): Path<String>,
 ) -> Result<Response, PageError> {
-    if console.session(&headers).await?.is_none() {
+    if console
+        .session(&headers, crate::store::SessionUse::Poll)
+        .await?
+        .is_none()
+    {
         return Ok((StatusCode::UNAUTHORIZED, "sign in first").into_response());
     }
     let Some(extension) = find(&console, &number).await? else {
@@ -453,7 +457,11 @@ pub(crate) async fn live_rows(
     headers: HeaderMap,
     Query(query): Query<RowsQuery>,
 ) -> Result<Response, PageError> {
-    if console.session(&headers).await?.is_none() {
+    if console
+        .session(&headers, crate::store::SessionUse::Poll)
+        .await?
+        .is_none()
+    {
         return Ok((StatusCode::UNAUTHORIZED, "sign in first").into_response());
     }
     let numbers: Vec<String> = query

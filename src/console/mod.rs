@@ -29,7 +29,7 @@ use axum::routing::{get, post};
 
 use crate::config::{Config, HttpConfig};
 use crate::health::HealthState;
-use crate::store::{AuditEntry, Role, Session, Store};
+use crate::store::{AuditEntry, Role, Session, SessionUse, Store};
 
 pub use auth::{SECURE_SESSION_COOKIE, SESSION_COOKIE};
 
@@ -194,7 +194,11 @@ impl Console {
     }
 
     /// The session of this request, if its cookie names a live one.
-    async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, PageError> {
+    async fn session(
+        &self,
+        headers: &HeaderMap,
+        by: SessionUse,
+    ) -> Result<Option<Session>, PageError> {
         let Some(id) = auth::session_cookie(headers, self.cookie_name()) else {
             return Ok(None);
         };
@@ -206,6 +210,7 @@ impl Console {
                 &secrets::session_hash(&id),
                 config.console.idle_timeout.as_secs() as i64,
                 config.console.absolute_timeout.as_secs() as i64,
+                by,
             )
             .await?)
     }
@@ -217,7 +222,7 @@ impl Console {
         uri: &axum::http::Uri,
         role: Role,
     ) -> Result<Session, PageError> {
-        match self.session(headers).await? {
+        match self.session(headers, SessionUse::Activity).await? {
             Some(session) if session.user.role >= role => Ok(session),
             Some(session) => Err(PageError::forbidden(session.user.role, role)),
             None => {

@@ -398,7 +398,11 @@ pub(crate) async fn live_dashboard(
     State(console): State<Console>,
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
-    if console.session(&headers).await?.is_none() {
+    if console
+        .session(&headers, crate::store::SessionUse::Poll)
+        .await?
+        .is_none()
+    {
         return Ok((StatusCode::UNAUTHORIZED, "sign in first").into_response());
     }
     let counted = console.0.store.count_by_state().await?;

@@ -62,6 +62,15 @@ impl std::fmt::Debug for ConsoleUser {
     }
 }
 
+/// What a request does with a session: a person's page or form keeps it from its idle
+/// timeout; the live updates an open page polls for by itself do not, or a page left open
+/// would never time out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionUse {
+    Activity,
+    Poll,
+}
+
 /// A signed-in browser, found by the hash of its id.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -281,6 +290,7 @@ impl Store {
         id_hash: &str,
         idle_secs: i64,
         absolute_secs: i64,
+        by: SessionUse,
     ) -> Result<Option<Session>> {
         let sql = format!(
             "SELECT {USER_COLUMNS}, s.created_at AS session_created_at, s.last_seen_at
@@ -306,6 +316,9 @@ impl Store {
         if at - session.last_seen_at > idle_secs || at - session.created_at > absolute_secs {
             self.end_console_session(id_hash).await?;
             return Ok(None);
+        }
+        if by == SessionUse::Poll {
+            return Ok(Some(session));
         }
         sqlx::query("UPDATE console_sessions SET last_seen_at = $2 WHERE id_hash = $1")
             .bind(id_hash)

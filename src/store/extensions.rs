@@ -290,48 +290,54 @@ impl Store {
             None => Durability::Normal,
         };
         let mut tx = Transaction::begin(&self.pool, self.backend, durability).await?;
-        let (id, created) = set_extension_in(&mut tx, spec, new_sip_password).await?;
-        if let Some((name, password)) = credentials {
+        // Whether the credentials may be replaced is judged on the row as it was: the write
+        // below records a change of its own, which must not count as one still pending.
+        let (node_id, target) = target_row(&mut tx, spec).await?;
+        let mut replace = target.is_none();
+        if let (Some(id), Some((name, password))) = (target, credentials) {
             let row = sqlx::query(AssertSqlSafe(format!("{EXTENSION_SELECT} WHERE e.id = $1")))
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(StoreError::Database)?;
             let current = decode_one(&row)?;
-            let same = current.remote_auth_name.as_deref() == Some(name)
-                && current
+            replace = current.remote_auth_name.as_deref() != Some(name)
+                || current
                     .remote_auth_password
                     .as_ref()
-                    .is_some_and(|p| p.expose_secret() == password.expose_secret());
-            if !same {
+                    .is_none_or(|p| p.expose_secret() != password.expose_secret());
+            if replace {
                 check_replaceable(&mut tx, &current).await?;
-                let holder: Option<String> = sqlx::query_scalar(
-                    "SELECT number FROM extensions WHERE remote_auth_name = $1 AND id <> $2 LIMIT 1",
-                )
-                .bind(name)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(StoreError::Database)?;
-                if let Some(number) = holder {
-                    return Err(StoreError::Invalid {
-                        field: "remote_auth_name",
-                        reason: format!(
-                            "{} is extension {number}'s already: a phone would log in as the other",
-                            quote(name)
-                        ),
-                    });
-                }
-                sqlx::query(
-                    "UPDATE extensions SET remote_auth_name = $2, remote_auth_password = $3 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(name)
-                .bind(password.expose_secret())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| classify(e, |_| name.to_string()))?;
             }
+        }
+        let (id, created) = write_row(&mut tx, spec, node_id, target, new_sip_password).await?;
+        if let Some((name, password)) = credentials.filter(|_| replace) {
+            let holder: Option<String> = sqlx::query_scalar(
+                "SELECT number FROM extensions WHERE remote_auth_name = $1 AND id <> $2 LIMIT 1",
+            )
+            .bind(name)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::Database)?;
+            if let Some(number) = holder {
+                return Err(StoreError::Invalid {
+                    field: "remote_auth_name",
+                    reason: format!(
+                        "{} is extension {number}'s already: a phone would log in as the other",
+                        quote(name)
+                    ),
+                });
+            }
+            sqlx::query(
+                "UPDATE extensions SET remote_auth_name = $2, remote_auth_password = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(password.expose_secret())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify(e, |_| name.to_string()))?;
         }
         let audited = [super::PassWrite::Audit(audit.clone())];
         super::outcomes::write_chunk(&mut tx, self.backend, self.fence(), &audited).await?;
@@ -766,6 +772,13 @@ async fn set_extension_in(
     spec: &ExtensionSpec,
     new_sip_password: &SecretString,
 ) -> Result<(i64, bool)> {
+    let (node_id, target) = target_row(tx, spec).await?;
+    write_row(tx, spec, node_id, target, new_sip_password).await
+}
+
+/// The node `spec` names, and the row it changes: the number's row on that node, else the
+/// number's only row (moved there); `None` when the extension is new.
+async fn target_row(tx: &mut Transaction, spec: &ExtensionSpec) -> Result<(i64, Option<i64>)> {
     check_spec(spec)?;
     let node_id: i64 = sqlx::query_scalar("SELECT id FROM nodes WHERE name = $1")
         .bind(spec.node.trim())
@@ -788,6 +801,17 @@ async fn set_extension_in(
             None => return Err(several_nodes(&spec.number)),
         },
     };
+    Ok((node_id, target))
+}
+
+/// Writes `spec` over the row `target` (or a new row on `node_id`); whether it was created.
+async fn write_row(
+    tx: &mut Transaction,
+    spec: &ExtensionSpec,
+    node_id: i64,
+    target: Option<i64>,
+    new_sip_password: &SecretString,
+) -> Result<(i64, bool)> {
     let kind = spec.kind.map(ExtensionKind::as_str);
     let password = spec.sip_password.as_ref().map(|p| p.expose_secret());
     match target {

@@ -27,7 +27,7 @@ use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row, Sql
 use crate::config::DatabaseUrl;
 use crate::secrets::{self, SecretKey};
 
-pub use console::{ConsoleUser, Role, Session, validate_user_name};
+pub use console::{ConsoleUser, Role, Session, SessionUse, validate_user_name};
 pub use error::{NotFound, StoreError, quote};
 pub use extensions::validate_number;
 pub use lock::{Holder, LeaseTerms, LockError, PassLock};

@@ -2,7 +2,7 @@
 
 use mbg_provision::store::{
     AuditEntry, Backend, ExtensionKind, ExtensionSpec, ExtensionState, NewNode, NotFound,
-    StateUpdate, Store, StoreError, TemporaryToken, TokenState,
+    SessionUse, StateUpdate, Store, StoreError, TemporaryToken, TokenState,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection, Executor};
@@ -34,6 +34,7 @@ crate::on_both_backends!(
     console_accounts_keep_an_admin_and_sessions_end_when_they_should,
     the_console_list_pages_by_number_with_a_prefix,
     a_repeated_failure_is_one_entry_and_old_entries_are_pruned_by_kind,
+    typed_credentials_replace_a_settled_rows_in_the_same_save_that_ticks_the_box,
 );
 
 fn node(name: &str, address: &str) -> NewNode {
@@ -1763,7 +1764,7 @@ async fn console_accounts_keep_an_admin_and_sessions_end_when_they_should(db: Te
     store.create_console_session("s1", ada.id).await.unwrap();
     store.create_console_session("s2", ada.id).await.unwrap();
     let session = store
-        .console_session("s1", 60, 3600)
+        .console_session("s1", 60, 3600, SessionUse::Activity)
         .await
         .unwrap()
         .unwrap();
@@ -1775,7 +1776,7 @@ async fn console_accounts_keep_an_admin_and_sessions_end_when_they_should(db: Te
         .unwrap();
     assert!(
         store
-            .console_session("s1", 60, 3600)
+            .console_session("s1", 60, 3600, SessionUse::Activity)
             .await
             .unwrap()
             .is_some(),
@@ -1783,7 +1784,7 @@ async fn console_accounts_keep_an_admin_and_sessions_end_when_they_should(db: Te
     );
     assert!(
         store
-            .console_session("s2", 60, 3600)
+            .console_session("s2", 60, 3600, SessionUse::Activity)
             .await
             .unwrap()
             .is_none(),
@@ -1792,7 +1793,7 @@ async fn console_accounts_keep_an_admin_and_sessions_end_when_they_should(db: Te
     // Limits of -1 s: every session is past them, and is deleted.
     assert!(
         store
-            .console_session("s1", -1, 3600)
+            .console_session("s1", -1, 3600, SessionUse::Activity)
             .await
             .unwrap()
             .is_none(),
@@ -1800,14 +1801,53 @@ async fn console_accounts_keep_an_admin_and_sessions_end_when_they_should(db: Te
     );
     store.create_console_session("s3", ada.id).await.unwrap();
     assert!(
-        store.console_session("s3", 60, -1).await.unwrap().is_none(),
+        store
+            .console_session("s3", 60, -1, SessionUse::Activity)
+            .await
+            .unwrap()
+            .is_none(),
         "absolute"
+    );
+    // A live poll does not keep a session from its idle timeout; a page does.
+    store.create_console_session("s5", ada.id).await.unwrap();
+    crate::service::sql(
+        &db.url,
+        "UPDATE console_sessions SET last_seen_at = last_seen_at - 100 WHERE id_hash = 's5'",
+    )
+    .await;
+    let seen = |s: Option<mbg_provision::store::Session>| s.unwrap().last_seen_at;
+    let polled = seen(
+        store
+            .console_session("s5", 600, 3600, SessionUse::Poll)
+            .await
+            .unwrap(),
+    );
+    let again = seen(
+        store
+            .console_session("s5", 600, 3600, SessionUse::Poll)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(polled, again, "a poll leaves last_seen_at alone");
+    store
+        .console_session("s5", 600, 3600, SessionUse::Activity)
+        .await
+        .unwrap();
+    let after = seen(
+        store
+            .console_session("s5", 600, 3600, SessionUse::Poll)
+            .await
+            .unwrap(),
+    );
+    assert!(
+        after >= polled + 100,
+        "a page moves it: {polled} -> {after}"
     );
     store.create_console_session("s4", ada.id).await.unwrap();
     store.remove_console_user("ada").await.unwrap();
     assert!(
         store
-            .console_session("s4", 60, 3600)
+            .console_session("s4", 60, 3600, SessionUse::Activity)
             .await
             .unwrap()
             .is_none(),
@@ -2009,5 +2049,65 @@ async fn a_repeated_failure_is_one_entry_and_old_entries_are_pruned_by_kind(db: 
         store.prune_audit(650, 150).await.unwrap(),
         0,
         "nothing more to do"
+    );
+}
+
+/// The console's Save and `extension set --remote-name` tick the box and bring new credentials
+/// in one write. On a settled row (idle, nothing pending) that is allowed: the change the save
+/// itself records is not "a change not yet applied". Once that change waits for the daemon,
+/// other credentials are refused, naming the extension, and nothing is written.
+async fn typed_credentials_replace_a_settled_rows_in_the_same_save_that_ticks_the_box(db: TestDb) {
+    let store = &db.store;
+    with_nodes(store).await;
+    let audit = AuditEntry {
+        at: 1,
+        actor: Some("ada".into()),
+        extension: Some("1001".into()),
+        action: "save".into(),
+        outcome: "ok".into(),
+        detail: None,
+        repeats: 1,
+        last_at: None,
+    };
+    let first = secret("First-password-1");
+    store
+        .set_extension_with_credentials(
+            &spec("1001", "pbx1"),
+            &secret("p"),
+            Some(("first1001", &first)),
+            &audit,
+        )
+        .await
+        .unwrap();
+    // The daemon has seen that change: the row is idle and settled.
+    crate::service::sql(&db.url, "DELETE FROM extension_changes").await;
+    let ticked = ExtensionSpec {
+        use_remote_auth: Some(true),
+        ..spec("1001", "pbx1")
+    };
+    let second = secret("Second-password-2");
+    let (saved, _) = store
+        .set_extension_with_credentials(
+            &ticked,
+            &secret("p"),
+            Some(("second1001", &second)),
+            &audit,
+        )
+        .await
+        .expect("a settled row takes new credentials in the save that ticks the box");
+    assert!(saved.use_remote_auth);
+    assert_eq!(saved.remote_auth_name.as_deref(), Some("second1001"));
+
+    let third = secret("Third-password-3");
+    let refused = store
+        .set_extension_with_credentials(&ticked, &secret("p"), Some(("third1001", &third)), &audit)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("1001"), "{refused}");
+    let kept = store.extension_by_number("1001").await.unwrap();
+    assert_eq!(kept.remote_auth_name.as_deref(), Some("second1001"));
+    assert_eq!(
+        kept.remote_auth_password.unwrap().expose_secret(),
+        "Second-password-2"
     );
 }
