@@ -73,6 +73,9 @@ pub(crate) async fn login(
     Form(form): Form<Credentials>,
 ) -> Result<Response, PageError> {
     let store = &console.0.store;
+    if !store.has_console_admin().await? {
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, pages::closed()).into_response());
+    }
     let name = form.username.trim().to_string();
     let next = local_path(form.next.as_deref());
     let since = chrono::Utc::now().timestamp() - FAILURE_WINDOW;

@@ -235,6 +235,58 @@ pub(crate) async fn reveal(
     Ok(pages::extension_form(&session.user, &view).into_response())
 }
 
+/// New random remote credentials, as `extension rotate`: refused, on the form, while a change
+/// to the SIP user is still pending. The new password stays hidden until Reveal.
+pub(crate) async fn rotate(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(number): Path<String>,
+) -> Result<Response, PageError> {
+    let session = console.require(&headers, &uri, Role::Operator).await?;
+    let Some(extension) = find(&console, &number).await? else {
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("no extension {number}"),
+        ));
+    };
+    let rules = &console.config().credentials;
+    let rotated = console
+        .0
+        .store
+        .rotate_remote_credentials(
+            extension.id,
+            &credentials::random_auth_name(rules.name_length),
+            &credentials::random_password(rules.password_length),
+            &audit(
+                &session.user,
+                &number,
+                "rotate",
+                "new remote credentials drawn in the console",
+            ),
+        )
+        .await;
+    match rotated {
+        Ok(_) => Ok((
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/extensions/{number}"))],
+        )
+            .into_response()),
+        Err(e @ StoreError::NotSettled { .. }) => {
+            let error = Some(("remote_auth_name".to_string(), e.to_string()));
+            let view = console
+                .view(&session.user, &number, Some(&extension), None, error)
+                .await?;
+            Ok((
+                StatusCode::CONFLICT,
+                pages::extension_form(&session.user, &view),
+            )
+                .into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// What the page follows live: the row's state as the engine records it.
 #[derive(Serialize)]
 pub(crate) struct Live {

@@ -92,6 +92,7 @@ impl Console {
             )
             .route("/extensions/{number}/live", get(extensions::live))
             .route("/extensions/{number}/reveal", post(extensions::reveal))
+            .route("/extensions/{number}/rotate", post(extensions::rotate))
             .route("/nodes", get(nodes::list).post(nodes::add))
             .route("/nodes/{name}", post(nodes::change))
             .route("/audit", get(audit::list))

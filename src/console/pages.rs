@@ -372,6 +372,12 @@ pub(crate) fn extension_form(user: &ConsoleUser, view: &FormView<'_>) -> Html<St
                     button type="submit" { "Reveal" }
                 }
             }
+            @if view.can_edit && stored {
+                form method="post" action={ "/extensions/" (view.number) "/rotate" } {
+                    button type="submit" { "Rotate" }
+                    " new random remote credentials (the daemon updates the SIP user; the phone needs them too)"
+                }
+            }
             @if let Some(extension) = view.extension {
                 section data-live={ "/extensions/" (view.number) "/live" } {
                     h2 { "On the MBG" }

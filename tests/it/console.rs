@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use mbg_provision::store::ExtensionState;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use crate::mbg::{Harness, sim_config};
@@ -675,6 +676,41 @@ async fn roles_cross_site_posts_and_bad_input_are_refused_by_the_server() {
     assert_eq!(row.remote_auth_name.as_deref(), Some("alice1001"));
     assert!(row.use_remote_auth);
 
+    // Rotate, as `extension rotate`: an operator's, not a viewer's; new credentials, audited.
+    eventually("1002 provisioned", Duration::from_secs(10), async || {
+        let row = site.h.db.store.extension_by_number("1002").await.ok()?;
+        (row.state == ExtensionState::Provisioned).then_some(())
+    })
+    .await;
+    let rotate = |cookie: String| {
+        client
+            .post(format!("{}/extensions/1002/rotate", site.url))
+            .header("cookie", cookie)
+            .header("origin", &site.url)
+            .send()
+    };
+    assert_eq!(rotate(viewer.clone()).await.unwrap().status(), 403);
+    assert_eq!(rotate(operator.clone()).await.unwrap().status(), 303);
+    let rotated = site.h.db.store.extension_by_number("1002").await.unwrap();
+    assert_ne!(rotated.remote_auth_name, row.remote_auth_name, "a new name");
+    assert_ne!(
+        rotated
+            .remote_auth_password
+            .as_ref()
+            .map(|p| p.expose_secret().to_string()),
+        row.remote_auth_password
+            .as_ref()
+            .map(|p| p.expose_secret().to_string()),
+        "a new password"
+    );
+    let history = site.h.db.store.audit_of("1002", 10).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| e.action == "rotate" && e.actor.as_deref() == Some("otto")),
+        "{history:?}"
+    );
+
     // Signed out: the session is gone on the server, and the page asks to sign in again.
     let out = client
         .post(format!("{}/logout", site.url))
@@ -877,11 +913,7 @@ async fn the_token_exchange_is_done_in_the_browser() {
         .temp_token
         .expect("a temporary token stored");
     // The administrator approves it on the MBG's page.
-    let verifier = site
-        .h
-        .sim
-        .approve(secrecy::ExposeSecret::expose_secret(&temporary))
-        .unwrap();
+    let verifier = site.h.sim.approve(temporary.expose_secret()).unwrap();
     let wrong = if verifier == "111111" {
         "222222"
     } else {
@@ -1679,4 +1711,77 @@ async fn behind_a_tls_proxy_plain_http_is_flagged_and_clients_are_told_apart() {
         log.contains("198.51.100.1"),
         "the lock-out names the client the proxy saw"
     );
+}
+
+/// The console is closed until an admin account exists: the sign-in page says how to add one,
+/// and a viewer made first cannot sign in by posting the form directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_stays_closed_until_an_admin_exists() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let add = |name: &str, role: &str| {
+        let output = crate::support::binary()
+            .env("MBG_PROVISION_DATABASE__URL", &h.db.url)
+            .args([
+                "console",
+                "user",
+                "add",
+                name,
+                "--role",
+                role,
+                "--password-file",
+            ])
+            .arg(&password_file)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    add("vera", "viewer");
+    let daemon = Daemon::start(&h, dir.path());
+    let url = format!("http://127.0.0.1:{}", daemon.port);
+    crate::service::eventually("the daemon answers", Duration::from_secs(20), async || {
+        daemon.health().await.is_some()
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client.get(format!("{url}/login")).send().await.unwrap();
+    assert_eq!(page.status(), 503);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("console user add NAME --role admin")
+    );
+    let posted = client
+        .post(format!("{url}/login"))
+        .form_pairs(&[("username", "vera"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        posted.status(),
+        503,
+        "no sign-in while the console is closed"
+    );
+    assert!(posted.headers().get("set-cookie").is_none());
+
+    add("ada", "admin");
+    let page = client.get(format!("{url}/login")).send().await.unwrap();
+    assert_eq!(page.status(), 200, "open once an admin exists");
+    let posted = client
+        .post(format!("{url}/login"))
+        .form_pairs(&[("username", "vera"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 303, "and the viewer signs in");
 }
