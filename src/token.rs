@@ -212,6 +212,9 @@ pub async fn verify(
     Ok(expires_at)
 }
 
+/// The audit action of the daemon's renewal job, when a run did something.
+pub const RENEWAL_JOB: &str = "token renewal job";
+
 /// What a renewal attempt did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]

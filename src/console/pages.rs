@@ -215,6 +215,28 @@ pub(crate) async fn dashboard(
         )
         .await?;
     let audit = store.audit_log(15).await?;
+    let config = console.config();
+    let next_renewal = config
+        .token
+        .renew_schedule
+        .schedule()
+        .after(&chrono::Utc::now())
+        .next()
+        .map(|at| at.timestamp());
+    let last_renewal = store
+        .latest_audit_of(&[crate::token::RENEWAL_JOB, "token renew", "token renewed"])
+        .await?;
+    let leader = store.pass_holder().await.ok().flatten();
+    let provisioned = counts
+        .iter()
+        .find(|(state, _)| *state == ExtensionState::Provisioned)
+        .map_or(0, |(_, n)| *n);
+    let licences = config.mbg.teleworker_licences.map(|budget| {
+        format!(
+            "{provisioned} of {budget} used by provisioned extensions, {} left (SIP users added by hand on the MBG count too)",
+            u64::from(budget).saturating_sub(provisioned)
+        )
+    });
     let role = serde_json::to_value(health.role)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -228,7 +250,22 @@ pub(crate) async fn dashboard(
                 dl {
                     dt { "This instance" } dd data-field="role" { (role) }
                     dt { "Health" } dd data-field="health" { (format!("{:?}", health.status()).to_lowercase()) }
+                    @if let Some(leader) = &leader {
+                        dt { "Leader" } dd data-field="leader" { (leader.to_string()) }
+                    }
                     dt { "MBG access token" } dd data-field="token_state" { (token) }
+                    dt { "Next scheduled renewal" } dd data-field="next_renewal" {
+                        (when(next_renewal)) " (renews when fewer than " (config.token.renew_within_days) " days are left)"
+                    }
+                    dt { "Last renewal" } dd data-field="last_renewal" {
+                        @match &last_renewal {
+                            Some(entry) => { (when(Some(entry.at))) ": " (entry.action) ", " (entry.outcome) " " (entry.detail.as_deref().unwrap_or("")) }
+                            None => { "none yet" }
+                        }
+                    }
+                    dt { "Teleworker licences" } dd data-field="licences" {
+                        (licences.as_deref().unwrap_or("no budget set (mbg.teleworker_licences)"))
+                    }
                     dt { "Last full reconcile" } dd data-field="last_full_reconcile" { (when(health.last_full_reconcile)) }
                 }
             }

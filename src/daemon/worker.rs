@@ -468,6 +468,14 @@ impl Worker {
         {
             Ok(renewal) => {
                 info!(%renewal, "token renewal job");
+                let outcome = match &renewal {
+                    token::Renewal::NotDue { .. } => None,
+                    token::Renewal::Renewed { .. } => Some("ok"),
+                    token::Renewal::NotOffered { .. } => Some("needs a human"),
+                };
+                if let Some(outcome) = outcome {
+                    self.audit_renewal(now, outcome, &renewal.to_string()).await;
+                }
                 let needs_human = renewal.needs_human().then(|| renewal.to_string());
                 self.health.update(|h| match needs_human {
                     Some(why) => h.set(
@@ -484,9 +492,30 @@ impl Worker {
                     self.token_refused(generation, &e).await;
                 }
             }
-            Err(e) => warn!(error = %e, "token renewal job failed; it runs again at its next time"),
+            Err(e) => {
+                warn!(error = %e, "token renewal job failed; it runs again at its next time");
+                self.audit_renewal(now, "failed", &e.to_string()).await;
+            }
         }
         self.report_token().await;
+    }
+
+    /// Records a run of the renewal job that did something (renewed, failed, or found that a
+    /// person must renew), for the console's dashboard and the audit page.
+    async fn audit_renewal(&self, now: i64, outcome: &str, detail: &str) {
+        let entry = crate::store::AuditEntry {
+            at: now,
+            actor: None,
+            extension: None,
+            action: token::RENEWAL_JOB.to_string(),
+            outcome: outcome.to_string(),
+            detail: Some(detail.to_string()),
+            repeats: 1,
+            last_at: None,
+        };
+        if let Err(e) = self.app.store.audit(&entry).await {
+            warn!(error = %e, "cannot record the renewal job's run in the audit log");
+        }
     }
 
     /// SIGHUP, whatever the role: reads the configuration file again (off the runtime: a slow

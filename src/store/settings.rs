@@ -254,6 +254,25 @@ impl Store {
         }
     }
 
+    /// The newest audit entry whose action is one of `actions`, if any.
+    pub async fn latest_audit_of(&self, actions: &[&str]) -> Result<Option<AuditEntry>> {
+        let placeholders: Vec<String> = (1..=actions.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT at, actor, extension, action, outcome, detail, repeats, last_at FROM audit_log
+              WHERE action IN ({}) ORDER BY id DESC LIMIT 1",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for action in actions {
+            query = query.bind(*action);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::Database)?;
+        Ok(audit_entries(&rows)?.into_iter().next())
+    }
+
     /// The newest `limit` audit entries, newest first.
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(

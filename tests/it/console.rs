@@ -1566,11 +1566,16 @@ async fn over_tls_the_console_listens_beyond_loopback_with_secure_cookies() {
 
 /// The Nodes page and the SIP Authorization form show the ICP each node's address matches,
 /// from the list the leader recorded (so a standby, which never asks the MBG, shows it too);
-/// a node no ICP matches is flagged with the MBG's ICPs to choose from. A SIGHUP's new
-/// credential rules reach the console without a restart.
+/// a node no ICP matches is flagged with the MBG's ICPs to choose from. The dashboard shows
+/// the licence budget, the next scheduled renewal and the last one. A SIGHUP's new credential
+/// rules reach the console without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_show_their_icp_and_a_sighup_reaches_the_console() {
-    let site = Site::configured(true, Some("[credentials]\nname_length = 12\n")).await;
+async fn nodes_show_their_icp_the_dashboard_its_figures_and_a_sighup_reaches_the_console() {
+    let site = Site::configured(
+        true,
+        Some("[credentials]\nname_length = 12\n[mbg]\nteleworker_licences = 10\n"),
+    )
+    .await;
     let cli = |args: &[&str]| {
         let output = crate::support::binary()
             .env("MBG_PROVISION_DATABASE__URL", &site.h.db.url)
@@ -1616,6 +1621,39 @@ async fn nodes_show_their_icp_and_a_sighup_reaches_the_console() {
     assert!(
         form.contains(r#"<span data-field="icp">MiVO250-1</span>"#),
         "the form shows the extension's ICP"
+    );
+
+    let field = |html: &str, name: &str| {
+        let at = html
+            .find(&format!("data-field=\"{name}\">"))
+            .unwrap_or_else(|| panic!("{name} in {html}"));
+        let text = &html[at..];
+        let start = text.find('>').unwrap() + 1;
+        text[start..start + text[start..].find("</dd>").unwrap()].to_string()
+    };
+    let dashboard = site.page(&viewer, "/").await;
+    assert!(
+        field(&dashboard, "licences").starts_with("0 of 10 used"),
+        "{dashboard}"
+    );
+    assert!(
+        field(&dashboard, "next_renewal").contains("UTC"),
+        "{dashboard}"
+    );
+    assert_eq!(field(&dashboard, "last_renewal"), "none yet");
+    let admin = site.cookie("ada").await;
+    let renewed = reqwest::Client::new()
+        .post(format!("{}/mbg/renew", site.url))
+        .header("cookie", &admin)
+        .header("origin", &site.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renewed.status(), 200);
+    let dashboard = site.page(&viewer, "/").await;
+    assert!(
+        field(&dashboard, "last_renewal").contains("token renew, ok"),
+        "{dashboard}"
     );
 
     // New candidates follow the configuration the daemon runs now.

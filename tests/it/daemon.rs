@@ -306,6 +306,15 @@ async fn the_renewal_job_renews_on_its_schedule(db: TestDb) {
             .filter(|r| r.method == "PUT" && r.path.ends_with("/managetoken/"))
             .count();
         assert!(renewals >= 1);
+        // The run that renewed is in the audit log, for the console's dashboard.
+        let entry =
+            h.db.store
+                .latest_audit_of(&[mbg_provision::token::RENEWAL_JOB])
+                .await
+                .unwrap()
+                .expect("the renewal is audited");
+        assert_eq!(entry.outcome, "ok");
+        assert!(entry.detail.unwrap().starts_with("renewed"));
     })
     .await;
 }
