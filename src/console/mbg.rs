@@ -273,8 +273,10 @@ pub(crate) async fn preflight(
     uri: Uri,
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Admin).await?;
+    // Every kind of client: the checklist then lists each rule with whom it serves.
+    use crate::preflight::network::Client;
     let options = crate::preflight::Options {
-        clients: Vec::new(),
+        clients: vec![Client::Desktop, Client::Mobile, Client::Phones69xx],
         stun: None,
         now: chrono::Utc::now().timestamp(),
     };
@@ -290,6 +292,39 @@ pub(crate) async fn preflight(
                         td data-field="status" { (serde_json::to_value(check.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()) }
                         td { (check.detail) }
                         td { (check.fix.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+        @if let Some(firewall) = &report.firewall {
+            section data-field="firewall" {
+                h2 { "Firewall checklist" }
+                h3 { "On the MBG's Port Forwarding page (to the application server, SNAT on)" }
+                table {
+                    thead { tr { th { "For" } th { "Protocol" } th { "Ports" } th { "Purpose" } th { "Source" } } }
+                    tbody {
+                        @for rule in &firewall.rules {
+                            tr {
+                                td { (serde_json::to_value(rule.client).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()) }
+                                td { (rule.protocol) }
+                                td { (rule.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")) }
+                                td { (rule.purpose) }
+                                td { (rule.source) }
+                            }
+                        }
+                    }
+                }
+                ul { @for note in firewall.notes { li { (note) } } }
+                h3 {
+                    "On the site firewall, from the internet to the MBG's external address (the nodes' NAT address; internally "
+                    (firewall.destination.as_deref().unwrap_or("see mbg.base_url, not set")) ")"
+                }
+                table {
+                    thead { tr { th { "Protocol" } th { "Ports" } th { "Purpose" } th { "Source" } } }
+                    tbody {
+                        @for rule in &firewall.site {
+                            tr { td { (rule.protocol) } td { (rule.ports) } td { (rule.purpose) } td { (rule.source) } }
+                        }
                     }
                 }
             }

@@ -1656,6 +1656,27 @@ async fn nodes_show_their_icp_the_dashboard_its_figures_and_a_sighup_reaches_the
         "{dashboard}"
     );
 
+    // Run preflight: each check with its result, and the firewall checklist for every client.
+    let checked = reqwest::Client::new()
+        .post(format!("{}/mbg/preflight", site.url))
+        .header("cookie", &admin)
+        .header("origin", &site.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checked.status(), 200);
+    let html = checked.text().await.unwrap();
+    for expected in [
+        r#"data-check="database""#,
+        r#"data-check="nodes and ICPs""#,
+        r#"data-field="firewall""#,
+        "Port Forwarding",
+        "69xx",
+        "5060",
+    ] {
+        assert!(html.contains(expected), "{expected} in {html}");
+    }
+
     // New candidates follow the configuration the daemon runs now.
     let candidate = |html: &str| {
         let at = html.find(r#"id="remote_auth_name""#).unwrap();
