@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use mbg_provision::app::App;
 use mbg_provision::credentials;
 use mbg_provision::import;
-use mbg_provision::store::{AuditEntry, Extension, ExtensionKind, ExtensionSpec};
+use mbg_provision::store::{AuditEntry, Extension, ExtensionKind, ExtensionSpec, StoreError};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
@@ -247,28 +247,13 @@ pub async fn run(app: &App, command: ExtensionCommand) -> Result<ExitCode> {
 
 /// The one extension with this number (on `node`, when given).
 async fn find(app: &App, number: &str, node: Option<&str>) -> Result<Extension> {
-    let mut found: Vec<Extension> = app
-        .store
-        .extension_rows()
-        .await?
-        .good
-        .into_iter()
-        .filter(|e| e.number == number && node.is_none_or(|n| e.node_name == n))
-        .collect();
-    match found.len() {
-        0 => match node {
-            Some(node) => bail!("no extension {number} on node {node}"),
-            None => bail!("no extension {number}"),
-        },
-        1 => Ok(found.remove(0)),
-        _ => {
-            let nodes: Vec<&str> = found.iter().map(|e| e.node_name.as_str()).collect();
-            bail!(
-                "extension {number} exists on nodes {}: say which with --node",
-                nodes.join(", ")
-            )
-        }
-    }
+    app.store
+        .extension_meant(number, node)
+        .await
+        .map_err(|e| match e {
+            StoreError::Invalid { reason, .. } => anyhow::anyhow!("{reason} with --node"),
+            other => other.into(),
+        })
 }
 
 fn audit_entry(app: &App, extension: &Extension, action: &str, what: &str) -> AuditEntry {

@@ -26,8 +26,9 @@ document.addEventListener("DOMContentLoaded", () => {
   }
 });
 
-// A table body with `data-live-rows="URL"` follows its rows: URL?numbers=… answers, per number,
-// the values to write into that row's `data-field` cells.
+// A table body with `data-live-rows="URL"` follows its rows: URL?numbers=… answers, per row key
+// (`NUMBER@NODE`: one number can live on two nodes), the values to write into that row's
+// `data-field` cells.
 document.addEventListener("DOMContentLoaded", () => {
   for (const body of document.querySelectorAll("[data-live-rows]")) {
     const rows = [...body.querySelectorAll("tr[data-number]")];
@@ -37,10 +38,14 @@ document.addEventListener("DOMContentLoaded", () => {
     const refresh = async () => {
       try {
         const answer = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+        if (answer.status === 401) {
+          window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
+          return;
+        }
         if (!answer.ok) return;
         const values = await answer.json();
         for (const row of rows) {
-          const fields = values[row.getAttribute("data-number")] || {};
+          const fields = values[row.getAttribute("data-key")] || {};
           for (const [field, value] of Object.entries(fields)) {
             const cell = row.querySelector(`[data-field="${field}"]`);
             if (cell) cell.textContent = value === null ? "" : String(value);

@@ -118,8 +118,11 @@ pub(crate) async fn list(
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub(crate) struct NewQuery {
+pub(crate) struct FormQuery {
+    /// `/extensions/new?number=N`: the new extension's number.
     number: Option<String>,
+    /// The node of the row meant, where the number lives on several.
+    node: Option<String>,
 }
 
 /// The form of `number`; `/extensions/new?number=N` opens the form of a new extension N.
@@ -128,11 +131,11 @@ pub(crate) async fn form(
     headers: HeaderMap,
     uri: Uri,
     Path(number): Path<String>,
-    Query(new): Query<NewQuery>,
+    Query(query): Query<FormQuery>,
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Viewer).await?;
     if number == "new" {
-        let number = new.number.unwrap_or_default();
+        let number = query.number.unwrap_or_default();
         let number = number.trim();
         crate::store::validate_number(number)
             .map_err(|e| PageError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
@@ -144,7 +147,7 @@ pub(crate) async fn form(
     }
     crate::store::validate_number(&number)
         .map_err(|e| PageError::new(StatusCode::NOT_FOUND, e.to_string()))?;
-    let extension = find(&console, &number).await?;
+    let extension = find(&console, &number, query.node.as_deref()).await?;
     let view = console
         .view(&session.user, &number, extension.as_ref(), None, None)
         .await?;
@@ -168,19 +171,20 @@ pub(crate) async fn save(
     headers: HeaderMap,
     uri: Uri,
     Path(number): Path<String>,
+    Query(query): Query<FormQuery>,
     Form(posted): Form<Posted>,
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Operator).await?;
     crate::store::validate_number(&number)
         .map_err(|e| PageError::new(StatusCode::NOT_FOUND, e.to_string()))?;
-    let current = find(&console, &number).await?;
+    let current = find(&console, &number, query.node.as_deref()).await?;
     match console
         .write(&session.user, &number, current.as_ref(), &posted)
         .await
     {
-        Ok(()) => Ok((
+        Ok(saved) => Ok((
             StatusCode::SEE_OTHER,
-            [(header::LOCATION, format!("/extensions/{number}"))],
+            [(header::LOCATION, pages::form_url(&saved))],
         )
             .into_response()),
         // Shown on the form with what was typed, naming the field; nothing was written.
@@ -209,9 +213,10 @@ pub(crate) async fn reveal(
     headers: HeaderMap,
     uri: Uri,
     Path(number): Path<String>,
+    Query(query): Query<FormQuery>,
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Operator).await?;
-    let Some(extension) = find(&console, &number).await? else {
+    let Some(extension) = find(&console, &number, query.node.as_deref()).await? else {
         return Err(PageError::new(
             StatusCode::NOT_FOUND,
             format!("no extension {number}"),
@@ -242,9 +247,10 @@ pub(crate) async fn rotate(
     headers: HeaderMap,
     uri: Uri,
     Path(number): Path<String>,
+    Query(query): Query<FormQuery>,
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Operator).await?;
-    let Some(extension) = find(&console, &number).await? else {
+    let Some(extension) = find(&console, &number, query.node.as_deref()).await? else {
         return Err(PageError::new(
             StatusCode::NOT_FOUND,
             format!("no extension {number}"),
@@ -267,9 +273,9 @@ pub(crate) async fn rotate(
         )
         .await;
     match rotated {
-        Ok(_) => Ok((
+        Ok(rotated) => Ok((
             StatusCode::SEE_OTHER,
-            [(header::LOCATION, format!("/extensions/{number}"))],
+            [(header::LOCATION, pages::form_url(&rotated))],
         )
             .into_response()),
         Err(e @ StoreError::NotSettled { .. }) => {
@@ -300,6 +306,7 @@ pub(crate) async fn live(
     State(console): State<Console>,
     headers: HeaderMap,
     Path(number): Path<String>,
+    Query(query): Query<FormQuery>,
 ) -> Result<Response, PageError> {
     if console
         .session(&headers, crate::store::SessionUse::Poll)
@@ -308,7 +315,7 @@ pub(crate) async fn live(
     {
         return Ok((StatusCode::UNAUTHORIZED, "sign in first").into_response());
     }
-    let Some(extension) = find(&console, &number).await? else {
+    let Some(extension) = find(&console, &number, query.node.as_deref()).await? else {
         return Err(PageError::new(
             StatusCode::NOT_FOUND,
             format!("no extension {number}"),
@@ -323,10 +330,20 @@ pub(crate) async fn live(
     .into_response())
 }
 
-async fn find(console: &Console, number: &str) -> Result<Option<Extension>, PageError> {
-    match console.0.store.extension_by_number(number).await {
+async fn find(
+    console: &Console,
+    number: &str,
+    node: Option<&str>,
+) -> Result<Option<Extension>, PageError> {
+    match console.0.store.extension_meant(number, node).await {
         Ok(extension) => Ok(Some(extension)),
         Err(StoreError::NotFound(_)) => Ok(None),
+        Err(StoreError::Invalid { reason, .. }) => Err(PageError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{reason}: add ?node=NAME to the address, or pick the row on the Extensions page"
+            ),
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -424,7 +441,7 @@ impl Console {
         number: &str,
         current: Option<&Extension>,
         posted: &Posted,
-    ) -> Result<(), (String, String)> {
+    ) -> Result<Extension, (String, String)> {
         let field = |field: &str, message: String| (field.to_string(), message);
         let node = posted
             .node
@@ -479,7 +496,7 @@ impl Console {
                 &audit(user, number, "save", &detail),
             )
             .await
-            .map(|_| ())
+            .map(|(saved, _)| saved)
             .map_err(|e| match e {
                 StoreError::Invalid { field: f, .. } | StoreError::Duplicate { field: f, .. } => {
                     let name = match f {
@@ -529,7 +546,7 @@ pub(crate) async fn live_rows(
         .into_iter()
         .map(|e| {
             (
-                e.number.clone(),
+                pages::row_key(&e),
                 Live {
                     state: e.state.as_str(),
                     mbg_device_id: e.mbg_device_id,

@@ -292,7 +292,7 @@ pub(crate) async fn dashboard(
                     ul {
                         @for extension in &attention {
                             li {
-                                a href={ "/extensions/" (extension.number) } { (extension.number) }
+                                a href=(form_url(extension)) { (extension.number) }
                                 ": " (extension.last_error.as_deref().unwrap_or(""))
                             }
                         }
@@ -308,12 +308,26 @@ pub(crate) async fn dashboard(
     .into_response())
 }
 
+/// The SIP Authorization form of `extension`: with its node, since a number can live on two.
+pub(crate) fn form_url(extension: &Extension) -> String {
+    format!(
+        "/extensions/{}?node={}",
+        extension.number,
+        super::percent(&extension.node_name)
+    )
+}
+
+/// What tells one list row from another: a number can live on two nodes.
+pub(crate) fn row_key(extension: &Extension) -> String {
+    format!("{}@{}", extension.number, extension.node_name)
+}
+
 /// One row of the extension list.
 pub(crate) fn extension_rows(extensions: &[Extension]) -> Markup {
     html! {
         @for extension in extensions {
-            tr data-number=(extension.number) {
-                td { a href={ "/extensions/" (extension.number) } data-field="number" { (extension.number) } }
+            tr data-number=(extension.number) data-key=(row_key(extension)) {
+                td { a href=(form_url(extension)) data-field="number" { (extension.number) } }
                 td data-field="node" { (extension.node_name) }
                 td data-field="kind" { (extension.kind.as_str()) }
                 td data-field="use_remote_auth" { (extension.use_remote_auth) }
@@ -345,6 +359,15 @@ pub(crate) struct FormView<'a> {
     pub audit: Vec<AuditEntry>,
 }
 
+impl FormView<'_> {
+    /// `?node=NAME` of the stored row, for the form's own requests.
+    fn node_query(&self) -> String {
+        self.extension
+            .map(|e| format!("?node={}", super::percent(&e.node_name)))
+            .unwrap_or_default()
+    }
+}
+
 pub(crate) fn extension_form(user: &ConsoleUser, view: &FormView<'_>) -> Html<String> {
     let title = format!("Extension {}", view.number);
     let stored = view
@@ -364,7 +387,7 @@ pub(crate) fn extension_form(user: &ConsoleUser, view: &FormView<'_>) -> Html<St
             @if let Some((field, message)) = &view.error {
                 p role="alert" class="error" data-field="error" data-error-field=(field) { (message) }
             }
-            form method="post" action={ "/extensions/" (view.number) } class="sip-authorization" {
+            form method="post" action={ "/extensions/" (view.number) (view.node_query()) } class="sip-authorization" {
                 fieldset disabled[readonly] {
                     legend { "SIP Authorization" }
                     label for="node" { "Node" }
@@ -405,18 +428,18 @@ pub(crate) fn extension_form(user: &ConsoleUser, view: &FormView<'_>) -> Html<St
                 }
             }
             @if view.can_reveal && stored && view.remote_auth_password.is_none() {
-                form method="post" action={ "/extensions/" (view.number) "/reveal" } {
+                form method="post" action={ "/extensions/" (view.number) "/reveal" (view.node_query()) } {
                     button type="submit" { "Reveal" }
                 }
             }
             @if view.can_edit && stored {
-                form method="post" action={ "/extensions/" (view.number) "/rotate" } {
+                form method="post" action={ "/extensions/" (view.number) "/rotate" (view.node_query()) } {
                     button type="submit" { "Rotate" }
                     " new random remote credentials (the daemon updates the SIP user; the phone needs them too)"
                 }
             }
             @if let Some(extension) = view.extension {
-                section data-live={ "/extensions/" (view.number) "/live" } {
+                section data-live={ "/extensions/" (view.number) "/live" (view.node_query()) } {
                     h2 { "On the MBG" }
                     dl {
                         dt { "State" } dd data-field="state" { (extension.state.as_str()) }

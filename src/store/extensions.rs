@@ -490,6 +490,42 @@ impl Store {
         }
     }
 
+    /// The one extension `number` means: the one on `node` when given, else the number's only
+    /// row. A number on several nodes without `node` is an error naming them, for the CLI's
+    /// `--node` and the console's `?node=`.
+    pub async fn extension_meant(&self, number: &str, node: Option<&str>) -> Result<Extension> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{EXTENSION_SELECT} WHERE e.number = $1 ORDER BY n.name"
+        )))
+        .bind(number)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::Database)?;
+        let mut found = rows
+            .iter()
+            .map(decode_one)
+            .collect::<Result<Vec<Extension>>>()?;
+        found.retain(|e| node.is_none_or(|n| e.node_name == n));
+        match found.len() {
+            0 => Err(StoreError::NotFound(NotFound::Extension(match node {
+                Some(node) => format!("{number} on node {node}"),
+                None => number.to_string(),
+            }))),
+            1 => Ok(found.remove(0)),
+            _ => Err(StoreError::Invalid {
+                field: "node",
+                reason: format!(
+                    "extension {number} exists on nodes {}: say which",
+                    found
+                        .iter()
+                        .map(|e| e.node_name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+
     /// Every extension, failing on the first row that cannot be used. Prefer
     /// [`Store::extension_rows`], which carries on without the bad rows.
     pub async fn extensions(&self) -> Result<Vec<Extension>> {

@@ -470,7 +470,7 @@ async fn tick_save_and_the_mbg_id_appears_untick_and_it_is_gone() {
     browser
         .submit("form.sip-authorization button[type=submit]")
         .await;
-    assert!(browser.url().await.ends_with("/extensions/1001"));
+    assert!(browser.url().await.ends_with("/extensions/1001?node=pbx1"));
 
     // The page follows the extension: the MBG's ID appears without a reload.
     browser.script("window.notReloaded = true;").await;
@@ -513,7 +513,7 @@ async fn tick_save_and_the_mbg_id_appears_untick_and_it_is_gone() {
     assert_eq!(browser.value("#remote_auth_password").await, "");
     browser.screenshot("provisioned").await;
     browser
-        .submit("form[action='/extensions/1001/reveal'] button")
+        .submit("form[action='/extensions/1001/reveal?node=pbx1'] button")
         .await;
     assert_eq!(
         browser.value("#remote_auth_password").await,
@@ -1334,7 +1334,7 @@ async fn a_session_survives_the_leaders_death_on_postgres() {
             "add",
             "otto",
             "--role",
-            "operator",
+            "admin",
             "--password-file",
             password_file.to_str().unwrap(),
         ],
@@ -1467,7 +1467,7 @@ async fn over_tls_the_console_listens_beyond_loopback_with_secure_cookies() {
             "add",
             "otto",
             "--role",
-            "operator",
+            "admin",
             "--password-file",
         ])
         .arg(&password_file)
@@ -1676,6 +1676,50 @@ async fn nodes_show_their_icp_the_dashboard_its_figures_and_a_sighup_reaches_the
     ] {
         assert!(html.contains(expected), "{expected} in {html}");
     }
+
+    // One number on two nodes (another program can write that): the form asks which, the
+    // list links each row with its node, and the live rows keep them apart.
+    crate::service::sql(
+        &site.h.db.url,
+        "INSERT INTO extensions (node_id, number, kind, sip_password, use_remote_auth, updated_at)
+         SELECT id, '1001', 'sip_hot_desk', 'pw', 0, 0 FROM nodes WHERE name = 'pbx9'",
+    )
+    .await;
+    let which = reqwest::Client::new()
+        .get(format!("{}/extensions/1001", site.url))
+        .header("cookie", &viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(which.status(), 409);
+    let text = which.text().await.unwrap();
+    assert!(text.contains("exists on nodes pbx1, pbx9"), "{text}");
+    let on_pbx9 = site.page(&viewer, "/extensions/1001?node=pbx9").await;
+    assert!(
+        on_pbx9.contains(r#"<option value="sip_hot_desk" selected>"#),
+        "the pbx9 row"
+    );
+    assert!(
+        on_pbx9.contains("/extensions/1001/live?node=pbx9"),
+        "follows that row"
+    );
+    let list = site.page(&viewer, "/extensions?prefix=1001").await;
+    for link in ["/extensions/1001?node=pbx1", "/extensions/1001?node=pbx9"] {
+        assert!(list.contains(link), "{link} in {list}");
+    }
+    let live: Value = reqwest::Client::new()
+        .get(format!("{}/extensions/live?numbers=1001", site.url))
+        .header("cookie", &viewer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        live.get("1001@pbx1").is_some() && live.get("1001@pbx9").is_some(),
+        "{live}"
+    );
 
     // New candidates follow the configuration the daemon runs now.
     let candidate = |html: &str| {
