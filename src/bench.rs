@@ -533,7 +533,7 @@ impl<'a> World<'a> {
         lock.release().await;
         let pass = pass?;
         let elapsed = started.elapsed();
-        let mbg_requests = self.sim.requests().len();
+        let mbg_requests = usize::try_from(self.sim.request_count()).unwrap_or(usize::MAX);
         let changes = pass.plan.changes().count();
         let outcomes = pass.applied.as_ref().map_or(&[][..], |a| &a.outcomes[..]);
         let created = outcomes

@@ -134,7 +134,8 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimHa
         unencoded_token_answers: config.unencoded_token_answers,
         clock_offset: 0,
         faults: config.faults,
-        requests: Vec::new(),
+        requests: Default::default(),
+        requests_seen: 0,
         injected: Injected::default(),
     };
     for (name, address) in &config.icps {
@@ -225,9 +226,15 @@ impl SimHandle {
         self.state().add_icp(name, address);
     }
 
-    /// Every request received, in order (admin requests under `/sim/` included).
+    /// The requests received, in order (admin requests under `/sim/` included): the latest
+    /// [`REQUEST_LOG`](state::REQUEST_LOG) of them.
     pub fn requests(&self) -> Vec<LoggedRequest> {
-        self.state().requests.clone()
+        self.state().requests.iter().cloned().collect()
+    }
+
+    /// How many requests were received since the log was last cleared, all of them counted.
+    pub fn request_count(&self) -> u64 {
+        self.state().requests_seen
     }
 
     /// The faults injected so far.
@@ -236,7 +243,7 @@ impl SimHandle {
     }
 
     pub fn clear_requests(&self) {
-        self.state().requests.clear();
+        self.state().clear_requests();
     }
 
     /// The access token's expiry as the simulator sees it.
@@ -296,7 +303,7 @@ async fn serve(
             .await
             .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "the simulator failed"))
     };
-    lock(&state).requests.push(LoggedRequest {
+    lock(&state).log_request(LoggedRequest {
         method: method.to_string(),
         path,
         status: response.status().as_u16(),
@@ -376,11 +383,7 @@ async fn api(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let path_and_query = uri.path_and_query().map_or("", |p| p.as_str());
-    let url = match signature::request_url("http", host, path_and_query) {
-        Ok(url) => url,
-        Err(message) => return unauthorized(&message),
-    };
-    let oauth = match authenticate(state, method, &url, headers) {
+    let oauth = match authenticate(state, method, host, path_and_query, headers) {
         Ok(oauth) => oauth,
         Err(message) => return unauthorized(&message),
     };
@@ -432,17 +435,19 @@ fn unauthorized(message: &str) -> Response {
 fn authenticate(
     state: &Shared,
     method: &Method,
-    url: &url::Url,
+    host: &str,
+    path_and_query: &str,
     headers: &HeaderMap,
 ) -> Result<Signer, String> {
-    let mut params = match headers
+    let header_params = match headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
     {
         Some(value) => signature::header_params(value)?,
         None => Vec::new(),
     };
-    params.extend(oauth::query_params(url));
+    let mut params = header_params.clone();
+    params.extend(signature::query_params(path_and_query)?);
     let get = |name: &str| {
         params
             .iter()
@@ -502,7 +507,13 @@ fn authenticate(
     } else {
         return Err("unknown token".into());
     };
-    let base = oauth::base_string(method.as_str(), &oauth::base_uri(url), &params);
+    let base = signature::base_string(
+        method.as_str(),
+        "http",
+        host,
+        path_and_query,
+        &header_params,
+    )?;
     if !oauth::verify(&base, &consumer.secret, &token_secret, &signature) {
         return Err("invalid signature".into());
     }
@@ -706,7 +717,7 @@ fn admin(state: &Shared, method: &Method, path: &str, body: &Bytes) -> Response 
         },
         (Method::GET, ["requests"]) => ok_json(json!(s.requests)),
         (Method::DELETE, ["requests"]) => {
-            s.requests.clear();
+            s.clear_requests();
             ok_json(json!({}))
         }
         _ => error(StatusCode::NOT_FOUND, "no such admin resource"),

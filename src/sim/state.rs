@@ -153,8 +153,30 @@ pub struct SimState {
     pub unencoded_token_answers: bool,
     pub clock_offset: i64,
     pub faults: Faults,
-    pub requests: Vec<LoggedRequest>,
+    /// The latest [`REQUEST_LOG`] requests: a simulator left running for months (`simulate`)
+    /// must not grow without end.
+    pub requests: std::collections::VecDeque<LoggedRequest>,
+    /// Every request since the log was last cleared, including those the log no longer holds.
+    pub requests_seen: u64,
     pub injected: Injected,
+}
+
+/// How many requests the simulator's log keeps (about 20 MB).
+pub const REQUEST_LOG: usize = 100_000;
+
+impl SimState {
+    pub fn log_request(&mut self, request: LoggedRequest) {
+        if self.requests.len() == REQUEST_LOG {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(request);
+        self.requests_seen += 1;
+    }
+
+    pub fn clear_requests(&mut self) {
+        self.requests.clear();
+        self.requests_seen = 0;
+    }
 }
 
 /// A token or token secret in the shape of a real MBG's (`or7z4alsrn2+pyuwm33djq==`), with a `+`,

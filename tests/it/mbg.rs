@@ -267,6 +267,70 @@ async fn send_signed(
         .as_u16()
 }
 
+/// The simulator reads RFC 5849 on its own (`src/sim/signature.rs`), not with the client's
+/// code: plant the classic sorting bug in a client (pairs sorted before they are encoded) and
+/// the simulator refuses its signature, while the real client's is accepted for the same request.
+#[tokio::test]
+async fn a_client_that_sorts_before_encoding_is_refused() {
+    let h = Harness::new(TestDb::sqlite().await, sim_config())
+        .await
+        .with_token()
+        .await;
+    let access = h.access_token().await;
+    // `a-` sorts before `a=` raw; encoded, `a%3D` sorts before `a-`.
+    let query: &[(&str, &str)] = &[("a-", "1"), ("a=", "2")];
+    let sent = "ping/?a-=1&a%3D=2";
+    let same: fn(String) -> String = |header| header;
+    let real = ("GET", "ping/", query);
+    let status = send_signed(
+        &h.sim,
+        &access,
+        real,
+        (reqwest::Method::GET, sent),
+        None,
+        same,
+    )
+    .await;
+    assert_eq!(status, 200, "the client's own signature");
+
+    let url = url::Url::parse(&format!("{}/{sent}", h.sim.base_url())).unwrap();
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let token = access.token.expose_secret().to_string();
+    let signed: Vec<(&str, &str)> = vec![
+        ("oauth_consumer_key", CONSUMER),
+        ("oauth_nonce", "plantedsortingbug"),
+        ("oauth_signature_method", "HMAC-SHA1"),
+        ("oauth_timestamp", &timestamp),
+        ("oauth_token", &token),
+    ];
+    let mut pairs: Vec<(&str, &str)> = signed.iter().chain(query).copied().collect();
+    pairs.sort(); // the planted bug: raw pairs sorted, then encoded
+    let normalized: Vec<String> = pairs
+        .iter()
+        .map(|(n, v)| format!("{}={}", oauth::encode(n), oauth::encode(v)))
+        .collect();
+    let base = format!(
+        "GET&{}&{}",
+        oauth::encode(&oauth::base_uri(&url)),
+        oauth::encode(&normalized.join("&"))
+    );
+    let signature = oauth::sign(&base, SECRET, access.secret.expose_secret());
+    let header = signed
+        .iter()
+        .map(|(n, v)| format!("{n}=\"{}\"", oauth::encode(v)))
+        .chain([format!("oauth_signature=\"{}\"", oauth::encode(&signature))])
+        .collect::<Vec<_>>()
+        .join(",");
+    let answer = reqwest::Client::new()
+        .get(url.as_str())
+        .header("Authorization", format!("OAuth {header}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401, "the planted bug is refused");
+    assert!(answer.text().await.unwrap().contains("invalid signature"));
+}
+
 #[tokio::test]
 async fn tampered_replayed_and_stale_requests_are_rejected() {
     let h = Harness::new(TestDb::sqlite().await, sim_config())
