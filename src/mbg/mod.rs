@@ -197,6 +197,16 @@ enum Answer {
     Form,
 }
 
+/// The most an answer may hold unless the call allows more: a device, an ICP, a count, a
+/// token or an error fits many times over. An MBG (or whatever answers in its place) that sends
+/// more is refused rather than read without end.
+const ANSWER_LIMIT: usize = 1 << 20;
+
+/// What one SIP user may take in the device list (a real one takes a few hundred bytes): the
+/// list's limit is this times the count the MBG gives, plus [`LIST_SLACK`] users added meanwhile.
+const DEVICE_ANSWER_BYTES: usize = 4 << 10;
+const LIST_SLACK: usize = 1_000;
+
 #[derive(Clone)]
 pub struct MbgClient {
     http: reqwest::Client,
@@ -361,9 +371,14 @@ impl MbgClient {
         Ok(count.count)
     }
 
+    /// Every SIP user. The answer is bounded by the MBG's own count of them, asked first.
     pub async fn devices(&self) -> Result<Vec<SipDevice>, MbgError> {
+        let count = usize::try_from(self.device_count().await?).unwrap_or(usize::MAX);
+        let limit = count
+            .saturating_add(LIST_SLACK)
+            .saturating_mul(DEVICE_ANSWER_BYTES);
         let list: List<SipDevice> = self
-            .json(Method::GET, "mbg/v1/devices/sip/all/", None)
+            .json_within(Method::GET, "mbg/v1/devices/sip/all/", None, limit)
             .await?;
         Ok(list.response)
     }
@@ -405,6 +420,17 @@ impl MbgClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<T, MbgError> {
+        self.json_within(method, path, body, ANSWER_LIMIT).await
+    }
+
+    /// [`MbgClient::json`] with an answer of at most `limit` bytes.
+    async fn json_within<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        limit: usize,
+    ) -> Result<T, MbgError> {
         let access = self.access.as_ref().ok_or_else(|| MbgError {
             endpoint: format!("{method} {path}"),
             kind: MbgErrorKind::Unauthorized(
@@ -417,7 +443,7 @@ impl MbgClient {
                 path,
                 Grant::Access(access),
                 body,
-                Answer::Json,
+                (Answer::Json, limit),
             )
             .await?;
         decode(&format!("{method} {path}"), &bytes)
@@ -425,7 +451,13 @@ impl MbgClient {
 
     async fn form(&self, method: Method, path: &str, grant: Grant<'_>) -> Result<String, MbgError> {
         let bytes = self
-            .send(method.clone(), path, grant, None, Answer::Form)
+            .send(
+                method.clone(),
+                path,
+                grant,
+                None,
+                (Answer::Form, ANSWER_LIMIT),
+            )
             .await?;
         String::from_utf8(bytes).map_err(|_| MbgError {
             endpoint: format!("{method} {path}"),
@@ -433,14 +465,15 @@ impl MbgClient {
         })
     }
 
-    /// Signs and sends one request; returns the body of a 2xx answer of the expected type.
+    /// Signs and sends one request; returns the body of a 2xx answer of the expected type, of
+    /// at most `limit` bytes.
     async fn send(
         &self,
         method: Method,
         path: &str,
         grant: Grant<'_>,
         body: Option<Value>,
-        answer: Answer,
+        (answer, limit): (Answer, usize),
     ) -> Result<Vec<u8>, MbgError> {
         let endpoint = format!("{method} {path}");
         let fail = |kind| MbgError {
@@ -499,11 +532,14 @@ impl MbgClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let bytes = response.bytes().await;
+        let bytes = read_within(response, limit).await;
         record();
-        let bytes = bytes
-            .map_err(|e| fail(MbgErrorKind::Unavailable(transport_error(&e))))?
-            .to_vec();
+        let bytes = bytes.map_err(|e| match e {
+            Unread::Transport(e) => fail(MbgErrorKind::Unavailable(transport_error(&e))),
+            Unread::TooLarge => fail(MbgErrorKind::Malformed(format!(
+                "the answer is larger than {limit} bytes: refused unread"
+            ))),
+        })?;
         if !status.is_success() {
             return Err(fail(error_kind(status, retry_after, path, &bytes)));
         }
@@ -528,6 +564,28 @@ impl MbgClient {
         }
         Ok(bytes)
     }
+}
+
+/// Why an answer's body was not read.
+enum Unread {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+/// The body, chunk by chunk, refused as soon as it passes `limit` bytes (or announces more).
+async fn read_within(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, Unread> {
+    let announced = response.content_length().unwrap_or(0);
+    if announced > limit as u64 {
+        return Err(Unread::TooLarge);
+    }
+    let mut body = Vec::with_capacity(announced as usize);
+    while let Some(chunk) = response.chunk().await.map_err(Unread::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Unread::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn device_path(guid: &str) -> String {

@@ -723,3 +723,34 @@ fn admin(state: &Shared, method: &Method, path: &str, body: &Bytes) -> Response 
         _ => error(StatusCode::NOT_FOUND, "no such admin resource"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `simulate` runs for months: its request log keeps the latest requests only, and the
+    /// count goes on.
+    #[tokio::test]
+    async fn the_request_log_is_a_bounded_ring() {
+        let sim = start(SimConfig::default(), SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let request = |n: usize| LoggedRequest {
+            method: "GET".into(),
+            path: format!("/{n}"),
+            status: 200,
+            host: String::new(),
+            received_at: None,
+            answered_at: None,
+        };
+        for n in 0..state::REQUEST_LOG + 5 {
+            sim.state().log_request(request(n));
+        }
+        let kept = sim.requests();
+        assert_eq!(kept.len(), state::REQUEST_LOG);
+        assert_eq!(kept[0].path, "/5", "the oldest went first");
+        assert_eq!(sim.request_count(), (state::REQUEST_LOG + 5) as u64);
+        sim.clear_requests();
+        assert_eq!((sim.requests().len(), sim.request_count()), (0, 0));
+    }
+}

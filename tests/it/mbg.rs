@@ -823,6 +823,10 @@ async fn html_pages_and_bad_json_are_typed_errors_with_an_excerpt() {
             }),
         )
         .route(
+            "/mslrest/mbg/v1/devices/sip/count/",
+            get(|| async { ([("content-type", "application/json")], "{\"count\": 1}") }),
+        )
+        .route(
             "/mslrest/mbg/v1/devices/sip/all/",
             get(|| async {
                 (
@@ -861,7 +865,85 @@ async fn html_pages_and_bad_json_are_typed_errors_with_an_excerpt() {
     assert!(matches!(err.kind, MbgErrorKind::Malformed(_)), "{err}");
     assert!(err.to_string().contains("GET mbg/v1/icps/all/"), "{err}");
     let err = client.devices().await.unwrap_err();
+    assert!(matches!(err.kind, MbgErrorKind::Malformed(_)), "{err}");
     assert!(!err.to_string().contains("leaky-secret"), "{err}");
+}
+
+/// Answers are read up to a limit, not whatever their size: an ordinary answer past 1 MiB is
+/// refused naming the call, announced (Content-Length) or streamed (chunked); the device list
+/// may be as long as the MBG's own count of SIP users allows, and no longer.
+#[tokio::test]
+async fn an_answer_larger_than_its_limit_is_refused_naming_the_call() {
+    use axum::body::Body;
+    use axum::routing::get;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let json = [("content-type", "application/json")];
+    let padded = |bytes: usize| format!("{{\"pad\": \"{}\", \"response\": []}}", "x".repeat(bytes));
+    let streamed = |bytes: usize| {
+        let chunks = (0..bytes / 65_536 + 1).map(|_| Ok::<_, std::io::Error>(vec![b' '; 65_536]));
+        Body::from_stream(futures_util::stream::iter(chunks))
+    };
+    static USERS: AtomicU64 = AtomicU64::new(1_000);
+    let users = &USERS;
+    let app = axum::Router::new()
+        .route(
+            "/mslrest/mbg/v1/icps/all/",
+            get(move || async move { (json, padded(2 << 20)) }),
+        )
+        .route(
+            "/mslrest/ping/",
+            get(move || async move { (json, streamed(2 << 20)) }),
+        )
+        .route(
+            "/mslrest/mbg/v1/devices/sip/count/",
+            get(move || async move { (json, format!("{{\"count\": {}}}", users.load(Relaxed))) }),
+        )
+        .route(
+            // 6 MB: within the limit of 1,000 users (and the slack), past that of 100.
+            "/mslrest/mbg/v1/devices/sip/all/",
+            get(move || async move { (json, padded(6 << 20)) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = MbgClient::new(
+        format!("http://{addr}/mslrest").parse().unwrap(),
+        None,
+        Duration::from_secs(10),
+        ClientCredentials {
+            key: CONSUMER.into(),
+            secret: SECRET.into(),
+        },
+    )
+    .unwrap()
+    .with_access_token(TokenCredentials {
+        token: "t".into(),
+        secret: "s".into(),
+    });
+    let err = client.icps().await.unwrap_err();
+    assert!(matches!(err.kind, MbgErrorKind::Malformed(_)), "{err}");
+    assert!(
+        err.to_string().contains("GET mbg/v1/icps/all/")
+            && err.to_string().contains("larger than 1048576 bytes"),
+        "{err}"
+    );
+    let err = client.ping().await.unwrap_err();
+    assert!(
+        err.to_string().contains("GET ping/") && err.to_string().contains("larger than"),
+        "{err}"
+    );
+    assert_eq!(
+        client.devices().await.unwrap().len(),
+        0,
+        "within the count's limit"
+    );
+    USERS.store(100, Relaxed);
+    let err = client.devices().await.unwrap_err();
+    assert!(
+        err.to_string().contains("GET mbg/v1/devices/sip/all/")
+            && err.to_string().contains("larger than"),
+        "{err}"
+    );
 }
 
 /// A `tracing` writer into a shared buffer, to read back what was logged.
