@@ -63,8 +63,12 @@ impl Hasher for FxHasher {
         self.add(word as u64);
     }
 
+    /// The multiply leaves the low bits depending on the low bits of the input only, and the
+    /// table picks buckets with the low bits: numbers `1000000`..`1099999` then fell into a
+    /// handful of buckets (100,000 rows took 37 times 10,000's). Folding the high half, which
+    /// depends on every input bit, into the low half spreads them.
     fn finish(&self) -> u64 {
-        self.0
+        self.0 ^ (self.0 >> 32)
     }
 }
 
@@ -294,11 +298,13 @@ impl Plan {
 /// The description written into devices we create: a hint for humans on the MBG page.
 /// Ownership is the guid recorded in the database, never this text.
 pub fn description(number: &str) -> String {
-    format!("mbg-provision ext {number}")
+    format!("{DESCRIPTION_PREFIX}{number}")
 }
 
-/// The device the database asks for, or the problem that prevents it.
-fn wanted_device(extension: &Extension, icp: &Icp) -> Result<NewSipDevice, Problem> {
+const DESCRIPTION_PREFIX: &str = "mbg-provision ext ";
+
+/// Why the database's row cannot be sent to the MBG as it is, if it cannot.
+fn check_wanted(extension: &Extension) -> Result<(), Problem> {
     let (Some(name), Some(password)) =
         (&extension.remote_auth_name, &extension.remote_auth_password)
     else {
@@ -340,15 +346,40 @@ fn wanted_device(extension: &Extension, icp: &Icp) -> Result<NewSipDevice, Probl
             );
         }
     }
-    Ok(NewSipDevice {
+    Ok(())
+}
+
+/// The device the database asks for, of a row [`check_wanted`] passed.
+fn wanted_device(extension: &Extension, icp: &Icp) -> NewSipDevice {
+    let same = |field: &Option<_>| field.clone().unwrap_or_default();
+    NewSipDevice {
         icp: icp.name.clone(),
-        setside_username: name.clone(),
-        setside_password: password.clone(),
-        icpside_username: number.clone(),
+        setside_username: same(&extension.remote_auth_name),
+        setside_password: extension
+            .remote_auth_password
+            .clone()
+            .unwrap_or_else(|| SecretString::from("")),
+        icpside_username: extension.number.clone(),
         icpside_password: extension.sip_password.clone(),
-        description: description(number),
+        description: description(&extension.number),
         enabled: true,
-    })
+    }
+}
+
+/// Whether `device` is already what [`wanted_device`] would ask for: the steady state's check,
+/// made without building the wanted device (100,000 of them, five strings each).
+fn is_as_wanted(device: &SipDevice, extension: &Extension, icp: &Icp) -> bool {
+    let same = |a: &SecretString, b: &SecretString| a.expose_secret() == b.expose_secret();
+    device.icp == icp.name
+        && extension.remote_auth_name.as_deref() == Some(device.setside_username.as_str())
+        && extension
+            .remote_auth_password
+            .as_ref()
+            .is_some_and(|p| same(p, &device.setside_password))
+        && device.icpside_username == extension.number
+        && same(&device.icpside_password, &extension.sip_password)
+        && device.description.strip_prefix(DESCRIPTION_PREFIX) == Some(extension.number.as_str())
+        && device.enabled
 }
 
 /// The MBG refuses shorter passwords as weak (contract: 400 under 8 characters).
@@ -414,8 +445,21 @@ pub fn diff(device: &SipDevice, wanted: &NewSipDevice) -> (SipDevicePatch, Vec<&
     (patch, changes)
 }
 
-/// The ICP and device an extension wants, or why it cannot have one.
-type Target<'a> = Result<(&'a Icp, NewSipDevice), Problem>;
+/// A number's place in number order (shorter first, then by value), as an integer: sorting
+/// 100,000 rows by their number strings chased a pointer into the heap per comparison, and
+/// cost more than the rest of the plan. A number that is not 1 to 18 digits sorts last (it
+/// is reported, never sent).
+fn number_order(number: &str) -> (u8, u64) {
+    match number.parse::<u64>() {
+        Ok(value) if number.len() <= 18 && number.bytes().all(|b| b.is_ascii_digit()) => {
+            (number.len() as u8, value)
+        }
+        _ => (u8::MAX, 0),
+    }
+}
+
+/// The ICP whose address is the extension's node's, once the row passed [`check_wanted`].
+type Target<'a> = Result<&'a Icp, Problem>;
 
 /// Who holds a device once the plan is applied.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -441,23 +485,15 @@ pub fn plan(
             list.sort_by(|a, b| a.guid.cmp(&b.guid));
         }
     };
-    let devices: Vec<&SipDevice> = devices.iter().collect();
-    let by_guid: HashMap<&str, &SipDevice> =
-        devices.iter().map(|d| (d.guid.as_str(), *d)).collect();
-    // Lookups by ICP-side name (the number) and set-side name, each list in guid order: the
-    // plan must stay linear for 100,000 extensions against 100,000 devices.
-    let mut by_number: HashMap<&str, Vec<&SipDevice>> = with_capacity(devices.len());
-    for device in &devices {
-        by_number
-            .entry(device.icpside_username.as_str())
-            .or_default()
-            .push(device);
-    }
-    by_number.values_mut().for_each(by_guid_order);
-    let with_number = |number: &str| by_number.get(number).into_iter().flatten().copied();
+    // Devices are named by their position in `devices` from here on: one hash of each guid,
+    // not one per question asked about it.
+    let index_of: HashMap<&str, usize> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.guid.as_str(), i))
+        .collect();
     let mut ordered: Vec<&Extension> = extensions.iter().collect();
-    ordered
-        .sort_by(|a, b| (a.number.len(), &a.number, a.id).cmp(&(b.number.len(), &b.number, b.id)));
+    ordered.sort_by_cached_key(|e| (number_order(&e.number), e.id));
     // Wanted rows first: a guid that two rows claim goes to the row that wants it.
     let by_priority: Vec<&Extension> = ordered
         .iter()
@@ -468,41 +504,38 @@ pub fn plan(
 
     // Which device each extension and each released row holds: its recorded guid, else the
     // first device that proves itself ours; further proving devices are duplicates.
-    let mut claims: HashMap<&str, Claim> = with_capacity(devices.len());
-    let mut held_by_extension: HashMap<i64, &str> = with_capacity(extensions.len());
-    let mut held_by_released: HashMap<usize, &str> = HashMap::default();
+    let mut claims: Vec<Option<Claim>> = vec![None; devices.len()];
+    let mut held_by_extension: HashMap<i64, usize> = with_capacity(extensions.len());
+    let mut held_by_released: HashMap<usize, usize> = HashMap::default();
     for e in &by_priority {
-        if let Some(guid) = recorded(e).and_then(|g| by_guid.get_key_value(g).map(|(k, _)| *k))
-            && !claims.contains_key(guid)
+        if let Some(&d) = recorded(e).and_then(|g| index_of.get(g))
+            && claims[d].is_none()
         {
-            claims.insert(guid, Claim::Extension(e.id));
-            held_by_extension.insert(e.id, guid);
+            claims[d] = Some(Claim::Extension(e.id));
+            held_by_extension.insert(e.id, d);
         }
     }
     for (i, r) in released.iter().enumerate() {
-        if let Some(guid) = r
-            .mbg_device_id
-            .as_deref()
-            .and_then(|g| by_guid.get_key_value(g).map(|(k, _)| *k))
-            && !claims.contains_key(guid)
+        if let Some(&d) = r.mbg_device_id.as_deref().and_then(|g| index_of.get(g))
+            && claims[d].is_none()
         {
-            claims.insert(guid, Claim::Released(i));
-            held_by_released.insert(i, guid);
+            claims[d] = Some(Claim::Released(i));
+            held_by_released.insert(i, d);
         }
     }
     // A device that no recorded guid claims goes to the first row, in priority order, whose
     // credentials it carries: held, or a duplicate when that row already holds one. Only the
     // unclaimed devices are looked at (none, in a steady state), each against the rows of its
     // number.
-    let mut unclaimed: Vec<&SipDevice> = devices
-        .iter()
-        .copied()
-        .filter(|d| !claims.contains_key(d.guid.as_str()))
+    let mut unclaimed: Vec<usize> = (0..devices.len())
+        .filter(|&d| claims[d].is_none())
         .collect();
-    by_guid_order(&mut unclaimed);
+    if unclaimed.len() > 1 {
+        unclaimed.sort_by(|&a, &b| devices[a].guid.cmp(&devices[b].guid));
+    }
     let numbers: HashSet<&str> = unclaimed
         .iter()
-        .map(|d| d.icpside_username.as_str())
+        .map(|&d| devices[d].icpside_username.as_str())
         .collect();
     let owners = by_priority
         .iter()
@@ -525,6 +558,7 @@ pub fn plan(
     let mut owners_of: HashMap<&str, Vec<_>> = HashMap::default();
     for (priority, (owner, number, name, password)) in owners
         .enumerate()
+        .filter(|_| !numbers.is_empty())
         .filter(|(_, (_, number, ..))| numbers.contains(number))
     {
         owners_of
@@ -534,7 +568,8 @@ pub fn plan(
     }
     let mut duplicates: Vec<(usize, &str, &str)> = Vec::new(); // (priority, guid, number)
     let mut has_duplicates: HashSet<usize> = HashSet::default();
-    for device in unclaimed {
+    for d in unclaimed {
+        let device = &devices[d];
         let (guid, number) = (device.guid.as_str(), device.icpside_username.as_str());
         let Some(&(priority, owner, ..)) = owners_of
             .get(number)
@@ -545,14 +580,14 @@ pub fn plan(
             continue;
         };
         let held = match owner {
-            Claim::Extension(id) => held_by_extension.entry(id).or_insert(guid),
-            Claim::Released(i) => held_by_released.entry(i).or_insert(guid),
+            Claim::Extension(id) => held_by_extension.entry(id).or_insert(d),
+            Claim::Released(i) => held_by_released.entry(i).or_insert(d),
             Claim::Duplicate => unreachable!("owners are rows"),
         };
-        if *held == guid {
-            claims.insert(guid, owner);
+        if *held == d {
+            claims[d] = Some(owner);
         } else {
-            claims.insert(guid, Claim::Duplicate);
+            claims[d] = Some(Claim::Duplicate);
             duplicates.push((priority, guid, number));
             if let Claim::Released(i) = owner {
                 has_duplicates.insert(i);
@@ -560,15 +595,28 @@ pub fn plan(
         }
     }
     duplicates.sort();
-    let foreign = |d: &&SipDevice| !claims.contains_key(d.guid.as_str());
+    // The devices that are nobody's, by ICP-side name (the number) and by set-side name, each
+    // list in guid order. Only those: in a steady state there are none, and 100,000 lists
+    // of one device each cost more than the rest of the plan.
+    let mut by_number: HashMap<&str, Vec<&SipDevice>> = HashMap::default();
     let mut foreign_by_setside: HashMap<&str, Vec<&SipDevice>> = HashMap::default();
-    for device in devices.iter().copied().filter(foreign) {
+    for device in devices
+        .iter()
+        .zip(&claims)
+        .filter_map(|(device, claim)| claim.is_none().then_some(device))
+    {
+        by_number
+            .entry(device.icpside_username.as_str())
+            .or_default()
+            .push(device);
         foreign_by_setside
             .entry(device.setside_username.as_str())
             .or_default()
             .push(device);
     }
+    by_number.values_mut().for_each(by_guid_order);
     foreign_by_setside.values_mut().for_each(by_guid_order);
+    let foreign_with_number = |number: &str| by_number.get(number).into_iter().flatten().copied();
     let mut plan = Plan::default();
 
     // Deletions first: they free licences for the creations below.
@@ -576,12 +624,12 @@ pub fn plan(
     for extension in ordered.iter().filter(|e| !e.use_remote_auth) {
         let number = extension.number.clone();
         let owner = Owner::Extension(extension.id);
-        if let Some(guid) = held_by_extension.get(&extension.id) {
+        if let Some(&d) = held_by_extension.get(&extension.id) {
             deleted += 1;
             plan.actions.push(Action::Delete {
                 owner,
                 number,
-                guid: guid.to_string(),
+                guid: devices[d].guid.clone(),
             });
         } else if let Some(guid) = recorded(extension) {
             plan.actions.push(Action::Forget {
@@ -599,7 +647,7 @@ pub fn plan(
     for (i, r) in released.iter().enumerate() {
         let number = r.number.clone();
         match held_by_released.get(&i) {
-            Some(guid) => {
+            Some(&d) => {
                 deleted += 1;
                 plan.actions.push(Action::Delete {
                     owner: Owner::Released {
@@ -607,7 +655,7 @@ pub fn plan(
                         last: !has_duplicates.contains(&i),
                     },
                     number,
-                    guid: guid.to_string(),
+                    guid: devices[d].guid.clone(),
                 });
             }
             None => plan.actions.push(Action::Forget {
@@ -644,24 +692,25 @@ pub fn plan(
                     node: e.node_name.clone(),
                     address: e.node_address.clone(),
                 })
-                .and_then(|icp| wanted_device(e, icp).map(|device| (icp, device)));
+                .and_then(|icp| check_wanted(e).map(|()| icp));
             (*e, target)
         })
         .collect();
-    let mut adoptions: HashMap<&str, (i64, String)> = HashMap::default(); // guid -> (adopter, name)
+    let mut adoptions: HashMap<&str, (i64, &str)> = HashMap::default(); // guid -> (adopter, name)
     for (e, target) in &wanted {
-        let Ok((icp, device)) = target else { continue };
+        let (Ok(icp), Some(name)) = (target, e.remote_auth_name.as_deref()) else {
+            continue;
+        };
         if held_by_extension.contains_key(&e.id) {
             continue;
         }
-        if let Some(candidate) = with_number(&e.number)
-            .filter(foreign)
+        if let Some(candidate) = foreign_with_number(&e.number)
             .find(|d| d.icp == icp.name && !adoptions.contains_key(d.guid.as_str()))
         {
-            adoptions.insert(&candidate.guid, (e.id, device.setside_username.clone()));
+            adoptions.insert(&candidate.guid, (e.id, name));
         }
     }
-    let clash = |adoptions: &HashMap<&str, (i64, String)>, name: &str| {
+    let clash = |adoptions: &HashMap<&str, (i64, &str)>, name: &str| {
         foreign_by_setside
             .get(name)
             .into_iter()
@@ -707,8 +756,8 @@ pub fn plan(
             }));
             continue;
         }
-        let (_, wanted) = match target {
-            Ok(target) => target,
+        let icp = match target {
+            Ok(icp) => icp,
             Err(problem) => {
                 plan.actions.push(report(problem));
                 continue;
@@ -720,9 +769,16 @@ pub fn plan(
                 guid: d.guid.clone(),
             })
         };
-        if let Some(device) = held_by_extension.get(&extension.id).map(|g| by_guid[g]) {
-            let (patch, changes) = diff(device, &wanted);
+        if let Some(device) = held_by_extension.get(&extension.id).map(|&d| &devices[d]) {
             let is_recorded = recorded(extension) == Some(device.guid.as_str());
+            if is_recorded && is_as_wanted(device, extension, icp) {
+                plan.settled.push(Settled {
+                    extension_id: extension.id,
+                    state: ExtensionState::Provisioned,
+                });
+                continue;
+            }
+            let (patch, changes) = diff(device, &wanted_device(extension, icp));
             if let Some(problem) = patch.setside_username.as_deref().and_then(&name_taken) {
                 plan.actions.push(report(problem));
             } else if !is_recorded {
@@ -750,13 +806,15 @@ pub fn plan(
             }
             continue;
         }
+        let wanted = wanted_device(extension, icp);
         if let Some(problem) = name_taken(&wanted.setside_username) {
             plan.actions.push(report(problem));
             continue;
         }
         let adopted = adopted_by
             .get(&extension.id)
-            .and_then(|guid| by_guid.get(guid));
+            .and_then(|guid| index_of.get(guid))
+            .map(|&d| &devices[d]);
         if let Some(device) = adopted {
             let (patch, changes) = diff(device, &wanted);
             plan.actions.push(Action::Adopt {
@@ -769,8 +827,7 @@ pub fn plan(
             });
             continue;
         }
-        if let Some(elsewhere) = with_number(&extension.number)
-            .filter(foreign)
+        if let Some(elsewhere) = foreign_with_number(&extension.number)
             .find(|d| !adoptions.contains_key(d.guid.as_str()))
         {
             plan.actions.push(report(Problem::NumberUsedElsewhere {

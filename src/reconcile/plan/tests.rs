@@ -142,7 +142,7 @@ fn released_row(id: i64, number: &str, guid: Option<&str>) -> Released {
 
 /// A device that one of our creates made for `e`, whose guid never reached the database.
 fn made_for(guid: &str, e: &Extension, icp: &str) -> SipDevice {
-    let mut d = as_created(guid, &wanted_device(e, &icps()[0]).unwrap());
+    let mut d = as_created(guid, &wanted_device(e, &icps()[0]));
     d.icp = icp.into();
     d
 }
@@ -164,7 +164,7 @@ fn creates_under_the_icp_of_the_node_with_the_contract_fields() {
 #[test]
 fn a_node_move_updates_only_the_icp() {
     let extensions = [owned(extension(1, "1001", "10.0.0.2", true), "g1")];
-    let mut on_old = as_created("g1", &wanted_device(&extensions[0], &icps()[1]).unwrap());
+    let mut on_old = as_created("g1", &wanted_device(&extensions[0], &icps()[1]));
     on_old.icp = "MiVO250-1".into();
     let plan = plan(&extensions, &[], &icps(), &[on_old], None);
     let [Action::Update { changes, patch, .. }] = plan.actions.as_slice() else {
@@ -352,7 +352,7 @@ fn second_copies_of_our_device_are_deleted_and_the_recorded_one_kept() {
 fn a_guid_claimed_by_two_rows_is_never_deleted_while_one_wants_it() {
     let wanted = owned(extension(1, "1001", "10.0.0.1", true), "g1");
     let copy = owned(extension(2, "1002", "10.0.0.1", false), "g1");
-    let d = as_created("g1", &wanted_device(&wanted, &icps()[0]).unwrap());
+    let d = as_created("g1", &wanted_device(&wanted, &icps()[0]));
     let plan = plan(&[copy, wanted], &[], &icps(), &[d], Some(1));
     assert!(
         matches!(
@@ -371,7 +371,7 @@ fn two_wanted_rows_never_share_a_set_side_login() {
     let first = owned(extension(1, "1001", "10.0.0.1", true), "g1");
     let mut copy = extension(2, "1002", "10.0.0.1", true);
     copy.remote_auth_name = first.remote_auth_name.clone();
-    let d = as_created("g1", &wanted_device(&first, &icps()[0]).unwrap());
+    let d = as_created("g1", &wanted_device(&first, &icps()[0]));
     let plan = plan(&[first, copy], &[], &icps(), &[d], None);
     assert!(
         matches!(&plan.actions[..], [Action::Report { number, problem: Problem::SetsideNameShared { number: holder, .. }, .. }]
@@ -440,7 +440,7 @@ fn values_the_mbg_would_refuse_are_reported_not_sent() {
 #[test]
 fn in_sync_extensions_settle_without_actions() {
     let e = owned(extension(1, "1001", "10.0.0.1", true), "g1");
-    let d = as_created("g1", &wanted_device(&e, &icps()[0]).unwrap());
+    let d = as_created("g1", &wanted_device(&e, &icps()[0]));
     let off = extension(2, "1002", "10.0.0.1", false);
     let plan = plan(&[e, off], &[], &icps(), &[d], None);
     assert!(plan.actions.is_empty(), "{plan:?}");
@@ -633,4 +633,41 @@ proptest! {
             prop_assert!(ids.insert(settled.extension_id), "settled and acted on");
         }
     }
+}
+
+/// The steady state's shortcut says "as wanted" exactly when `diff` finds nothing: a device
+/// as created is, and one field changed, any of the seven, is not.
+#[test]
+fn the_settled_shortcut_agrees_with_diff() {
+    let e = extension(1, "1001", "10.0.0.1", true);
+    let icp = &icps()[0];
+    let created = as_created("g1", &wanted_device(&e, icp));
+    assert!(is_as_wanted(&created, &e, icp));
+    assert!(diff(&created, &wanted_device(&e, icp)).1.is_empty());
+    let changes: [fn(&mut SipDevice); 8] = [
+        |d| d.icp = "MiVO250-2".into(),
+        |d| d.setside_username = "other".into(),
+        |d| d.setside_password = SecretString::from("Other-password-1"),
+        |d| d.icpside_username = "1002".into(),
+        |d| d.icpside_password = SecretString::from("Other-password-2"),
+        |d| d.description = "changed by hand".into(),
+        |d| d.description = "mbg-provision ext 10011".into(),
+        |d| d.enabled = false,
+    ];
+    for (i, change) in changes.iter().enumerate() {
+        let mut device = created.clone();
+        change(&mut device);
+        assert!(!is_as_wanted(&device, &e, icp), "change {i}");
+        assert!(
+            !diff(&device, &wanted_device(&e, icp)).1.is_empty(),
+            "change {i}"
+        );
+    }
+}
+
+#[test]
+fn number_order_is_shorter_first_then_by_value() {
+    let mut numbers = ["1001", "999", "0999", "20", "x1", "1000"];
+    numbers.sort_by_key(|n| number_order(n));
+    assert_eq!(numbers, ["20", "999", "0999", "1000", "1001", "x1"]);
 }
