@@ -505,14 +505,15 @@ pub fn plan(
     // Which device each extension and each released row holds: its recorded guid, else the
     // first device that proves itself ours; further proving devices are duplicates.
     let mut claims: Vec<Option<Claim>> = vec![None; devices.len()];
-    let mut held_by_extension: HashMap<i64, usize> = with_capacity(extensions.len());
+    // The device each extension holds, and whether by its recorded guid (else by proof).
+    let mut held_by_extension: HashMap<i64, (usize, bool)> = with_capacity(extensions.len());
     let mut held_by_released: HashMap<usize, usize> = HashMap::default();
     for e in &by_priority {
         if let Some(&d) = recorded(e).and_then(|g| index_of.get(g))
             && claims[d].is_none()
         {
             claims[d] = Some(Claim::Extension(e.id));
-            held_by_extension.insert(e.id, d);
+            held_by_extension.insert(e.id, (d, true));
         }
     }
     for (i, r) in released.iter().enumerate() {
@@ -580,11 +581,11 @@ pub fn plan(
             continue;
         };
         let held = match owner {
-            Claim::Extension(id) => held_by_extension.entry(id).or_insert(d),
-            Claim::Released(i) => held_by_released.entry(i).or_insert(d),
+            Claim::Extension(id) => held_by_extension.entry(id).or_insert((d, false)).0,
+            Claim::Released(i) => *held_by_released.entry(i).or_insert(d),
             Claim::Duplicate => unreachable!("owners are rows"),
         };
-        if *held == d {
+        if held == d {
             claims[d] = Some(owner);
         } else {
             claims[d] = Some(Claim::Duplicate);
@@ -624,7 +625,7 @@ pub fn plan(
     for extension in ordered.iter().filter(|e| !e.use_remote_auth) {
         let number = extension.number.clone();
         let owner = Owner::Extension(extension.id);
-        if let Some(&d) = held_by_extension.get(&extension.id) {
+        if let Some(&(d, _)) = held_by_extension.get(&extension.id) {
             deleted += 1;
             plan.actions.push(Action::Delete {
                 owner,
@@ -769,8 +770,8 @@ pub fn plan(
                 guid: d.guid.clone(),
             })
         };
-        if let Some(device) = held_by_extension.get(&extension.id).map(|&d| &devices[d]) {
-            let is_recorded = recorded(extension) == Some(device.guid.as_str());
+        if let Some(&(d, is_recorded)) = held_by_extension.get(&extension.id) {
+            let device = &devices[d];
             if is_recorded && is_as_wanted(device, extension, icp) {
                 plan.settled.push(Settled {
                     extension_id: extension.id,
