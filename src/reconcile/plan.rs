@@ -461,10 +461,10 @@ fn number_order(number: &str) -> (u8, u64) {
 /// The ICP whose address is the extension's node's, once the row passed [`check_wanted`].
 type Target<'a> = Result<&'a Icp, Problem>;
 
-/// Who holds a device once the plan is applied.
+/// Who holds a device once the plan is applied: an extension or a released row, by position.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Claim {
-    Extension(i64),
+    Extension(usize),
     Released(usize),
     Duplicate,
 }
@@ -492,28 +492,30 @@ pub fn plan(
         .enumerate()
         .map(|(i, d)| (d.guid.as_str(), i))
         .collect();
-    let mut ordered: Vec<&Extension> = extensions.iter().collect();
-    ordered.sort_by_cached_key(|e| (number_order(&e.number), e.id));
+    // Extensions too are named by their position in `extensions`, in number order.
+    let mut ordered: Vec<usize> = (0..extensions.len()).collect();
+    ordered.sort_by_cached_key(|&p| (number_order(&extensions[p].number), extensions[p].id));
+    let wants = |p: &usize| extensions[*p].use_remote_auth;
     // Wanted rows first: a guid that two rows claim goes to the row that wants it.
-    let by_priority: Vec<&Extension> = ordered
+    let by_priority: Vec<usize> = ordered
         .iter()
-        .filter(|e| e.use_remote_auth)
-        .chain(ordered.iter().filter(|e| !e.use_remote_auth))
         .copied()
+        .filter(wants)
+        .chain(ordered.iter().copied().filter(|p| !wants(p)))
         .collect();
 
     // Which device each extension and each released row holds: its recorded guid, else the
     // first device that proves itself ours; further proving devices are duplicates.
     let mut claims: Vec<Option<Claim>> = vec![None; devices.len()];
     // The device each extension holds, and whether by its recorded guid (else by proof).
-    let mut held_by_extension: HashMap<i64, (usize, bool)> = with_capacity(extensions.len());
+    let mut held_by_extension: Vec<Option<(usize, bool)>> = vec![None; extensions.len()];
     let mut held_by_released: HashMap<usize, usize> = HashMap::default();
-    for e in &by_priority {
-        if let Some(&d) = recorded(e).and_then(|g| index_of.get(g))
+    for &p in &by_priority {
+        if let Some(&d) = recorded(&extensions[p]).and_then(|g| index_of.get(g))
             && claims[d].is_none()
         {
-            claims[d] = Some(Claim::Extension(e.id));
-            held_by_extension.insert(e.id, (d, true));
+            claims[d] = Some(Claim::Extension(p));
+            held_by_extension[p] = Some((d, true));
         }
     }
     for (i, r) in released.iter().enumerate() {
@@ -540,9 +542,10 @@ pub fn plan(
         .collect();
     let owners = by_priority
         .iter()
-        .map(|e| {
+        .map(|&p| {
+            let e = &extensions[p];
             (
-                Claim::Extension(e.id),
+                Claim::Extension(p),
                 e.number.as_str(),
                 &e.remote_auth_name,
                 &e.remote_auth_password,
@@ -581,7 +584,7 @@ pub fn plan(
             continue;
         };
         let held = match owner {
-            Claim::Extension(id) => held_by_extension.entry(id).or_insert((d, false)).0,
+            Claim::Extension(p) => held_by_extension[p].get_or_insert((d, false)).0,
             Claim::Released(i) => *held_by_released.entry(i).or_insert(d),
             Claim::Duplicate => unreachable!("owners are rows"),
         };
@@ -622,10 +625,11 @@ pub fn plan(
 
     // Deletions first: they free licences for the creations below.
     let mut deleted = 0usize;
-    for extension in ordered.iter().filter(|e| !e.use_remote_auth) {
+    for &p in ordered.iter().filter(|p| !wants(p)) {
+        let extension = &extensions[p];
         let number = extension.number.clone();
         let owner = Owner::Extension(extension.id);
-        if let Some(&(d, _)) = held_by_extension.get(&extension.id) {
+        if let Some((d, _)) = held_by_extension[p] {
             deleted += 1;
             plan.actions.push(Action::Delete {
                 owner,
@@ -682,10 +686,12 @@ pub fn plan(
     // stay foreign once the plan is applied (an adopted device becomes ours and takes our
     // name). An adopter that clashes gives its device up, which can make new clashes, hence the
     // loop; it only ever removes adoptions, so it ends.
-    let wanted: Vec<(&Extension, Target)> = ordered
+    let wanted: Vec<(usize, Target)> = ordered
         .iter()
-        .filter(|e| e.use_remote_auth)
-        .map(|e| {
+        .copied()
+        .filter(wants)
+        .map(|p| {
+            let e = &extensions[p];
             let target = icps
                 .iter()
                 .find(|icp| icp.address == e.node_address)
@@ -694,15 +700,16 @@ pub fn plan(
                     address: e.node_address.clone(),
                 })
                 .and_then(|icp| check_wanted(e).map(|()| icp));
-            (*e, target)
+            (p, target)
         })
         .collect();
     let mut adoptions: HashMap<&str, (i64, &str)> = HashMap::default(); // guid -> (adopter, name)
-    for (e, target) in &wanted {
+    for &(p, ref target) in &wanted {
+        let e = &extensions[p];
         let (Ok(icp), Some(name)) = (target, e.remote_auth_name.as_deref()) else {
             continue;
         };
-        if held_by_extension.contains_key(&e.id) {
+        if held_by_extension[p].is_some() {
             continue;
         }
         if let Some(candidate) = foreign_with_number(&e.number)
@@ -741,7 +748,8 @@ pub fn plan(
         budget.map(|b| (b as usize).saturating_sub(devices.len().saturating_sub(deleted)));
     // The first wanted extension (in number order) with a remote auth name keeps it.
     let mut name_holders: HashMap<&str, &str> = with_capacity(extensions.len());
-    for (extension, target) in wanted {
+    for (p, target) in wanted {
+        let extension = &extensions[p];
         let report = |problem| Action::Report {
             extension_id: extension.id,
             number: extension.number.clone(),
@@ -770,7 +778,7 @@ pub fn plan(
                 guid: d.guid.clone(),
             })
         };
-        if let Some(&(d, is_recorded)) = held_by_extension.get(&extension.id) {
+        if let Some((d, is_recorded)) = held_by_extension[p] {
             let device = &devices[d];
             if is_recorded && is_as_wanted(device, extension, icp) {
                 plan.settled.push(Settled {
