@@ -671,3 +671,19 @@ fn number_order_is_shorter_first_then_by_value() {
     numbers.sort_by_key(|n| number_order(n));
     assert_eq!(numbers, ["20", "999", "0999", "1000", "1001", "x1"]);
 }
+
+#[test]
+fn sendable_passwords_are_counted_in_characters_without_control_characters() {
+    assert!(is_sendable_password("Abcdefg1"));
+    assert!(!is_sendable_password("Abcdef1"), "7 characters");
+    assert!(is_sendable_password("ééééééé1"), "8 characters, 15 bytes");
+    assert!(
+        !is_sendable_password("Abcdefg1\t"),
+        "an ASCII control character"
+    );
+    assert!(
+        !is_sendable_password("Abcdefg1\u{85}"),
+        "a non-ASCII control character"
+    );
+    assert!(!is_sendable_password(&"a".repeat(129)));
+}
