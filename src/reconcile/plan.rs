@@ -470,6 +470,29 @@ fn number_order(number: &str) -> (u8, u64) {
 /// The ICP whose address is the extension's node's, once the row passed [`check_wanted`].
 type Target<'a> = Result<&'a Icp, Problem>;
 
+/// Sorts device positions by guid, comparing the guids' first 16 bytes as integers kept beside
+/// the positions (a comparison of the strings themselves chases two pointers into the heap),
+/// and the whole guids only where those are equal.
+fn sort_by_guid(positions: &mut [usize], devices: &[SipDevice]) {
+    let prefix = |guid: &str| {
+        let mut bytes = [0u8; 16];
+        let head = &guid.as_bytes()[..guid.len().min(16)];
+        bytes[..head.len()].copy_from_slice(head);
+        u128::from_be_bytes(bytes)
+    };
+    let mut keyed: Vec<(u128, usize)> = positions
+        .iter()
+        .map(|&d| (prefix(&devices[d].guid), d))
+        .collect();
+    keyed.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| devices[a.1].guid.cmp(&devices[b.1].guid))
+    });
+    for (slot, (_, d)) in positions.iter_mut().zip(keyed) {
+        *slot = d;
+    }
+}
+
 /// Who holds a device once the plan is applied: an extension or a released row, by position.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Claim {
@@ -542,9 +565,7 @@ pub fn plan(
     let mut unclaimed: Vec<usize> = (0..devices.len())
         .filter(|&d| claims[d].is_none())
         .collect();
-    if unclaimed.len() > 1 {
-        unclaimed.sort_by(|&a, &b| devices[a].guid.cmp(&devices[b].guid));
-    }
+    sort_by_guid(&mut unclaimed, devices);
     let numbers: HashSet<&str> = unclaimed
         .iter()
         .map(|&d| devices[d].icpside_username.as_str())
