@@ -691,14 +691,24 @@ fn sendable_passwords_are_counted_in_characters_without_control_characters() {
 #[test]
 fn devices_sort_by_their_whole_guid() {
     let e = extension(1, "1001", "10.0.0.1", true);
-    let guids = ["aaaaaaaaaaaaaaaa2", "b", "aaaaaaaaaaaaaaaa1", "a", "aaaaaaaaaaaaaaaa", "ab"];
+    let guids = [
+        "aaaaaaaaaaaaaaaa2",
+        "b",
+        "aaaaaaaaaaaaaaaa1",
+        "a",
+        "aaaaaaaaaaaaaaaa",
+        "ab",
+    ];
     let devices: Vec<SipDevice> = guids
         .iter()
         .map(|g| as_created(g, &wanted_device(&e, &icps()[0])))
         .collect();
     let mut positions: Vec<usize> = (0..devices.len()).collect();
     sort_by_guid(&mut positions, &devices);
-    let sorted: Vec<&str> = positions.iter().map(|&d| devices[d].guid.as_str()).collect();
+    let sorted: Vec<&str> = positions
+        .iter()
+        .map(|&d| devices[d].guid.as_str())
+        .collect();
     let mut expected = guids.to_vec();
     expected.sort();
     assert_eq!(sorted, expected);
