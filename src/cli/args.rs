@@ -116,7 +116,7 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Measure import and sync on a temporary database against the in-process simulator
     ///
-    /// Prints each figure beside its bound ((N + 2) requests × latency / in-flight for a sync)
+    /// Prints each figure beside its bound ((N + 3) requests × latency / in-flight for a sync)
     /// and its target, and the same sync at max_in_flight = 1 for comparison. Needs no
     /// configuration file; touches nothing outside a temporary folder (or, with a PostgreSQL
     /// URL, a database it creates on that server and drops at the end).
