@@ -216,12 +216,7 @@ pub(crate) async fn reveal(
     Query(query): Query<FormQuery>,
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Operator).await?;
-    let Some(extension) = find(&console, &number, query.node.as_deref()).await? else {
-        return Err(PageError::new(
-            StatusCode::NOT_FOUND,
-            format!("no extension {number}"),
-        ));
-    };
+    let extension = existing(&console, &number, query.node.as_deref()).await?;
     console
         .audit(
             &session.user.name,
@@ -250,12 +245,7 @@ pub(crate) async fn rotate(
     Query(query): Query<FormQuery>,
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Operator).await?;
-    let Some(extension) = find(&console, &number, query.node.as_deref()).await? else {
-        return Err(PageError::new(
-            StatusCode::NOT_FOUND,
-            format!("no extension {number}"),
-        ));
-    };
+    let extension = existing(&console, &number, query.node.as_deref()).await?;
     let rules = &console.config().credentials;
     let rotated = console
         .0
@@ -315,12 +305,7 @@ pub(crate) async fn live(
     {
         return Ok((StatusCode::UNAUTHORIZED, "sign in first").into_response());
     }
-    let Some(extension) = find(&console, &number, query.node.as_deref()).await? else {
-        return Err(PageError::new(
-            StatusCode::NOT_FOUND,
-            format!("no extension {number}"),
-        ));
-    };
+    let extension = existing(&console, &number, query.node.as_deref()).await?;
     Ok(Json(Live {
         state: extension.state.as_str(),
         mbg_device_id: extension.mbg_device_id,
@@ -328,6 +313,17 @@ pub(crate) async fn live(
         use_remote_auth: extension.use_remote_auth,
     })
     .into_response())
+}
+
+/// [`find`], for a request about an extension that must exist: 404 otherwise.
+async fn existing(
+    console: &Console,
+    number: &str,
+    node: Option<&str>,
+) -> Result<Extension, PageError> {
+    find(console, number, node)
+        .await?
+        .ok_or_else(|| PageError::new(StatusCode::NOT_FOUND, format!("no extension {number}")))
 }
 
 async fn find(

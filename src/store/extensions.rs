@@ -475,14 +475,7 @@ impl Store {
     }
 
     pub async fn extension_by_number(&self, number: &str) -> Result<Extension> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "{EXTENSION_SELECT} WHERE e.number = $1 ORDER BY n.name"
-        )))
-        .bind(number)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::Database)?;
-        match rows.first() {
+        match self.rows_numbered(number).await?.first() {
             Some(row) => decode_one(row),
             None => Err(StoreError::NotFound(NotFound::Extension(
                 number.to_string(),
@@ -490,18 +483,24 @@ impl Store {
         }
     }
 
-    /// The one extension `number` means: the one on `node` when given, else the number's only
-    /// row. A number on several nodes without `node` is an error naming them, for the CLI's
-    /// `--node` and the console's `?node=`.
-    pub async fn extension_meant(&self, number: &str, node: Option<&str>) -> Result<Extension> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+    /// The rows of `number`, undecoded, by node name.
+    async fn rows_numbered(&self, number: &str) -> Result<Vec<sqlx::any::AnyRow>> {
+        sqlx::query(AssertSqlSafe(format!(
             "{EXTENSION_SELECT} WHERE e.number = $1 ORDER BY n.name"
         )))
         .bind(number)
         .fetch_all(&self.pool)
         .await
-        .map_err(StoreError::Database)?;
-        let mut found = rows
+        .map_err(StoreError::Database)
+    }
+
+    /// The one extension `number` means: the one on `node` when given, else the number's only
+    /// row. A number on several nodes without `node` is an error naming them, for the CLI's
+    /// `--node` and the console's `?node=`.
+    pub async fn extension_meant(&self, number: &str, node: Option<&str>) -> Result<Extension> {
+        let mut found = self
+            .rows_numbered(number)
+            .await?
             .iter()
             .map(decode_one)
             .collect::<Result<Vec<Extension>>>()?;
