@@ -38,8 +38,13 @@ pub mod names {
     /// Counter: console sign-ins refused, label `reason` (`wrong_password`, `locked_out`).
     pub const CONSOLE_SIGN_IN_REFUSED: &str = "mbg_provision_console_sign_in_refused_total";
 
+    /// Counter: SIP users found added, removed or changed on the MBG by someone else, when a
+    /// full reconcile reads the MBG and compares it with the view the daemon kept.
+    pub const MBG_DRIFT: &str = "mbg_provision_mbg_drift_total";
+
     /// Every family, for documentation and tests.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
+        MBG_DRIFT,
         CHANGES_SEEN,
         ACTIONS,
         MBG_REQUEST_DURATION,
@@ -113,6 +118,10 @@ fn builder() -> PrometheusBuilder {
 }
 
 fn describe() {
+    describe_counter!(
+        names::MBG_DRIFT,
+        "SIP users added, removed or changed on the MBG other than by this daemon (by hand, or a create whose answer was lost), found by each full reconcile."
+    );
     describe_counter!(
         names::CONSOLE_SIGN_IN_REFUSED,
         "Console sign-ins refused, by reason (wrong_password: a wrong name or password; locked_out: too many failures for that name from that address)."
@@ -301,6 +310,11 @@ pub fn token_expiry(expires_at: i64, now: i64) {
 /// rejected, or there is none.
 pub fn token_needs_attention(needs: bool) {
     gauge!(names::TOKEN_NEEDS_ATTENTION).set(if needs { 1.0 } else { 0.0 });
+}
+
+/// A full reconcile found `n` SIP users changed on the MBG since the view it kept.
+pub fn mbg_drift(n: u64) {
+    counter!(names::MBG_DRIFT).increment(n);
 }
 
 /// A full reconcile finished without error at `at` (epoch seconds).

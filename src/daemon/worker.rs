@@ -26,12 +26,10 @@ use crate::{systemd, telemetry};
 const FULL_PASS_RETRY: Duration = Duration::from_secs(30);
 /// How often a running pass's progress reaches `queue_depth`.
 const QUEUE_DEPTH_EVERY: Duration = Duration::from_millis(500);
+/// How often the extensions are counted by state for `/metrics`, at most.
+const STATE_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// Most changes taken into one targeted pass; the rest wait for the next.
 const BATCH: u32 = 10_000;
-/// The view of the MBG is kept between passes only up to this many SIP users. A larger site's
-/// targeted passes read the device list afresh instead (one request): 100,000 SIP users take
-/// some 50 MB to keep, for a daemon that is idle most of its life.
-const VIEW_CACHE_MAX_DEVICES: usize = 20_000;
 
 pub enum Ended {
     Stopped,
@@ -65,6 +63,8 @@ pub struct Worker {
     database_writes_failing: bool,
     /// Why the last pass failed, if it did.
     last_failure: Option<String>,
+    /// When the extensions were last counted by state (see [`Worker::report_queue`]).
+    states_counted: Option<Instant>,
 }
 
 /// What the loop woke up for.
@@ -101,6 +101,7 @@ impl Worker {
             blocked: None,
             database_writes_failing: false,
             last_failure: None,
+            states_counted: None,
         }
     }
 
@@ -325,7 +326,18 @@ impl Worker {
         now: i64,
         progress: Arc<Progress>,
     ) -> Result<PassReport, ReconcileError> {
+        let kept = self.view.take();
         let mut view = self.read_view(client).await?;
+        if let Some(kept) = kept {
+            let drift = view.drift_from(&kept);
+            if drift > 0 {
+                info!(
+                    sip_users = drift,
+                    "SIP users changed on the MBG by someone else since the last full reconcile"
+                );
+            }
+            telemetry::mbg_drift(drift as u64);
+        }
         let config = &self.app.config;
         let scope = Scope {
             only: None,
@@ -400,14 +412,14 @@ impl Worker {
     }
 
     /// Keeps the view for the next targeted pass if the pass succeeded (a failed one may have
-    /// changed the MBG without the view hearing of it) and the view is small enough.
+    /// changed the MBG without the view hearing of it): a change then costs no read of the
+    /// MBG's device list, whatever its size.
     fn keep_if_current(
         &mut self,
         view: MbgView,
         report: Result<PassReport, ReconcileError>,
     ) -> Result<PassReport, ReconcileError> {
-        self.view =
-            (report.is_ok() && view.devices.len() <= VIEW_CACHE_MAX_DEVICES).then_some(view);
+        self.view = report.is_ok().then_some(view);
         report
     }
 
@@ -668,9 +680,16 @@ impl Worker {
         });
     }
 
-    async fn report_queue(&self) {
-        if let Ok(counts) = self.app.store.count_by_state().await {
+    async fn report_queue(&mut self) {
+        // Counting every row by state costs in proportion to the database: at most once per
+        // STATE_COUNT_EVERY, not after each change (a scrape is 15 s or more apart anyway).
+        if self
+            .states_counted
+            .is_none_or(|at| at.elapsed() >= STATE_COUNT_EVERY)
+            && let Ok(counts) = self.app.store.count_by_state().await
+        {
             telemetry::extensions_by_state(&counts);
+            self.states_counted = Some(Instant::now());
         }
         match self.app.store.queue_depth().await {
             Ok(depth) => self

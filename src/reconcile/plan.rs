@@ -27,15 +27,15 @@ use crate::store::{Extension, ExtensionState, Released};
 /// The plan's maps hash with FxHash (rustc's own), not SipHash: their keys are guids, numbers and
 /// names from our database and the MBG, not chosen by an attacker, and SipHash was a third of the
 /// time of a plan for 100,000 extensions.
-type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
-type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
+pub(super) type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub(super) type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
 
 fn with_capacity<K, V>(capacity: usize) -> HashMap<K, V> {
     HashMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default())
 }
 
 #[derive(Default)]
-struct FxHasher(u64);
+pub(super) struct FxHasher(u64);
 
 impl FxHasher {
     fn add(&mut self, word: u64) {

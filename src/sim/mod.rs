@@ -233,6 +233,16 @@ impl SimHandle {
     }
 
     /// How many requests were received since the log was last cleared, all of them counted.
+    /// The requests logged after the first `count` of [`SimHandle::request_count`] (those the
+    /// ring still holds).
+    pub fn requests_after(&self, count: u64) -> Vec<LoggedRequest> {
+        let state = self.state();
+        let newer =
+            usize::try_from(state.requests_seen.saturating_sub(count)).unwrap_or(usize::MAX);
+        let skip = state.requests.len().saturating_sub(newer);
+        state.requests.iter().skip(skip).cloned().collect()
+    }
+
     pub fn request_count(&self) -> u64 {
         self.state().requests_seen
     }

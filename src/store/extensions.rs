@@ -8,8 +8,8 @@ use super::error::{classify, quote};
 use super::transaction::{Durability, Transaction};
 use super::{
     AuditEntry, Backend, BadRow, CredentialFill, Extension, ExtensionFilter, ExtensionKind,
-    ExtensionRows, ExtensionSpec, ExtensionState, NotFound, Result, StateUpdate, Store, StoreError,
-    get_bool, now,
+    ExtensionRows, ExtensionSpec, ExtensionState, NotFound, Result, RowKeys, StateUpdate, Store,
+    StoreError, get_bool, now,
 };
 
 // A LEFT JOIN, so that an extension whose node was deleted behind our back (foreign keys off in a
@@ -551,7 +551,11 @@ impl Store {
                 if self.backend == super::Backend::Sqlite =>
             {
                 tracing::warn!(error = %e, "a row cannot be read; reading the rows one by one");
-                return self.extension_rows_one_by_one().await;
+                let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM extensions ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::Database)?;
+                return self.extension_rows_one_by_one(ids).await;
             }
             Err(e) => return Err(StoreError::Database(e)),
         };
@@ -565,9 +569,87 @@ impl Store {
         Ok(found)
     }
 
+    /// The rows any of `keys` names (each row once, in id order), read as
+    /// [`Store::extension_rows`] reads them all: a row that cannot be used is among the bad ones.
+    pub async fn extension_rows_matching(&self, keys: &RowKeys) -> Result<ExtensionRows> {
+        match self.rows_matching(EXTENSION_SELECT, keys).await {
+            Ok(rows) => {
+                let mut found = ExtensionRows::default();
+                let mut seen = HashSet::new();
+                let mut rows: Vec<&AnyRow> = rows.iter().collect();
+                rows.sort_by_key(|row| row.try_get::<i64, _>("id").unwrap_or(i64::MAX));
+                for row in rows {
+                    match decode(row)? {
+                        Ok(extension) if seen.insert(extension.id) => found.good.push(extension),
+                        Err(bad) if seen.insert(bad.id) => found.bad.push(bad),
+                        _ => {}
+                    }
+                }
+                Ok(found)
+            }
+            Err(sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. })
+                if self.backend == super::Backend::Sqlite =>
+            {
+                let rows = self
+                    .rows_matching("SELECT e.id FROM extensions e", keys)
+                    .await
+                    .map_err(StoreError::Database)?;
+                let mut ids: Vec<i64> = rows
+                    .iter()
+                    .map(|row| row.try_get("id"))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(StoreError::Database)?;
+                ids.sort_unstable();
+                ids.dedup();
+                self.extension_rows_one_by_one(ids).await
+            }
+            Err(e) => Err(StoreError::Database(e)),
+        }
+    }
+
+    /// `select` for each of `keys`, one indexed `IN (…)` per key kind and chunk (a row may come
+    /// back more than once).
+    async fn rows_matching(
+        &self,
+        select: &str,
+        keys: &RowKeys,
+    ) -> std::result::Result<Vec<AnyRow>, sqlx::Error> {
+        const CHUNK: usize = 500;
+        let marks = |n: usize| {
+            (1..=n)
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut rows = Vec::new();
+        for chunk in keys.ids.chunks(CHUNK) {
+            let sql = format!("{select} WHERE e.id IN ({})", marks(chunk.len()));
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            rows.extend(query.fetch_all(&self.pool).await?);
+        }
+        for (column, values) in [
+            ("e.number", &keys.numbers),
+            ("e.remote_auth_name", &keys.names),
+            ("e.mbg_device_id", &keys.guids),
+        ] {
+            for chunk in values.chunks(CHUNK) {
+                let sql = format!("{select} WHERE {column} IN ({})", marks(chunk.len()));
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for value in chunk {
+                    query = query.bind(value);
+                }
+                rows.extend(query.fetch_all(&self.pool).await?);
+            }
+        }
+        Ok(rows)
+    }
+
     /// The slow path of [`Store::extension_rows`]: each row on its own, so that a row SQLite
     /// cannot hand over as text is reported, naming its column, and the others carry on.
-    async fn extension_rows_one_by_one(&self) -> Result<ExtensionRows> {
+    async fn extension_rows_one_by_one(&self, ids: Vec<i64>) -> Result<ExtensionRows> {
         const TEXT_COLUMNS: [&str; 9] = [
             "number",
             "kind",
@@ -579,10 +661,6 @@ impl Store {
             "last_error",
             "node_id",
         ];
-        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM extensions ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::Database)?;
         let mut found = ExtensionRows::default();
         for id in ids {
             let row = sqlx::query(AssertSqlSafe(format!("{EXTENSION_SELECT} WHERE e.id = $1")))

@@ -98,6 +98,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0010_audit_growth.sql"),
         include_str!("../../migrations/postgres/0010_audit_growth.sql"),
     ),
+    (
+        11,
+        "targeted reads",
+        include_str!("../../migrations/sqlite/0011_targeted_reads.sql"),
+        include_str!("../../migrations/postgres/0011_targeted_reads.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -188,6 +188,25 @@ pub struct ExtensionRows {
     pub bad: Vec<BadRow>,
 }
 
+/// The rows a targeted pass asks for: by id, by number, by remote auth name and by the SIP
+/// user recorded against them (see `reconcile::near`).
+#[derive(Debug, Clone, Default)]
+pub struct RowKeys {
+    pub ids: Vec<i64>,
+    pub numbers: Vec<String>,
+    pub names: Vec<String>,
+    pub guids: Vec<String>,
+}
+
+impl RowKeys {
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+            && self.numbers.is_empty()
+            && self.names.is_empty()
+            && self.guids.is_empty()
+    }
+}
+
 /// What `extension set` and `extension import` write: only the database, as the phone system's
 /// own page would. `None` leaves a field as it is (or at its default for a new extension).
 #[derive(Debug, Clone)]

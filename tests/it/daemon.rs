@@ -9,7 +9,7 @@ use mbg_provision::clock::Clock;
 use mbg_provision::daemon;
 use mbg_provision::health::{HealthState, Role};
 use mbg_provision::shutdown::Shutdown;
-use mbg_provision::store::{ExtensionSpec, NewNode};
+use mbg_provision::store::{ExtensionSpec, ExtensionState, NewNode};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::Connection;
 
@@ -18,6 +18,7 @@ use crate::support::TestDb;
 
 crate::on_both_backends!(
     sql_flips_drift_and_node_moves_reach_the_mbg,
+    a_change_costs_no_read_of_the_mbgs_device_list_and_still_sees_its_neighbours,
     a_refused_token_stops_the_calls_until_a_new_one_is_stored,
     the_renewal_job_renews_on_its_schedule,
 );
@@ -180,6 +181,101 @@ async fn sql_flips_drift_and_node_moves_reach_the_mbg(db: TestDb) {
     )
     .await;
     assert!(h.db.store.pending_changes(10).await.unwrap().is_empty());
+}
+
+/// After the first full pass, a flipped flag is planned from the rows and SIP users near it
+/// (`reconcile::near`) against the view the daemon keeps: no request lists the MBG's SIP users
+/// (at 100,000 that list is what a real MBG should not be asked for per click). The neighbours
+/// still count: a SIP user made by hand with the number is adopted, not doubled, and a set-side
+/// name another wanted row holds is refused.
+async fn a_change_costs_no_read_of_the_mbgs_device_list_and_still_sees_its_neighbours(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let numbers: Vec<String> = (2000..2050).map(|n| n.to_string()).collect();
+    let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    node_and_extensions(&h, &refs).await;
+    sql(
+        &h.db,
+        "UPDATE extensions SET use_remote_auth = true WHERE number < '2040'",
+    )
+    .await;
+    let foreign = h
+        .sim
+        .add_device(mbg_provision::sim::DeviceFields {
+            icp: Some("MiVO250-1".into()),
+            setside_username: Some("frontdesk".into()),
+            setside_password: Some("hand-made-pass".into()),
+            icpside_username: Some("2045".into()),
+            icpside_password: Some("whatever-it-was".into()),
+            description: Some("made by hand".into()),
+            enabled: Some(true),
+        })
+        .unwrap();
+    let h = &h;
+    with_daemon(
+        h,
+        |_| {},
+        |daemon| async move {
+            eventually("the first full pass", Duration::from_secs(20), || {
+                daemon.health.snapshot().last_full_reconcile.is_some()
+            })
+            .await;
+            assert_eq!(h.sim.devices().len(), 41, "40 created beside the hand-made one");
+            let before = h.sim.request_count();
+
+            sql(
+                &h.db,
+                "UPDATE extensions SET use_remote_auth = true WHERE number = '2041'",
+            )
+            .await;
+            eventually("2041 appears", Duration::from_secs(10), || has(h, "2041")).await;
+            sql(
+                &h.db,
+                "UPDATE extensions SET use_remote_auth = true WHERE number = '2045'",
+            )
+            .await;
+            eventually("2045 is adopted", Duration::from_secs(10), || {
+                h.sim
+                    .devices()
+                    .iter()
+                    .any(|d| d.guid == foreign && d.setside_username != "frontdesk")
+            })
+            .await;
+            let taken = h.db.store.extension_by_number("2000").await.unwrap();
+            sql(
+                &h.db,
+                &format!(
+                    "UPDATE extensions SET use_remote_auth = true, remote_auth_name = '{}' WHERE number = '2046'",
+                    taken.remote_auth_name.unwrap()
+                ),
+            )
+            .await;
+            let asked = Instant::now();
+            loop {
+                let state = h.db.store.extension_by_number("2046").await.unwrap().state;
+                if state == ExtensionState::NeedsAttention {
+                    break;
+                }
+                assert!(asked.elapsed() < Duration::from_secs(10), "2046 is {state}, not refused");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+
+            let requests = h.sim.requests_after(before);
+            let listed: Vec<_> = requests
+                .iter()
+                .filter(|r| r.method == "GET" && r.path.contains("devices/sip"))
+                .collect();
+            assert!(listed.is_empty(), "a change read the device list: {listed:?}");
+            assert_eq!(
+                h.sim.devices().iter().filter(|d| d.icpside_username == "2045").count(),
+                1,
+                "adopted, not doubled"
+            );
+            let adopted = h.db.store.extension_by_number("2045").await.unwrap();
+            assert_eq!(adopted.mbg_device_id.as_deref(), Some(foreign.as_str()));
+            assert!(!has(h, "2046"), "a shared set-side login is never sent");
+        },
+    )
+    .await;
 }
 
 /// A new access token, as `token request` + approval + `token verify` from another shell.

@@ -224,6 +224,7 @@ async fn metrics_has_every_family_and_the_latency_buckets() {
     telemetry::full_reconcile_done(1_700_000_000);
     telemetry::leader(true);
     telemetry::console_sign_in_refused("wrong_password");
+    telemetry::mbg_drift(2);
 
     let text = server.metrics().await;
     for name in names::ALL {
@@ -245,6 +246,7 @@ async fn metrics_has_every_family_and_the_latency_buckets() {
         "mbg_provision_token_needs_attention 1",
         "mbg_provision_last_full_reconcile_timestamp_seconds 1700000000",
         "mbg_provision_leader 1",
+        "mbg_provision_mbg_drift_total ",
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }

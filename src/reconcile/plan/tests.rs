@@ -713,3 +713,83 @@ fn devices_sort_by_their_whole_guid() {
     expected.sort();
     assert_eq!(sorted, expected);
 }
+
+/// The rows a store would return for `keys`.
+fn matching(extensions: &[Extension], keys: &crate::store::RowKeys) -> crate::store::ExtensionRows {
+    let good = extensions
+        .iter()
+        .filter(|e| {
+            keys.ids.contains(&e.id)
+                || keys.numbers.contains(&e.number)
+                || e.remote_auth_name
+                    .as_ref()
+                    .is_some_and(|n| keys.names.contains(n))
+                || e.mbg_device_id
+                    .as_ref()
+                    .is_some_and(|g| keys.guids.contains(g))
+        })
+        .cloned()
+        .collect();
+    crate::store::ExtensionRows {
+        good,
+        bad: Vec::new(),
+    }
+}
+
+/// What a plan says about `ids` and the released rows, comparable across plans.
+fn about(plan: &Plan, ids: &HashSet<i64>) -> (Vec<String>, Vec<Settled>) {
+    let mut actions: Vec<String> = plan
+        .actions
+        .iter()
+        .filter(|a| match a {
+            Action::Delete { owner, .. } | Action::Forget { owner, .. } => match owner {
+                Owner::Extension(id) => ids.contains(id),
+                Owner::Released { .. } => true,
+                Owner::Duplicate => false,
+            },
+            other => other.extension_id().is_some_and(|id| ids.contains(&id)),
+        })
+        .map(|a| format!("{a:?}"))
+        .collect();
+    actions.sort();
+    let mut settled: Vec<Settled> = plan
+        .settled
+        .iter()
+        .filter(|s| ids.contains(&s.extension_id))
+        .cloned()
+        .collect();
+    settled.sort_by_key(|s| s.extension_id);
+    (actions, settled)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// A targeted pass plans from the neighbourhood of its changes only: that must give the
+    /// changed rows (and the released ones) exactly what the plan of everything gives them.
+    #[test]
+    fn the_neighbourhood_plans_its_rows_as_the_whole_database_does(
+        (extensions, released, devices, _) in arb_state(),
+        picks in prop::collection::vec(any::<prop::sample::Index>(), 1..3),
+    ) {
+        prop_assume!(!extensions.is_empty());
+        let changed: HashSet<i64> =
+            picks.iter().map(|i| extensions[i.index(extensions.len())].id).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (rows, near_devices) = runtime.block_on(async {
+            let mut near = crate::reconcile::near::Near::new(changed.iter().copied());
+            let read = async |keys: &crate::store::RowKeys| {
+                Ok::<_, ()>(matching(&extensions, keys))
+            };
+            let keys: Vec<_> = devices.iter().map(crate::reconcile::near::DeviceKeys::of).collect();
+            assert!(near.close((&devices, &keys), read).await.unwrap());
+            near.add_released(&released);
+            assert!(near.close((&devices, &keys), read).await.unwrap());
+            near.into_parts()
+        });
+        let subset: Vec<SipDevice> = near_devices.iter().map(|&d| devices[d].clone()).collect();
+        let whole = plan(&extensions, &released, &icps(), &devices, None);
+        let part = plan(&rows.good, &released, &icps(), &subset, None);
+        prop_assert_eq!(about(&whole, &changed), about(&part, &changed));
+    }
+}

@@ -11,6 +11,8 @@
 //! extension) × latency / `max_in_flight`. The targets are
 //! those of issue 9, stated for 10,000 extensions and scaled linearly above that.
 
+mod latency;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -603,6 +605,8 @@ impl<'a> World<'a> {
         })
     }
 }
+
+pub use latency::{BurstFigure, LatencyFigure, change_latency};
 
 fn wrong(phase: &'static str, detail: String) -> BenchError {
     BenchError::Wrong { phase, detail }

@@ -1,0 +1,193 @@
+//! What a targeted pass plans from: the changed rows and everything the plan's rules could weigh
+//! against them, not the whole database. At 100,000 extensions, reading, decoding and planning
+//! every row for one flipped flag took most of a second.
+//!
+//! The plan's rules connect a row to others only through four keys: its number (proof of
+//! ownership, adoption, a number used elsewhere), its remote auth name (a name shared or taken),
+//! the SIP user recorded against it, and, for SIP users, their guid, ICP-side and set-side names.
+//! So the neighbourhood is closed under those keys: every row and SIP user sharing a key with
+//! one inside is inside. Planned alone, it gives its rows the actions the whole plan would give
+//! them (a property test holds `plan` to that), except the licence budget, which the pass turns
+//! into the licences the SIP users outside already use.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::mbg::SipDevice;
+use crate::store::{BadRow, Extension, ExtensionRows, Released, RowKeys};
+
+use super::plan::{FxHasher, HashSet};
+
+/// The hashes of a SIP user's guid, ICP-side name (the number) and set-side name.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeviceKeys {
+    guid: u64,
+    number: u64,
+    name: u64,
+}
+
+impl DeviceKeys {
+    pub(crate) fn of(device: &SipDevice) -> DeviceKeys {
+        DeviceKeys {
+            guid: hash(&device.guid),
+            number: hash(&device.icpside_username),
+            name: hash(&device.setside_username),
+        }
+    }
+}
+
+fn hash(key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<FxHasher>::default().hash_one(key)
+}
+
+/// Rounds of reading before a targeted pass gives up and plans from every row: each round
+/// follows one more link, and a real site's links end after two or three.
+pub(crate) const MAX_ROUNDS: usize = 32;
+
+#[derive(Default)]
+pub(crate) struct Near {
+    asked: Asked,
+    /// Keys met and not yet asked of the database.
+    next: RowKeys,
+    /// The hashes of the keys met since the last look at the SIP users.
+    fresh: Fresh,
+    good: BTreeMap<i64, Extension>,
+    bad: BTreeMap<i64, BadRow>,
+    devices: BTreeSet<usize>,
+    rounds: usize,
+}
+
+#[derive(Default)]
+struct Fresh {
+    guids: HashSet<u64>,
+    numbers: HashSet<u64>,
+    names: HashSet<u64>,
+}
+
+#[derive(Default)]
+struct Asked {
+    ids: HashSet<i64>,
+    numbers: HashSet<String>,
+    names: HashSet<String>,
+    guids: HashSet<String>,
+}
+
+impl Near {
+    pub(crate) fn new(ids: impl IntoIterator<Item = i64>) -> Near {
+        let mut near = Near::default();
+        for id in ids {
+            if near.asked.ids.insert(id) {
+                near.next.ids.push(id);
+            }
+        }
+        near
+    }
+
+    /// Reads rows and looks at `devices` until no new key turns up: `false` when that took
+    /// more than [`MAX_ROUNDS`] (the caller then plans from every row).
+    pub(crate) async fn close<E>(
+        &mut self,
+        devices: (&[SipDevice], &[DeviceKeys]),
+        mut read: impl AsyncFnMut(&RowKeys) -> Result<ExtensionRows, E>,
+    ) -> Result<bool, E> {
+        loop {
+            self.add_devices(devices);
+            let keys = std::mem::take(&mut self.next);
+            if keys.is_empty() {
+                return Ok(true);
+            }
+            self.rounds += 1;
+            if self.rounds > MAX_ROUNDS {
+                return Ok(false);
+            }
+            self.add_rows(read(&keys).await?);
+        }
+    }
+
+    /// Released rows are always planned (their SIP users are deleted by any pass); their keys
+    /// bring in what competes with them.
+    pub(crate) fn add_released(&mut self, released: &[Released]) {
+        for r in released {
+            self.meet_number(&r.number);
+            self.meet_name(r.remote_auth_name.as_deref());
+            self.meet_guid(r.mbg_device_id.as_deref());
+        }
+    }
+
+    fn add_rows(&mut self, rows: ExtensionRows) {
+        for e in rows.good {
+            if self.good.contains_key(&e.id) {
+                continue;
+            }
+            self.meet_number(&e.number);
+            self.meet_name(e.remote_auth_name.as_deref());
+            self.meet_guid(e.mbg_device_id.as_deref());
+            self.good.insert(e.id, e);
+        }
+        for bad in rows.bad {
+            if self.bad.contains_key(&bad.id) {
+                continue;
+            }
+            if let Some(number) = &bad.number {
+                self.meet_number(number);
+            }
+            self.meet_guid(bad.mbg_device_id.as_deref());
+            self.bad.insert(bad.id, bad);
+        }
+    }
+
+    /// Takes in the SIP users that match a key met since the last look (one sweep over their
+    /// hashes; the others matched no earlier key and are not looked at again for it). A hash
+    /// that matches by chance only brings in one more SIP user, with what competes with it:
+    /// the neighbourhood stays closed.
+    fn add_devices(&mut self, (devices, keys): (&[SipDevice], &[DeviceKeys])) {
+        let fresh = std::mem::take(&mut self.fresh);
+        if fresh.numbers.is_empty() && fresh.names.is_empty() && fresh.guids.is_empty() {
+            return;
+        }
+        for (d, (device, key)) in devices.iter().zip(keys).enumerate() {
+            let matches = fresh.guids.contains(&key.guid)
+                || fresh.numbers.contains(&key.number)
+                || fresh.names.contains(&key.name);
+            if matches && self.devices.insert(d) {
+                self.meet_number(&device.icpside_username);
+                self.meet_name(Some(&device.setside_username));
+                self.meet_guid(Some(&device.guid));
+            }
+        }
+    }
+
+    fn meet_number(&mut self, number: &str) {
+        if self.asked.numbers.insert(number.to_string()) {
+            self.next.numbers.push(number.to_string());
+            self.fresh.numbers.insert(hash(number));
+        }
+    }
+
+    fn meet_name(&mut self, name: Option<&str>) {
+        if let Some(name) = name.filter(|n| !n.is_empty())
+            && self.asked.names.insert(name.to_string())
+        {
+            self.next.names.push(name.to_string());
+            self.fresh.names.insert(hash(name));
+        }
+    }
+
+    fn meet_guid(&mut self, guid: Option<&str>) {
+        if let Some(guid) = guid.filter(|g| !g.is_empty())
+            && self.asked.guids.insert(guid.to_string())
+        {
+            self.next.guids.push(guid.to_string());
+            self.fresh.guids.insert(hash(guid));
+        }
+    }
+
+    /// The rows (in id order) and the positions of the SIP users (in the MBG's order).
+    pub(crate) fn into_parts(self) -> (ExtensionRows, Vec<usize>) {
+        let rows = ExtensionRows {
+            good: self.good.into_values().collect(),
+            bad: self.bad.into_values().collect(),
+        };
+        (rows, self.devices.into_iter().collect())
+    }
+}
