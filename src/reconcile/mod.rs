@@ -238,8 +238,9 @@ impl MbgView {
     /// per outcome: a pass that created 10,000 SIP users would otherwise scan the list 10,000
     /// times.
     pub fn absorb(&mut self, outcomes: &[Outcome]) {
-        let mut replaced: HashSet<&str> = HashSet::new();
-        let mut patches: HashMap<&str, &crate::mbg::SipDevicePatch> = HashMap::new();
+        let mut replaced: plan::HashSet<&str> = plan::HashSet::default();
+        let mut patches: plan::HashMap<&str, &crate::mbg::SipDevicePatch> =
+            plan::HashMap::default();
         let mut created: Vec<&SipDevice> = Vec::new();
         for effect in outcomes.iter().filter_map(|o| o.effect.as_ref()) {
             match effect {
@@ -258,14 +259,34 @@ impl MbgView {
         if replaced.is_empty() && patches.is_empty() {
             return;
         }
-        self.devices.retain(|d| !replaced.contains(d.guid.as_str()));
-        for device in &mut self.devices {
-            if let Some(patch) = patches.get(device.guid.as_str()) {
-                patch.apply_to(device);
+        if self.key_hashes.len() != self.devices.len() {
+            self.hash_keys();
+        }
+        // The key hashes follow their devices (`retain` visits them in order, once each);
+        // only a patched or created device is hashed again.
+        let mut hashes = std::mem::take(&mut self.key_hashes).into_iter();
+        let mut kept = Vec::with_capacity(self.devices.len() + created.len());
+        self.devices.retain(|d| {
+            let keys = hashes.next().expect("one hash entry per device");
+            let keep = !replaced.contains(d.guid.as_str());
+            if keep {
+                kept.push(keys);
+            }
+            keep
+        });
+        self.key_hashes = kept;
+        if !patches.is_empty() {
+            for (device, keys) in self.devices.iter_mut().zip(&mut self.key_hashes) {
+                if let Some(patch) = patches.get(device.guid.as_str()) {
+                    patch.apply_to(device);
+                    *keys = near::DeviceKeys::of(device);
+                }
             }
         }
-        self.devices.extend(created.into_iter().cloned());
-        self.hash_keys();
+        for device in created {
+            self.key_hashes.push(near::DeviceKeys::of(device));
+            self.devices.push(device.clone());
+        }
     }
 }
 
@@ -685,4 +706,73 @@ fn waiting_retries(extensions: &[Extension], now: i64) -> Option<Waiting> {
 fn needs_credentials(extension: &Extension) -> bool {
     extension.use_remote_auth
         && (extension.remote_auth_name.is_none() || extension.remote_auth_password.is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn device(guid: &str, number: &str) -> SipDevice {
+        SipDevice {
+            guid: guid.into(),
+            icp: "MiVO250-1".into(),
+            setside_username: format!("set{number}"),
+            setside_password: SecretString::from("set-pass"),
+            icpside_username: number.into(),
+            icpside_password: SecretString::from("icp-pass"),
+            description: String::new(),
+            enabled: true,
+        }
+    }
+
+    fn outcome(effect: DeviceEffect) -> Outcome {
+        Outcome {
+            extension_id: None,
+            number: String::new(),
+            verb: "update",
+            status: Status::Done,
+            detail: String::new(),
+            effect: Some(effect),
+        }
+    }
+
+    /// The key hashes a targeted pass sweeps must stay those of the devices beside them after
+    /// the view takes in creates, patches and removals: a stale hash would hide a SIP user from
+    /// the neighbourhood.
+    #[test]
+    fn absorbing_answers_keeps_each_devices_key_hashes_beside_it() {
+        let mut view = MbgView {
+            devices: (0..6)
+                .map(|i| device(&format!("g{i}"), &format!("10{i}")))
+                .collect(),
+            ..MbgView::default()
+        };
+        view.hash_keys();
+        let renamed = crate::mbg::SipDevicePatch {
+            setside_username: Some("renamed".into()),
+            icpside_username: Some("999".into()),
+            ..Default::default()
+        };
+        view.absorb(&[
+            outcome(DeviceEffect::Removed("g1".into())),
+            outcome(DeviceEffect::Patched {
+                guid: "g3".into(),
+                patch: renamed,
+            }),
+            outcome(DeviceEffect::Created(device("g9", "109"))),
+            outcome(DeviceEffect::Removed("g4".into())),
+        ]);
+        let guids: Vec<&str> = view.devices.iter().map(|d| d.guid.as_str()).collect();
+        assert_eq!(guids, ["g0", "g2", "g3", "g5", "g9"]);
+        let fresh: Vec<String> = view
+            .devices
+            .iter()
+            .map(|d| format!("{:?}", near::DeviceKeys::of(d)))
+            .collect();
+        let kept: Vec<String> = view.key_hashes.iter().map(|k| format!("{k:?}")).collect();
+        assert_eq!(kept, fresh);
+        assert_eq!(view.devices[2].setside_username, "renamed");
+    }
 }
