@@ -5,6 +5,7 @@ pub mod apply;
 mod near;
 pub mod plan;
 mod recorder;
+mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::credentials;
-use crate::mbg::{Icp, MbgClient, MbgError, SipDevice};
+use crate::mbg::{MbgClient, MbgError};
 use crate::shutdown::Shutdown;
 use crate::store::{
     BadRow, CredentialFill, DeviceFact, Extension, ExtensionRows, ExtensionState, OutcomeWrite,
@@ -22,6 +23,7 @@ use crate::store::{
 };
 pub use apply::{ApplyOptions, ApplyReport, DeviceEffect, Outcome, Status, count_outcomes};
 pub use plan::{Action, Adoption, Owner, Plan, Problem};
+pub use view::MbgView;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -157,139 +159,6 @@ impl PassReport {
     }
 }
 
-/// What the MBG holds, as a pass plans from it. The daemon keeps one between passes: refreshed
-/// by each full pass, corrected by each answer, so that a single change does not fetch every
-/// SIP user again.
-#[derive(Debug, Clone, Default)]
-pub struct MbgView {
-    pub icps: Vec<Icp>,
-    pub devices: Vec<SipDevice>,
-    /// Per device, in the same order, the hashes of its guid, ICP-side and set-side names: a
-    /// targeted pass compares those with its keys (see [`near`]) instead of hashing 300,000
-    /// strings at 100,000 SIP users. Kept beside `devices` by [`MbgView::absorb`].
-    key_hashes: Vec<near::DeviceKeys>,
-}
-
-impl MbgView {
-    /// Reads both lists, retrying a busy MBG until `mbg.retry_deadline`.
-    pub async fn read(
-        client: &MbgClient,
-        config: &Config,
-        shutdown: &Shutdown,
-    ) -> Result<MbgView, ReconcileError> {
-        let retry_until = Instant::now() + config.mbg.retry_deadline;
-        let cap = config.mbg.max_retry_after;
-        let mut view = MbgView {
-            icps: read_with_retry(cap, shutdown, retry_until, || client.icps()).await?,
-            devices: read_with_retry(cap, shutdown, retry_until, || client.devices()).await?,
-            key_hashes: Vec::new(),
-        };
-        view.hash_keys();
-        Ok(view)
-    }
-
-    fn hash_keys(&mut self) {
-        self.key_hashes = self.devices.iter().map(near::DeviceKeys::of).collect();
-    }
-
-    /// The devices with their key hashes (computed again if `devices` was changed directly).
-    fn keyed_devices(&mut self) -> (&[SipDevice], &[near::DeviceKeys]) {
-        if self.key_hashes.len() != self.devices.len() {
-            self.hash_keys();
-        }
-        (&self.devices, &self.key_hashes)
-    }
-
-    /// How many SIP users differ between `earlier` and this view: added, removed, or with any
-    /// field changed.
-    pub fn drift_from(&self, earlier: &MbgView) -> usize {
-        use secrecy::ExposeSecret;
-        let same = |a: &SipDevice, b: &SipDevice| {
-            a.icp == b.icp
-                && a.setside_username == b.setside_username
-                && a.setside_password.expose_secret() == b.setside_password.expose_secret()
-                && a.icpside_username == b.icpside_username
-                && a.icpside_password.expose_secret() == b.icpside_password.expose_secret()
-                && a.description == b.description
-                && a.enabled == b.enabled
-        };
-        let before: HashMap<&str, &SipDevice> = earlier
-            .devices
-            .iter()
-            .map(|d| (d.guid.as_str(), d))
-            .collect();
-        let mut kept = 0;
-        let mut changed = 0;
-        for device in &self.devices {
-            match before.get(device.guid.as_str()) {
-                Some(was) => {
-                    kept += 1;
-                    if !same(was, device) {
-                        changed += 1;
-                    }
-                }
-                None => changed += 1,
-            }
-        }
-        changed + (before.len() - kept)
-    }
-
-    /// Takes in what the MBG confirmed during a pass. In one sweep over the devices, not one
-    /// per outcome: a pass that created 10,000 SIP users would otherwise scan the list 10,000
-    /// times.
-    pub fn absorb(&mut self, outcomes: &[Outcome]) {
-        let mut replaced: plan::HashSet<&str> = plan::HashSet::default();
-        let mut patches: plan::HashMap<&str, &crate::mbg::SipDevicePatch> =
-            plan::HashMap::default();
-        let mut created: Vec<&SipDevice> = Vec::new();
-        for effect in outcomes.iter().filter_map(|o| o.effect.as_ref()) {
-            match effect {
-                DeviceEffect::Created(device) => {
-                    replaced.insert(&device.guid);
-                    created.push(device);
-                }
-                DeviceEffect::Patched { guid, patch } => {
-                    patches.insert(guid, patch);
-                }
-                DeviceEffect::Removed(guid) => {
-                    replaced.insert(guid);
-                }
-            }
-        }
-        if replaced.is_empty() && patches.is_empty() {
-            return;
-        }
-        if self.key_hashes.len() != self.devices.len() {
-            self.hash_keys();
-        }
-        // The key hashes follow their devices (`retain` visits them in order, once each);
-        // only a patched or created device is hashed again.
-        let mut hashes = std::mem::take(&mut self.key_hashes).into_iter();
-        let mut kept = Vec::with_capacity(self.devices.len() + created.len());
-        self.devices.retain(|d| {
-            let keys = hashes.next().expect("one hash entry per device");
-            let keep = !replaced.contains(d.guid.as_str());
-            if keep {
-                kept.push(keys);
-            }
-            keep
-        });
-        self.key_hashes = kept;
-        if !patches.is_empty() {
-            for (device, keys) in self.devices.iter_mut().zip(&mut self.key_hashes) {
-                if let Some(patch) = patches.get(device.guid.as_str()) {
-                    patch.apply_to(device);
-                    *keys = near::DeviceKeys::of(device);
-                }
-            }
-        }
-        for device in created {
-            self.key_hashes.push(near::DeviceKeys::of(device));
-            self.devices.push(device.clone());
-        }
-    }
-}
-
 /// Which extensions a pass acts on. A full pass plans from every row; a targeted pass (`only`)
 /// from the rows and SIP users near those extensions (see [`near`]), and applies only what
 /// concerns them. A pass that honours backoff leaves failed extensions alone until their
@@ -405,7 +274,7 @@ pub async fn run_pass_with(
             Mode::Apply => store.pending_changes(u32::MAX).await?,
             Mode::DryRun => Vec::new(),
         };
-        let read = read_rows(store, scope, view.keyed_devices()).await?;
+        let read = read_rows(store, scope, view).await?;
         let lacking = read.rows.good.iter().any(needs_credentials);
         if mode == Mode::DryRun || !lacking || rounds >= CREDENTIAL_ROUNDS {
             break (covered_changes, read);
@@ -431,10 +300,7 @@ pub async fn run_pass_with(
         }
     }
     let waiting = waiting_retries(&extensions, now);
-    let mut devices: Vec<SipDevice> = match devices {
-        Some(near) => near.iter().map(|&d| view.devices[d].clone()).collect(),
-        None => view.devices.clone(),
-    };
+    let mut devices = view.devices_for(devices.as_deref(), &extensions, &released);
     // A row that cannot be read still holds its SIP user: keep it out of the plan's reach (it
     // would look like nobody's), but count its licence.
     let held_by_bad_rows: HashSet<&str> = rows
@@ -445,7 +311,7 @@ pub async fn run_pass_with(
     devices.retain(|d| !held_by_bad_rows.contains(d.guid.as_str()));
     // The licences used by SIP users the plan does not see: those of bad rows, and outside a
     // targeted pass's neighbourhood.
-    let unseen = u32::try_from(view.devices.len() - devices.len()).unwrap_or(u32::MAX);
+    let unseen = u32::try_from(view.len() - devices.len()).unwrap_or(u32::MAX);
     let mut plan = plan::plan(
         &extensions,
         &released,
@@ -578,18 +444,14 @@ struct Read {
 /// Every row, or for a targeted pass the rows and SIP users near its extensions (see
 /// [`near`]). Released rows are read after the rows, so that a row deleted meanwhile is in one
 /// or the other.
-async fn read_rows(
-    store: &Store,
-    scope: &Scope,
-    devices: (&[SipDevice], &[near::DeviceKeys]),
-) -> Result<Read, StoreError> {
+async fn read_rows(store: &Store, scope: &Scope, view: &MbgView) -> Result<Read, StoreError> {
     if let Some(ids) = &scope.only {
         let mut near = near::Near::new(ids.iter().copied());
         let read = async |keys: &RowKeys| store.extension_rows_matching(keys).await;
-        if near.close(devices, read).await? {
+        if near.close(view, read).await? {
             let released = store.released().await?;
             near.add_released(&released);
-            if near.close(devices, read).await? {
+            if near.close(view, read).await? {
                 let (rows, devices) = near.into_parts();
                 return Ok(Read {
                     rows,
@@ -706,73 +568,4 @@ fn waiting_retries(extensions: &[Extension], now: i64) -> Option<Waiting> {
 fn needs_credentials(extension: &Extension) -> bool {
     extension.use_remote_auth
         && (extension.remote_auth_name.is_none() || extension.remote_auth_password.is_none())
-}
-
-#[cfg(test)]
-mod tests {
-    use secrecy::SecretString;
-
-    use super::*;
-
-    fn device(guid: &str, number: &str) -> SipDevice {
-        SipDevice {
-            guid: guid.into(),
-            icp: "MiVO250-1".into(),
-            setside_username: format!("set{number}"),
-            setside_password: SecretString::from("set-pass"),
-            icpside_username: number.into(),
-            icpside_password: SecretString::from("icp-pass"),
-            description: String::new(),
-            enabled: true,
-        }
-    }
-
-    fn outcome(effect: DeviceEffect) -> Outcome {
-        Outcome {
-            extension_id: None,
-            number: String::new(),
-            verb: "update",
-            status: Status::Done,
-            detail: String::new(),
-            effect: Some(effect),
-        }
-    }
-
-    /// The key hashes a targeted pass sweeps must stay those of the devices beside them after
-    /// the view takes in creates, patches and removals: a stale hash would hide a SIP user from
-    /// the neighbourhood.
-    #[test]
-    fn absorbing_answers_keeps_each_devices_key_hashes_beside_it() {
-        let mut view = MbgView {
-            devices: (0..6)
-                .map(|i| device(&format!("g{i}"), &format!("10{i}")))
-                .collect(),
-            ..MbgView::default()
-        };
-        view.hash_keys();
-        let renamed = crate::mbg::SipDevicePatch {
-            setside_username: Some("renamed".into()),
-            icpside_username: Some("999".into()),
-            ..Default::default()
-        };
-        view.absorb(&[
-            outcome(DeviceEffect::Removed("g1".into())),
-            outcome(DeviceEffect::Patched {
-                guid: "g3".into(),
-                patch: renamed,
-            }),
-            outcome(DeviceEffect::Created(device("g9", "109"))),
-            outcome(DeviceEffect::Removed("g4".into())),
-        ]);
-        let guids: Vec<&str> = view.devices.iter().map(|d| d.guid.as_str()).collect();
-        assert_eq!(guids, ["g0", "g2", "g3", "g5", "g9"]);
-        let fresh: Vec<String> = view
-            .devices
-            .iter()
-            .map(|d| format!("{:?}", near::DeviceKeys::of(d)))
-            .collect();
-        let kept: Vec<String> = view.key_hashes.iter().map(|k| format!("{k:?}")).collect();
-        assert_eq!(kept, fresh);
-        assert_eq!(view.devices[2].setside_username, "renamed");
-    }
 }

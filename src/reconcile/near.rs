@@ -12,33 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::mbg::SipDevice;
 use crate::store::{BadRow, Extension, ExtensionRows, Released, RowKeys};
 
-use super::plan::{FxHasher, HashSet};
-
-/// The hashes of a SIP user's guid, ICP-side name (the number) and set-side name.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DeviceKeys {
-    guid: u64,
-    number: u64,
-    name: u64,
-}
-
-impl DeviceKeys {
-    pub(crate) fn of(device: &SipDevice) -> DeviceKeys {
-        DeviceKeys {
-            guid: hash(&device.guid),
-            number: hash(&device.icpside_username),
-            name: hash(&device.setside_username),
-        }
-    }
-}
-
-fn hash(key: &str) -> u64 {
-    use std::hash::BuildHasher;
-    std::hash::BuildHasherDefault::<FxHasher>::default().hash_one(key)
-}
+use super::plan::HashSet;
+use super::view::{MbgView, hash};
 
 /// Rounds of reading before a targeted pass gives up and plans from every row: each round
 /// follows one more link, and a real site's links end after two or three.
@@ -87,11 +64,11 @@ impl Near {
     /// more than [`MAX_ROUNDS`] (the caller then plans from every row).
     pub(crate) async fn close<E>(
         &mut self,
-        devices: (&[SipDevice], &[DeviceKeys]),
+        view: &MbgView,
         mut read: impl AsyncFnMut(&RowKeys) -> Result<ExtensionRows, E>,
     ) -> Result<bool, E> {
         loop {
-            self.add_devices(devices);
+            self.add_devices(view);
             let keys = std::mem::take(&mut self.next);
             if keys.is_empty() {
                 return Ok(true);
@@ -140,20 +117,25 @@ impl Near {
     /// hashes; the others matched no earlier key and are not looked at again for it). A hash
     /// that matches by chance only brings in one more SIP user, with what competes with it:
     /// the neighbourhood stays closed.
-    fn add_devices(&mut self, (devices, keys): (&[SipDevice], &[DeviceKeys])) {
+    fn add_devices(&mut self, view: &MbgView) {
         let fresh = std::mem::take(&mut self.fresh);
         if fresh.numbers.is_empty() && fresh.names.is_empty() && fresh.guids.is_empty() {
             return;
         }
-        for (d, (device, key)) in devices.iter().zip(keys).enumerate() {
+        let mut found = Vec::new();
+        for (d, key) in view.device_keys().enumerate() {
             let matches = fresh.guids.contains(&key.guid)
                 || fresh.numbers.contains(&key.number)
                 || fresh.names.contains(&key.name);
             if matches && self.devices.insert(d) {
-                self.meet_number(&device.icpside_username);
-                self.meet_name(Some(&device.setside_username));
-                self.meet_guid(Some(&device.guid));
+                found.push(d);
             }
+        }
+        for d in found {
+            let (guid, number, name) = view.device_texts(d);
+            self.meet_number(number);
+            self.meet_name(Some(name));
+            self.meet_guid(Some(guid));
         }
     }
 

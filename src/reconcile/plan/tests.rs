@@ -486,10 +486,15 @@ prop_compose! {
         icp in prop::sample::select(vec!["MiVO250-1", "MiVO250-2"]),
         setside in 0u8..8,
         password_matches in any::<bool>(),
+        as_we_write_it in any::<bool>(),
     ) -> SipDevice {
         let mut d = device(&format!("g{guid}"), &number.to_string(), icp, &format!("set{setside}"));
         if password_matches {
             d.setside_password = SecretString::from(format!("remote-pass-{number}"));
+        }
+        if as_we_write_it {
+            d.icpside_password = SecretString::from(format!("sip-pass-{number}"));
+            d.description = description(&number.to_string());
         }
         d
     }
@@ -776,20 +781,34 @@ proptest! {
         let changed: HashSet<i64> =
             picks.iter().map(|i| extensions[i.index(extensions.len())].id).collect();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let view = crate::reconcile::MbgView::new(icps(), devices.clone());
         let (rows, near_devices) = runtime.block_on(async {
             let mut near = crate::reconcile::near::Near::new(changed.iter().copied());
             let read = async |keys: &crate::store::RowKeys| {
                 Ok::<_, ()>(matching(&extensions, keys))
             };
-            let keys: Vec<_> = devices.iter().map(crate::reconcile::near::DeviceKeys::of).collect();
-            assert!(near.close((&devices, &keys), read).await.unwrap());
+            assert!(near.close(&view, read).await.unwrap());
             near.add_released(&released);
-            assert!(near.close((&devices, &keys), read).await.unwrap());
+            assert!(near.close(&view, read).await.unwrap());
             near.into_parts()
         });
-        let subset: Vec<SipDevice> = near_devices.iter().map(|&d| devices[d].clone()).collect();
+        let subset = view.devices_for(Some(&near_devices), &rows.good, &released);
         let whole = plan(&extensions, &released, &icps(), &devices, None);
         let part = plan(&rows.good, &released, &icps(), &subset, None);
         prop_assert_eq!(about(&whole, &changed), about(&part, &changed));
+    }
+
+    /// The view keeps hashes of the passwords and the description, restored from the rows
+    /// before a pass: the plan from the restored SIP users is the plan from the real ones.
+    #[test]
+    fn the_kept_view_plans_as_the_sip_users_themselves(
+        (extensions, released, devices, budget) in arb_state()
+    ) {
+        let view = crate::reconcile::MbgView::new(icps(), devices.clone());
+        let restored = view.devices_for(None, &extensions, &released);
+        let real = plan(&extensions, &released, &icps(), &devices, budget);
+        let kept = plan(&extensions, &released, &icps(), &restored, budget);
+        let text = |p: &Plan| (format!("{:?}", p.actions), format!("{:?}", p.settled));
+        prop_assert_eq!(text(&real), text(&kept));
     }
 }
