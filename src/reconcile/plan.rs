@@ -24,6 +24,9 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::mbg::{Icp, NewSipDevice, SipDevice, SipDevicePatch};
 use crate::store::{Extension, ExtensionState, Released};
 
+mod claims;
+use claims::Claims;
+
 /// The plan's maps hash with FxHash (rustc's own), not SipHash: their keys are guids, numbers and
 /// names from our database and the MBG, not chosen by an attacker, and SipHash was a third of the
 /// time of a plan for 100,000 extensions.
@@ -493,14 +496,6 @@ fn sort_by_guid(positions: &mut [usize], devices: &[SipDevice]) {
     }
 }
 
-/// Who holds a device once the plan is applied: an extension or a released row, by position.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Claim {
-    Extension(usize),
-    Released(usize),
-    Duplicate,
-}
-
 /// The plan. `budget` is `mbg.teleworker_licences`. At most one action per extension.
 pub fn plan(
     extensions: &[Extension],
@@ -509,14 +504,6 @@ pub fn plan(
     devices: &[SipDevice],
     budget: Option<u32>,
 ) -> Plan {
-    // Where several devices compete (same number, same set-side name), the lowest guid comes
-    // first, whatever order the MBG listed them in. Only those short lists are sorted: sorting
-    // all 100,000 by guid chases a pointer per comparison and cost more than the rest of the plan.
-    let by_guid_order = |list: &mut Vec<&SipDevice>| {
-        if list.len() > 1 {
-            list.sort_by(|a, b| a.guid.cmp(&b.guid));
-        }
-    };
     // Devices are named by their position in `devices` from here on: one hash of each guid,
     // not one per question asked about it.
     let index_of: HashMap<&str, usize> = devices
@@ -535,141 +522,125 @@ pub fn plan(
         .filter(wants)
         .chain(ordered.iter().copied().filter(|p| !wants(p)))
         .collect();
+    let claims = Claims::build(extensions, released, devices, &index_of, &by_priority);
+    let foreign = Foreign::of(devices, &claims);
+    let mut plan = Plan::default();
+    let unwanted: Vec<usize> = ordered.iter().copied().filter(|p| !wants(p)).collect();
+    let deleted = deletions(&mut plan, extensions, &unwanted, released, devices, &claims);
+    let wanted: Vec<(usize, Target)> = ordered
+        .iter()
+        .copied()
+        .filter(wants)
+        .map(|p| (p, target(&extensions[p], icps)))
+        .collect();
+    let adoptions = Adoptions::choose(extensions, &wanted, &claims, &foreign);
+    let mut decider = Decider {
+        devices,
+        index_of: &index_of,
+        claims: &claims,
+        foreign: &foreign,
+        adoptions: &adoptions,
+        name_holders: with_capacity(extensions.len()),
+        budget,
+        licences_left: budget
+            .map(|b| (b as usize).saturating_sub(devices.len().saturating_sub(deleted))),
+    };
+    for (p, target) in wanted {
+        if let Some(action) = decider.decide(p, &extensions[p], target, &mut plan.settled) {
+            plan.actions.push(action);
+        }
+    }
+    plan
+}
 
-    // Which device each extension and each released row holds: its recorded guid, else the
-    // first device that proves itself ours; further proving devices are duplicates.
-    let mut claims: Vec<Option<Claim>> = vec![None; devices.len()];
-    // The device each extension holds, and whether by its recorded guid (else by proof).
-    let mut held_by_extension: Vec<Option<(usize, bool)>> = vec![None; extensions.len()];
-    let mut held_by_released: HashMap<usize, usize> = HashMap::default();
-    for &p in &by_priority {
-        if let Some(&d) = recorded(&extensions[p]).and_then(|g| index_of.get(g))
-            && claims[d].is_none()
-        {
-            claims[d] = Some(Claim::Extension(p));
-            held_by_extension[p] = Some((d, true));
-        }
-    }
-    for (i, r) in released.iter().enumerate() {
-        if let Some(&d) = r.mbg_device_id.as_deref().and_then(|g| index_of.get(g))
-            && claims[d].is_none()
-        {
-            claims[d] = Some(Claim::Released(i));
-            held_by_released.insert(i, d);
-        }
-    }
-    // A device that no recorded guid claims goes to the first row, in priority order, whose
-    // credentials it carries: held, or a duplicate when that row already holds one. Only the
-    // unclaimed devices are looked at (none, in a steady state), each against the rows of its
-    // number.
-    let mut unclaimed: Vec<usize> = (0..devices.len())
-        .filter(|&d| claims[d].is_none())
-        .collect();
-    sort_by_guid(&mut unclaimed, devices);
-    let numbers: HashSet<&str> = unclaimed
-        .iter()
-        .map(|&d| devices[d].icpside_username.as_str())
-        .collect();
-    let owners = by_priority
-        .iter()
-        .map(|&p| {
-            let e = &extensions[p];
-            (
-                Claim::Extension(p),
-                e.number.as_str(),
-                &e.remote_auth_name,
-                &e.remote_auth_password,
-            )
+/// The ICP a wanted row's SIP user belongs under, once the row passed [`check_wanted`].
+fn target<'a>(extension: &Extension, icps: &'a [Icp]) -> Target<'a> {
+    icps.iter()
+        .find(|icp| icp.address == extension.node_address)
+        .ok_or_else(|| Problem::NoIcpForNode {
+            node: extension.node_name.clone(),
+            address: extension.node_address.clone(),
         })
-        .chain(released.iter().enumerate().map(|(i, r)| {
-            (
-                Claim::Released(i),
-                r.number.as_str(),
-                &r.remote_auth_name,
-                &r.remote_auth_password,
-            )
-        }));
-    let mut owners_of: HashMap<&str, Vec<_>> = HashMap::default();
-    for (priority, (owner, number, name, password)) in owners
-        .enumerate()
-        .filter(|_| !numbers.is_empty())
-        .filter(|(_, (_, number, ..))| numbers.contains(number))
-    {
-        owners_of
-            .entry(number)
-            .or_default()
-            .push((priority, owner, name, password));
-    }
-    let mut duplicates: Vec<(usize, &str, &str)> = Vec::new(); // (priority, guid, number)
-    let mut has_duplicates: HashSet<usize> = HashSet::default();
-    for d in unclaimed {
-        let device = &devices[d];
-        let (guid, number) = (device.guid.as_str(), device.icpside_username.as_str());
-        let Some(&(priority, owner, ..)) = owners_of
-            .get(number)
-            .into_iter()
-            .flatten()
-            .find(|(_, _, name, password)| proves(device, number, name, password))
-        else {
-            continue;
+        .and_then(|icp| check_wanted(extension).map(|()| icp))
+}
+
+/// The devices that are nobody's, by ICP-side name (the number) and by set-side name, each
+/// list in guid order. Only those: in a steady state there are none, and 100,000 lists of one
+/// device each cost more than the rest of the plan.
+struct Foreign<'a> {
+    by_number: HashMap<&'a str, Vec<&'a SipDevice>>,
+    by_setside: HashMap<&'a str, Vec<&'a SipDevice>>,
+}
+
+impl<'a> Foreign<'a> {
+    fn of(devices: &'a [SipDevice], claims: &Claims) -> Foreign<'a> {
+        let mut foreign = Foreign {
+            by_number: HashMap::default(),
+            by_setside: HashMap::default(),
         };
-        let held = match owner {
-            Claim::Extension(p) => held_by_extension[p].get_or_insert((d, false)).0,
-            Claim::Released(i) => *held_by_released.entry(i).or_insert(d),
-            Claim::Duplicate => unreachable!("owners are rows"),
-        };
-        if held == d {
-            claims[d] = Some(owner);
-        } else {
-            claims[d] = Some(Claim::Duplicate);
-            duplicates.push((priority, guid, number));
-            if let Claim::Released(i) = owner {
-                has_duplicates.insert(i);
+        for (d, device) in devices.iter().enumerate() {
+            if claims.is_foreign(d) {
+                let number = device.icpside_username.as_str();
+                foreign.by_number.entry(number).or_default().push(device);
+                let name = device.setside_username.as_str();
+                foreign.by_setside.entry(name).or_default().push(device);
             }
         }
+        // Where several devices compete, the lowest guid comes first, whatever order the MBG
+        // listed them in. Only those short lists are sorted.
+        let by_guid = |list: &mut Vec<&SipDevice>| {
+            if list.len() > 1 {
+                list.sort_by(|a, b| a.guid.cmp(&b.guid));
+            }
+        };
+        foreign.by_number.values_mut().for_each(by_guid);
+        foreign.by_setside.values_mut().for_each(by_guid);
+        foreign
     }
-    duplicates.sort();
-    // The devices that are nobody's, by ICP-side name (the number) and by set-side name, each
-    // list in guid order. Only those: in a steady state there are none, and 100,000 lists
-    // of one device each cost more than the rest of the plan.
-    let mut by_number: HashMap<&str, Vec<&SipDevice>> = HashMap::default();
-    let mut foreign_by_setside: HashMap<&str, Vec<&SipDevice>> = HashMap::default();
-    for device in devices
-        .iter()
-        .zip(&claims)
-        .filter_map(|(device, claim)| claim.is_none().then_some(device))
-    {
-        by_number
-            .entry(device.icpside_username.as_str())
-            .or_default()
-            .push(device);
-        foreign_by_setside
-            .entry(device.setside_username.as_str())
-            .or_default()
-            .push(device);
-    }
-    by_number.values_mut().for_each(by_guid_order);
-    foreign_by_setside.values_mut().for_each(by_guid_order);
-    let foreign_with_number = |number: &str| by_number.get(number).into_iter().flatten().copied();
-    let mut plan = Plan::default();
 
-    // Deletions first: they free licences for the creations below.
+    fn with_number(&self, number: &str) -> impl Iterator<Item = &'a SipDevice> + '_ {
+        self.by_number.get(number).into_iter().flatten().copied()
+    }
+
+    /// The first foreign device with set-side name `name` that stays foreign.
+    fn clash(&self, adoptions: &Adoptions, name: &str) -> Option<&'a SipDevice> {
+        self.by_setside
+            .get(name)
+            .into_iter()
+            .flatten()
+            .find(|d| !adoptions.takes(&d.guid))
+            .copied()
+    }
+}
+
+/// Deletions first, in number order: they free licences for the creations after them. Returns
+/// how many devices go.
+fn deletions(
+    plan: &mut Plan,
+    extensions: &[Extension],
+    unwanted: &[usize],
+    released: &[Released],
+    devices: &[SipDevice],
+    claims: &Claims,
+) -> usize {
     let mut deleted = 0usize;
-    for &p in ordered.iter().filter(|p| !wants(p)) {
+    let mut delete = |owner, number: &str, d: usize| {
+        deleted += 1;
+        Action::Delete {
+            owner,
+            number: number.to_string(),
+            guid: devices[d].guid.clone(),
+        }
+    };
+    for &p in unwanted {
         let extension = &extensions[p];
-        let number = extension.number.clone();
         let owner = Owner::Extension(extension.id);
-        if let Some((d, _)) = held_by_extension[p] {
-            deleted += 1;
-            plan.actions.push(Action::Delete {
-                owner,
-                number,
-                guid: devices[d].guid.clone(),
-            });
+        if let Some((d, _)) = claims.held_by_extension(p) {
+            plan.actions.push(delete(owner, &extension.number, d));
         } else if let Some(guid) = recorded(extension) {
             plan.actions.push(Action::Forget {
                 owner,
-                number,
+                number: extension.number.clone(),
                 guid: Some(guid.to_string()),
             });
         } else {
@@ -680,183 +651,228 @@ pub fn plan(
         }
     }
     for (i, r) in released.iter().enumerate() {
-        let number = r.number.clone();
-        match held_by_released.get(&i) {
-            Some(&d) => {
-                deleted += 1;
-                plan.actions.push(Action::Delete {
-                    owner: Owner::Released {
-                        id: r.id,
-                        last: !has_duplicates.contains(&i),
-                    },
-                    number,
-                    guid: devices[d].guid.clone(),
-                });
-            }
-            None => plan.actions.push(Action::Forget {
+        plan.actions.push(match claims.held_by_released(i) {
+            Some((d, last)) => delete(Owner::Released { id: r.id, last }, &r.number, d),
+            None => Action::Forget {
                 owner: Owner::Released {
                     id: r.id,
                     last: true,
                 },
-                number,
+                number: r.number.clone(),
                 guid: r.mbg_device_id.clone(),
-            }),
-        }
-    }
-    for (_, guid, number) in &duplicates {
-        deleted += 1;
-        plan.actions.push(Action::Delete {
-            owner: Owner::Duplicate,
-            number: number.to_string(),
-            guid: guid.to_string(),
+            },
         });
     }
+    for d in claims.duplicates() {
+        let number = devices[d].icpside_username.clone();
+        plan.actions.push(delete(Owner::Duplicate, &number, d));
+    }
+    deleted
+}
 
-    // Which foreign device each extension adopts. Set-side name clashes count only devices that
-    // stay foreign once the plan is applied (an adopted device becomes ours and takes our
-    // name). An adopter that clashes gives its device up, which can make new clashes, hence the
-    // loop; it only ever removes adoptions, so it ends.
-    let wanted: Vec<(usize, Target)> = ordered
-        .iter()
-        .copied()
-        .filter(wants)
-        .map(|p| {
-            let e = &extensions[p];
-            let target = icps
-                .iter()
-                .find(|icp| icp.address == e.node_address)
-                .ok_or_else(|| Problem::NoIcpForNode {
-                    node: e.node_name.clone(),
-                    address: e.node_address.clone(),
-                })
-                .and_then(|icp| check_wanted(e).map(|()| icp));
-            (p, target)
-        })
-        .collect();
-    let mut adoptions: HashMap<&str, (i64, &str)> = HashMap::default(); // guid -> (adopter, name)
-    for &(p, ref target) in &wanted {
-        let e = &extensions[p];
-        let (Ok(icp), Some(name)) = (target, e.remote_auth_name.as_deref()) else {
-            continue;
+/// Which foreign device each wanted extension takes over: one with exactly its number under
+/// its ICP. Set-side name clashes count only devices that stay foreign once the plan is
+/// applied (an adopted device becomes ours and takes our name). An adopter that clashes gives
+/// its device up, which can make new clashes, hence the loop; it only ever removes adoptions,
+/// so it ends.
+struct Adoptions<'a> {
+    /// guid -> (adopter's id, adopter's remote auth name)
+    by_guid: HashMap<&'a str, (i64, &'a str)>,
+    /// adopter's id -> guid, once chosen
+    by_adopter: HashMap<i64, &'a str>,
+}
+
+impl<'a> Adoptions<'a> {
+    fn choose(
+        extensions: &'a [Extension],
+        wanted: &[(usize, Target)],
+        claims: &Claims,
+        foreign: &Foreign<'a>,
+    ) -> Adoptions<'a> {
+        let mut adoptions = Adoptions {
+            by_guid: HashMap::default(),
+            by_adopter: HashMap::default(),
         };
-        if held_by_extension[p].is_some() {
-            continue;
+        for (p, target) in wanted {
+            let e = &extensions[*p];
+            let (Ok(icp), Some(name)) = (target, e.remote_auth_name.as_deref()) else {
+                continue;
+            };
+            if claims.held_by_extension(*p).is_some() {
+                continue;
+            }
+            if let Some(candidate) = foreign
+                .with_number(&e.number)
+                .find(|d| d.icp == icp.name && !adoptions.takes(&d.guid))
+            {
+                adoptions.by_guid.insert(&candidate.guid, (e.id, name));
+            }
         }
-        if let Some(candidate) = foreign_with_number(&e.number)
-            .find(|d| d.icp == icp.name && !adoptions.contains_key(d.guid.as_str()))
-        {
-            adoptions.insert(&candidate.guid, (e.id, name));
-        }
-    }
-    let clash = |adoptions: &HashMap<&str, (i64, &str)>, name: &str| {
-        foreign_by_setside
-            .get(name)
-            .into_iter()
-            .flatten()
-            .find(|d| !adoptions.contains_key(d.guid.as_str()))
-            .copied()
-    };
-    loop {
-        let giving_up: Vec<&str> = adoptions
-            .iter()
-            .filter(|(_, (_, name))| clash(&adoptions, name).is_some())
-            .map(|(guid, _)| *guid)
-            .collect();
-        if giving_up.is_empty() {
-            break;
-        }
-        for guid in giving_up {
-            adoptions.remove(guid);
+        loop {
+            let giving_up: Vec<&str> = adoptions
+                .by_guid
+                .iter()
+                .filter(|(_, (_, name))| foreign.clash(&adoptions, name).is_some())
+                .map(|(guid, _)| *guid)
+                .collect();
+            if giving_up.is_empty() {
+                adoptions.by_adopter = adoptions
+                    .by_guid
+                    .iter()
+                    .map(|(guid, (adopter, _))| (*adopter, *guid))
+                    .collect();
+                return adoptions;
+            }
+            for guid in giving_up {
+                adoptions.by_guid.remove(guid);
+            }
         }
     }
 
-    let adopted_by: HashMap<i64, &str> = adoptions
-        .iter()
-        .map(|(guid, (adopter, _))| (*adopter, *guid))
-        .collect();
-    let mut licences_left =
-        budget.map(|b| (b as usize).saturating_sub(devices.len().saturating_sub(deleted)));
-    // The first wanted extension (in number order) with a remote auth name keeps it.
-    let mut name_holders: HashMap<&str, &str> = with_capacity(extensions.len());
-    for (p, target) in wanted {
-        let extension = &extensions[p];
-        let report = |problem| Action::Report {
-            extension_id: extension.id,
-            number: extension.number.clone(),
-            problem,
+    fn takes(&self, guid: &str) -> bool {
+        self.by_guid.contains_key(guid)
+    }
+
+    /// The guid of the device extension `id` adopts, if any.
+    fn of(&self, id: i64) -> Option<&'a str> {
+        self.by_adopter.get(&id).copied()
+    }
+}
+
+/// The per-extension decision for wanted rows, in number order.
+struct Decider<'a> {
+    devices: &'a [SipDevice],
+    index_of: &'a HashMap<&'a str, usize>,
+    claims: &'a Claims,
+    foreign: &'a Foreign<'a>,
+    adoptions: &'a Adoptions<'a>,
+    /// The first wanted extension (in number order) with a remote auth name keeps it.
+    name_holders: HashMap<&'a str, &'a str>,
+    budget: Option<u32>,
+    licences_left: Option<usize>,
+}
+
+impl<'a> Decider<'a> {
+    /// The action for wanted extension `p`, or `None` when it is settled (pushed to `settled`).
+    fn decide(
+        &mut self,
+        p: usize,
+        extension: &'a Extension,
+        target: Target,
+        settled: &mut Vec<Settled>,
+    ) -> Option<Action> {
+        let report = |problem| {
+            Some(Action::Report {
+                extension_id: extension.id,
+                number: extension.number.clone(),
+                problem,
+            })
         };
         if let Some(name) = extension.remote_auth_name.as_deref()
-            && let Some(holder) = name_holders.insert(name, &extension.number)
+            && let Some(holder) = self.name_holders.insert(name, &extension.number)
         {
-            name_holders.insert(name, holder);
-            plan.actions.push(report(Problem::SetsideNameShared {
+            self.name_holders.insert(name, holder);
+            return report(Problem::SetsideNameShared {
                 name: name.to_string(),
                 number: holder.to_string(),
-            }));
-            continue;
+            });
         }
         let icp = match target {
             Ok(icp) => icp,
-            Err(problem) => {
-                plan.actions.push(report(problem));
-                continue;
-            }
+            Err(problem) => return report(problem),
         };
-        let name_taken = |name: &str| {
-            clash(&adoptions, name).map(|d| Problem::SetsideNameTaken {
+        match self.claims.held_by_extension(p) {
+            Some((d, is_recorded)) => {
+                self.decide_held(extension, icp, &self.devices[d], is_recorded, settled)
+            }
+            None => self.decide_unheld(extension, icp),
+        }
+    }
+
+    fn name_taken(&self, name: &str) -> Option<Problem> {
+        self.foreign
+            .clash(self.adoptions, name)
+            .map(|d| Problem::SetsideNameTaken {
                 name: name.to_string(),
                 guid: d.guid.clone(),
             })
+    }
+
+    /// An extension that holds a device: settled, updated, or (held by proof) adopted back.
+    fn decide_held(
+        &self,
+        extension: &Extension,
+        icp: &Icp,
+        device: &SipDevice,
+        is_recorded: bool,
+        settled: &mut Vec<Settled>,
+    ) -> Option<Action> {
+        let provisioned = Settled {
+            extension_id: extension.id,
+            state: ExtensionState::Provisioned,
         };
-        if let Some((d, is_recorded)) = held_by_extension[p] {
-            let device = &devices[d];
-            if is_recorded && is_as_wanted(device, extension, icp) {
-                plan.settled.push(Settled {
-                    extension_id: extension.id,
-                    state: ExtensionState::Provisioned,
-                });
-                continue;
-            }
-            let (patch, changes) = diff(device, &wanted_device(extension, icp));
-            if let Some(problem) = patch.setside_username.as_deref().and_then(&name_taken) {
-                plan.actions.push(report(problem));
-            } else if !is_recorded {
-                plan.actions.push(Action::Adopt {
-                    extension_id: extension.id,
-                    number: extension.number.clone(),
-                    guid: device.guid.clone(),
-                    changes,
-                    patch,
-                    proof: Adoption::OwnCredentials,
-                });
-            } else if changes.is_empty() {
-                plan.settled.push(Settled {
-                    extension_id: extension.id,
-                    state: ExtensionState::Provisioned,
-                });
-            } else {
-                plan.actions.push(Action::Update {
-                    extension_id: extension.id,
-                    number: extension.number.clone(),
-                    guid: device.guid.clone(),
-                    changes,
-                    patch,
-                });
-            }
-            continue;
+        if is_recorded && is_as_wanted(device, extension, icp) {
+            settled.push(provisioned);
+            return None;
         }
+        let (patch, changes) = diff(device, &wanted_device(extension, icp));
+        let (extension_id, number, guid) =
+            (extension.id, extension.number.clone(), device.guid.clone());
+        if let Some(problem) = patch
+            .setside_username
+            .as_deref()
+            .and_then(|n| self.name_taken(n))
+        {
+            Some(Action::Report {
+                extension_id,
+                number,
+                problem,
+            })
+        } else if !is_recorded {
+            Some(Action::Adopt {
+                extension_id,
+                number,
+                guid,
+                changes,
+                patch,
+                proof: Adoption::OwnCredentials,
+            })
+        } else if changes.is_empty() {
+            settled.push(provisioned);
+            None
+        } else {
+            Some(Action::Update {
+                extension_id,
+                number,
+                guid,
+                changes,
+                patch,
+            })
+        }
+    }
+
+    /// An extension that holds no device: adopt the foreign one chosen for it, else create one,
+    /// unless its name or number is taken or the licences are used up.
+    fn decide_unheld(&mut self, extension: &Extension, icp: &Icp) -> Option<Action> {
+        let report = |problem| {
+            Some(Action::Report {
+                extension_id: extension.id,
+                number: extension.number.clone(),
+                problem,
+            })
+        };
         let wanted = wanted_device(extension, icp);
-        if let Some(problem) = name_taken(&wanted.setside_username) {
-            plan.actions.push(report(problem));
-            continue;
+        if let Some(problem) = self.name_taken(&wanted.setside_username) {
+            return report(problem);
         }
-        let adopted = adopted_by
-            .get(&extension.id)
-            .and_then(|guid| index_of.get(guid))
-            .map(|&d| &devices[d]);
+        let adopted = self
+            .adoptions
+            .of(extension.id)
+            .and_then(|guid| self.index_of.get(guid))
+            .map(|&d| &self.devices[d]);
         if let Some(device) = adopted {
             let (patch, changes) = diff(device, &wanted);
-            plan.actions.push(Action::Adopt {
+            return Some(Action::Adopt {
                 extension_id: extension.id,
                 number: extension.number.clone(),
                 guid: device.guid.clone(),
@@ -864,34 +880,32 @@ pub fn plan(
                 patch,
                 proof: Adoption::ExactMatch,
             });
-            continue;
         }
-        if let Some(elsewhere) = foreign_with_number(&extension.number)
-            .find(|d| !adoptions.contains_key(d.guid.as_str()))
+        if let Some(elsewhere) = self
+            .foreign
+            .with_number(&extension.number)
+            .find(|d| !self.adoptions.takes(&d.guid))
         {
-            plan.actions.push(report(Problem::NumberUsedElsewhere {
+            return report(Problem::NumberUsedElsewhere {
                 icp: elsewhere.icp.clone(),
                 guid: elsewhere.guid.clone(),
-            }));
-            continue;
+            });
         }
-        match &mut licences_left {
+        match &mut self.licences_left {
             Some(0) => {
-                plan.actions.push(report(Problem::LicenceBudget {
-                    budget: budget.unwrap_or(0),
-                }));
-                continue;
+                return report(Problem::LicenceBudget {
+                    budget: self.budget.unwrap_or(0),
+                });
             }
             Some(left) => *left -= 1,
             None => {}
         }
-        plan.actions.push(Action::Create {
+        Some(Action::Create {
             extension_id: extension.id,
             number: extension.number.clone(),
             device: wanted,
-        });
+        })
     }
-    plan
 }
 
 #[cfg(test)]
