@@ -11,6 +11,7 @@
 //! extension) × latency / `max_in_flight`. The targets are
 //! those of issue 9, stated for 10,000 extensions and scaled linearly above that.
 
+mod floor;
 mod latency;
 
 use std::collections::HashSet;
@@ -26,7 +27,7 @@ use crate::import::{self, ImportError};
 use crate::reconcile::{self, Mode, ReconcileError, Status};
 use crate::secrets::SecretKey;
 use crate::shutdown::Shutdown;
-use crate::sim::{self, SimConfig, SimConsumer, SimHandle};
+use crate::sim::{SimConfig, SimConsumer};
 use crate::store::{
     ExtensionFilter, ExtensionState, LeaseTerms, LockError, NewNode, Store, StoreError,
 };
@@ -36,6 +37,9 @@ const CONSUMER: &str = "MiVOAppSuite";
 const NODE: &str = "pbx1";
 const NODE_ADDRESS: &str = "10.0.0.20";
 const ICP: &str = "MiVO250-1";
+/// The CPU a creating sync may spend per SIP user it creates (this process, the simulator's
+/// thread excepted), in milliseconds: see BENCHMARKS.md for the profile it comes from.
+const CPU_MS_PER_CREATE: f64 = 0.5;
 /// The first extension number; N extensions are numbered from here.
 const FIRST_NUMBER: u64 = 100_000;
 /// The one-at-a-time comparison is cut to this much bound time (N × L), so that a 10,000-extension
@@ -178,6 +182,8 @@ pub struct ImportFigure {
 pub struct SyncFigure {
     pub extensions: usize,
     pub max_in_flight: usize,
+    /// CPU seconds (user + system) of this process's threads but the simulator's.
+    pub cpu_seconds: f64,
     /// Requests the simulator received during the pass.
     pub mbg_requests: usize,
     pub created: usize,
@@ -203,6 +209,22 @@ pub struct BenchReport {
     pub speedup: Option<f64>,
     /// The console's slowest extension-list query over the bench's extensions.
     pub console_page: PageFigure,
+    /// The same creates as a bare HTTP loop; `None` without latency (nothing to compare).
+    pub floor: Option<FloorFigure>,
+}
+
+/// The bare loop of [`floor`]: the median of its runs, and the creating sync's ratio to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloorFigure {
+    pub requests: usize,
+    pub runs: usize,
+    pub seconds: f64,
+    /// The creating sync's seconds over the floor's.
+    pub sync_ratio: f64,
+    /// The creating sync's CPU per created extension, in milliseconds.
+    pub cpu_ms_per_create: f64,
+    pub cpu_target_ms: f64,
+    pub cpu_target_met: bool,
 }
 
 /// The console's extension list at the bench's size: the slowest of its page queries (the
@@ -232,12 +254,16 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         let world = World::start(&store, l, c).await?;
         let import = world.import(n).await?;
         let sync = world.sync(n, true).await?;
+        let floor = match l {
+            0 => None,
+            _ => Some(world.floor(n, &sync).await?),
+        };
         let no_change_sync = world.sync(n, false).await?;
         let console_page = world.console_page(n).await?;
-        Ok((import, sync, no_change_sync, console_page))
+        Ok((import, sync, no_change_sync, console_page, floor))
     })
     .await?;
-    let (import, sync, no_change_sync, console_page) = main;
+    let (import, sync, no_change_sync, console_page, floor) = main;
 
     let serial_n = options.serial_size();
     let serial_sync = if serial_n == 0 {
@@ -269,6 +295,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         serial_sync,
         speedup,
         console_page,
+        floor,
     })
 }
 
@@ -338,7 +365,7 @@ async fn admin(url: &str, statement: &str) -> Result<(), BenchError> {
 /// One database with a node and a token, and the simulator it talks to.
 struct World<'a> {
     store: &'a Store,
-    sim: SimHandle,
+    sim: floor::SimThread,
     config: Config,
     latency_ms: u64,
 }
@@ -357,9 +384,7 @@ impl<'a> World<'a> {
             ..SimConfig::default()
         };
         sim_config.faults.latency_ms = latency_ms;
-        let sim = sim::start(sim_config, ([127, 0, 0, 1], 0).into())
-            .await
-            .map_err(BenchError::Simulator)?;
+        let sim = floor::SimThread::start(sim_config)?;
         let mut config = Config::default();
         config.mbg.base_url = Some(sim.base_url().parse().map_err(BenchError::Url)?);
         config.mbg.max_in_flight = in_flight;
@@ -509,6 +534,31 @@ impl<'a> World<'a> {
         })
     }
 
+    /// The bare loop for `n` creates beside the creating `sync` just measured.
+    async fn floor(&self, n: usize, sync: &SyncFigure) -> Result<FloorFigure, BenchError> {
+        let settings = self.store.mbg_settings().await?;
+        let client = token::client(&self.config, &settings)?;
+        let url = self
+            .config
+            .mbg
+            .base_url
+            .as_ref()
+            .map(|base| base.join("mbg/v1/devices/sip/"))
+            .ok_or_else(|| wrong("bare loop", "no mbg.base_url".into()))?;
+        let seconds =
+            floor::bare_loop(client.http(), &url, n, self.config.mbg.max_in_flight).await?;
+        let cpu_ms_per_create = sync.cpu_seconds * 1000.0 / sync.created.max(1) as f64;
+        Ok(FloorFigure {
+            requests: n,
+            runs: floor::FLOOR_RUNS,
+            seconds: seconds.as_secs_f64(),
+            sync_ratio: sync.figure.seconds / seconds.as_secs_f64(),
+            cpu_ms_per_create,
+            cpu_target_ms: CPU_MS_PER_CREATE,
+            cpu_target_met: cpu_ms_per_create <= CPU_MS_PER_CREATE,
+        })
+    }
+
     /// One `sync` under the pass lock: `creating` = every extension is new, else nothing to do.
     async fn sync(&self, n: usize, creating: bool) -> Result<SyncFigure, BenchError> {
         let phase = if creating { "sync" } else { "no-change sync" };
@@ -524,13 +574,16 @@ impl<'a> World<'a> {
                 |_| {},
             )
             .await?;
-        let pass = reconcile::run_pass(
-            self.store,
-            &client,
-            &self.config,
-            Mode::Apply,
-            &Shutdown::new(),
-            now(),
+        let (pass, cpu_seconds) = floor::client_cpu(
+            &self.sim,
+            reconcile::run_pass(
+                self.store,
+                &client,
+                &self.config,
+                Mode::Apply,
+                &Shutdown::new(),
+                now(),
+            ),
         )
         .await;
         lock.release().await;
@@ -598,6 +651,7 @@ impl<'a> World<'a> {
         Ok(SyncFigure {
             extensions: n,
             max_in_flight: c,
+            cpu_seconds,
             mbg_requests,
             created,
             changes,

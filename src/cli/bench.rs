@@ -59,6 +59,23 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         &report.console_page.figure,
     );
     println!("{:<34} slowest: {}", "", report.console_page.slowest);
+    if let Some(floor) = &report.floor {
+        println!(
+            "\nbare HTTP loop, {} POSTs at C={} (median of {}): {:.2} s; the creating sync takes {:.3} × that",
+            floor.requests, report.in_flight, floor.runs, floor.seconds, floor.sync_ratio
+        );
+        println!(
+            "CPU of the creating sync (simulator excepted): {:.2} s, {:.3} ms per created extension; target ≤ {} ms: {}",
+            report.sync.cpu_seconds,
+            floor.cpu_ms_per_create,
+            floor.cpu_target_ms,
+            if floor.cpu_target_met {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+    }
     if let Some(speedup) = report.speedup {
         println!(
             "\nspeed-up of max_in_flight = {} over 1, per extension: {speedup:.1} ×",

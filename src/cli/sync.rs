@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mbg_provision::app::App;
-use mbg_provision::reconcile::{
-    self, MbgView, Mode, PassReport, Progress, ReconcileError, Scope, Status,
-};
+use mbg_provision::reconcile::{self, Mode, PassReport, Progress, ReconcileError, Scope, Status};
 use mbg_provision::shutdown::{self, Shutdown};
 use mbg_provision::store::{BadRow, LeaseTerms};
 use mbg_provision::token;
@@ -207,7 +205,8 @@ pub async fn run(
     };
     let previous_uncertain = lock.as_ref().and_then(|l| l.previous_uncertain_until());
     let one_pass = async || {
-        let mut view = MbgView::read(&client, &app.config, &shutdown).await?;
+        let mut view =
+            reconcile::read_view_and_fill(store, &client, &app.config, &shutdown, mode).await?;
         let scope = Scope {
             progress: Some(progress.clone()),
             ..Scope::default()

@@ -370,7 +370,14 @@ impl Worker {
     /// Reads the MBG afresh, and records its ICPs for the console (a standby's too, which never
     /// asks the MBG). A failed record costs the console its ICP column, not the pass.
     async fn read_view(&self, client: &MbgClient) -> Result<MbgView, ReconcileError> {
-        let view = MbgView::read(client, &self.app.config, &self.shutdown).await?;
+        let view = reconcile::read_view_and_fill(
+            &self.app.store,
+            client,
+            &self.app.config,
+            &self.shutdown,
+            Mode::Apply,
+        )
+        .await?;
         let seen_at = self.app.clock.now();
         let icps: Vec<RecordedIcp> = view
             .icps

@@ -277,6 +277,11 @@ impl MbgClient {
         })
     }
 
+    /// The HTTP client underneath, for the bench's bare loop (the same stack and settings).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The same client, sending only while `lease` holds (see [`crate::lease`]).
     pub fn with_lease(mut self, lease: Lease) -> Self {
         self.lease = Some(lease);

@@ -221,7 +221,7 @@ pub async fn run_pass(
     shutdown: &Shutdown,
     now: i64,
 ) -> Result<PassReport, ReconcileError> {
-    let mut view = MbgView::read(client, config, shutdown).await?;
+    let mut view = read_view_and_fill(store, client, config, shutdown, mode).await?;
     run_pass_with(
         store,
         client,
@@ -252,12 +252,7 @@ pub async fn run_pass_with(
     scope: &Scope,
 ) -> Result<PassReport, ReconcileError> {
     let retry_until = Instant::now() + config.mbg.retry_deadline;
-    let new_credentials = || {
-        (
-            credentials::random_auth_name(config.credentials.name_length),
-            credentials::random_password(config.credentials.password_length),
-        )
-    };
+    let new_credentials = || new_credentials(config);
     // Credentials first, then the changes this pass covers, then the rows it plans from. A flag
     // switched on between the fill and the reads would leave a wanted row without credentials
     // whose change is already covered: reported as a problem and acknowledged, it would wait
@@ -472,6 +467,34 @@ async fn read_rows(store: &Store, scope: &Scope, view: &MbgView) -> Result<Read,
         released,
         devices: None,
     })
+}
+
+/// Reads the MBG's state while, in [`Mode::Apply`], the remote credentials lacking are
+/// generated and stored (write-ahead): neither waits for the other, and nothing is written to
+/// the MBG before both are done. A pass's own fill then finds nothing left to do.
+pub async fn read_view_and_fill(
+    store: &Store,
+    client: &MbgClient,
+    config: &Config,
+    shutdown: &Shutdown,
+    mode: Mode,
+) -> Result<MbgView, ReconcileError> {
+    let fill = async {
+        match mode {
+            Mode::Apply => fill_credentials(store, &|| new_credentials(config)).await,
+            Mode::DryRun => Ok(()),
+        }
+    };
+    let (view, filled) = tokio::join!(MbgView::read(client, config, shutdown), fill);
+    filled?;
+    view
+}
+
+fn new_credentials(config: &Config) -> (String, secrecy::SecretString) {
+    (
+        credentials::random_auth_name(config.credentials.name_length),
+        credentials::random_password(config.credentials.password_length),
+    )
 }
 
 /// Fill-then-read rounds of a pass, at most (see `run_pass_with`).

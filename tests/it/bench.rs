@@ -10,6 +10,14 @@ use crate::support::POSTGRES_ENV;
 /// Runs a small bench in an empty folder (no configuration, no database) and returns its JSON
 /// report and the process id it ran as.
 fn bench(database: &str) -> (Value, u32, tempfile::TempDir) {
+    bench_with(database, "200", "0")
+}
+
+fn bench_with(
+    database: &str,
+    extensions: &str,
+    latency_ms: &str,
+) -> (Value, u32, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let child = crate::support::binary()
         .current_dir(dir.path())
@@ -17,9 +25,9 @@ fn bench(database: &str) -> (Value, u32, tempfile::TempDir) {
         .args([
             "bench",
             "--extensions",
-            "200",
+            extensions,
             "--latency-ms",
-            "0",
+            latency_ms,
             "--in-flight",
             "8",
             "--database",
@@ -102,6 +110,14 @@ fn check(report: &Value, database: &str) {
         assert!(figure.get("ratio_to_bound").is_some(), "{figure}");
     }
     assert!(idle["ratio_to_bound"].is_null(), "no bound at 0 ms");
+    assert!(
+        report["floor"].is_null(),
+        "no bare loop to compare with at 0 ms"
+    );
+    assert!(
+        sync["cpu_seconds"].as_f64().is_some_and(|s| s >= 0.0),
+        "{sync}"
+    );
     assert!(report["speedup"].as_f64().is_some());
 }
 
@@ -114,6 +130,31 @@ fn bench_on_sqlite_reports_every_figure_and_leaves_nothing_behind() {
         0,
         "the bench writes only to a temporary folder"
     );
+}
+
+/// With latency, the bench also times a bare HTTP loop of the same creates: it cannot beat
+/// what the latency allows (N × L / C), and the sync's ratio is taken against it.
+#[test]
+fn with_latency_the_bench_times_a_bare_loop_and_the_cpu_per_create() {
+    let (report, _, _dir) = bench_with("sqlite", "100", "4");
+    let floor = &report["floor"];
+    assert_eq!(floor["requests"], 100, "{floor}");
+    assert_eq!(floor["runs"], 5);
+    let seconds = floor["seconds"].as_f64().unwrap();
+    let bound = 100.0 * 0.004 / 8.0;
+    assert!(
+        seconds >= bound,
+        "the bare loop took {seconds} s, below N × L / C = {bound} s"
+    );
+    let sync = report["sync"]["seconds"].as_f64().unwrap();
+    let ratio = floor["sync_ratio"].as_f64().unwrap();
+    assert!((ratio - sync / seconds).abs() < 1e-9, "{floor}");
+    assert!(
+        floor["cpu_ms_per_create"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 0.0)
+    );
+    assert!(floor["cpu_target_met"].is_boolean());
 }
 
 #[test]
