@@ -39,7 +39,7 @@ const NODE_ADDRESS: &str = "10.0.0.20";
 const ICP: &str = "MiVO250-1";
 /// The CPU a creating sync may spend per SIP user it creates (this process, the simulator's
 /// thread excepted), in milliseconds: see BENCHMARKS.md for the profile it comes from.
-const CPU_MS_PER_CREATE: f64 = 0.5;
+const CPU_MS_PER_CREATE: f64 = 0.25;
 /// The first extension number; N extensions are numbered from here.
 const FIRST_NUMBER: u64 = 100_000;
 /// The one-at-a-time comparison is cut to this much bound time (N × L), so that a 10,000-extension
@@ -223,6 +223,8 @@ pub struct FloorFigure {
     pub sync_ratio: f64,
     /// The creating sync's CPU per created extension, in milliseconds.
     pub cpu_ms_per_create: f64,
+    /// The bare loop's CPU per request, in milliseconds: the HTTP stack's share.
+    pub bare_cpu_ms_per_request: f64,
     pub cpu_target_ms: f64,
     pub cpu_target_met: bool,
 }
@@ -545,15 +547,21 @@ impl<'a> World<'a> {
             .as_ref()
             .map(|base| base.join("mbg/v1/devices/sip/"))
             .ok_or_else(|| wrong("bare loop", "no mbg.base_url".into()))?;
-        let seconds =
-            floor::bare_loop(client.http(), &url, n, self.config.mbg.max_in_flight).await?;
+        let (seconds, bare_cpu) = floor::client_cpu(
+            &self.sim,
+            floor::bare_loop(client.http(), &url, n, self.config.mbg.max_in_flight),
+        )
+        .await;
+        let seconds = seconds?;
         let cpu_ms_per_create = sync.cpu_seconds * 1000.0 / sync.created.max(1) as f64;
+        let bare_cpu_ms_per_request = bare_cpu * 1000.0 / (n * floor::FLOOR_RUNS) as f64;
         Ok(FloorFigure {
             requests: n,
             runs: floor::FLOOR_RUNS,
             seconds: seconds.as_secs_f64(),
             sync_ratio: sync.figure.seconds / seconds.as_secs_f64(),
             cpu_ms_per_create,
+            bare_cpu_ms_per_request,
             cpu_target_ms: CPU_MS_PER_CREATE,
             cpu_target_met: cpu_ms_per_create <= CPU_MS_PER_CREATE,
         })

@@ -122,8 +122,19 @@ impl Near {
         if fresh.numbers.is_empty() && fresh.names.is_empty() && fresh.guids.is_empty() {
             return;
         }
+        // A bit per hash first: at 100,000 SIP users the sweep is three shifts per device, and
+        // the sets are asked only for the few the bits let through.
+        let mut bits = [0u64; 64];
+        let slot = |h: u64| ((h >> 6) & 63) as usize;
+        for &h in fresh.guids.iter().chain(&fresh.numbers).chain(&fresh.names) {
+            bits[slot(h)] |= 1 << (h & 63);
+        }
+        let maybe = |h: u64| bits[slot(h)] & (1 << (h & 63)) != 0;
         let mut found = Vec::new();
-        for (d, key) in view.device_keys().enumerate() {
+        for (d, key) in view.device_keys().iter().enumerate() {
+            if !(maybe(key.guid) || maybe(key.number) || maybe(key.name)) {
+                continue;
+            }
             let matches = fresh.guids.contains(&key.guid)
                 || fresh.numbers.contains(&key.number)
                 || fresh.names.contains(&key.name);

@@ -31,6 +31,9 @@ pub struct MbgView {
     devices: Vec<KeptDevice>,
     /// The ICP names the devices use, each once (a device keeps its position here).
     icp_names: Vec<Box<str>>,
+    /// Each device's keys again, side by side: a targeted pass sweeps 2.4 MB at 100,000 SIP
+    /// users instead of the devices' 11 MB. Rebuilt whenever the devices change.
+    keys: Vec<DeviceKeys>,
 }
 
 /// One SIP user as kept. Two are equal when every field is.
@@ -80,7 +83,12 @@ impl MbgView {
             ..MbgView::default()
         };
         view.devices = devices.iter().map(|d| view.keep(d)).collect();
+        view.line_up_keys();
         view
+    }
+
+    fn line_up_keys(&mut self) {
+        self.keys = self.devices.iter().map(|d| d.keys).collect();
     }
 
     /// Reads both lists, retrying a busy MBG until `mbg.retry_deadline`.
@@ -105,8 +113,8 @@ impl MbgView {
         self.devices.is_empty()
     }
 
-    pub(crate) fn device_keys(&self) -> impl Iterator<Item = &DeviceKeys> {
-        self.devices.iter().map(|d| &d.keys)
+    pub(crate) fn device_keys(&self) -> &[DeviceKeys] {
+        &self.keys
     }
 
     /// The guid, number and set-side name of the SIP user at `position`.
@@ -240,6 +248,7 @@ impl MbgView {
             let kept = self.keep(device);
             self.devices.push(kept);
         }
+        self.line_up_keys();
     }
 
     fn patch(&mut self, device: &mut KeptDevice, patch: &SipDevicePatch) {
