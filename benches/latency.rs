@@ -25,6 +25,9 @@ async fn main() {
         .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let mut databases = vec![("SQLite", BenchDatabase::Sqlite)];
+    if std::env::var("LATENCY_SKIP_SQLITE").is_ok() {
+        databases.clear();
+    }
     match std::env::var("TEST_POSTGRES_URL") {
         Ok(url) => databases.push(("PostgreSQL", BenchDatabase::Postgres(url))),
         Err(_) => eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL is NOT measured"),
