@@ -38,6 +38,7 @@ pub fn min_password_length() -> usize {
 fn pick(alphabet: &[u8], length: usize) -> String {
     let mut rng = UnwrapErr(SysRng);
     let size = alphabet.len();
+    assert!((1..=256).contains(&size), "an alphabet of 1 to 256 symbols");
     let unbiased_below = 256 - 256 % size;
     let mut picked = String::with_capacity(length);
     let mut block = [0u8; 64];

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::credentials;
-use crate::mbg::{MbgClient, MbgError};
+use crate::mbg::{MbgClient, MbgError, MbgErrorKind};
 use crate::shutdown::Shutdown;
 use crate::store::{
     BadRow, CredentialFill, DeviceFact, Extension, ExtensionRows, ExtensionState, OutcomeWrite,
@@ -486,8 +486,18 @@ pub async fn read_view_and_fill(
         }
     };
     let (view, filled) = tokio::join!(MbgView::read(client, config, shutdown), fill);
-    filled?;
-    view
+    // A refused token says the most (the daemon stops calling until a new one), then the
+    // database, then the MBG.
+    match (view, filled) {
+        (Err(e), _)
+            if e.mbg()
+                .is_some_and(|m| matches!(m.kind, MbgErrorKind::Unauthorized(_))) =>
+        {
+            Err(e)
+        }
+        (_, Err(e)) => Err(e),
+        (view, Ok(())) => view,
+    }
 }
 
 fn new_credentials(config: &Config) -> (String, secrecy::SecretString) {

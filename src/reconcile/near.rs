@@ -93,7 +93,7 @@ impl Near {
 
     fn add_rows(&mut self, rows: ExtensionRows) {
         for e in rows.good {
-            if self.good.contains_key(&e.id) {
+            if self.good.contains_key(&e.id) || self.bad.contains_key(&e.id) {
                 continue;
             }
             self.meet_number(&e.number);
@@ -105,6 +105,10 @@ impl Near {
             if self.bad.contains_key(&bad.id) {
                 continue;
             }
+            // The rounds are separate reads: a row read whole and, a round later, broken by
+            // another program is planned as neither (a bad row hides its SIP user; planning the
+            // good copy as well would create a second one).
+            self.good.remove(&bad.id);
             if let Some(number) = &bad.number {
                 self.meet_number(number);
             }
@@ -182,5 +186,64 @@ impl Near {
             bad: self.bad.into_values().collect(),
         };
         (rows, self.devices.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ExtensionKind, ExtensionState};
+
+    fn row(id: i64, number: &str) -> Extension {
+        Extension {
+            id,
+            node_id: 1,
+            node_name: "pbx1".into(),
+            node_address: "10.0.0.1".into(),
+            number: number.into(),
+            kind: ExtensionKind::Sip,
+            sip_password: secrecy::SecretString::from("sip-pass"),
+            use_remote_auth: true,
+            remote_auth_name: None,
+            remote_auth_password: None,
+            mbg_device_id: Some("g1".into()),
+            provisioned_by_us: true,
+            state: ExtensionState::Provisioned,
+            last_error: None,
+            attempts: 0,
+            next_attempt_at: None,
+            version: 1,
+            updated_at: 0,
+        }
+    }
+
+    /// A row read whole in one round and unreadable in the next (another program broke it in
+    /// between) is planned as a bad row only: planned as both, its SIP user would be hidden
+    /// from the plan while the row still asked for one, and a second would be created.
+    #[test]
+    fn a_row_read_good_then_bad_is_planned_as_bad_only() {
+        let mut near = Near::new([7]);
+        near.add_rows(ExtensionRows {
+            good: vec![row(7, "1001")],
+            bad: Vec::new(),
+        });
+        let broken = BadRow {
+            id: 7,
+            number: Some("1001".into()),
+            mbg_device_id: Some("g1".into()),
+            column: "sip_password",
+            reason: "is NULL".into(),
+        };
+        near.add_rows(ExtensionRows {
+            good: vec![row(7, "1001")],
+            bad: vec![broken],
+        });
+        near.add_rows(ExtensionRows {
+            good: vec![row(7, "1001")],
+            bad: Vec::new(),
+        });
+        let (rows, _) = near.into_parts();
+        assert!(rows.good.is_empty(), "{:?}", rows.good);
+        assert_eq!(rows.bad.len(), 1);
     }
 }

@@ -54,14 +54,19 @@ impl Store {
                 .await
                 .map_err(StoreError::Database)?;
         }
-        if self.backend == super::Backend::Postgres && seqs.len() >= VACUUM_AFTER {
+        let idle = || {
+            !self
+                .vacuuming
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        };
+        if self.backend == super::Backend::Postgres && seqs.len() >= VACUUM_AFTER && idle() {
             // A pass that handled this many left dead rows behind: the deleted changes, and in
             // `extensions` the old versions of rows whose credentials it filled, which stay in
             // the partial index of rows lacking credentials. Until autovacuum comes by (a minute
             // or more), every change query and every pass's credential check walked them: 1 to
             // 6 ms each at 100,000 extensions. Vacuumed now, beside the work (it blocks no read
             // or write); a failed vacuum costs only that time.
-            let pool = self.pool.clone();
+            let (pool, vacuuming) = (self.pool.clone(), self.vacuuming.clone());
             tokio::spawn(async move {
                 if let Err(e) = sqlx::raw_sql("VACUUM (ANALYZE) extension_changes, extensions")
                     .execute(&pool)
@@ -69,6 +74,7 @@ impl Store {
                 {
                     tracing::debug!(error = %e, "cannot vacuum after a large pass");
                 }
+                vacuuming.store(false, std::sync::atomic::Ordering::Release);
             });
         }
         Ok(())

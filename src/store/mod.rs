@@ -145,6 +145,9 @@ pub struct Store {
     fence: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// What opening did to the schema, for `migrate` to say.
     schema_change: Option<SchemaChange>,
+    /// Set while a vacuum after a large pass runs (see [`Store::acknowledge_changes`]): one at
+    /// a time, never a queue of them each holding a pooled connection.
+    vacuuming: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The schema version before and after [`Store::open`] brought it up to date.
@@ -261,6 +264,7 @@ impl Store {
             url: url.clone(),
             secret_key: std::sync::Arc::new(SecretKey::new(secrets::default_key_file(url))),
             fence: Default::default(),
+            vacuuming: Default::default(),
             schema_change: None,
         };
         if options.migrate {
