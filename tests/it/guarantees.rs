@@ -124,11 +124,18 @@ impl Running {
     }
 
     pub(crate) fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
+        assert!(self.try_signal(signal), "the process is gone");
+    }
+
+    /// Sends `signal` unless the process has exited meanwhile (it may end between a look at
+    /// it and the signal): whether it was delivered.
+    pub(crate) fn try_signal(&self, signal: &str) -> bool {
+        Command::new("kill")
             .args([signal, &self.pid.to_string()])
+            .stderr(std::process::Stdio::null())
             .status()
-            .unwrap();
-        assert!(sent.success());
+            .unwrap()
+            .success()
     }
 }
 
