@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The daemon's resident memory with N provisioned extensions: the simulator and `run` as real
-# processes, on SQLite. Prints RSS (from /proc) after the first full pass, and again when idle.
+# processes, on SQLite. Prints RSS (from /proc) after the first full pass, and again when idle,
+# then the peak of a `sync` that finds nothing to change (the steady full reconcile's cost).
 #   B=target/release/mbg-provision N=100000 benches/daemon-rss.sh
 set -euo pipefail
 B=$(realpath "${B:-target/release/mbg-provision}")
@@ -48,3 +49,6 @@ if [ -n "${SMAPS:-}" ]; then
   grep -c "full reconcile\|changes applied" run.log || true
 fi
 kill -TERM $pid; wait $pid || true
+if [ -n "${KEEP_LOG:-}" ]; then cp run.log "$KEEP_LOG"; fi
+# A full reconcile with nothing to change: the MBG's N SIP users read, every row planned.
+/usr/bin/time -f "no-change sync of $N: %e s, peak RSS %M kB" "$B" sync --quiet

@@ -167,7 +167,7 @@ impl SipDevicePatch {
 
 #[derive(Deserialize)]
 struct List<T> {
-    response: Vec<T>,
+    response: T,
 }
 
 #[derive(Deserialize)]
@@ -358,7 +358,7 @@ impl MbgClient {
     }
 
     pub async fn icps(&self) -> Result<Vec<Icp>, MbgError> {
-        let list: List<Icp> = self.json(Method::GET, "mbg/v1/icps/all/", None).await?;
+        let list: List<Vec<Icp>> = self.json(Method::GET, "mbg/v1/icps/all/", None).await?;
         Ok(list.response)
     }
 
@@ -378,11 +378,17 @@ impl MbgClient {
 
     /// Every SIP user. The answer is bounded by the MBG's own count of them, asked first.
     pub async fn devices(&self) -> Result<Vec<SipDevice>, MbgError> {
+        self.devices_as().await
+    }
+
+    /// Every SIP user, parsed as `L` parses a list of them: a caller that keeps only part of
+    /// each one never holds the whole parsed list.
+    pub(crate) async fn devices_as<L: DeserializeOwned>(&self) -> Result<L, MbgError> {
         let count = usize::try_from(self.device_count().await?).unwrap_or(usize::MAX);
         let limit = count
             .saturating_add(LIST_SLACK)
             .saturating_mul(DEVICE_ANSWER_BYTES);
-        let list: List<SipDevice> = self
+        let list: List<L> = self
             .json_within(Method::GET, "mbg/v1/devices/sip/all/", None, limit)
             .await?;
         Ok(list.response)
@@ -708,12 +714,12 @@ pub mod answers {
 
     /// `GET mbg/v1/devices/sip/all/`.
     pub fn devices(bytes: &[u8]) -> Result<Vec<SipDevice>, MbgError> {
-        decode::<List<SipDevice>>("GET mbg/v1/devices/sip/all/", bytes).map(|l| l.response)
+        decode::<List<Vec<SipDevice>>>("GET mbg/v1/devices/sip/all/", bytes).map(|l| l.response)
     }
 
     /// `GET mbg/v1/icps/all/`.
     pub fn icps(bytes: &[u8]) -> Result<Vec<Icp>, MbgError> {
-        decode::<List<Icp>>("GET mbg/v1/icps/all/", bytes).map(|l| l.response)
+        decode::<List<Vec<Icp>>>("GET mbg/v1/icps/all/", bytes).map(|l| l.response)
     }
 
     /// The answer of `POST initiate` or `POST token`.

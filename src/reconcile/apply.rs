@@ -12,7 +12,6 @@
 //! through: before it is posted again, one device list per round (not one per create: the MBG is
 //! already struggling) shows which did.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -23,11 +22,11 @@ use tracing::{Instrument, info, warn};
 
 use super::plan::{Action, Adoption, Owner, Plan};
 use super::recorder::{self, Recorder};
+use super::view::MbgChanges;
 use crate::mbg::{MbgClient, MbgError, MbgErrorKind, NewSipDevice, SipDevice, SipDevicePatch};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    AuditEntry, DeviceFact, Extension, ExtensionState, OutcomeWrite, PassWrite, StateUpdate, Store,
-    StoreError,
+    AuditEntry, DeviceFact, ExtensionState, OutcomeWrite, PassWrite, StateUpdate, Store, StoreError,
 };
 use crate::telemetry::{self, ActionKind, ActionOutcome};
 
@@ -77,8 +76,9 @@ pub struct Outcome {
     pub status: Status,
     /// What happened, for humans: the guid, the MBG's message, the fix. Never a secret.
     pub detail: String,
-    /// What the MBG now holds differently, for a cached view of it.
-    pub effect: Option<DeviceEffect>,
+    /// What the MBG now holds differently, until [`ApplyReport::take`] moves it to the view's
+    /// changes (boxed: most outcomes carry none by then).
+    pub effect: Option<Box<DeviceEffect>>,
 }
 
 impl Status {
@@ -117,6 +117,8 @@ pub enum DeviceEffect {
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     pub outcomes: Vec<Outcome>,
+    /// What the MBG confirmed, for the view (see [`super::MbgView::absorb`]).
+    pub mbg_changes: MbgChanges,
     /// Set when the MBG answered 401: the token is gone and the pass stopped calling it.
     pub token_refused: Option<MbgError>,
     /// Set when a stop was asked: actions not yet started were skipped.
@@ -127,6 +129,17 @@ pub struct ApplyReport {
     /// `mbg.timeout`): a second copy, if it was posted again. Whoever reports the pass a success
     /// reads the MBG again after it.
     pub uncertain_until: Option<Instant>,
+}
+
+impl ApplyReport {
+    /// Keeps an outcome, its effect moved into [`ApplyReport::mbg_changes`] as it comes: a
+    /// first pass of 100,000 creates would otherwise hold as many parsed SIP users to its end.
+    fn take(&mut self, mut outcome: Outcome) {
+        if let Some(effect) = outcome.effect.take() {
+            self.mbg_changes.take(*effect);
+        }
+        self.outcomes.push(outcome);
+    }
 }
 
 /// Delay before a later pass tries again: `Retry-After` when the MBG gave one, else exponential
@@ -158,7 +171,7 @@ fn backoff(
 pub struct Context<'a> {
     pub store: &'a Store,
     pub client: &'a MbgClient,
-    pub planned: &'a HashMap<i64, Extension>,
+    pub planned: &'a super::Planned,
     pub shutdown: &'a Shutdown,
     pub options: &'a ApplyOptions,
     pub progress: Option<&'a super::Progress>,
@@ -229,7 +242,7 @@ async fn call_and_record(
     for mut pending in [removals, rest] {
         for round in 1.. {
             let throttled: std::sync::Mutex<Option<MbgError>> = std::sync::Mutex::new(None);
-            let steps: Vec<(Step, bool)> = futures_util::stream::iter(pending)
+            let mut steps = futures_util::stream::iter(pending)
             .map(|action| {
                 let span = tracing::info_span!("apply", extension = %action.number(), action = action.verb());
                 let (refused, deposed, throttled, in_flight) = (&refused, &deposed, &throttled, &in_flight);
@@ -324,22 +337,22 @@ async fn call_and_record(
             })
             // Futures are made as slots free up, a few per slot: one per action up front would
             // hold 100,000 of them (hundreds of MB) for a large first pass.
-            .buffer_unordered(cx.options.max_in_flight.max(1) * OUTCOMES_WAITING_PER_CALL)
-            .collect()
-            .await;
+            .buffer_unordered(cx.options.max_in_flight.max(1) * OUTCOMES_WAITING_PER_CALL);
             let mut retry: Vec<(&Action, MbgError)> = Vec::new();
-            for (step, called) in steps {
+            // Taken in as they finish, not collected first: 100,000 steps held at once were
+            // some 50 MB of a large first pass's peak.
+            while let Some((step, called)) = steps.next().await {
                 report.calls += usize::from(called);
                 match step {
                     Step::Recorded(outcome) => {
                         report.interrupted |= outcome.status == Status::Skipped
                             && (cx.shutdown.is_triggered()
                                 || deposed.load(std::sync::atomic::Ordering::SeqCst));
-                        report.outcomes.push(outcome);
+                        report.take(outcome);
                     }
                     Step::Retry(action, error) => retry.push((action, error)),
                     Step::Refused(outcome, error) => {
-                        report.outcomes.push(outcome);
+                        report.take(outcome);
                         report.token_refused.get_or_insert(error);
                     }
                 }
@@ -377,7 +390,7 @@ async fn call_and_record(
             }
             if give_up || cx.shutdown.is_triggered() {
                 for (action, error) in retry {
-                    report.outcomes.push(recorded(
+                    report.take(recorded(
                         action,
                         record_failure(cx, rec, action, &error).await,
                     ));
@@ -420,10 +433,10 @@ async fn call_and_record(
                             info!(extension = %action.number(), guid = %made.guid, "the SIP user this create asked for is on the MBG already: taken as ours");
                             let result =
                                 record_success(cx, rec, action, Some(made.guid.clone())).await;
-                            report.outcomes.push(recorded(action, result));
+                            report.take(recorded(action, result));
                         }
                         // Refused, and not there with our credentials: the MBG's reason stands.
-                        None if refused_create(action, error) => report.outcomes.push(recorded(
+                        None if refused_create(action, error) => report.take(recorded(
                             action,
                             record_failure(cx, rec, action, error).await,
                         )),
@@ -431,7 +444,7 @@ async fn call_and_record(
                     },
                     // Unknown whether it went through: never post twice. The next pass sees the
                     // device, if there is one, and takes it back by its credentials.
-                    Err(_) => report.outcomes.push(recorded(
+                    Err(_) => report.take(recorded(
                         action,
                         record_failure(cx, rec, action, error).await,
                     )),
@@ -714,7 +727,7 @@ async fn record_success(
             format!("{detail}; the extension changed meanwhile: the next pass takes it from here"),
         )
     };
-    done.effect = effect;
+    done.effect = effect.map(Box::new);
     Ok(done)
 }
 
@@ -791,7 +804,7 @@ async fn record_failure(
     if error.kind == MbgErrorKind::NotFound {
         failed.effect = action
             .target_guid()
-            .map(|g| DeviceEffect::Removed(g.to_string()));
+            .map(|g| Box::new(DeviceEffect::Removed(g.to_string())));
     }
     Ok(failed)
 }

@@ -7,7 +7,7 @@ pub mod plan;
 mod recorder;
 mod view;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -98,11 +98,45 @@ pub struct Waiting {
 pub struct PassReport {
     pub plan: Plan,
     pub applied: Option<ApplyReport>,
-    /// Extensions by id, as planned (for printing node names and such).
-    pub extensions: HashMap<i64, Extension>,
+    /// The extensions as planned (for printing node names and such).
+    pub extensions: Planned,
     pub waiting: Option<Waiting>,
     /// Rows that cannot be read (written by another program); marked `needs_attention`.
     pub bad_rows: Vec<BadRow>,
+}
+
+/// The extensions a pass planned, by id: a sorted list, not a hash map, which at 100,000 rows
+/// held a second copy of them (30 MB) while the list it was built from was freed.
+#[derive(Debug, Default)]
+pub struct Planned(Vec<Extension>);
+
+impl Planned {
+    pub fn new(mut extensions: Vec<Extension>) -> Planned {
+        extensions.sort_unstable_by_key(|e| e.id);
+        extensions.shrink_to_fit();
+        Planned(extensions)
+    }
+
+    pub fn get(&self, id: &i64) -> Option<&Extension> {
+        let at = self.0.binary_search_by_key(id, |e| e.id).ok()?;
+        Some(&self.0[at])
+    }
+
+    pub fn contains_key(&self, id: &i64) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Takes in a later pass's extensions: where both have one, the later copy.
+    fn take_in(&mut self, later: Planned) {
+        let mut all = std::mem::take(&mut self.0);
+        all.extend(later.0);
+        // Stable: of equal ids, the later copy comes last and is the one kept.
+        all.sort_by_key(|e| e.id);
+        all.reverse();
+        all.dedup_by_key(|e| e.id);
+        all.reverse();
+        self.0 = all;
+    }
 }
 
 impl PassReport {
@@ -129,7 +163,7 @@ impl PassReport {
     pub fn absorb_follow_up(&mut self, later: PassReport) {
         self.plan.actions.extend(later.plan.actions);
         self.bad_rows = later.bad_rows;
-        self.extensions.extend(later.extensions);
+        self.extensions.take_in(later.extensions);
         match (&mut self.applied, later.applied) {
             (Some(applied), Some(later)) => {
                 applied.outcomes.extend(later.outcomes);
@@ -317,7 +351,7 @@ pub async fn run_pass_with(
             .teleworker_licences
             .map(|b| b.saturating_sub(unseen)),
     );
-    let by_id: HashMap<i64, Extension> = extensions.into_iter().map(|e| (e.id, e)).collect();
+    let by_id = Planned::new(extensions);
     let in_scope = |id: Option<i64>| {
         id.is_none_or(|id| by_id.get(&id).is_some_and(|e| scope.includes(e, now)))
     };
@@ -396,11 +430,11 @@ pub async fn run_pass_with(
             }
         }
     };
-    let applied = tokio::select! {
+    let mut applied = tokio::select! {
         applied = apply::apply(&cx, &report.plan) => applied?,
         () = watch_changes => unreachable!("the watch never ends"),
     };
-    view.absorb(&applied.outcomes);
+    view.absorb(std::mem::take(&mut applied.mbg_changes));
     stale.extend(
         applied
             .outcomes

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::store::{BadRow, Extension, ExtensionRows, Released, RowKeys};
 
 use super::plan::HashSet;
-use super::view::{MbgView, hash};
+use super::view::{MbgView, key};
 
 /// Rounds of reading before a targeted pass gives up and plans from every row: each round
 /// follows one more link, and a real site's links end after two or three.
@@ -36,9 +36,9 @@ pub(crate) struct Near {
 
 #[derive(Default)]
 struct Fresh {
-    guids: HashSet<u64>,
-    numbers: HashSet<u64>,
-    names: HashSet<u64>,
+    guids: HashSet<u32>,
+    numbers: HashSet<u32>,
+    names: HashSet<u32>,
 }
 
 #[derive(Default)]
@@ -129,11 +129,11 @@ impl Near {
         // A bit per hash first: at 100,000 SIP users the sweep is three shifts per device, and
         // the sets are asked only for the few the bits let through.
         let mut bits = [0u64; 64];
-        let slot = |h: u64| ((h >> 6) & 63) as usize;
+        let slot = |h: u32| ((h >> 6) & 63) as usize;
         for &h in fresh.guids.iter().chain(&fresh.numbers).chain(&fresh.names) {
             bits[slot(h)] |= 1 << (h & 63);
         }
-        let maybe = |h: u64| bits[slot(h)] & (1 << (h & 63)) != 0;
+        let maybe = |h: u32| bits[slot(h)] & (1 << (h & 63)) != 0;
         let mut found = Vec::new();
         for (d, key) in view.device_keys().iter().enumerate() {
             if !(maybe(key.guid) || maybe(key.number) || maybe(key.name)) {
@@ -157,7 +157,7 @@ impl Near {
     fn meet_number(&mut self, number: &str) {
         if self.asked.numbers.insert(number.to_string()) {
             self.next.numbers.push(number.to_string());
-            self.fresh.numbers.insert(hash(number));
+            self.fresh.numbers.insert(key(number));
         }
     }
 
@@ -166,7 +166,7 @@ impl Near {
             && self.asked.names.insert(name.to_string())
         {
             self.next.names.push(name.to_string());
-            self.fresh.names.insert(hash(name));
+            self.fresh.names.insert(key(name));
         }
     }
 
@@ -175,7 +175,7 @@ impl Near {
             && self.asked.guids.insert(guid.to_string())
         {
             self.next.guids.push(guid.to_string());
-            self.fresh.guids.insert(hash(guid));
+            self.fresh.guids.insert(key(guid));
         }
     }
 

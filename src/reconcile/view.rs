@@ -11,15 +11,18 @@
 //! some 580 for every field's string: 100,000 of them in an idle daemon is some 22 MB, not 58.
 //! The hash is keyed (a random key per process), and the passwords are not kept at all.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
 use std::time::Instant;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use super::plan::{self, HashMap, HashSet};
-use super::{DeviceEffect, Outcome, ReconcileError, read_with_retry};
+use super::{DeviceEffect, ReconcileError, read_with_retry};
 use crate::config::Config;
 use crate::mbg::{Icp, MbgClient, SipDevice, SipDevicePatch};
 use crate::shutdown::Shutdown;
@@ -28,23 +31,26 @@ use crate::store::{Extension, Released};
 #[derive(Clone, Default)]
 pub struct MbgView {
     pub icps: Vec<Icp>,
-    devices: Vec<KeptDevice>,
-    /// The ICP names the devices use, each once (a device keeps its position here).
-    icp_names: Vec<Box<str>>,
-    /// Each device's keys again, side by side: a targeted pass sweeps 2.4 MB at 100,000 SIP
-    /// users instead of the devices' 11 MB. Rebuilt whenever the devices change.
-    keys: Vec<DeviceKeys>,
+    kept: Kept,
 }
 
-/// One SIP user as kept. Two are equal when every field is.
-#[derive(Clone, PartialEq, Eq)]
+/// The SIP users as kept: a record of fixed size each, no allocation of its own (100,000 small
+/// allocations left the heap too fragmented to hand back after a pass), their keys side by side
+/// (what a targeted pass sweeps), and their texts end to end in one string.
+#[derive(Clone, Default)]
+struct Kept {
+    devices: Vec<KeptDevice>,
+    keys: Vec<DeviceKeys>,
+    texts: String,
+    /// Bytes of `texts` no device points at any more (removed or renamed SIP users).
+    unused: usize,
+    /// The ICP names the devices use, each once (a device keeps its position here).
+    icp_names: Vec<Box<str>>,
+}
+
+#[derive(Clone, Copy)]
 struct KeptDevice {
-    guid: Box<str>,
-    /// The ICP-side name: the number.
-    number: Box<str>,
-    /// The set-side name.
-    name: Box<str>,
-    keys: DeviceKeys,
+    texts: TextSpan,
     setside_password: u64,
     icpside_password: u64,
     description: u64,
@@ -52,43 +58,142 @@ struct KeptDevice {
     enabled: bool,
 }
 
-/// The hashes of a SIP user's guid, ICP-side name (the number) and set-side name: what a
-/// targeted pass looks for (see [`super::near`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DeviceKeys {
-    pub(crate) guid: u64,
-    pub(crate) number: u64,
-    pub(crate) name: u64,
+/// Where a SIP user's guid, ICP-side name (the number) and set-side name are in
+/// [`Kept::texts`], one after the other.
+#[derive(Clone, Copy)]
+struct TextSpan {
+    at: u32,
+    guid: u16,
+    number: u16,
+    name: u16,
 }
 
-/// The keyed hash of every kept field and every key a targeted pass looks for.
+impl TextSpan {
+    fn len(self) -> usize {
+        usize::from(self.guid) + usize::from(self.number) + usize::from(self.name)
+    }
+
+    fn parts(self, texts: &str) -> (&str, &str, &str) {
+        let at = self.at as usize;
+        let (guid, number) = (usize::from(self.guid), usize::from(self.number));
+        let rest = &texts[at..at + self.len()];
+        (
+            &rest[..guid],
+            &rest[guid..guid + number],
+            &rest[guid + number..],
+        )
+    }
+}
+
+/// Short hashes of a SIP user's guid, ICP-side name (the number) and set-side name: what a
+/// targeted pass looks for (see [`super::near`]). A hash shared by chance only brings one more
+/// SIP user into a pass, so 32 bits are enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeviceKeys {
+    pub(crate) guid: u32,
+    pub(crate) number: u32,
+    pub(crate) name: u32,
+}
+
+/// The keyed hash of every kept value: equal hashes are taken for equal values.
 pub(crate) fn hash(value: &str) -> u64 {
     static KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
     KEY.hash_one(value)
+}
+
+/// The short keyed hash a targeted pass looks for.
+pub(crate) fn key(value: &str) -> u32 {
+    (hash(value) >> 32) as u32
+}
+
+/// A SIP user as the MBG lists it, borrowed from the answer where the JSON has no escapes;
+/// parsed as [`SipDevice`] is (the same fields and defaults).
+#[derive(Deserialize)]
+struct Listed<'a> {
+    #[serde(borrow)]
+    guid: Cow<'a, str>,
+    #[serde(borrow)]
+    icp: Cow<'a, str>,
+    #[serde(borrow)]
+    setside_username: Cow<'a, str>,
+    #[serde(borrow)]
+    setside_password: Cow<'a, str>,
+    #[serde(borrow)]
+    icpside_username: Cow<'a, str>,
+    #[serde(borrow)]
+    icpside_password: Cow<'a, str>,
+    #[serde(borrow, default)]
+    description: Cow<'a, str>,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl<'a> From<&'a SipDevice> for Listed<'a> {
+    fn from(d: &'a SipDevice) -> Listed<'a> {
+        Listed {
+            guid: Cow::Borrowed(&d.guid),
+            icp: Cow::Borrowed(&d.icp),
+            setside_username: Cow::Borrowed(&d.setside_username),
+            setside_password: Cow::Borrowed(d.setside_password.expose_secret()),
+            icpside_username: Cow::Borrowed(&d.icpside_username),
+            icpside_password: Cow::Borrowed(d.icpside_password.expose_secret()),
+            description: Cow::Borrowed(&d.description),
+            enabled: d.enabled,
+        }
+    }
+}
+
+/// The MBG's device list, kept as it is parsed: the parsed list is never held whole.
+struct KeptList(Kept);
+
+impl<'de> Deserialize<'de> for KeptList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<KeptList, D::Error> {
+        struct Keeping;
+        impl<'de> Visitor<'de> for Keeping {
+            type Value = Kept;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of SIP users")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kept, A::Error> {
+                let mut kept = Kept::default();
+                while let Some(device) = seq.next_element::<Listed<'de>>()? {
+                    kept.push(&device).map_err(de::Error::custom)?;
+                }
+                kept.shrink();
+                Ok(kept)
+            }
+        }
+        deserializer.deserialize_seq(Keeping).map(KeptList)
+    }
 }
 
 impl fmt::Debug for MbgView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MbgView")
             .field("icps", &self.icps)
-            .field("devices", &self.devices.len())
+            .field("devices", &self.len())
             .finish()
     }
 }
 
 impl MbgView {
+    /// # Panics
+    /// When a SIP user has a guid or name longer than 65,535 bytes (tests and demos only: the
+    /// daemon reads the MBG through [`MbgView::read`], which refuses such a list).
     pub fn new(icps: Vec<Icp>, devices: Vec<SipDevice>) -> MbgView {
-        let mut view = MbgView {
-            icps,
-            ..MbgView::default()
-        };
-        view.devices = devices.iter().map(|d| view.keep(d)).collect();
-        view.line_up_keys();
-        view
-    }
-
-    fn line_up_keys(&mut self) {
-        self.keys = self.devices.iter().map(|d| d.keys).collect();
+        let mut kept = Kept::default();
+        for device in &devices {
+            kept.push(&Listed::from(device))
+                .expect("SIP users' texts under 64 KiB");
+        }
+        kept.shrink();
+        MbgView { icps, kept }
     }
 
     /// Reads both lists, retrying a busy MBG until `mbg.retry_deadline`.
@@ -100,56 +205,29 @@ impl MbgView {
         let retry_until = Instant::now() + config.mbg.retry_deadline;
         let cap = config.mbg.max_retry_after;
         let icps = read_with_retry(cap, shutdown, retry_until, || client.icps()).await?;
-        let devices = read_with_retry(cap, shutdown, retry_until, || client.devices()).await?;
-        Ok(MbgView::new(icps, devices))
+        let KeptList(kept) = read_with_retry(cap, shutdown, retry_until, || {
+            client.devices_as::<KeptList>()
+        })
+        .await?;
+        Ok(MbgView { icps, kept })
     }
 
     /// How many SIP users the MBG holds.
     pub fn len(&self) -> usize {
-        self.devices.len()
+        self.kept.devices.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
+        self.kept.devices.is_empty()
     }
 
     pub(crate) fn device_keys(&self) -> &[DeviceKeys] {
-        &self.keys
+        &self.kept.keys
     }
 
     /// The guid, number and set-side name of the SIP user at `position`.
     pub(crate) fn device_texts(&self, position: usize) -> (&str, &str, &str) {
-        let d = &self.devices[position];
-        (&d.guid, &d.number, &d.name)
-    }
-
-    fn keep(&mut self, device: &SipDevice) -> KeptDevice {
-        KeptDevice {
-            guid: device.guid.as_str().into(),
-            number: device.icpside_username.as_str().into(),
-            name: device.setside_username.as_str().into(),
-            keys: DeviceKeys {
-                guid: hash(&device.guid),
-                number: hash(&device.icpside_username),
-                name: hash(&device.setside_username),
-            },
-            setside_password: hash(device.setside_password.expose_secret()),
-            icpside_password: hash(device.icpside_password.expose_secret()),
-            description: hash(&device.description),
-            icp: self.icp_position(&device.icp),
-            enabled: device.enabled,
-        }
-    }
-
-    fn icp_position(&mut self, name: &str) -> u32 {
-        let at = match self.icp_names.iter().position(|n| &**n == name) {
-            Some(at) => at,
-            None => {
-                self.icp_names.push(name.into());
-                self.icp_names.len() - 1
-            }
-        };
-        u32::try_from(at).expect("fewer ICP names than SIP users")
+        self.kept.devices[position].texts.parts(&self.kept.texts)
     }
 
     /// The SIP users at `positions` (all of them when `None`), with each hashed field restored
@@ -164,42 +242,56 @@ impl MbgView {
         released: &[Released],
     ) -> Vec<SipDevice> {
         let known = Known::of(rows, released);
-        let restore = |device: &KeptDevice| SipDevice {
-            guid: device.guid.to_string(),
-            icp: self.icp_names[device.icp as usize].to_string(),
-            setside_username: device.name.to_string(),
-            setside_password: SecretString::from(known.passwords.text(device.setside_password)),
-            icpside_username: device.number.to_string(),
-            icpside_password: SecretString::from(known.sip_passwords.text(device.icpside_password)),
-            description: known.descriptions.text(device.description),
-            enabled: device.enabled,
+        let kept = &self.kept;
+        let restore = |device: &KeptDevice| {
+            let (guid, number, name) = device.texts.parts(&kept.texts);
+            SipDevice {
+                guid: guid.to_string(),
+                icp: kept.icp_names[device.icp as usize].to_string(),
+                setside_username: name.to_string(),
+                setside_password: SecretString::from(known.passwords.text(device.setside_password)),
+                icpside_username: number.to_string(),
+                icpside_password: SecretString::from(
+                    known.sip_passwords.text(device.icpside_password),
+                ),
+                description: known.descriptions.text(device.description),
+                enabled: device.enabled,
+            }
         };
         match positions {
             Some(positions) => positions
                 .iter()
-                .map(|&d| restore(&self.devices[d]))
+                .map(|&d| restore(&kept.devices[d]))
                 .collect(),
-            None => self.devices.iter().map(restore).collect(),
+            None => kept.devices.iter().map(restore).collect(),
         }
     }
 
     /// How many SIP users differ between `earlier` and this view: added, removed, or with any
     /// field changed.
     pub fn drift_from(&self, earlier: &MbgView) -> usize {
-        let icp = |view: &MbgView, d: &KeptDevice| view.icp_names[d.icp as usize].clone();
-        let before: HashMap<u64, &KeptDevice> =
-            earlier.devices.iter().map(|d| (d.keys.guid, d)).collect();
+        let (now, then) = (&self.kept, &earlier.kept);
+        let before: HashMap<&str, &KeptDevice> = then
+            .devices
+            .iter()
+            .map(|d| (d.texts.parts(&then.texts).0, d))
+            .collect();
         let mut kept = 0;
         let mut changed = 0;
-        for device in &self.devices {
-            match before.get(&device.keys.guid) {
+        for device in &now.devices {
+            let texts = device.texts.parts(&now.texts);
+            match before.get(texts.0) {
                 Some(was) => {
                     kept += 1;
-                    let same = KeptDevice {
-                        icp: device.icp,
-                        ..(*was).clone()
-                    } == *device
-                        && icp(earlier, was) == icp(self, device);
+                    let same = was.texts.parts(&then.texts) == texts
+                        && (was.setside_password, was.icpside_password, was.description)
+                            == (
+                                device.setside_password,
+                                device.icpside_password,
+                                device.description,
+                            )
+                        && was.enabled == device.enabled
+                        && then.icp_names[was.icp as usize] == now.icp_names[device.icp as usize];
                     if !same {
                         changed += 1;
                     }
@@ -210,61 +302,181 @@ impl MbgView {
         changed + (before.len() - kept)
     }
 
-    /// Takes in what the MBG confirmed during a pass. In one sweep over the devices, not one
-    /// per outcome: a pass that created 10,000 SIP users would otherwise scan the list 10,000
-    /// times.
-    pub fn absorb(&mut self, outcomes: &[Outcome]) {
-        let mut replaced: HashSet<&str> = HashSet::default();
-        let mut patches: HashMap<&str, &SipDevicePatch> = HashMap::default();
-        let mut created: Vec<&SipDevice> = Vec::new();
-        for effect in outcomes.iter().filter_map(|o| o.effect.as_ref()) {
-            match effect {
-                DeviceEffect::Created(device) => {
-                    replaced.insert(&device.guid);
-                    created.push(device);
-                }
-                DeviceEffect::Patched { guid, patch } => {
-                    patches.insert(guid, patch);
-                }
-                DeviceEffect::Removed(guid) => {
-                    replaced.insert(guid);
-                }
-            }
-        }
+    /// Takes in what the MBG confirmed during a pass, in one sweep over the devices rather
+    /// than one per answer: a pass that created 10,000 SIP users would otherwise scan the list
+    /// 10,000 times.
+    ///
+    /// # Panics
+    /// When a SIP user renamed has a text longer than 65,535 bytes (the plan refuses such
+    /// values before the MBG sees them).
+    pub fn absorb(&mut self, changes: MbgChanges) {
+        let created = &changes.created;
+        let mut replaced: HashSet<&str> = changes.removed.iter().map(String::as_str).collect();
+        replaced.extend(
+            created
+                .devices
+                .iter()
+                .map(|d| d.texts.parts(&created.texts).0),
+        );
+        let patches: HashMap<&str, &SipDevicePatch> = changes
+            .patched
+            .iter()
+            .map(|(g, p)| (g.as_str(), p))
+            .collect();
         if replaced.is_empty() && patches.is_empty() {
             return;
         }
-        self.devices.retain(|d| !replaced.contains(&*d.guid));
+        let kept = &mut self.kept;
+        kept.remove(|guid| replaced.contains(guid));
         if !patches.is_empty() {
-            let mut devices = std::mem::take(&mut self.devices);
-            for device in &mut devices {
-                if let Some(patch) = patches.get(&*device.guid) {
-                    self.patch(device, patch);
+            for d in 0..kept.devices.len() {
+                let guid = kept.devices[d].texts.parts(&kept.texts).0;
+                if let Some(patch) = patches.get(guid) {
+                    kept.patch(d, patch).expect("patched texts under 64 KiB");
                 }
             }
-            self.devices = devices;
         }
-        for device in created {
-            let kept = self.keep(device);
-            self.devices.push(kept);
+        kept.append(created);
+        kept.compact_when_half_unused();
+    }
+}
+
+/// What a pass changed on the MBG, gathered as the answers come: the SIP users created are
+/// kept at once as the view keeps them, so that a first pass of 100,000 creates does not hold
+/// 100,000 parsed devices to its end.
+#[derive(Default)]
+pub struct MbgChanges {
+    created: Kept,
+    patched: Vec<(String, SipDevicePatch)>,
+    removed: Vec<String>,
+}
+
+impl fmt::Debug for MbgChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MbgChanges")
+            .field("created", &self.created.devices.len())
+            .field("patched", &self.patched.len())
+            .field("removed", &self.removed.len())
+            .finish()
+    }
+}
+
+impl MbgChanges {
+    /// # Panics
+    /// When a SIP user created has a text longer than 65,535 bytes (the plan refuses such
+    /// values before the MBG sees them).
+    pub(crate) fn take(&mut self, effect: DeviceEffect) {
+        match effect {
+            DeviceEffect::Created(device) => self
+                .created
+                .push(&Listed::from(&device))
+                .expect("created texts under 64 KiB"),
+            DeviceEffect::Patched { guid, patch } => self.patched.push((guid, patch)),
+            DeviceEffect::Removed(guid) => self.removed.push(guid),
         }
-        self.line_up_keys();
+    }
+}
+
+/// A SIP user's text too long to keep: no MBG allows one.
+#[derive(Debug, thiserror::Error)]
+#[error("SIP user {guid:?}: a guid or name longer than 65,535 bytes")]
+struct TooLong {
+    guid: String,
+}
+
+impl Kept {
+    fn push(&mut self, device: &Listed<'_>) -> Result<(), TooLong> {
+        let texts = self.add_texts(
+            &device.guid,
+            &device.icpside_username,
+            &device.setside_username,
+        )?;
+        let icp = self.icp_position(&device.icp);
+        self.devices.push(KeptDevice {
+            texts,
+            setside_password: hash(&device.setside_password),
+            icpside_password: hash(&device.icpside_password),
+            description: hash(&device.description),
+            icp,
+            enabled: device.enabled,
+        });
+        self.keys.push(DeviceKeys {
+            guid: key(&device.guid),
+            number: key(&device.icpside_username),
+            name: key(&device.setside_username),
+        });
+        Ok(())
     }
 
-    fn patch(&mut self, device: &mut KeptDevice, patch: &SipDevicePatch) {
+    fn add_texts(&mut self, guid: &str, number: &str, name: &str) -> Result<TextSpan, TooLong> {
+        let too_long = || TooLong {
+            guid: guid.chars().take(64).collect(),
+        };
+        let span = TextSpan {
+            at: u32::try_from(self.texts.len()).map_err(|_| too_long())?,
+            guid: u16::try_from(guid.len()).map_err(|_| too_long())?,
+            number: u16::try_from(number.len()).map_err(|_| too_long())?,
+            name: u16::try_from(name.len()).map_err(|_| too_long())?,
+        };
+        self.texts.push_str(guid);
+        self.texts.push_str(number);
+        self.texts.push_str(name);
+        Ok(span)
+    }
+
+    fn icp_position(&mut self, name: &str) -> u32 {
+        let at = match self.icp_names.iter().position(|n| &**n == name) {
+            Some(at) => at,
+            None => {
+                self.icp_names.push(name.into());
+                self.icp_names.len() - 1
+            }
+        };
+        u32::try_from(at).expect("fewer ICP names than SIP users")
+    }
+
+    /// Drops the SIP users whose guid `gone` names, keeping the others' order.
+    fn remove(&mut self, gone: impl Fn(&str) -> bool) {
+        let mut left = 0;
+        for d in 0..self.devices.len() {
+            let device = self.devices[d];
+            if gone(device.texts.parts(&self.texts).0) {
+                self.unused += device.texts.len();
+            } else {
+                self.devices[left] = device;
+                self.keys[left] = self.keys[d];
+                left += 1;
+            }
+        }
+        self.devices.truncate(left);
+        self.keys.truncate(left);
+    }
+
+    fn patch(&mut self, d: usize, patch: &SipDevicePatch) -> Result<(), TooLong> {
+        let mut device = self.devices[d];
+        if patch.setside_username.is_some() || patch.icpside_username.is_some() {
+            let (guid, number, name) = device.texts.parts(&self.texts);
+            let number = patch
+                .icpside_username
+                .as_deref()
+                .unwrap_or(number)
+                .to_string();
+            let name = patch
+                .setside_username
+                .as_deref()
+                .unwrap_or(name)
+                .to_string();
+            let guid = guid.to_string();
+            self.unused += device.texts.len();
+            device.texts = self.add_texts(&guid, &number, &name)?;
+            self.keys[d].number = key(&number);
+            self.keys[d].name = key(&name);
+        }
         if let Some(icp) = &patch.icp {
             device.icp = self.icp_position(icp);
         }
-        if let Some(name) = &patch.setside_username {
-            device.keys.name = hash(name);
-            device.name = name.as_str().into();
-        }
         if let Some(password) = &patch.setside_password {
             device.setside_password = hash(password.expose_secret());
-        }
-        if let Some(number) = &patch.icpside_username {
-            device.keys.number = hash(number);
-            device.number = number.as_str().into();
         }
         if let Some(password) = &patch.icpside_password {
             device.icpside_password = hash(password.expose_secret());
@@ -275,6 +487,54 @@ impl MbgView {
         if let Some(enabled) = patch.enabled {
             device.enabled = enabled;
         }
+        self.devices[d] = device;
+        Ok(())
+    }
+
+    /// Adds the SIP users `other` keeps, after these.
+    fn append(&mut self, other: &Kept) {
+        // Grown by what is added or a sixteenth, not doubled: the view is kept for good.
+        let room = |len: usize, added: usize| added.max(len / 16);
+        self.devices
+            .reserve_exact(room(self.devices.len(), other.devices.len()));
+        self.keys
+            .reserve_exact(room(self.keys.len(), other.keys.len()));
+        self.texts
+            .reserve_exact(room(self.texts.len(), other.texts.len()));
+        self.keys.extend_from_slice(&other.keys);
+        for device in &other.devices {
+            let (guid, number, name) = device.texts.parts(&other.texts);
+            let texts = self
+                .add_texts(guid, number, name)
+                .expect("texts kept once fit again");
+            let icp = self.icp_position(&other.icp_names[device.icp as usize]);
+            self.devices.push(KeptDevice {
+                texts,
+                icp,
+                ..*device
+            });
+        }
+    }
+
+    /// Rewrites the texts without the unused ones once they are half of them.
+    fn compact_when_half_unused(&mut self) {
+        if self.unused * 2 <= self.texts.len() {
+            return;
+        }
+        let mut texts = String::with_capacity(self.texts.len() - self.unused);
+        for device in &mut self.devices {
+            let start = device.texts.at as usize;
+            device.texts.at = u32::try_from(texts.len()).expect("fewer texts than before");
+            texts.push_str(&self.texts[start..start + device.texts.len()]);
+        }
+        self.texts = texts;
+        self.unused = 0;
+    }
+
+    fn shrink(&mut self) {
+        self.devices.shrink_to_fit();
+        self.keys.shrink_to_fit();
+        self.texts.shrink_to_fit();
     }
 }
 
@@ -331,7 +591,6 @@ impl<'a> Known<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::Status;
 
     fn device(guid: &str, number: &str) -> SipDevice {
         SipDevice {
@@ -343,17 +602,6 @@ mod tests {
             icpside_password: SecretString::from("icp-pass"),
             description: String::new(),
             enabled: true,
-        }
-    }
-
-    fn outcome(effect: DeviceEffect) -> Outcome {
-        Outcome {
-            extension_id: None,
-            number: String::new(),
-            verb: "update",
-            status: Status::Done,
-            detail: String::new(),
-            effect: Some(effect),
         }
     }
 
@@ -371,15 +619,19 @@ mod tests {
             icpside_username: Some("999".into()),
             ..Default::default()
         };
-        view.absorb(&[
-            outcome(DeviceEffect::Removed("g1".into())),
-            outcome(DeviceEffect::Patched {
+        let mut changes = MbgChanges::default();
+        for effect in [
+            DeviceEffect::Removed("g1".into()),
+            DeviceEffect::Patched {
                 guid: "g3".into(),
                 patch: renamed.clone(),
-            }),
-            outcome(DeviceEffect::Created(device("g9", "109"))),
-            outcome(DeviceEffect::Removed("g4".into())),
-        ]);
+            },
+            DeviceEffect::Created(device("g9", "109")),
+            DeviceEffect::Removed("g4".into()),
+        ] {
+            changes.take(effect);
+        }
+        view.absorb(changes);
         devices.retain(|d| d.guid != "g1" && d.guid != "g4");
         renamed.apply_to(&mut devices[2]);
         devices.push(device("g9", "109"));
@@ -413,5 +665,105 @@ mod tests {
         let later = MbgView::new(Vec::new(), later);
         assert_eq!(later.drift_from(&earlier), 4);
         assert_eq!(earlier.drift_from(&earlier.clone()), 0);
+    }
+
+    fn texts_of(view: &MbgView) -> Vec<(String, String, String, String, bool)> {
+        view.devices_for(None, &[], &[])
+            .into_iter()
+            .map(|d| {
+                (
+                    d.guid,
+                    d.icp,
+                    d.icpside_username,
+                    d.setside_username,
+                    d.enabled,
+                )
+            })
+            .collect()
+    }
+
+    /// The list kept as it is parsed is the list parsed whole and then kept: escaped strings
+    /// (not borrowed from the answer), the defaults of `description` and `enabled`, unknown
+    /// fields; and what the whole parse refuses, it refuses.
+    #[test]
+    fn the_list_kept_while_parsing_is_the_list_parsed_whole() {
+        let answer = r#"[
+            {"guid": "g\"1", "icp": "MiVO250-1", "setside_username": "caf\u00e9",
+             "setside_password": "p\\w", "icpside_username": "1001",
+             "icpside_password": "s1", "description": "mbg-provision ext 1001",
+             "enabled": false, "extra": {"nested": [1, 2]}},
+            {"guid": "g2", "icp": "MiVO250-2", "setside_username": "n2",
+             "setside_password": "p2", "icpside_username": "1002", "icpside_password": "s2"}
+        ]"#;
+        let whole: Vec<SipDevice> = serde_json::from_str(answer).unwrap();
+        let KeptList(kept) = serde_json::from_str(answer).unwrap();
+        let streamed = MbgView {
+            icps: Vec::new(),
+            kept,
+        };
+        let parsed = MbgView::new(Vec::new(), whole);
+        assert_eq!(streamed.drift_from(&parsed), 0);
+        assert_eq!(parsed.drift_from(&streamed), 0);
+        assert_eq!(texts_of(&streamed), texts_of(&parsed));
+        assert_eq!(texts_of(&streamed)[0].0, "g\"1");
+        assert_eq!(texts_of(&streamed)[0].3, "café");
+        assert!(texts_of(&streamed)[1].4, "enabled by default");
+
+        let missing_password = r#"[{"guid": "g", "icp": "i", "setside_username": "n",
+            "icpside_username": "1", "icpside_password": "s"}]"#;
+        assert!(serde_json::from_str::<Vec<SipDevice>>(missing_password).is_err());
+        assert!(serde_json::from_str::<KeptList>(missing_password).is_err());
+        let too_long = format!(
+            r#"[{{"guid": "g", "icp": "i", "setside_username": "{}", "setside_password": "p",
+            "icpside_username": "1", "icpside_password": "s"}}]"#,
+            "n".repeat(70_000)
+        );
+        let refused = serde_json::from_str::<KeptList>(&too_long).err().unwrap();
+        assert!(
+            refused.to_string().contains("longer than 65,535"),
+            "{refused}"
+        );
+    }
+
+    /// Removing and renaming leave texts no SIP user points at; once they are half, they are
+    /// dropped, and what is left reads as a fresh view of the same SIP users would.
+    #[test]
+    fn unused_texts_are_compacted_away_without_changing_the_view() {
+        let mut devices: Vec<SipDevice> = (0..10)
+            .map(|i| device(&format!("guid-{i}"), &format!("10{i}")))
+            .collect();
+        let mut view = MbgView::new(Vec::new(), devices.clone());
+        let before = view.kept.texts.len();
+        let mut changes = MbgChanges::default();
+        for i in 0..6 {
+            changes.take(DeviceEffect::Removed(format!("guid-{i}")));
+        }
+        let renamed = SipDevicePatch {
+            setside_username: Some("a much longer set-side name than before".into()),
+            ..Default::default()
+        };
+        changes.take(DeviceEffect::Patched {
+            guid: "guid-7".into(),
+            patch: renamed.clone(),
+        });
+        view.absorb(changes);
+        devices.drain(..6);
+        renamed.apply_to(&mut devices[1]);
+        let fresh = MbgView::new(Vec::new(), devices);
+        assert_eq!(view.kept.unused, 0, "compacted");
+        assert!(
+            view.kept.texts.len() < before,
+            "{} bytes",
+            view.kept.texts.len()
+        );
+        assert_eq!(view.kept.texts.len(), fresh.kept.texts.len());
+        assert_eq!(view.drift_from(&fresh), 0);
+        assert_eq!(texts_of(&view), texts_of(&fresh));
+        let (guid, number, name) = view.device_texts(1);
+        assert_eq!(
+            (guid, number, name),
+            ("guid-7", "107", "a much longer set-side name than before")
+        );
+        assert_eq!(view.device_keys()[1].name, key(name));
     }
 }

@@ -437,7 +437,7 @@ async fn apply_planned(
     retry_for: Duration,
     now: i64,
 ) -> reconcile::ApplyReport {
-    let planned: HashMap<i64, _> = extensions.into_iter().map(|e| (e.id, e)).collect();
+    let planned = reconcile::Planned::new(extensions);
     let options = reconcile::ApplyOptions {
         max_in_flight: 4,
         max_retry_after: Duration::from_secs(300),

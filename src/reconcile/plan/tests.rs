@@ -812,3 +812,28 @@ proptest! {
         prop_assert_eq!(text(&real), text(&kept));
     }
 }
+
+/// A sync's follow-up pass replaces what the first pass planned for the same extension and
+/// keeps the rest; lookups by id find each once.
+#[test]
+fn planned_extensions_take_in_a_later_pass_by_id() {
+    use crate::reconcile::Planned;
+    let first = Planned::new(vec![
+        extension(3, "1003", "10.0.0.20", true),
+        extension(1, "1001", "10.0.0.20", true),
+    ]);
+    let mut later = extension(3, "2003", "10.0.0.20", false);
+    later.version = 7;
+    let mut all = first;
+    all.take_in(Planned::new(vec![
+        later,
+        extension(2, "1002", "10.0.0.20", true),
+    ]));
+    assert_eq!(
+        all.get(&3).map(|e| (e.number.as_str(), e.version)),
+        Some(("2003", 7))
+    );
+    assert_eq!(all.get(&1).map(|e| e.number.as_str()), Some("1001"));
+    assert!(all.contains_key(&2));
+    assert!(!all.contains_key(&4));
+}
