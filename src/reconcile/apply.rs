@@ -224,7 +224,11 @@ async fn call_and_record(
     rec: &Recorder,
     plan: &Plan,
 ) -> Result<ApplyReport, StoreError> {
-    let mut report = ApplyReport::default();
+    let mut report = ApplyReport {
+        outcomes: Vec::with_capacity(plan.actions.len()),
+        mbg_changes: MbgChanges::expecting(plan.creates()),
+        ..ApplyReport::default()
+    };
     let refused = std::sync::atomic::AtomicBool::new(false);
     let deposed = std::sync::atomic::AtomicBool::new(false);
     let horizon = CreateHorizon::default();

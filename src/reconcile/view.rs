@@ -336,8 +336,15 @@ impl MbgView {
                 }
             }
         }
-        kept.append(created);
-        kept.compact_when_half_unused();
+        if kept.devices.is_empty() {
+            // A first pass: what it made is the view (the ICP names are those it uses).
+            let mut created = changes.created;
+            created.shrink();
+            *kept = created;
+        } else {
+            kept.append(&changes.created);
+            kept.compact_when_half_unused();
+        }
     }
 }
 
@@ -362,6 +369,19 @@ impl fmt::Debug for MbgChanges {
 }
 
 impl MbgChanges {
+    /// Room for `creates` SIP users made (their texts at a guess of 64 bytes each).
+    pub(crate) fn expecting(creates: usize) -> MbgChanges {
+        MbgChanges {
+            created: Kept {
+                devices: Vec::with_capacity(creates),
+                keys: Vec::with_capacity(creates),
+                texts: String::with_capacity(creates * 64),
+                ..Kept::default()
+            },
+            ..MbgChanges::default()
+        }
+    }
+
     /// # Panics
     /// When a SIP user created has a text longer than 65,535 bytes (the plan refuses such
     /// values before the MBG sees them).

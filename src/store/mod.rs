@@ -20,7 +20,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::ConnectOptions;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row, SqlSafeStr};
 
@@ -37,6 +38,9 @@ pub use outcomes::{CredentialFill, PassWrite};
 
 /// Each schema version in both dialects: a version cannot be added for one backend only.
 /// Embedded with `include_str!` so the binary carries its schema (no `macros` feature needed).
+/// How long a statement may take before sqlx warns of it (see [`Store::open`]).
+const SLOW_STATEMENT: Duration = Duration::from_secs(10);
+
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     (
         1,
@@ -255,7 +259,14 @@ impl Store {
                 })
             })
             .acquire_timeout(Duration::from_secs(30))
-            .connect(&connect_url)
+            .connect_with(
+                AnyConnectOptions::from_str(&connect_url)
+                    .map_err(StoreError::Database)?
+                    // A full read streams its rows and decodes each as it comes, so its
+                    // statement lasts as long as the decoding: over a second at 100,000 rows,
+                    // which is no sign of trouble. Slower than this still is.
+                    .log_slow_statements(log::LevelFilter::Warn, SLOW_STATEMENT),
+            )
             .await
             .map_err(StoreError::Database)?;
         let mut store = Store {
