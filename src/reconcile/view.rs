@@ -7,9 +7,11 @@
 //! and the description. The plan only ever asks whether those equal a value of the database (a
 //! password, the description we write), so before a pass they are restored from the values of
 //! the rows it plans ([`MbgView::devices_for`]); a value no row has is given a stand-in that
-//! keeps equal values equal and equals no real value. About 220 bytes per SIP user instead of
-//! some 580 for every field's string: 100,000 of them in an idle daemon is some 22 MB, not 58.
-//! The hash is keyed (a random key per process), and the passwords are not kept at all.
+//! keeps equal values equal and equals no real value. Some 115 bytes per SIP user (a 48-byte
+//! record, 12 bytes of keys, its three texts) and no allocation of its own, instead of some 580
+//! bytes in nine allocations for every field's string: 100,000 in an idle daemon are some
+//! 11.5 MB, not 58. The hash is keyed (a random key per process), and the passwords are not
+//! kept at all.
 
 use std::borrow::Cow;
 use std::fmt;
