@@ -54,7 +54,7 @@ impl<'a> ExtensionStatus<'a> {
             extension: &e.number,
             node: &e.node_name,
             wanted: e.use_remote_auth,
-            provisioned: e.mbg_device_id.is_some() && e.provisioned_by_us,
+            provisioned: e.recorded_guid().is_some(),
             mbg_guid: e.mbg_device_id.as_deref(),
             state: match held_back {
                 Some(_) => ExtensionState::Pending.as_str(),

@@ -839,8 +839,8 @@ fn icpside_names(extensions: &[Extension], devices: &[SipDevice], report: &mut R
     let mut wrong = Vec::new();
     let mut missing = 0;
     let mut checked = 0;
-    for extension in extensions.iter().filter(|e| e.provisioned_by_us) {
-        let Some(guid) = extension.mbg_device_id.as_deref() else {
+    for extension in extensions {
+        let Some(guid) = extension.recorded_guid() else {
             continue;
         };
         match by_guid.get(guid) {

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rand::RngExt;
-use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, info, warn};
 
@@ -510,9 +509,12 @@ fn answer_may_be_lost(error: &MbgError) -> bool {
 /// Whether `device` is what `wanted` asked the MBG to create.
 fn carries(device: &crate::mbg::SipDevice, wanted: &NewSipDevice) -> bool {
     device.icp == wanted.icp
-        && device.icpside_username == wanted.icpside_username
-        && device.setside_username == wanted.setside_username
-        && device.setside_password.expose_secret() == wanted.setside_password.expose_secret()
+        && super::plan::carries_credentials(
+            device,
+            &wanted.icpside_username,
+            Some(&wanted.setside_username),
+            Some(&wanted.setside_password),
+        )
 }
 
 /// An outcome, or the database error that kept it from being stored: said loudly; the next pass

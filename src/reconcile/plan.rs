@@ -26,6 +26,7 @@ use crate::store::{Extension, ExtensionState, Released};
 
 mod claims;
 use claims::Claims;
+pub(super) use claims::carries_credentials;
 
 /// The plan's maps hash with FxHash (rustc's own), not SipHash: their keys are guids, numbers and
 /// names from our database and the MBG, not chosen by an attacker, and SipHash was a third of the
@@ -405,29 +406,6 @@ fn is_sendable_password(secret: &str) -> bool {
 const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 128;
 
-/// Whether `device` carries this number and these remote credentials: the proof that one of our
-/// creates made it.
-fn proves(
-    device: &SipDevice,
-    number: &str,
-    name: &Option<String>,
-    password: &Option<SecretString>,
-) -> bool {
-    match (name, password) {
-        (Some(name), Some(password)) => {
-            device.icpside_username == number
-                && device.setside_username == *name
-                && device.setside_password.expose_secret() == password.expose_secret()
-        }
-        _ => false,
-    }
-}
-
-/// The guid recorded against an extension as ours.
-fn recorded(e: &Extension) -> Option<&str> {
-    e.mbg_device_id.as_deref().filter(|_| e.provisioned_by_us)
-}
-
 /// The fields of `device` that differ from `wanted`, as a patch and as names for humans.
 pub fn diff(device: &SipDevice, wanted: &NewSipDevice) -> (SipDevicePatch, Vec<&'static str>) {
     let mut patch = SipDevicePatch::default();
@@ -646,7 +624,7 @@ fn deletions(
         let owner = Owner::Extension(extension.id);
         if let Some((d, _)) = claims.held_by_extension(p) {
             plan.actions.push(delete(owner, &extension.number, d));
-        } else if let Some(guid) = recorded(extension) {
+        } else if let Some(guid) = extension.recorded_guid() {
             plan.actions.push(Action::Forget {
                 owner,
                 number: extension.number.clone(),

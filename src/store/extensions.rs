@@ -858,7 +858,7 @@ async fn check_replaceable(tx: &mut Transaction, current: &Extension) -> Result<
             .fetch_one(&mut **tx)
             .await
             .map_err(StoreError::Database)?;
-    let recorded = current.mbg_device_id.is_some() && current.provisioned_by_us;
+    let recorded = current.recorded_guid().is_some();
     let settled = waiting == 0
         && match current.state {
             ExtensionState::Provisioned => recorded,

@@ -155,6 +155,17 @@ pub struct Extension {
     pub updated_at: i64,
 }
 
+impl Extension {
+    /// The SIP user recorded against this extension as ours (created or adopted by us). A guid
+    /// noted without that mark is only a note: nothing may update or delete that SIP user for
+    /// this row. The rest of the ownership rule is `reconcile::plan::claims`.
+    pub fn recorded_guid(&self) -> Option<&str> {
+        self.mbg_device_id
+            .as_deref()
+            .filter(|_| self.provisioned_by_us)
+    }
+}
+
 /// An extension row that cannot be used as it is: written by another program with a value our
 /// own checks would refuse, or pointing at a node that no longer exists. It is reported, and the
 /// other rows carry on without it.

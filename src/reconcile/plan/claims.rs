@@ -8,7 +8,9 @@
 use crate::mbg::SipDevice;
 use crate::store::{Extension, Released};
 
-use super::{HashMap, HashSet, proves, recorded, sort_by_guid};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{HashMap, HashSet, sort_by_guid};
 
 /// Who holds a device once the plan is applied: an extension or a released row, by position.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -30,12 +32,7 @@ pub(super) struct Claims {
 }
 
 /// A row that may prove a device its own: its claim, number and remote credentials.
-type Owner<'a> = (
-    Claim,
-    &'a str,
-    &'a Option<String>,
-    &'a Option<secrecy::SecretString>,
-);
+type Owner<'a> = (Claim, &'a str, &'a Option<String>, &'a Option<SecretString>);
 
 impl Claims {
     /// `by_priority`: extension positions, wanted rows first, each part in number order.
@@ -54,7 +51,7 @@ impl Claims {
             released_with_duplicates: HashSet::default(),
         };
         for &p in by_priority {
-            if let Some(&d) = recorded(&extensions[p]).and_then(|g| index_of.get(g))
+            if let Some(&d) = extensions[p].recorded_guid().and_then(|g| index_of.get(g))
                 && claims.of_device[d].is_none()
             {
                 claims.of_device[d] = Some(Claim::Extension(p));
@@ -123,11 +120,14 @@ impl Claims {
         for d in unclaimed {
             let device = &devices[d];
             let number = device.icpside_username.as_str();
-            let Some(&(priority, (owner, ..))) = owners_of
-                .get(number)
-                .into_iter()
-                .flatten()
-                .find(|(_, (_, _, name, password))| proves(device, number, name, password))
+            let Some(&(priority, (owner, ..))) =
+                owners_of
+                    .get(number)
+                    .into_iter()
+                    .flatten()
+                    .find(|(_, (_, _, name, password))| {
+                        carries_credentials(device, number, name.as_deref(), password.as_ref())
+                    })
             else {
                 continue;
             };
@@ -175,5 +175,24 @@ impl Claims {
     /// The duplicates' positions, in priority order.
     pub(super) fn duplicates(&self) -> impl Iterator<Item = usize> + '_ {
         self.duplicates.iter().map(|&(_, d)| d)
+    }
+}
+
+/// Whether `device` carries this number and these remote credentials: the proof that one of our
+/// creates made it (they are random, and stored before any create). Also how apply finds the
+/// SIP user of a create whose answer was lost.
+pub(crate) fn carries_credentials(
+    device: &SipDevice,
+    number: &str,
+    name: Option<&str>,
+    password: Option<&SecretString>,
+) -> bool {
+    match (name, password) {
+        (Some(name), Some(password)) => {
+            device.icpside_username == number
+                && device.setside_username == name
+                && device.setside_password.expose_secret() == password.expose_secret()
+        }
+        _ => false,
     }
 }

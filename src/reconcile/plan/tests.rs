@@ -582,8 +582,8 @@ proptest! {
             .collect();
         // Proof by credentials: the number and both set-side values of a row, live or released.
         let proven = |d: &SipDevice| {
-            extensions.iter().any(|e| proves(d, &e.number, &e.remote_auth_name, &e.remote_auth_password))
-                || released.iter().any(|r| proves(d, &r.number, &r.remote_auth_name, &r.remote_auth_password))
+            extensions.iter().any(|e| carries_credentials(d, &e.number, e.remote_auth_name.as_deref(), e.remote_auth_password.as_ref()))
+                || released.iter().any(|r| carries_credentials(d, &r.number, r.remote_auth_name.as_deref(), r.remote_auth_password.as_ref()))
         };
         let plan = plan(&extensions, &released, &icps(), &devices, budget);
         for action in &plan.actions {
