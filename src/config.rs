@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::credentials;
 
 /// Prefix of the environment variables that override the file.
-pub const ENV_PREFIX: &str = "MBG_PROVISION_";
+pub(crate) const ENV_PREFIX: &str = "MBG_PROVISION_";
 /// Variables under [`ENV_PREFIX`] that are not configuration keys.
 const NON_CONFIG_VARS: &[&str] = &["consumer_secret"];
 /// The file read when `--config` is not given, if it exists in the working folder.
@@ -324,7 +324,7 @@ impl fmt::Display for ConfigProblem {
 }
 
 /// Blanks the password of every `scheme://user:password@host` in `text`.
-pub fn redact_url_passwords(text: &str) -> String {
+pub(crate) fn redact_url_passwords(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
@@ -424,7 +424,7 @@ impl Config {
     /// applies (`database.*`, `http.*`, `log.*`, `secrets.*`: the pool, the listener, the
     /// logger and the key are set up once), in order. Those keep their running values; all
     /// other keys take the new ones.
-    pub fn reload(&mut self, mut new: Config) -> Vec<String> {
+    pub(crate) fn reload(&mut self, mut new: Config) -> Vec<String> {
         fn json(section: &impl Serialize) -> serde_json::Value {
             serde_json::to_value(section).unwrap_or_default()
         }
@@ -606,7 +606,7 @@ mod nonzero_duration {
 
     pub use human_duration::serialize;
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let duration = human_duration::deserialize(d)?;
         if duration.is_zero() {
             return Err(serde::de::Error::custom(
@@ -645,7 +645,7 @@ pub mod human_duration {
         Ok(Duration::from_millis(number.saturating_mul(millis)))
     }
 
-    pub fn format(duration: &Duration) -> String {
+    pub(crate) fn format(duration: &Duration) -> String {
         let ms = duration.as_millis();
         for (unit, size) in [
             ("d", 86_400_000),
@@ -664,7 +664,7 @@ pub mod human_duration {
         s.serialize_str(&format(duration))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         struct Visitor;
         impl serde::de::Visitor<'_> for Visitor {
             type Value = Duration;
@@ -828,7 +828,7 @@ impl MbgUrl {
     }
 
     /// `base_url` joined with a resource path such as `mbg/v1/icps/all/`.
-    pub fn join(&self, path: &str) -> String {
+    pub(crate) fn join(&self, path: &str) -> String {
         format!("{}/{}", self.0, path.trim_start_matches('/'))
     }
 }
@@ -899,7 +899,7 @@ impl CronSchedule {
         &self.expression
     }
 
-    pub fn schedule(&self) -> &cron::Schedule {
+    pub(crate) fn schedule(&self) -> &cron::Schedule {
         &self.schedule
     }
 }

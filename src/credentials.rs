@@ -13,20 +13,21 @@ use secrecy::SecretString;
 const LOWERCASE: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
 const NAME_TAIL: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 /// Letters, digits and the symbols SIP phones accept in config files and URLs unescaped.
-pub const PASSWORD_ALPHABET: &[u8] =
+pub(crate) const PASSWORD_ALPHABET: &[u8] =
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.!*+=";
 
 /// The least entropy we accept for a generated password; below this an online guessing attack
 /// against a public-facing MBG becomes thinkable.
-pub const MIN_PASSWORD_BITS: f64 = 64.0;
+pub(crate) const MIN_PASSWORD_BITS: f64 = 64.0;
 
+#[cfg(test)]
 /// Bits of entropy of a password of `length` characters drawn uniformly from [`PASSWORD_ALPHABET`].
-pub fn password_bits(length: usize) -> f64 {
+pub(crate) fn password_bits(length: usize) -> f64 {
     length as f64 * (PASSWORD_ALPHABET.len() as f64).log2()
 }
 
 /// The shortest password length that reaches [`MIN_PASSWORD_BITS`].
-pub fn min_password_length() -> usize {
+pub(crate) fn min_password_length() -> usize {
     (MIN_PASSWORD_BITS / (PASSWORD_ALPHABET.len() as f64).log2()).ceil() as usize
 }
 
@@ -69,15 +70,15 @@ pub fn random_auth_name(length: usize) -> String {
 }
 
 /// The shortest password the MBG takes for a SIP user.
-pub const MBG_MIN_PASSWORD: usize = 8;
+pub(crate) const MBG_MIN_PASSWORD: usize = 8;
 /// The longest name or password a person may type: more is a paste gone wrong.
-pub const MAX_TYPED: usize = 64;
+pub(crate) const MAX_TYPED: usize = 64;
 
 /// A remote credential typed by a person, and what is wrong with it: `field` is the form field
 /// (the database column) at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
-pub struct CredentialError {
+pub(crate) struct CredentialError {
     pub field: &'static str,
     pub reason: String,
 }
@@ -86,7 +87,7 @@ pub struct CredentialError {
 /// name starts with a letter and holds letters, digits, `-`, `_` or `.`; the password holds
 /// only [`PASSWORD_ALPHABET`] and is at least as strong as [`MIN_PASSWORD_BITS`] asks (and
 /// never shorter than the MBG's [`MBG_MIN_PASSWORD`]). Both at most [`MAX_TYPED`] characters.
-pub fn check_typed(name: &str, password: &str) -> Result<(), CredentialError> {
+pub(crate) fn check_typed(name: &str, password: &str) -> Result<(), CredentialError> {
     let name_ok = name.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
         && name.len() <= MAX_TYPED
         && name

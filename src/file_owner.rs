@@ -24,7 +24,7 @@ pub struct ForeignOwner {
 /// Checks that `path`, or the folder it would be created in when it does not exist yet, belongs
 /// to the user this process runs as. What cannot be looked at (no such folder, no permission)
 /// passes: opening the file then fails with its own, clearer, error.
-pub fn check(path: &Path) -> Result<(), ForeignOwner> {
+pub(crate) fn check(path: &Path) -> Result<(), ForeignOwner> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

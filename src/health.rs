@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// What a standby shows for what only the leader checks.
-pub const NOT_CHECKED: &str = "standby: not checked";
+pub(crate) const NOT_CHECKED: &str = "standby: not checked";
 
 /// What this instance is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -74,7 +74,7 @@ pub struct Reachability {
 }
 
 impl Reachability {
-    pub fn succeeded(&mut self, now: i64) {
+    pub(crate) fn succeeded(&mut self, now: i64) {
         *self = Reachability {
             ok: true,
             error: None,
@@ -83,7 +83,7 @@ impl Reachability {
         };
     }
 
-    pub fn failed(&mut self, now: i64, why: impl Into<String>) {
+    pub(crate) fn failed(&mut self, now: i64, why: impl Into<String>) {
         self.ok = false;
         self.error = Some(why.into());
         self.checked_at = Some(now);
@@ -127,16 +127,12 @@ impl Health {
         &self.unhealthy
     }
 
-    pub fn degraded(&self) -> &[String] {
-        &self.degraded
-    }
-
     pub fn is_healthy(&self) -> bool {
         self.unhealthy.is_empty()
     }
 
     /// One word for dashboards and alerts, from the two reason lists.
-    pub fn status(&self) -> HealthStatus {
+    pub(crate) fn status(&self) -> HealthStatus {
         if !self.unhealthy.is_empty() {
             HealthStatus::Unhealthy
         } else if !self.degraded.is_empty() {
@@ -195,7 +191,7 @@ impl Health {
 /// The summary `/healthz` puts first: `ok` and `degraded` answer 200, `unhealthy` 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum HealthStatus {
+pub(crate) enum HealthStatus {
     Ok,
     Degraded,
     Unhealthy,
@@ -215,7 +211,7 @@ impl Default for HealthState {
 }
 
 impl HealthState {
-    pub fn new(grace: Duration) -> HealthState {
+    pub(crate) fn new(grace: Duration) -> HealthState {
         HealthState {
             health: Arc::default(),
             grace: Arc::new(RwLock::new(grace)),
@@ -223,11 +219,11 @@ impl HealthState {
     }
 
     /// `health.grace` changed (a reload).
-    pub fn set_grace(&self, grace: Duration) {
+    pub(crate) fn set_grace(&self, grace: Duration) {
         *self.grace.write().unwrap_or_else(|e| e.into_inner()) = grace;
     }
 
-    pub fn grace(&self) -> Duration {
+    pub(crate) fn grace(&self) -> Duration {
         *self.grace.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -247,7 +243,7 @@ impl HealthState {
 
     /// What one MBG request showed: answered (whatever it said), or not (no connection, a
     /// timeout, a 5xx). Called by the client for every attempt.
-    pub fn mbg_answered(&self, answered: Result<(), &str>) {
+    pub(crate) fn mbg_answered(&self, answered: Result<(), &str>) {
         let now = chrono::Utc::now().timestamp();
         self.update(|h| match answered {
             Ok(()) => h.mbg.succeeded(now),

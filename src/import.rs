@@ -159,7 +159,7 @@ pub fn parse(
 }
 
 /// `on`/`off` as the phone system's page says it, and the usual spellings of yes and no.
-pub fn parse_switch(text: &str) -> Result<Option<bool>, String> {
+pub(crate) fn parse_switch(text: &str) -> Result<Option<bool>, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "" => Ok(None),
         "on" | "true" | "yes" | "1" => Ok(Some(true)),

@@ -39,7 +39,7 @@ pub struct Lapsed(pub Duration);
 impl Lease {
     /// A lease taken now, lasting `length` (`None`: for ever) until extended, whose first call
     /// waits until `quiet_until`.
-    pub fn new(length: Option<Duration>, quiet_until: Instant) -> Lease {
+    pub(crate) fn new(length: Option<Duration>, quiet_until: Instant) -> Lease {
         let origin = Instant::now();
         let quiet_until = millis(quiet_until.saturating_duration_since(origin));
         let deadline = length.map_or(NEVER, millis);
@@ -51,20 +51,15 @@ impl Lease {
         }))
     }
 
-    /// For what holds no lock (tests, one-off reads): never lapses, never waits.
-    pub fn unbounded() -> Lease {
-        Lease::new(None, Instant::now())
-    }
-
     /// The lock answered a check that started at `checked_at`: the lease runs from there.
-    pub fn extend_from(&self, checked_at: Instant) {
+    pub(crate) fn extend_from(&self, checked_at: Instant) {
         if let Some(length) = self.0.length {
             let deadline = millis(checked_at.saturating_duration_since(self.0.origin) + length);
             self.0.deadline.fetch_max(deadline, Ordering::AcqRel);
         }
     }
 
-    pub fn lapsed(&self) -> Option<Lapsed> {
+    pub(crate) fn lapsed(&self) -> Option<Lapsed> {
         let deadline = self.0.deadline.load(Ordering::Acquire);
         let now = millis(self.0.origin.elapsed());
         (deadline != NEVER && now > deadline)
@@ -73,7 +68,7 @@ impl Lease {
 
     /// Before each MBG request: waits out the previous holder's calls, then refuses once the
     /// lease has lapsed.
-    pub async fn permit(&self) -> Result<(), Lapsed> {
+    pub(crate) async fn permit(&self) -> Result<(), Lapsed> {
         let quiet_until = self.0.origin + Duration::from_millis(self.0.quiet_until);
         if Instant::now() < quiet_until {
             tokio::time::sleep_until(quiet_until.into()).await;
@@ -82,12 +77,6 @@ impl Lease {
             Some(lapsed) => Err(lapsed),
             None => Ok(()),
         }
-    }
-
-    /// How long the first call waits from now.
-    pub fn quiet_for(&self) -> Duration {
-        (self.0.origin + Duration::from_millis(self.0.quiet_until))
-            .saturating_duration_since(Instant::now())
     }
 }
 

@@ -3,7 +3,7 @@
 //! a daemon that is idle for hours would go on showing the pass's peak as resident memory.
 
 /// Returns the free memory at the top of glibc's heaps to the system; a no-op elsewhere.
-pub fn release_free_heap() {
+pub(crate) fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists, under its own locks; it
     // frees nothing that is in use and may be called at any time from any thread.

@@ -58,7 +58,7 @@ pub enum Grant<'a> {
 }
 
 /// The callback value for "no callback": the administrator copies the verifier by hand.
-pub const OUT_OF_BAND: &str = "oob";
+pub(crate) const OUT_OF_BAND: &str = "oob";
 
 /// Fixed nonce and timestamp, for test vectors; `None` in real use.
 #[derive(Debug, Clone, Copy)]
@@ -92,7 +92,7 @@ pub fn base_uri(url: &url::Url) -> String {
 
 /// The parameters a URL's query contributes to the signature: section 3.4.1.3.1 decodes it as a
 /// form, so `+` is a space there (unlike in token answers).
-pub fn query_params(url: &url::Url) -> Vec<(String, String)> {
+pub(crate) fn query_params(url: &url::Url) -> Vec<(String, String)> {
     url.query_pairs()
         .map(|(n, v)| (n.into_owned(), v.into_owned()))
         .collect()
@@ -101,7 +101,7 @@ pub fn query_params(url: &url::Url) -> Vec<(String, String)> {
 /// The signature base string of section 3.4.1: method, base string URI and the normalized
 /// parameters, `oauth_signature` left out. Parameters are decoded; section 3.4.1.3.2 encodes each
 /// name and value first and sorts the *encoded* pairs, by name, then by value for equal names.
-pub fn base_string(method: &str, base_uri: &str, params: &[(String, String)]) -> String {
+pub(crate) fn base_string(method: &str, base_uri: &str, params: &[(String, String)]) -> String {
     let mut encoded: Vec<(String, String)> = params
         .iter()
         .filter(|(name, _)| name != "oauth_signature")
@@ -140,7 +140,7 @@ pub fn sign(base_string: &str, consumer_secret: &str, token_secret: &str) -> Str
 
 /// Checks a base64 signature in constant time, so that a caller cannot find a valid signature
 /// byte by byte from response times.
-pub fn verify(
+pub(crate) fn verify(
     base_string: &str,
     consumer_secret: &str,
     token_secret: &str,

@@ -26,7 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{Config, DatabaseUrl};
 
 /// The key file's name when nothing else names it.
-pub const KEY_FILE_NAME: &str = "mbg-provision.key";
+pub(crate) const KEY_FILE_NAME: &str = "mbg-provision.key";
 const PREFIX: &str = "v1:";
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
@@ -52,7 +52,7 @@ pub enum SecretsError {
 impl SecretsError {
     /// The database holds secrets this key cannot open: only a new token exchange, which
     /// overwrites them, gets out of it (short of finding the right key).
-    pub fn needs_new_exchange(&self) -> bool {
+    pub(crate) fn needs_new_exchange(&self) -> bool {
         matches!(
             self,
             SecretsError::KeyMismatch { .. } | SecretsError::KeyMissing { .. }
@@ -85,12 +85,16 @@ impl SecretKey {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Seals `value` for `column`.
-    pub fn seal(&self, column: &'static str, value: &SecretString) -> Result<String, SecretsError> {
+    pub(crate) fn seal(
+        &self,
+        column: &'static str,
+        value: &SecretString,
+    ) -> Result<String, SecretsError> {
         let cipher = self.cipher(true)?;
         let mut nonce = [0u8; NONCE_LEN];
         UnwrapErr(SysRng).fill_bytes(&mut nonce);
@@ -110,7 +114,11 @@ impl SecretKey {
 
     /// Opens what [`seal`](Self::seal) stored in `column`; a value without the version prefix
     /// is legacy cleartext and is returned as it is.
-    pub fn open(&self, column: &'static str, stored: &str) -> Result<SecretString, SecretsError> {
+    pub(crate) fn open(
+        &self,
+        column: &'static str,
+        stored: &str,
+    ) -> Result<SecretString, SecretsError> {
         let Some(encoded) = stored.strip_prefix(PREFIX) else {
             return Ok(SecretString::from(stored));
         };
@@ -212,7 +220,7 @@ pub fn key_file(config: &Config) -> PathBuf {
 ///    (`mbg-provision.db` → `mbg-provision.key`), so that two databases never share a key;
 /// 3. for PostgreSQL, `$STATE_DIRECTORY/mbg-provision.key` when systemd sets it
 ///    (`StateDirectory=`), else `mbg-provision.key` in the working folder.
-pub fn default_key_file(url: &DatabaseUrl) -> PathBuf {
+pub(crate) fn default_key_file(url: &DatabaseUrl) -> PathBuf {
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         let credential = Path::new(&dir).join(KEY_FILE_NAME);
         if credential.is_file() {

@@ -18,7 +18,7 @@ const ERROR_CODE: u16 = 0x0009;
 const HEADER_LEN: usize = 20;
 
 /// The default STUN port (RFC 8489 §18.6).
-pub const DEFAULT_PORT: u16 = 3478;
+pub(crate) const DEFAULT_PORT: u16 = 3478;
 
 /// First retransmission timeout; each later one doubles (RFC 8489 §6.2.1). The RFC's seven
 /// transmissions take 39.5 s, too long for a check an engineer waits for: four go out, at 0,
@@ -56,7 +56,7 @@ pub enum StunError {
 }
 
 /// A Binding request with this transaction id: a bare header, no attributes.
-pub fn binding_request(transaction: [u8; 12]) -> [u8; HEADER_LEN] {
+pub(crate) fn binding_request(transaction: [u8; 12]) -> [u8; HEADER_LEN] {
     let mut message = [0u8; HEADER_LEN];
     message[0..2].copy_from_slice(&BINDING_REQUEST.to_be_bytes());
     // Message length 0: no attributes.
@@ -67,7 +67,7 @@ pub fn binding_request(transaction: [u8; 12]) -> [u8; HEADER_LEN] {
 
 /// What a datagram said in answer to the request with `transaction`.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// The address the server saw the request come from.
     Mapped(SocketAddr),
     Error {
@@ -79,7 +79,7 @@ pub enum Answer {
 }
 
 /// Reads a Binding answer. `Err` names what is wrong with an answer to our transaction.
-pub fn parse_answer(datagram: &[u8], transaction: &[u8; 12]) -> Result<Answer, String> {
+pub(crate) fn parse_answer(datagram: &[u8], transaction: &[u8; 12]) -> Result<Answer, String> {
     if datagram.len() < HEADER_LEN
         || datagram[0] & 0xC0 != 0
         || u32::from_be_bytes(datagram[4..8].try_into().expect("4 bytes")) != MAGIC_COOKIE

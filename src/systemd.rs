@@ -21,7 +21,7 @@ use sd_notify::NotifyState;
 
 /// Where notifications go, and the watchdog period systemd asked for.
 #[derive(Debug, Clone, Default)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<OsString>,
     watchdog: Option<Duration>,
 }
@@ -29,52 +29,54 @@ pub struct Notifier {
 impl Notifier {
     /// From `NOTIFY_SOCKET` and `WATCHDOG_USEC`/`WATCHDOG_PID` (the latter checked against our
     /// pid by `sd_notify::watchdog_enabled`, so a child never pings for its parent).
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         Notifier {
             socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
             watchdog: sd_notify::watchdog_enabled(),
         }
     }
 
+    #[cfg(test)]
     /// Notifications to this socket path (`@name` for an abstract socket), with a watchdog
     /// period of `watchdog` (the full `WATCHDOG_USEC`, not halved). For tests, and for callers
     /// that get the socket some other way.
-    pub fn to_socket(socket: impl Into<OsString>, watchdog: Option<Duration>) -> Notifier {
+    pub(crate) fn to_socket(socket: impl Into<OsString>, watchdog: Option<Duration>) -> Notifier {
         Notifier {
             socket: Some(socket.into()),
             watchdog,
         }
     }
 
+    #[cfg(test)]
     /// Whether a service manager is listening.
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.socket.is_some()
     }
 
     /// Start-up is finished.
-    pub fn ready(&self) -> io::Result<()> {
+    pub(crate) fn ready(&self) -> io::Result<()> {
         self.send(&[NotifyState::Ready])
     }
 
     /// A stop was asked; systemd shows "deactivating" and waits for us to exit.
-    pub fn stopping(&self) -> io::Result<()> {
+    pub(crate) fn stopping(&self) -> io::Result<()> {
         self.send(&[NotifyState::Stopping])
     }
 
     /// One line for `systemctl status`. Newlines would end the field, so they become spaces.
-    pub fn status(&self, text: &str) -> io::Result<()> {
+    pub(crate) fn status(&self, text: &str) -> io::Result<()> {
         let text = text.replace(['\n', '\r'], " ");
         self.send(&[NotifyState::Status(&text)])
     }
 
     /// How often to call [`Notifier::watchdog_ping`]: half the period systemd asked for, as
     /// `sd_watchdog_enabled(3)` advises; `None` when no watchdog is set.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.filter(|d| !d.is_zero()).map(|d| d / 2)
     }
 
     /// "Still alive". A no-op unless a watchdog is set.
-    pub fn watchdog_ping(&self) -> io::Result<()> {
+    pub(crate) fn watchdog_ping(&self) -> io::Result<()> {
         if self.watchdog.is_none() {
             return Ok(());
         }
@@ -107,7 +109,7 @@ impl Notifier {
 }
 
 /// The process-wide notifier, from the environment at first use.
-pub fn notifier() -> &'static Notifier {
+pub(crate) fn notifier() -> &'static Notifier {
     static NOTIFIER: OnceLock<Notifier> = OnceLock::new();
     NOTIFIER.get_or_init(Notifier::from_env)
 }
@@ -119,27 +121,27 @@ fn logged(what: &str, result: io::Result<()>) {
 }
 
 /// `READY=1`: see the module documentation for when.
-pub fn ready() {
+pub(crate) fn ready() {
     logged("READY", notifier().ready());
 }
 
 /// `STOPPING=1`.
-pub fn stopping() {
+pub(crate) fn stopping() {
     logged("STOPPING", notifier().stopping());
 }
 
 /// `STATUS=...`, shown by `systemctl status`. Never put a secret in it.
-pub fn status(text: &str) {
+pub(crate) fn status(text: &str) {
     logged("STATUS", notifier().status(text));
 }
 
 /// Half of `WATCHDOG_USEC`, or `None` when systemd set no watchdog.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     notifier().watchdog_interval()
 }
 
 /// `WATCHDOG=1`.
-pub fn watchdog_ping() {
+pub(crate) fn watchdog_ping() {
     logged("WATCHDOG", notifier().watchdog_ping());
 }
 

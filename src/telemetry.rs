@@ -22,25 +22,26 @@ pub mod names {
     /// Counter: change rows read from `extension_changes`.
     pub const CHANGES_SEEN: &str = "mbg_provision_changes_seen_total";
     /// Counter: finished actions, labels `action` and `outcome`.
-    pub const ACTIONS: &str = "mbg_provision_actions_total";
+    pub(crate) const ACTIONS: &str = "mbg_provision_actions_total";
     /// Histogram: MBG request latency, labels `method` and `endpoint` (a group, never a path).
-    pub const MBG_REQUEST_DURATION: &str = "mbg_provision_mbg_request_duration_seconds";
+    pub(crate) const MBG_REQUEST_DURATION: &str = "mbg_provision_mbg_request_duration_seconds";
     /// Gauge: extensions per state, label `state`.
-    pub const EXTENSIONS: &str = "mbg_provision_extensions";
+    pub(crate) const EXTENSIONS: &str = "mbg_provision_extensions";
     /// Gauge: seconds until the access token expires (negative once expired).
-    pub const TOKEN_EXPIRY: &str = "mbg_provision_token_expiry_seconds";
+    pub(crate) const TOKEN_EXPIRY: &str = "mbg_provision_token_expiry_seconds";
     /// Gauge: 1 when the token needs a human (renewal impossible, rejected, none stored).
-    pub const TOKEN_NEEDS_ATTENTION: &str = "mbg_provision_token_needs_attention";
+    pub(crate) const TOKEN_NEEDS_ATTENTION: &str = "mbg_provision_token_needs_attention";
     /// Gauge: end of the last successful full reconcile, epoch seconds.
-    pub const LAST_FULL_RECONCILE: &str = "mbg_provision_last_full_reconcile_timestamp_seconds";
+    pub(crate) const LAST_FULL_RECONCILE: &str =
+        "mbg_provision_last_full_reconcile_timestamp_seconds";
     /// Gauge: 1 while this instance holds the leader lock.
-    pub const LEADER: &str = "mbg_provision_leader";
+    pub(crate) const LEADER: &str = "mbg_provision_leader";
     /// Counter: console sign-ins refused, label `reason` (`wrong_password`, `locked_out`).
-    pub const CONSOLE_SIGN_IN_REFUSED: &str = "mbg_provision_console_sign_in_refused_total";
+    pub(crate) const CONSOLE_SIGN_IN_REFUSED: &str = "mbg_provision_console_sign_in_refused_total";
 
     /// Counter: SIP users found added, removed or changed on the MBG by someone else, when a
     /// full reconcile reads the MBG and compares it with the view the daemon kept.
-    pub const MBG_DRIFT: &str = "mbg_provision_mbg_drift_total";
+    pub(crate) const MBG_DRIFT: &str = "mbg_provision_mbg_drift_total";
 
     /// Every family, for documentation and tests.
     pub const ALL: [&str; 10] = [
@@ -59,13 +60,13 @@ pub mod names {
 
 /// Latency buckets (seconds): a healthy MBG answers in tens of milliseconds; the top bucket is
 /// the longest `mbg.timeout` anyone should configure, so a timed-out call still lands in one.
-pub const MBG_LATENCY_BUCKETS: [f64; 13] = [
+pub(crate) const MBG_LATENCY_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
 ];
 
 /// How often [`Telemetry::run_upkeep`] should run. Histogram samples are kept until upkeep or a
 /// scrape drains them; without it an unscraped daemon would grow by every MBG call.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The installed Prometheus recorder; cheap to clone.
 #[derive(Debug, Clone)]
@@ -97,13 +98,13 @@ impl Telemetry {
     }
 
     /// The metrics in Prometheus text format (version 0.0.4).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.handle.render()
     }
 
     /// Drains histogram samples into their buckets; see [`UPKEEP_INTERVAL`]. `crate::http::serve`
     /// runs it while it serves.
-    pub fn run_upkeep(&self) {
+    pub(crate) fn run_upkeep(&self) {
         self.handle.run_upkeep();
     }
 }
@@ -176,7 +177,7 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ActionKind::Create => "create",
             ActionKind::Update => "update",
@@ -188,7 +189,7 @@ impl ActionKind {
     }
 
     /// From `reconcile::Action::verb()`; `None` for a verb this file does not know yet.
-    pub fn from_verb(verb: &str) -> Option<ActionKind> {
+    pub(crate) fn from_verb(verb: &str) -> Option<ActionKind> {
         Some(match verb {
             "create" => ActionKind::Create,
             "update" => ActionKind::Update,
@@ -212,7 +213,7 @@ pub enum ActionOutcome {
 }
 
 impl ActionOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ActionOutcome::Done => "done",
             ActionOutcome::Failed => "failed",
@@ -263,7 +264,7 @@ fn method_label(method: &str) -> &'static str {
 
 /// The endpoint group of an MBG API path: `devices`, `icps`, `token` (the OAuth exchange and
 /// token management), `ping` or `other`. Guids in paths never reach a label.
-pub fn endpoint_group(path: &str) -> &'static str {
+pub(crate) fn endpoint_group(path: &str) -> &'static str {
     let path = path.trim_start_matches('/');
     if path.starts_with("mbg/v1/devices/") {
         "devices"

@@ -20,9 +20,9 @@ use crate::oauth::{ClientCredentials, TokenCredentials};
 use crate::store::{MbgSettings, Store, StoreError, TemporaryToken, TokenState};
 
 /// What an MBG access token lives when the MBG does not say: 12 months.
-pub const ACCESS_TOKEN_LIFETIME_SECS: i64 = 365 * 86_400;
+pub(crate) const ACCESS_TOKEN_LIFETIME_SECS: i64 = 365 * 86_400;
 /// Temporary tokens must be approved and exchanged within 10 minutes.
-pub const TEMPORARY_TOKEN_LIFETIME_SECS: i64 = 600;
+pub(crate) const TEMPORARY_TOKEN_LIFETIME_SECS: i64 = 600;
 const DAY: i64 = 86_400;
 
 #[derive(Debug, thiserror::Error)]

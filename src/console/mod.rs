@@ -45,7 +45,7 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(config: &Config) -> Link {
+    pub(crate) fn new(config: &Config) -> Link {
         Link {
             token_stored: Arc::default(),
             config: Arc::new(tokio::sync::watch::Sender::new(Arc::new(config.clone()))),
@@ -64,7 +64,7 @@ struct Inner {
 }
 
 impl Console {
-    pub fn new(store: Store, health: HealthState, link: Link) -> Console {
+    pub(crate) fn new(store: Store, health: HealthState, link: Link) -> Console {
         Console(Arc::new(Inner {
             store,
             link,
@@ -78,7 +78,7 @@ impl Console {
     }
 
     /// The console's routes, to merge with the operations endpoints.
-    pub fn router(self) -> Router {
+    pub(crate) fn router(self) -> Router {
         Router::new()
             .route("/", get(pages::dashboard))
             .route("/login", get(auth::login_page).post(auth::login))

@@ -11,9 +11,9 @@ use rand::rngs::SysRng;
 use secrecy::{ExposeSecret, SecretString};
 
 /// The shortest console password: an account can change SIP credentials and the token.
-pub const MIN_PASSWORD: usize = 12;
+pub(crate) const MIN_PASSWORD: usize = 12;
 /// The longest: argon2 takes any length, but a megabyte pasted into a form is a mistake.
-pub const MAX_PASSWORD: usize = 1024;
+pub(crate) const MAX_PASSWORD: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
@@ -45,7 +45,7 @@ pub fn hash_password(password: &SecretString) -> Result<String, PasswordError> {
 
 /// Whether `password` matches `hash`. `hash: None` (no such user) still costs one verification,
 /// so that the answer's timing does not tell which names exist.
-pub fn verify_password(password: &SecretString, hash: Option<&str>) -> bool {
+pub(crate) fn verify_password(password: &SecretString, hash: Option<&str>) -> bool {
     // A real hash of a random password, made once: verifying against it costs what a real
     // account's verification costs.
     static UNUSABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -61,14 +61,14 @@ pub fn verify_password(password: &SecretString, hash: Option<&str>) -> bool {
 }
 
 /// A new session id for the cookie: 256 random bits.
-pub fn new_session_id() -> String {
+pub(crate) fn new_session_id() -> String {
     let mut id = [0u8; 32];
     UnwrapErr(SysRng).fill_bytes(&mut id);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
 }
 
 /// What the database keeps of a session id.
-pub fn session_hash(id: &str) -> String {
+pub(crate) fn session_hash(id: &str) -> String {
     Blake2s256::digest(id.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))

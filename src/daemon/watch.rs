@@ -16,7 +16,7 @@ use crate::shutdown::Shutdown;
 const CHANNEL: &str = "extension_changes";
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
-pub fn listen(app: &App, wake: Arc<Notify>, shutdown: Shutdown) {
+pub(crate) fn listen(app: &App, wake: Arc<Notify>, shutdown: Shutdown) {
     let url = app.store.url().expose().to_string();
     tokio::spawn(async move {
         loop {

@@ -31,12 +31,12 @@ const STATE_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// Most changes taken into one targeted pass; the rest wait for the next.
 const BATCH: u32 = 10_000;
 
-pub enum Ended {
+pub(crate) enum Ended {
     Stopped,
     LostLeadership,
 }
 
-pub struct Worker {
+pub(crate) struct Worker {
     pub app: App,
     health: HealthState,
     shutdown: Shutdown,
@@ -78,7 +78,7 @@ enum Wake {
 }
 
 impl Worker {
-    pub fn new(
+    pub(crate) fn new(
         app: App,
         health: HealthState,
         shutdown: Shutdown,
@@ -105,7 +105,7 @@ impl Worker {
         }
     }
 
-    pub async fn lead(&mut self, lock: &mut PassLock, hangups: &mut Hangups) -> Ended {
+    pub(crate) async fn lead(&mut self, lock: &mut PassLock, hangups: &mut Hangups) -> Ended {
         // A new leader trusts nothing it saw before: full pass first, with a client that calls
         // only while this lock's lease holds.
         self.view = None;
@@ -541,7 +541,7 @@ impl Worker {
     /// disk must not stall the work), applies what can be applied and names in a warning, and
     /// in `/healthz` until a restart, each changed key that needs one. A bad file is refused and
     /// the running configuration kept.
-    pub async fn reload(&mut self) {
+    pub(crate) async fn reload(&mut self) {
         let path = self.app.config_path.clone();
         let loaded = tokio::task::spawn_blocking(move || Config::load(path.as_deref())).await;
         let config = match loaded {
@@ -753,9 +753,9 @@ fn next_cron(config: &Config) -> Instant {
 }
 
 /// SIGHUP, when it could be subscribed to.
-pub type Hangups = Option<tokio::signal::unix::Signal>;
+pub(crate) type Hangups = Option<tokio::signal::unix::Signal>;
 
-pub async fn hangup(signal: &mut Hangups) {
+pub(crate) async fn hangup(signal: &mut Hangups) {
     match signal {
         Some(signal) => {
             signal.recv().await;

@@ -11,7 +11,7 @@
 //! There is no authentication, which is why `http.listen` defaults to loopback; the bodies carry
 //! no secret.
 
-pub mod tls;
+pub(crate) mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,11 +30,11 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::{Telemetry, UPKEEP_INTERVAL};
 
 /// The content type of the Prometheus text exposition format.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How long requests in progress may take to finish once a stop is asked. A scrape is quick;
 /// a stuck client must not hold up the daemon's exit.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// `http.listen` could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 
 /// What `/healthz` answers: the summary word first, then every field of [`Health`].
 #[derive(Debug, Serialize)]
-pub struct HealthReport {
+pub(crate) struct HealthReport {
     pub status: HealthStatus,
     #[serde(flatten)]
     pub health: Health,
@@ -78,7 +78,7 @@ struct Endpoints {
 }
 
 /// The routes, for [`serve`] and for tests that drive the router directly.
-pub fn router(health: HealthState, telemetry: Telemetry) -> Router {
+pub(crate) fn router(health: HealthState, telemetry: Telemetry) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

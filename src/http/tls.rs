@@ -130,7 +130,7 @@ impl ResolvesServerCert for Reloading {
 
 /// The acceptor for `http.tls_cert` and `http.tls_key`, read now so that a bad file stops the
 /// start naming it.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let loaded = load(cert, key)?;
     let resolver = Reloading {
         cert: cert.to_path_buf(),
@@ -157,14 +157,14 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 
 /// Accepts TLS connections: handshakes run in their own tasks, so that one slow client holds
 /// up nobody else.
-pub struct TlsListener {
+pub(crate) struct TlsListener {
     local: SocketAddr,
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     accepting: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> io::Result<TlsListener> {
+    pub(crate) fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (done, ready) = mpsc::channel(64);
         let accepting = tokio::spawn(async move {

@@ -66,7 +66,7 @@ pub struct NewSipDevice {
 
 impl NewSipDevice {
     /// The device as the MBG holds it once created under `guid`.
-    pub fn created(&self, guid: &str) -> SipDevice {
+    pub(crate) fn created(&self, guid: &str) -> SipDevice {
         SipDevice {
             guid: guid.to_string(),
             icp: self.icp.clone(),
@@ -105,8 +105,9 @@ pub struct SipDevicePatch {
 }
 
 impl SipDevicePatch {
+    #[cfg(test)]
     /// `device` as the MBG holds it once this patch is applied.
-    pub fn apply_to(&self, device: &mut SipDevice) {
+    pub(crate) fn apply_to(&self, device: &mut SipDevice) {
         let set = |field: &mut String, value: &Option<String>| {
             if let Some(value) = value {
                 field.clone_from(value);
@@ -127,7 +128,7 @@ impl SipDevicePatch {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.to_json().as_object().is_none_or(|o| o.is_empty())
     }
 
@@ -289,7 +290,7 @@ impl MbgClient {
     }
 
     /// The same client, reporting whether the MBG answers each request into `health`.
-    pub fn with_observer(mut self, health: HealthState) -> Self {
+    pub(crate) fn with_observer(mut self, health: HealthState) -> Self {
         self.observer = Some(health);
         self
     }
@@ -306,12 +307,8 @@ impl MbgClient {
         self
     }
 
-    pub fn base_url(&self) -> &MbgUrl {
-        &self.base
-    }
-
     /// Step 1 of the exchange: a temporary token for the administrator to approve.
-    pub async fn initiate(&self) -> Result<TokenCredentials, MbgError> {
+    pub(crate) async fn initiate(&self) -> Result<TokenCredentials, MbgError> {
         let grant = Grant::Temporary {
             callback: oauth::OUT_OF_BAND,
         };
@@ -320,7 +317,7 @@ impl MbgClient {
     }
 
     /// Step 3: trades the approved temporary token and its verifier for an access token.
-    pub async fn exchange(
+    pub(crate) async fn exchange(
         &self,
         temporary: &TokenCredentials,
         verifier: &str,
@@ -346,7 +343,7 @@ impl MbgClient {
     }
 
     /// Extends the access token by 12 months; `NotFound` if this MBG cannot do it by API.
-    pub async fn renew_token(&self) -> Result<i64, MbgError> {
+    pub(crate) async fn renew_token(&self) -> Result<i64, MbgError> {
         let expiry: Expiry = self
             .json(
                 Method::PUT,
@@ -763,7 +760,7 @@ fn error_kind(
 }
 
 /// The consumer permission the contract names for a resource path.
-pub fn permission_for(path: &str) -> &'static str {
+pub(crate) fn permission_for(path: &str) -> &'static str {
     if path.starts_with("base/v1/managetoken") {
         "Base/managetoken"
     } else if path.starts_with("mbg/v1/icps") {

@@ -24,15 +24,7 @@ pub enum Client {
     Phones69xx,
 }
 
-impl Client {
-    pub fn label(self) -> &'static str {
-        match self {
-            Client::Desktop => "Phone Manager Desktop",
-            Client::Mobile => "Phone Manager Mobile",
-            Client::Phones69xx => "69xx phones",
-        }
-    }
-}
+impl Client {}
 
 /// Where the figures of the Port Forwarding page come from.
 const APP_SUITE_MANUAL: &str = "MiVoice Office Application Suite Technical Manual, Engineering Guidelines > Remote/Teleworker Connections > MiVoice Border Gateway (online edition, for MBG 10 and later)";
@@ -63,7 +55,7 @@ pub struct SiteRule {
 }
 
 /// What holds for every rule of the Port Forwarding page, whatever the clients.
-pub const NOTES: [&str; 3] = [
+pub(crate) const NOTES: [&str; 3] = [
     "SNAT on every rule of the MBG's Port Forwarding page: the application server must see the MBG as the source, so that its answers go back the same way",
     "no 5060 (SIP) rule on the MBG's Port Forwarding page: SIP ends at the MBG itself (the site firewall rules below), never forwarded on to the phone system or the application server",
     "remote softphones also need STUN (UDP 3478 by default); check the site's STUN server with `preflight --stun HOST[:PORT]`",
@@ -72,7 +64,7 @@ pub const NOTES: [&str; 3] = [
 /// What the site firewall must let reach the MBG for teleworker SIP clients (every kind of
 /// client here registers a SIP user): SIP on each NAT SIP port the nodes give the phones, SIP
 /// over TLS where used, and the MBG's RTP range.
-pub fn site_rules(nat_sip_ports: &[u16]) -> Vec<SiteRule> {
+pub(crate) fn site_rules(nat_sip_ports: &[u16]) -> Vec<SiteRule> {
     let mut ports: Vec<u16> = nat_sip_ports.to_vec();
     if ports.is_empty() {
         ports.push(5060);
@@ -107,7 +99,7 @@ pub fn site_rules(nat_sip_ports: &[u16]) -> Vec<SiteRule> {
 }
 
 /// The rules for `clients`, in the order given, each client once.
-pub fn rules(clients: &[Client]) -> Vec<Rule> {
+pub(crate) fn rules(clients: &[Client]) -> Vec<Rule> {
     let mut seen = Vec::new();
     let mut rules = Vec::new();
     for &client in clients {

@@ -143,12 +143,12 @@ impl ApplyReport {
 
 /// Delay before a later pass tries again: `Retry-After` when the MBG gave one, else exponential
 /// backoff with jitter so that many failed extensions do not all retry in the same second.
-pub fn retry_delay(attempts: u32, retry_after: Option<Duration>, cap: Duration) -> Duration {
+pub(crate) fn retry_delay(attempts: u32, retry_after: Option<Duration>, cap: Duration) -> Duration {
     backoff(BASE_BACKOFF, MAX_BACKOFF, attempts, retry_after, cap)
 }
 
 /// Delay before the next round within a pass.
-pub fn in_pass_delay(round: u32, retry_after: Option<Duration>, cap: Duration) -> Duration {
+pub(crate) fn in_pass_delay(round: u32, retry_after: Option<Duration>, cap: Duration) -> Duration {
     backoff(IN_PASS_BACKOFF, cap, round, retry_after, cap)
 }
 
@@ -184,7 +184,7 @@ pub struct Context<'a> {
 pub struct Superseded(std::sync::Mutex<std::collections::HashSet<i64>>);
 
 impl Superseded {
-    pub fn extend(&self, ids: impl IntoIterator<Item = i64>) {
+    pub(crate) fn extend(&self, ids: impl IntoIterator<Item = i64>) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).extend(ids);
     }
 

@@ -69,7 +69,7 @@ impl ReconcileError {
     }
 
     /// The database's error, when the pass failed on one.
-    pub fn store(&self) -> Option<&StoreError> {
+    pub(crate) fn store(&self) -> Option<&StoreError> {
         match self {
             ReconcileError::Store(e) | ReconcileError::CredentialsNotStored { error: e, .. } => {
                 Some(e)
@@ -122,7 +122,7 @@ impl Planned {
         Some(&self.0[at])
     }
 
-    pub fn contains_key(&self, id: &i64) -> bool {
+    pub(crate) fn contains_key(&self, id: &i64) -> bool {
         self.get(id).is_some()
     }
 

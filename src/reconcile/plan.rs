@@ -227,7 +227,7 @@ impl Action {
         }
     }
 
-    pub fn extension_id(&self) -> Option<i64> {
+    pub(crate) fn extension_id(&self) -> Option<i64> {
         match self {
             Action::Create { extension_id, .. }
             | Action::Update { extension_id, .. }
@@ -251,7 +251,7 @@ impl Action {
     }
 
     /// Whether applying this calls the MBG (an adoption with nothing to overwrite does not).
-    pub fn is_mbg_call(&self) -> bool {
+    pub(crate) fn is_mbg_call(&self) -> bool {
         match self {
             Action::Create { .. } | Action::Delete { .. } => true,
             Action::Update { patch, .. } | Action::Adopt { patch, .. } => !patch.is_empty(),
@@ -260,7 +260,7 @@ impl Action {
     }
 
     /// `false` for reports: they change nothing.
-    pub fn is_change(&self) -> bool {
+    pub(crate) fn is_change(&self) -> bool {
         !matches!(self, Action::Report { .. })
     }
 
@@ -294,7 +294,7 @@ impl Plan {
         self.actions.iter().filter(|a| a.is_change())
     }
 
-    pub fn problems(&self) -> impl Iterator<Item = &Action> {
+    pub(crate) fn problems(&self) -> impl Iterator<Item = &Action> {
         self.actions.iter().filter(|a| !a.is_change())
     }
 
@@ -407,7 +407,10 @@ const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 128;
 
 /// The fields of `device` that differ from `wanted`, as a patch and as names for humans.
-pub fn diff(device: &SipDevice, wanted: &NewSipDevice) -> (SipDevicePatch, Vec<&'static str>) {
+pub(crate) fn diff(
+    device: &SipDevice,
+    wanted: &NewSipDevice,
+) -> (SipDevicePatch, Vec<&'static str>) {
     let mut patch = SipDevicePatch::default();
     let mut changes = Vec::new();
     let same = |a: &SecretString, b: &SecretString| a.expose_secret() == b.expose_secret();

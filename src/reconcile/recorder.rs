@@ -25,13 +25,13 @@ struct Request {
 }
 
 /// The sending half, shared by the calls of a pass.
-pub struct Recorder {
+pub(crate) struct Recorder {
     requests: mpsc::Sender<Request>,
 }
 
 /// A recorder, and the writer to run beside the work that uses it; the writer ends once every
 /// clone of the recorder is dropped and all it was given is committed.
-pub fn recorder(store: &Store) -> (Recorder, impl Future<Output = ()> + '_) {
+pub(crate) fn recorder(store: &Store) -> (Recorder, impl Future<Output = ()> + '_) {
     let (requests, queue) = mpsc::channel(MAX_GROUP * 4);
     (Recorder { requests }, write_groups(store, queue))
 }
@@ -39,7 +39,7 @@ pub fn recorder(store: &Store) -> (Recorder, impl Future<Output = ()> + '_) {
 impl Recorder {
     /// Commits `writes` together (with other extensions' writes), and says for each whether it
     /// was written: see [`Store::write_group`].
-    pub async fn record(&self, writes: Vec<PassWrite>) -> Result<Vec<bool>, StoreError> {
+    pub(crate) async fn record(&self, writes: Vec<PassWrite>) -> Result<Vec<bool>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request { writes, reply })

@@ -185,10 +185,11 @@ impl fmt::Debug for MbgView {
 }
 
 impl MbgView {
+    #[cfg(test)]
     /// # Panics
     /// When a SIP user has a guid or name longer than 65,535 bytes (tests and demos only: the
     /// daemon reads the MBG through [`MbgView::read`], which refuses such a list).
-    pub fn new(icps: Vec<Icp>, devices: Vec<SipDevice>) -> MbgView {
+    pub(crate) fn new(icps: Vec<Icp>, devices: Vec<SipDevice>) -> MbgView {
         let mut kept = Kept::default();
         for device in &devices {
             kept.push(&Listed::from(device))
@@ -215,12 +216,8 @@ impl MbgView {
     }
 
     /// How many SIP users the MBG holds.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.kept.devices.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.kept.devices.is_empty()
     }
 
     pub(crate) fn device_keys(&self) -> &[DeviceKeys] {
@@ -271,7 +268,7 @@ impl MbgView {
 
     /// How many SIP users differ between `earlier` and this view: added, removed, or with any
     /// field changed.
-    pub fn drift_from(&self, earlier: &MbgView) -> usize {
+    pub(crate) fn drift_from(&self, earlier: &MbgView) -> usize {
         let (now, then) = (&self.kept, &earlier.kept);
         let before: HashMap<&str, &KeptDevice> = then
             .devices
@@ -311,7 +308,7 @@ impl MbgView {
     /// # Panics
     /// When a SIP user renamed has a text longer than 65,535 bytes (the plan refuses such
     /// values before the MBG sees them).
-    pub fn absorb(&mut self, changes: MbgChanges) {
+    pub(crate) fn absorb(&mut self, changes: MbgChanges) {
         let created = &changes.created;
         let mut replaced: HashSet<&str> = changes.removed.iter().map(String::as_str).collect();
         replaced.extend(

@@ -5,7 +5,7 @@
 //! Every request goes through one handler (`serve`) rather than an axum router, so that logging,
 //! fault injection and authentication happen in one place, in the same order for every path.
 
-pub mod signature;
+pub(crate) mod signature;
 mod state;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,7 +32,7 @@ pub use state::{
 };
 
 /// The path under which the simulator serves the API, as a real MBG does.
-pub const BASE_PATH: &str = "/mslrest";
+pub(crate) const BASE_PATH: &str = "/mslrest";
 
 #[derive(Debug, Clone)]
 pub struct SimConsumer {
@@ -195,14 +195,6 @@ impl SimHandle {
         self.state().faults = faults;
     }
 
-    pub fn set_token_api(&self, offered: bool) {
-        self.state().token_api = offered;
-    }
-
-    pub fn set_unencoded_token_answers(&self, unencoded: bool) {
-        self.state().unencoded_token_answers = unencoded;
-    }
-
     pub fn set_permissions(&self, consumer: &str, permissions: &[&str]) {
         if let Some(c) = self.state().consumers.get_mut(consumer) {
             c.permissions = permissions.iter().map(|p| p.to_string()).collect();
@@ -216,14 +208,6 @@ impl SimHandle {
 
     pub fn devices(&self) -> Vec<Device> {
         self.state().devices.values().cloned().collect()
-    }
-
-    pub fn icps(&self) -> Vec<Icp> {
-        self.state().icps.clone()
-    }
-
-    pub fn add_icp(&self, name: &str, address: &str) {
-        self.state().add_icp(name, address);
     }
 
     /// The requests received, in order (admin requests under `/sim/` included): the latest
@@ -259,10 +243,6 @@ impl SimHandle {
     /// The access token's expiry as the simulator sees it.
     pub fn access_token_expiry(&self, token: &str) -> Option<i64> {
         self.state().access.get(token).map(|a| a.expires_at)
-    }
-
-    pub fn now(&self) -> i64 {
-        self.state().now()
     }
 }
 

@@ -15,7 +15,7 @@ fn decode(text: &str) -> Result<String, String> {
 
 /// The parameters of an `Authorization: OAuth ...` header, decoded (section 3.5.1).
 /// `realm` is dropped: it is not part of the signature.
-pub fn header_params(header: &str) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn header_params(header: &str) -> Result<Vec<(String, String)>, String> {
     let rest = header
         .trim()
         .strip_prefix("OAuth ")
@@ -64,7 +64,7 @@ fn form_decode(text: &str) -> Result<String, String> {
 /// the method, the scheme, the `Host` header, the path and query as sent, and the decoded
 /// parameters of the `Authorization` header. Written apart from [`crate::oauth::base_string`]
 /// (the client's) on purpose: a misreading of the RFC in one is refused by the other.
-pub fn base_string(
+pub(crate) fn base_string(
     method: &str,
     scheme: &str,
     host: &str,
@@ -112,7 +112,7 @@ pub fn base_string(
 }
 
 /// The parameters of the query as sent, decoded as section 3.4.1.3.1 reads them.
-pub fn query_params(path_and_query: &str) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn query_params(path_and_query: &str) -> Result<Vec<(String, String)>, String> {
     let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
     query
         .split('&')

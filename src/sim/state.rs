@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
-pub const TEMPORARY_TOKEN_LIFETIME: i64 = 600;
-pub const ACCESS_TOKEN_LIFETIME: i64 = 365 * 86_400;
-pub const TIMESTAMP_WINDOW: i64 = 300;
+pub(crate) const TEMPORARY_TOKEN_LIFETIME: i64 = 600;
+pub(crate) const ACCESS_TOKEN_LIFETIME: i64 = 365 * 86_400;
+pub(crate) const TIMESTAMP_WINDOW: i64 = 300;
 
 pub const PERMISSION_TOKEN: &str = "Base/managetoken";
 pub const PERMISSION_ICPS: &str = "MBG/v1/icps";
@@ -15,14 +15,14 @@ pub const PERMISSION_DEVICES: &str = "MBG/v1/devices";
 pub const ALL_PERMISSIONS: [&str; 3] = [PERMISSION_TOKEN, PERMISSION_ICPS, PERMISSION_DEVICES];
 
 #[derive(Debug, Clone)]
-pub struct Consumer {
+pub(crate) struct Consumer {
     pub secret: String,
     pub permissions: HashSet<String>,
     pub active: bool,
 }
 
 #[derive(Debug, Clone)]
-pub struct TemporaryToken {
+pub(crate) struct TemporaryToken {
     pub consumer: String,
     pub secret: String,
     pub created_at: i64,
@@ -31,7 +31,7 @@ pub struct TemporaryToken {
 }
 
 #[derive(Debug, Clone)]
-pub struct AccessToken {
+pub(crate) struct AccessToken {
     pub consumer: String,
     pub secret: String,
     pub expires_at: i64,
@@ -129,7 +129,7 @@ pub struct Injected {
     pub spikes: u64,
 }
 
-pub struct SimState {
+pub(crate) struct SimState {
     pub consumers: HashMap<String, Consumer>,
     pub temporary: HashMap<String, TemporaryToken>,
     pub access: HashMap<String, AccessToken>,
@@ -162,10 +162,10 @@ pub struct SimState {
 }
 
 /// How many requests the simulator's log keeps (about 20 MB).
-pub const REQUEST_LOG: usize = 100_000;
+pub(crate) const REQUEST_LOG: usize = 100_000;
 
 impl SimState {
-    pub fn log_request(&mut self, request: LoggedRequest) {
+    pub(crate) fn log_request(&mut self, request: LoggedRequest) {
         if self.requests.len() == REQUEST_LOG {
             self.requests.pop_front();
         }
@@ -173,7 +173,7 @@ impl SimState {
         self.requests_seen += 1;
     }
 
-    pub fn clear_requests(&mut self) {
+    pub(crate) fn clear_requests(&mut self) {
         self.requests.clear();
         self.requests_seen = 0;
     }
@@ -181,7 +181,7 @@ impl SimState {
 
 /// A token or token secret in the shape of a real MBG's (`or7z4alsrn2+pyuwm33djq==`), with a `+`,
 /// a `/` and a `=` always, so that every exchange proves that they survive the round trip.
-pub fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use base64::Engine;
     let mut bytes = [0u8; 16];
     rand::rng().fill(&mut bytes[..]);
@@ -207,11 +207,11 @@ fn random_guid() -> String {
 }
 
 impl SimState {
-    pub fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         chrono::Utc::now().timestamp() + self.clock_offset
     }
 
-    pub fn add_icp(&mut self, name: &str, address: &str) {
+    pub(crate) fn add_icp(&mut self, name: &str, address: &str) {
         self.icps.push(Icp {
             guid: random_guid(),
             name: name.to_string(),
@@ -221,7 +221,7 @@ impl SimState {
     }
 
     /// A token and its secret as a token answer writes them.
-    pub fn token_answer(&self, token: &str, secret: &str) -> (String, String) {
+    pub(crate) fn token_answer(&self, token: &str, secret: &str) -> (String, String) {
         if self.unencoded_token_answers {
             (token.to_string(), secret.to_string())
         } else {
@@ -229,7 +229,7 @@ impl SimState {
         }
     }
 
-    pub fn new_temporary_token(&mut self, consumer: &str) -> (String, String) {
+    pub(crate) fn new_temporary_token(&mut self, consumer: &str) -> (String, String) {
         let (token, secret) = (random_token(), random_token());
         let verifier = self
             .approve_with
@@ -249,12 +249,12 @@ impl SimState {
     }
 
     /// What an administrator does on the MBG page: approve, and read the verifier.
-    pub fn approve(&mut self, token: &str) -> Option<String> {
+    pub(crate) fn approve(&mut self, token: &str) -> Option<String> {
         let temporary = self.temporary.get_mut(token)?;
         Some(temporary.verifier.get_or_insert_with(six_digits).clone())
     }
 
-    pub fn revoke(&mut self, token: &str) -> bool {
+    pub(crate) fn revoke(&mut self, token: &str) -> bool {
         if let Some(access) = self.access.get_mut(token) {
             access.revoked = true;
             true
@@ -264,7 +264,7 @@ impl SimState {
     }
 
     /// Records a nonce; `false` if it was already used with this timestamp and token.
-    pub fn fresh_nonce(&mut self, timestamp: i64, nonce: &str, token: &str) -> bool {
+    pub(crate) fn fresh_nonce(&mut self, timestamp: i64, nonce: &str, token: &str) -> bool {
         // Once a second at most: pruning on every request made each one cost O(requests).
         if self.nonces_pruned_at != self.now() {
             self.nonces_pruned_at = self.now();
@@ -276,7 +276,7 @@ impl SimState {
     }
 
     /// Validates and stores a new device; the error is the MBG's 400 message.
-    pub fn create_device(&mut self, fields: DeviceFields) -> Result<String, String> {
+    pub(crate) fn create_device(&mut self, fields: DeviceFields) -> Result<String, String> {
         let required = |value: &Option<String>, name: &str| {
             value
                 .clone()
@@ -318,7 +318,7 @@ impl SimState {
         }
     }
 
-    pub fn remove_device(&mut self, guid: &str) -> Option<Device> {
+    pub(crate) fn remove_device(&mut self, guid: &str) -> Option<Device> {
         let removed = self.devices.remove(guid)?;
         self.forget_setside_name(&removed.setside_username);
         Some(removed)
@@ -333,7 +333,11 @@ impl SimState {
         }
     }
 
-    pub fn update_device(&mut self, guid: &str, fields: DeviceFields) -> Result<bool, String> {
+    pub(crate) fn update_device(
+        &mut self,
+        guid: &str,
+        fields: DeviceFields,
+    ) -> Result<bool, String> {
         let Some(mut device) = self.devices.get(guid).cloned() else {
             return Ok(false);
         };

@@ -27,7 +27,7 @@ impl Store {
     /// The extensions with a change recorded after `seq`: what a pass planned before them no
     /// longer stands. (A lower seq that commits late on PostgreSQL is missed here; the pass
     /// then makes a call that the next pass undoes, as before this check existed.)
-    pub async fn changed_after(&self, seq: i64) -> Result<Vec<i64>> {
+    pub(crate) async fn changed_after(&self, seq: i64) -> Result<Vec<i64>> {
         sqlx::query_scalar("SELECT DISTINCT extension_id FROM extension_changes WHERE seq > $1")
             .bind(seq)
             .fetch_all(&self.pool)
@@ -119,7 +119,7 @@ impl Store {
 
     /// Failed (or pending) extensions whose retry is due at `now`. Pending: a SIP user that
     /// vanished under an update, to be created anew.
-    pub async fn due_retries(&self, now: i64) -> Result<Vec<i64>> {
+    pub(crate) async fn due_retries(&self, now: i64) -> Result<Vec<i64>> {
         sqlx::query_scalar(
             "SELECT id FROM extensions
               WHERE state IN ('failed', 'pending') AND COALESCE(next_attempt_at, 0) <= $1
@@ -132,7 +132,7 @@ impl Store {
     }
 
     /// When the next failed extension is due for a retry, if any is waiting.
-    pub async fn next_retry_at(&self) -> Result<Option<i64>> {
+    pub(crate) async fn next_retry_at(&self) -> Result<Option<i64>> {
         sqlx::query_scalar(
             "SELECT MIN(COALESCE(next_attempt_at, 0)) FROM extensions
               WHERE state IN ('failed', 'pending')",
@@ -143,7 +143,7 @@ impl Store {
     }
 
     /// Extensions with a change not yet applied, and failed ones waiting for a retry.
-    pub async fn queue_depth(&self) -> Result<i64> {
+    pub(crate) async fn queue_depth(&self) -> Result<i64> {
         sqlx::query_scalar(
             "SELECT (SELECT COUNT(DISTINCT extension_id) FROM extension_changes)
                   + (SELECT COUNT(*) FROM extensions WHERE state = 'failed')",
@@ -154,7 +154,7 @@ impl Store {
     }
 
     /// How many extensions are in each state, for the metrics.
-    pub async fn count_by_state(&self) -> Result<Vec<(super::ExtensionState, u64)>> {
+    pub(crate) async fn count_by_state(&self) -> Result<Vec<(super::ExtensionState, u64)>> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM extensions GROUP BY state")
                 .fetch_all(&self.pool)

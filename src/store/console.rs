@@ -329,7 +329,7 @@ impl Store {
         Ok(Some(session))
     }
 
-    pub async fn end_console_session(&self, id_hash: &str) -> Result<()> {
+    pub(crate) async fn end_console_session(&self, id_hash: &str) -> Result<()> {
         sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1")
             .bind(id_hash)
             .execute(&self.pool)

@@ -414,7 +414,7 @@ impl Store {
 
     /// The extensions with these numbers (at most a page of them), for the console's list to
     /// follow; rows that cannot be read are left out.
-    pub async fn extensions_by_numbers(&self, numbers: &[String]) -> Result<Vec<Extension>> {
+    pub(crate) async fn extensions_by_numbers(&self, numbers: &[String]) -> Result<Vec<Extension>> {
         if numbers.is_empty() {
             return Ok(Vec::new());
         }
@@ -572,7 +572,7 @@ impl Store {
 
     /// The rows any of `keys` names (each row once, in id order), read as
     /// [`Store::extension_rows`] reads them all: a row that cannot be used is among the bad ones.
-    pub async fn extension_rows_matching(&self, keys: &RowKeys) -> Result<ExtensionRows> {
+    pub(crate) async fn extension_rows_matching(&self, keys: &RowKeys) -> Result<ExtensionRows> {
         match self.rows_matching(EXTENSION_SELECT, keys).await {
             Ok(rows) => {
                 let mut found = ExtensionRows::default();

@@ -166,10 +166,6 @@ impl PassLock {
         self.lease.clone()
     }
 
-    pub fn epoch(&self) -> i64 {
-        self.epoch
-    }
-
     /// The previous holder stopped without releasing the lock while it was creating SIP users:
     /// one of its creates may land on the MBG until then (its last one + 2 × its MBG timeout).
     /// A pass that plans before then reads the MBG again after it (see `reconcile`).
@@ -232,7 +228,10 @@ impl Store {
     }
 
     /// Takes the pass lock if it is free.
-    pub async fn try_lock_passes(&self, terms: LeaseTerms) -> Result<Option<PassLock>, LockError> {
+    pub(crate) async fn try_lock_passes(
+        &self,
+        terms: LeaseTerms,
+    ) -> Result<Option<PassLock>, LockError> {
         let hold = match self.backend {
             Backend::Postgres => {
                 let mut connection = AnyConnection::connect(self.url.expose())
@@ -381,7 +380,7 @@ impl Store {
 
     /// Who holds the pass lock, as it recorded itself (`None` between its taking the lock and
     /// writing the row, or after a holder that died).
-    pub async fn pass_holder(&self) -> Result<Option<Holder>, StoreError> {
+    pub(crate) async fn pass_holder(&self) -> Result<Option<Holder>, StoreError> {
         let row = sqlx::query("SELECT host, pid, since FROM pass_holder WHERE id = 1")
             .fetch_optional(&self.pool)
             .await

@@ -172,11 +172,11 @@ impl std::fmt::Debug for Store {
     }
 }
 
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What [`Store::migration_status`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrationStatus {
+pub(crate) struct MigrationStatus {
     pub applied: usize,
     /// `NNNN description` of each migration not applied yet.
     pub pending: Vec<String>,
@@ -298,7 +298,7 @@ impl Store {
         self.backend
     }
 
-    pub fn url(&self) -> &DatabaseUrl {
+    pub(crate) fn url(&self) -> &DatabaseUrl {
         &self.url
     }
 
@@ -308,11 +308,11 @@ impl Store {
         self
     }
 
-    pub fn secret_key_path(&self) -> &std::path::Path {
+    pub(crate) fn secret_key_path(&self) -> &std::path::Path {
         self.secret_key.path()
     }
 
-    pub async fn migrate(&self) -> Result<()> {
+    pub(crate) async fn migrate(&self) -> Result<()> {
         if self.backend == Backend::Sqlite {
             // WAL lets the phone system's tools and `sqlite3` read while we write.
             sqlx::query("PRAGMA journal_mode = WAL")
@@ -326,7 +326,7 @@ impl Store {
 
     /// Which of this program's migrations the database lacks, and which versions it has that
     /// this program does not know (a newer program migrated it).
-    pub async fn migration_status(&self) -> Result<MigrationStatus> {
+    pub(crate) async fn migration_status(&self) -> Result<MigrationStatus> {
         let applied = self.applied_versions().await?;
         let known: Vec<(i64, &str)> = MIGRATIONS.iter().map(|m| (m.0, m.1)).collect();
         Ok(MigrationStatus {
@@ -345,7 +345,7 @@ impl Store {
     }
 
     /// One `SELECT 1`: whether the database answers at all.
-    pub async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await

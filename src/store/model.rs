@@ -26,7 +26,7 @@ impl Node {
 /// An ICP as the leader last listed it on the MBG (migration 0009): what a page shows of the
 /// MBG without asking it, on a standby too.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordedIcp {
+pub(crate) struct RecordedIcp {
     pub guid: String,
     pub name: String,
     pub address: String,
@@ -202,7 +202,7 @@ pub struct ExtensionRows {
 /// The rows a targeted pass asks for: by id, by number, by remote auth name and by the SIP
 /// user recorded against them (see `reconcile::near`).
 #[derive(Debug, Clone, Default)]
-pub struct RowKeys {
+pub(crate) struct RowKeys {
     pub ids: Vec<i64>,
     pub numbers: Vec<String>,
     pub names: Vec<String>,
@@ -210,7 +210,7 @@ pub struct RowKeys {
 }
 
 impl RowKeys {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.ids.is_empty()
             && self.numbers.is_empty()
             && self.names.is_empty()
@@ -303,18 +303,6 @@ pub enum TokenState {
     Expired,
     /// The MBG answered 401 to the access token (revoked, expired, or not renewed in time).
     Rejected,
-}
-
-impl TokenState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenState::None => "none",
-            TokenState::Pending => "pending",
-            TokenState::Valid => "valid",
-            TokenState::Expired => "expired",
-            TokenState::Rejected => "rejected",
-        }
-    }
 }
 
 impl FromStr for TokenState {

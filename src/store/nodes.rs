@@ -146,7 +146,7 @@ impl Store {
 
     /// Replaces the recorded ICP list with `icps`, as the MBG listed them (one transaction: a
     /// reader sees the old list or the new one, never half of each).
-    pub async fn record_icps(&self, icps: &[RecordedIcp]) -> Result<()> {
+    pub(crate) async fn record_icps(&self, icps: &[RecordedIcp]) -> Result<()> {
         let mut tx = Transaction::begin(&self.pool, self.backend, Durability::Normal).await?;
         sqlx::query("DELETE FROM mbg_icps")
             .execute(&mut *tx)
@@ -168,7 +168,7 @@ impl Store {
     }
 
     /// The ICPs as the leader last listed them (empty before its first full read), by name.
-    pub async fn recorded_icps(&self) -> Result<Vec<RecordedIcp>> {
+    pub(crate) async fn recorded_icps(&self) -> Result<Vec<RecordedIcp>> {
         let rows = sqlx::query("SELECT guid, name, address, seen_at FROM mbg_icps ORDER BY name")
             .fetch_all(&self.pool)
             .await

@@ -53,7 +53,7 @@ impl Store {
     /// server's work (row versions, triggers) then uses more than one core. All are committed
     /// before this returns; one that fails leaves the others' credentials stored, which is what
     /// a later pass would store anyway.
-    pub async fn fill_remote_credentials_all(&self, fills: &[CredentialFill]) -> Result<()> {
+    pub(crate) async fn fill_remote_credentials_all(&self, fills: &[CredentialFill]) -> Result<()> {
         if fills.is_empty() {
             return Ok(());
         }
@@ -74,7 +74,7 @@ impl Store {
     /// The extensions that want remote credentials and lack one or both: what
     /// [`Store::fill_remote_credentials_all`] is for. Ids only, so a pass does not decode every
     /// row twice.
-    pub async fn extensions_lacking_credentials(&self) -> Result<Vec<i64>> {
+    pub(crate) async fn extensions_lacking_credentials(&self) -> Result<Vec<i64>> {
         sqlx::query_scalar(
             "SELECT id FROM extensions
               WHERE use_remote_auth = TRUE
