@@ -24,8 +24,6 @@ pub enum Client {
     Phones69xx,
 }
 
-impl Client {}
-
 /// Where the figures of the Port Forwarding page come from.
 const APP_SUITE_MANUAL: &str = "MiVoice Office Application Suite Technical Manual, Engineering Guidelines > Remote/Teleworker Connections > MiVoice Border Gateway (online edition, for MBG 10 and later)";
 /// Where the figures of the site firewall come from.
