@@ -61,7 +61,7 @@ pub async fn change_latency(
             config: world.config.clone(),
             config_path: None,
             store: store.clone(),
-            clock: Clock,
+            clock: Clock::system(),
         };
         let shutdown = Shutdown::new();
         let health = HealthState::default();

@@ -51,7 +51,7 @@ pub async fn open(config: Config, config_path: Option<PathBuf>, create: bool) ->
         config,
         config_path,
         store,
-        clock: Clock,
+        clock: Clock::system(),
     })
 }
 

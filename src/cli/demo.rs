@@ -46,9 +46,9 @@ pub async fn run(console: Option<std::net::SocketAddr>) -> Result<ExitCode> {
         store: Store::open(&config.database.url).await?,
         config,
         config_path: None,
-        clock: Clock,
+        clock: Clock::system(),
     };
-    let (store, config, clock) = (&app.store, &app.config, app.clock);
+    let (store, config, clock) = (&app.store, &app.config, &app.clock);
     println!("database: {}", config.database.url);
     println!(
         "MBG simulator: {} with one ICP, MiVO250-1 at 10.0.0.20",
@@ -183,7 +183,7 @@ async fn keep_the_console_open(app: &App, listen: std::net::SocketAddr) -> Resul
         store: app.store.clone(),
         config,
         config_path: None,
-        clock: app.clock,
+        clock: app.clock.clone(),
     };
     println!(
         "http://{listen}/ : sign in as demo with {} (a password of this temporary database only).",

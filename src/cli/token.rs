@@ -16,7 +16,7 @@ use super::output::{attention_if, print_json};
 /// `not_offered`, with `expires_at`); `token status --json` its `TokenStatus` (`state`: `none`,
 /// `pending_approval`, `valid`, `valid_past_stored_expiry`, `expired` or `rejected`, with dates).
 pub async fn run(app: &App, command: TokenCommand) -> Result<ExitCode> {
-    let (store, config, clock) = (&app.store, &app.config, app.clock);
+    let (store, config, clock) = (&app.store, &app.config, &app.clock);
     match command {
         TokenCommand::Request {
             name,

@@ -140,8 +140,9 @@ pub async fn run_with(
                 drop(lock);
                 // Two standby polls before trying again, so that a standby that saw the lock
                 // free takes it rather than the instance that just lost its connection.
+                let clock = worker.app.clock.clone();
                 tokio::select! {
-                    _ = tokio::time::sleep(2 * STANDBY_POLL) => {}
+                    _ = clock.sleep(2 * STANDBY_POLL) => {}
                     _ = shutdown.triggered() => {}
                 }
             }
@@ -198,8 +199,9 @@ async fn acquire(
             }
         }
         systemd::watchdog_ping();
+        let clock = worker.app.clock.clone();
         tokio::select! {
-            _ = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = clock.sleep(STANDBY_POLL) => {}
             _ = shutdown.triggered() => return Ok(None),
             _ = worker::hangup(hangups) => worker.reload().await,
         }

@@ -7,6 +7,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -26,6 +28,8 @@ use crate::{systemd, telemetry};
 const FULL_PASS_RETRY: Duration = Duration::from_secs(30);
 /// How often a running pass's progress reaches `queue_depth`.
 const QUEUE_DEPTH_EVERY: Duration = Duration::from_millis(500);
+/// A timer that is not set.
+const NEVER: Duration = Duration::from_secs(365 * 86_400);
 /// How often the extensions are counted by state for `/metrics`, at most.
 const STATE_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// Most changes taken into one targeted pass; the rest wait for the next.
@@ -57,6 +61,10 @@ pub(crate) struct Worker {
     retry_at: Instant,
     /// When the idle check next runs (see [`Worker::probe`]).
     next_probe: Instant,
+    /// The renewal job's next scheduled run. Kept, not worked out afresh at each wait: a wait
+    /// that begins after the scheduled second (a pass was running at 03:00) must still run it,
+    /// not skip to the next day.
+    renewal_due: Option<DateTime<Utc>>,
     /// Set after a 401: the generation refused, and when to look for a new token.
     blocked: Option<(i64, Instant)>,
     /// The last pass failed on the database: a successful read does not clear that.
@@ -85,6 +93,7 @@ impl Worker {
         wake: Arc<Notify>,
         link: Link,
     ) -> Worker {
+        let now = app.clock.instant();
         Worker {
             app,
             health,
@@ -95,9 +104,10 @@ impl Worker {
             client: None,
             lease: None,
             settle_at: None,
-            next_full: Instant::now(),
-            retry_at: Instant::now(),
-            next_probe: Instant::now(),
+            next_full: now,
+            retry_at: now,
+            next_probe: now,
+            renewal_due: None,
             blocked: None,
             database_writes_failing: false,
             last_failure: None,
@@ -109,40 +119,27 @@ impl Worker {
         // A new leader trusts nothing it saw before: full pass first, with a client that calls
         // only while this lock's lease holds.
         self.view = None;
-        self.next_full = Instant::now();
+        self.next_full = self.app.clock.instant();
         self.lease = Some(lock.lease());
         self.client = None;
         // The first pass checks both; the idle check comes after it.
-        self.next_probe = Instant::now() + self.health.grace() / 2;
+        self.next_probe = self.app.clock.instant() + self.health.grace() / 2;
+        self.renewal_due = next_renewal(&self.app.config, self.app.clock.utc());
         // After a holder that stopped while creating: a full pass again once its late creates
         // cannot land any more, to delete their copies.
-        self.settle_at = lock.previous_uncertain_until().map(Instant::from_std);
+        self.settle_at = lock
+            .previous_uncertain_until()
+            .map(|at| self.app.clock.instant_of_real(at));
         loop {
             let wake = {
-                let poll = tokio::time::sleep(self.app.config.watch.poll_interval);
-                // Only timers in the future: a past one would spin the loop.
-                let due = match self.blocked {
-                    Some((_, recheck)) => recheck,
-                    None => self.next_full.min(self.retry_at),
-                };
-                let renewal = next_cron(&self.app.config);
-                // Pinged from this loop, not from a timer of its own: a loop that hangs must
-                // get the daemon restarted.
-                let watchdog = systemd::watchdog_interval()
-                    .map_or(Instant::now() + Duration::from_secs(86_400), |every| {
-                        Instant::now() + every
-                    });
+                let (at, timer) = self.next_timer();
                 tokio::select! {
                     _ = self.shutdown.triggered() => return Ended::Stopped,
                     _ = lock.lost() => return Ended::LostLeadership,
                     _ = self.wake.notified() => Wake::Work,
                     _ = self.link.token_stored.notified() => Wake::TokenStored,
-                    _ = poll => Wake::Work,
-                    _ = tokio::time::sleep_until(due) => Wake::Work,
-                    _ = tokio::time::sleep_until(renewal) => Wake::Renew,
                     _ = hangup(hangups) => Wake::Reload,
-                    _ = tokio::time::sleep_until(watchdog) => Wake::Watchdog,
-                    _ = tokio::time::sleep_until(self.next_probe) => Wake::Probe,
+                    _ = self.app.clock.sleep_until(at) => timer,
                 }
             };
             let step = async {
@@ -151,15 +148,24 @@ impl Worker {
                     Wake::TokenStored => {
                         // Look at the token now, not at the next recheck.
                         if let Some((refused, _)) = self.blocked {
-                            self.blocked = Some((refused, Instant::now()));
+                            self.blocked = Some((refused, self.app.clock.instant()));
                         }
                         self.work().await
                     }
-                    Wake::Renew => self.renew().await,
+                    Wake::Renew => {
+                        // After the run due, even if the wall clock is a hair behind the timer.
+                        let ran = self
+                            .renewal_due
+                            .into_iter()
+                            .chain([self.app.clock.utc()])
+                            .max();
+                        self.renewal_due = ran.and_then(|ran| next_renewal(&self.app.config, ran));
+                        self.renew().await;
+                    }
                     Wake::Reload => self.reload().await,
                     Wake::Watchdog => {}
                     Wake::Probe => {
-                        self.next_probe = Instant::now() + self.health.grace() / 2;
+                        self.next_probe = self.app.clock.instant() + self.health.grace() / 2;
                         self.probe().await;
                     }
                 }
@@ -175,42 +181,72 @@ impl Worker {
         }
     }
 
+    /// The first of the loop's timers, and what it wakes the loop for. One wait rather than one
+    /// per timer: on a manual clock, a test tells an idle loop (its one wait parked, not due)
+    /// from a busy one.
+    fn next_timer(&self) -> (Instant, Wake) {
+        let clock = &self.app.clock;
+        let now = clock.instant();
+        // Only timers in the future: a past `next_full` while blocked would spin the loop.
+        let due = match self.blocked {
+            Some((_, recheck)) => recheck,
+            None => self.next_full.min(self.retry_at),
+        };
+        // Pinged from this loop, not from a timer of its own: a loop that hangs must get the
+        // daemon restarted.
+        let watchdog = now + systemd::watchdog_interval().unwrap_or(Duration::from_secs(86_400));
+        // Due now when its second has passed.
+        let renewal = self.renewal_due.map_or(now + NEVER, |at| {
+            now + (at - clock.utc()).to_std().unwrap_or_default()
+        });
+        [
+            (now + self.app.config.watch.poll_interval, Wake::Work),
+            (due, Wake::Work),
+            (renewal, Wake::Renew),
+            (watchdog, Wake::Watchdog),
+            (self.next_probe, Wake::Probe),
+        ]
+        .into_iter()
+        .min_by_key(|(at, _)| *at)
+        .expect("the loop has timers")
+    }
+
     /// When the next failed extension is due (capped: a far retry must not park the loop).
     async fn next_retry(&self) -> Instant {
-        let cap = Instant::now() + self.app.config.reconcile.interval;
+        let cap = self.app.clock.instant() + self.app.config.reconcile.interval;
         let Ok(Some(at)) = self.app.store.next_retry_at().await else {
             return cap;
         };
         let wait = (at - self.app.clock.now()).max(0) as u64;
         // +1 s: `next_attempt_at` is in whole seconds; waking early would find nothing due.
-        (Instant::now() + Duration::from_secs(wait + 1)).min(cap)
+        (self.app.clock.instant() + Duration::from_secs(wait + 1)).min(cap)
     }
 
     async fn work(&mut self) {
         let now = self.app.clock.now();
         if let Some((refused, recheck)) = self.blocked {
-            if Instant::now() < recheck {
+            if self.app.clock.instant() < recheck {
                 return;
             }
             if !self.token_replaced(refused).await {
                 self.blocked = Some((
                     refused,
-                    Instant::now() + self.app.config.token.recheck_interval,
+                    self.app.clock.instant() + self.app.config.token.recheck_interval,
                 ));
                 return;
             }
             info!("a new access token is stored: resuming");
             self.blocked = None;
             self.client = None;
-            self.next_full = Instant::now();
+            self.next_full = self.app.clock.instant();
         }
-        let full = Instant::now() >= self.next_full;
+        let full = self.app.clock.instant() >= self.next_full;
         // The common case, every poll: one query, and nothing to do.
         let targets = if full {
             None
         } else {
             let targets = self.targets(now).await;
-            if Instant::now() >= self.retry_at {
+            if self.app.clock.instant() >= self.retry_at {
                 self.retry_at = self.next_retry().await;
             }
             match targets {
@@ -224,7 +260,7 @@ impl Worker {
         };
         let Some((generation, client)) = self.client().await else {
             if full {
-                self.next_full = Instant::now() + FULL_PASS_RETRY;
+                self.next_full = self.app.clock.instant() + FULL_PASS_RETRY;
             }
             return;
         };
@@ -256,7 +292,9 @@ impl Worker {
                 if let Some(applied) = &report.applied {
                     reconcile::count_outcomes(&applied.outcomes);
                 }
-                let settle_at = report.uncertain_until().map(Instant::from_std);
+                let settle_at = report
+                    .uncertain_until()
+                    .map(|at| self.app.clock.instant_of_real(at));
                 if let Some(at) = settle_at.max(self.settle_at.take()) {
                     self.next_full = self.next_full.min(at);
                 }
@@ -296,7 +334,7 @@ impl Worker {
                     self.database_failed(&store.to_string());
                 }
                 if full {
-                    self.next_full = Instant::now() + FULL_PASS_RETRY;
+                    self.next_full = self.app.clock.instant() + FULL_PASS_RETRY;
                 }
             }
         }
@@ -313,7 +351,7 @@ impl Worker {
         let changes = store.pending_changes(BATCH).await?;
         telemetry::changes_seen(changes.len() as u64);
         let mut ids: HashSet<i64> = changes.iter().map(|c| c.extension_id).collect();
-        if Instant::now() >= self.retry_at {
+        if self.app.clock.instant() >= self.retry_at {
             ids.extend(store.due_retries(now).await?);
         }
         Ok(ids)
@@ -357,7 +395,7 @@ impl Worker {
         .await;
         let interval = config.reconcile.interval;
         let report = self.keep_if_current(view, report)?;
-        self.next_full = Instant::now() + interval;
+        self.next_full = self.app.clock.instant() + interval;
         if report.succeeded() {
             self.health.update(|h| h.last_full_reconcile = Some(now));
             telemetry::full_reconcile_done(now);
@@ -556,6 +594,7 @@ impl Worker {
             }
         };
         let needs_restart = self.app.config.reload(config);
+        self.renewal_due = next_renewal(&self.app.config, self.app.clock.utc());
         self.link
             .config
             .send_replace(Arc::new(self.app.config.clone()));
@@ -594,7 +633,7 @@ impl Worker {
         if !status.is_usable() {
             self.blocked = Some((
                 settings.token_generation,
-                Instant::now() + self.app.config.token.recheck_interval,
+                self.app.clock.instant() + self.app.config.token.recheck_interval,
             ));
             return None;
         }
@@ -631,7 +670,7 @@ impl Worker {
         }
         self.blocked = Some((
             generation,
-            Instant::now() + self.app.config.token.recheck_interval,
+            self.app.clock.instant() + self.app.config.token.recheck_interval,
         ));
         self.client = None;
         self.report_token().await;
@@ -692,11 +731,11 @@ impl Worker {
         // STATE_COUNT_EVERY, not after each change (a scrape is 15 s or more apart anyway).
         if self
             .states_counted
-            .is_none_or(|at| at.elapsed() >= STATE_COUNT_EVERY)
+            .is_none_or(|at| self.app.clock.instant() - at >= STATE_COUNT_EVERY)
             && let Ok(counts) = self.app.store.count_by_state().await
         {
             telemetry::extensions_by_state(&counts);
-            self.states_counted = Some(Instant::now());
+            self.states_counted = Some(self.app.clock.instant());
         }
         match self.app.store.queue_depth().await {
             Ok(depth) => self
@@ -739,17 +778,10 @@ fn wall_clock() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// The next run of the renewal job (UTC), as an instant, just after the scheduled second so
-/// that the next lookup after the run finds the following time, never the same one again.
-fn next_cron(config: &Config) -> Instant {
-    let now = chrono::Utc::now();
-    match config.token.renew_schedule.schedule().after(&now).next() {
-        Some(at) => {
-            let wait = (at - now).to_std().unwrap_or_default();
-            Instant::now() + wait + Duration::from_millis(1)
-        }
-        None => Instant::now() + Duration::from_secs(365 * 86_400),
-    }
+/// The renewal job's next run (UTC) strictly after `after`; `None` for a schedule that never
+/// runs.
+fn next_renewal(config: &Config, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    config.token.renew_schedule.schedule().after(&after).next()
 }
 
 /// SIGHUP, when it could be subscribed to.

@@ -1,6 +1,7 @@
 //! The daemon in-process against the simulator, on SQLite and PostgreSQL: another program's SQL
 //! reaches the MBG, drift is repaired, a node move follows, a refused token stops the calls
-//! until a new one is stored, and the renewal job renews.
+//! until a new one is stored, and the renewal job renews. The last two run on a manual clock:
+//! what must not happen is watched for hours of the daemon's time, not for a few real seconds.
 
 use std::time::{Duration, Instant};
 
@@ -20,8 +21,11 @@ crate::on_both_backends!(
     sql_flips_drift_and_node_moves_reach_the_mbg,
     a_change_costs_no_read_of_the_mbgs_device_list_and_still_sees_its_neighbours,
     a_refused_token_stops_the_calls_until_a_new_one_is_stored,
-    the_renewal_job_renews_on_its_schedule,
+    the_renewal_job_renews_at_its_scheduled_time_and_not_before,
 );
+
+/// How long the daemon may take, in real time, to finish what a move of its clock woke it for.
+const SETTLE: Duration = Duration::from_secs(30);
 
 /// A daemon beside the test body. Not spawned: the pass futures are not provably `Send` for
 /// every lifetime (rust-lang/rust#102211); the binary awaits `run` on its main task likewise.
@@ -33,6 +37,7 @@ struct Running {
 /// it ends cleanly.
 async fn with_daemon<F: std::future::Future<Output = ()>>(
     h: &Harness,
+    clock: Clock,
     tune: impl FnOnce(&mut mbg_provision::config::Config),
     body: impl FnOnce(Running) -> F,
 ) {
@@ -44,7 +49,7 @@ async fn with_daemon<F: std::future::Future<Output = ()>>(
         config,
         config_path: None,
         store: h.db.store.clone(),
-        clock: Clock,
+        clock,
     };
     let shutdown = Shutdown::new();
     let health = HealthState::default();
@@ -116,6 +121,7 @@ async fn sql_flips_drift_and_node_moves_reach_the_mbg(db: TestDb) {
     let h = &h;
     with_daemon(
         h,
+        Clock::system(),
         |c| c.reconcile.interval = Duration::from_secs(2),
         |daemon| async move {
             eventually("leading", Duration::from_secs(10), || {
@@ -213,6 +219,7 @@ async fn a_change_costs_no_read_of_the_mbgs_device_list_and_still_sees_its_neigh
     let h = &h;
     with_daemon(
         h,
+        Clock::system(),
         |_| {},
         |daemon| async move {
             eventually("the first full pass", Duration::from_secs(20), || {
@@ -301,14 +308,18 @@ async fn a_refused_token_stops_the_calls_until_a_new_one_is_stored(db: TestDb) {
     let h = Harness::new(db, sim_config()).await.with_token().await;
     node_and_extensions(&h, &["1001", "1002"]).await;
     let h = &h;
+    let clock = Clock::manual();
+    let recheck = Duration::from_secs(30);
     with_daemon(
         h,
-        |c| c.token.recheck_interval = Duration::from_secs(1),
+        clock.clone(),
+        |c| c.token.recheck_interval = recheck,
         |daemon| async move {
             eventually("leading", Duration::from_secs(10), || {
                 daemon.health.snapshot().role == Role::Leader
             })
             .await;
+            clock.settled(SETTLE).await;
             let token =
                 h.db.store
                     .mbg_settings()
@@ -322,6 +333,9 @@ async fn a_refused_token_stops_the_calls_until_a_new_one_is_stored(db: TestDb) {
                 "UPDATE extensions SET use_remote_auth = true WHERE number = '1001'",
             )
             .await;
+            // PostgreSQL's notification wakes the daemon at once; SQLite's change waits for the
+            // next poll.
+            clock.advance(Duration::from_millis(200));
             eventually(
                 "unhealthy, naming the token",
                 Duration::from_secs(10),
@@ -332,26 +346,31 @@ async fn a_refused_token_stops_the_calls_until_a_new_one_is_stored(db: TestDb) {
                 },
             )
             .await;
+            clock.settled(SETTLE).await;
             let calls = h.sim.requests().len();
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            assert_eq!(
-                h.sim.requests().len(),
-                calls,
-                "no MBG call with a refused token"
-            );
+            // Twenty minutes of the daemon's time, one token recheck at a time: forty rechecks,
+            // two full reconciles due (every 600 s), the idle checks, the polls.
+            for minute in 0..40 {
+                clock.advance(recheck);
+                clock.settled(SETTLE).await;
+                assert_eq!(
+                    h.sim.requests().len(),
+                    calls,
+                    "an MBG call with a refused token, {} s on",
+                    (minute + 1) * recheck.as_secs()
+                );
+            }
             assert!(
                 !h.db.store.pending_changes(10).await.unwrap().is_empty(),
                 "the change is kept"
             );
             assert!(!has(h, "1001"));
 
+            // Found at the next recheck.
             new_token(h).await;
-            eventually(
-                "applied with the new token",
-                Duration::from_secs(15),
-                || has(h, "1001"),
-            )
-            .await;
+            clock.advance(recheck);
+            clock.settled(SETTLE).await;
+            assert!(has(h, "1001"), "applied with the new token");
             eventually("healthy again", Duration::from_secs(5), || {
                 daemon.health.snapshot().is_healthy()
             })
@@ -361,47 +380,66 @@ async fn a_refused_token_stops_the_calls_until_a_new_one_is_stored(db: TestDb) {
     .await;
 }
 
-async fn the_renewal_job_renews_on_its_schedule(db: TestDb) {
+fn renewals(h: &Harness) -> usize {
+    h.sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.ends_with("/managetoken/"))
+        .count()
+}
+
+async fn token_expires_at(h: &Harness) -> i64 {
+    h.db.store
+        .mbg_settings()
+        .await
+        .unwrap()
+        .token_expires_at
+        .unwrap()
+}
+
+/// The default schedule, 03:00 UTC daily: no renewal before it, one at it, the next a day on.
+async fn the_renewal_job_renews_at_its_scheduled_time_and_not_before(db: TestDb) {
     // A token issued two days "ago" by the MBG's clock: 363 days left, inside a 364-day window.
     let h = Harness::new(db, sim_config()).await;
     h.sim.advance_clock(-2 * 86_400);
     let h = h.with_token().await;
     node_and_extensions(&h, &[]).await;
-    let before =
-        h.db.store
-            .mbg_settings()
-            .await
-            .unwrap()
-            .token_expires_at
-            .unwrap();
+    let before = token_expires_at(&h).await;
     let h = &h;
+    let clock = Clock::manual();
+    let now = clock.utc();
+    let mut three = now.date_naive().and_hms_opt(3, 0, 0).unwrap().and_utc();
+    if three <= now {
+        three += chrono::Duration::days(1);
+    }
     let tune = |c: &mut mbg_provision::config::Config| {
-        c.token.renew_schedule = "* * * * * *".parse().unwrap();
+        assert_eq!(c.token.renew_schedule.expression(), "0 0 3 * * *");
         c.token.renew_within_days = 364;
     };
-    with_daemon(h, tune, |_daemon| async move {
-        let started = Instant::now();
-        loop {
-            let now =
-                h.db.store
-                    .mbg_settings()
-                    .await
-                    .unwrap()
-                    .token_expires_at
-                    .unwrap();
-            if now > before {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(10), "not renewed");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    with_daemon(h, clock.clone(), tune, |daemon| async move {
+        eventually("leading", Duration::from_secs(10), || {
+            daemon.health.snapshot().role == Role::Leader
+        })
+        .await;
+        clock.settled(SETTLE).await;
+        // Up to a second before 03:00, an hour at a time (hours of full reconciles and idle
+        // checks on the daemon's clock).
+        let mut left = (three - clock.utc()).to_std().unwrap() - Duration::from_secs(1);
+        while !left.is_zero() {
+            let step = left.min(Duration::from_secs(3_600));
+            clock.advance(step);
+            left -= step;
+            clock.settled(SETTLE).await;
+            assert_eq!(renewals(h), 0, "renewed before 03:00, at {}", clock.utc());
         }
-        let renewals = h
-            .sim
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PUT" && r.path.ends_with("/managetoken/"))
-            .count();
-        assert!(renewals >= 1);
+        assert_eq!(token_expires_at(h).await, before);
+
+        // The MBG's clock keeps the daemon's date, so that the renewed expiry is later.
+        h.sim.advance_clock((clock.utc() - now).num_seconds());
+        clock.advance(Duration::from_secs(2));
+        clock.settled(SETTLE).await;
+        assert_eq!(renewals(h), 1, "renewed at 03:00");
+        assert!(token_expires_at(h).await > before);
         // The run that renewed is in the audit log, for the console's dashboard.
         let entry =
             h.db.store
@@ -411,6 +449,14 @@ async fn the_renewal_job_renews_on_its_schedule(db: TestDb) {
                 .expect("the renewal is audited");
         assert_eq!(entry.outcome, "ok");
         assert!(entry.detail.unwrap().starts_with("renewed"));
+
+        // Daily: not again until the next 03:00 (the token is still inside the window then).
+        clock.advance(Duration::from_secs(86_400 - 60));
+        clock.settled(SETTLE).await;
+        assert_eq!(renewals(h), 1, "renewed again before the next 03:00");
+        clock.advance(Duration::from_secs(120));
+        clock.settled(SETTLE).await;
+        assert_eq!(renewals(h), 2, "the next day's run");
     })
     .await;
 }
