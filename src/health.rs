@@ -40,6 +40,8 @@ pub enum Concern {
     TokenRenewal,
     /// Keys changed in the file that only a restart applies.
     RestartPending,
+    /// Extension rows changed without the change log (see `daemon::rows`).
+    UnloggedChanges,
 }
 
 impl Concern {
@@ -49,6 +51,7 @@ impl Concern {
             Concern::TokenExpiry => "token expiry",
             Concern::TokenRenewal => "token renewal",
             Concern::RestartPending => "configuration",
+            Concern::UnloggedChanges => "change log",
         }
     }
 }
@@ -125,6 +128,10 @@ pub struct Health {
 impl Health {
     pub fn unhealthy(&self) -> &[String] {
         &self.unhealthy
+    }
+
+    pub fn degraded(&self) -> &[String] {
+        &self.degraded
     }
 
     pub fn is_healthy(&self) -> bool {

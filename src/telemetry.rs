@@ -42,10 +42,14 @@ pub mod names {
     /// Counter: SIP users found added, removed or changed on the MBG by someone else, when a
     /// full reconcile reads the MBG and compares it with the view the daemon kept.
     pub(crate) const MBG_DRIFT: &str = "mbg_provision_mbg_drift_total";
+    /// Counter: extension rows a pass found changed without the change log recording it (a
+    /// write with the triggers off); should stay 0.
+    pub(crate) const UNEXPECTED_ROW_CHANGES: &str = "mbg_provision_unexpected_row_changes_total";
 
     /// Every family, for documentation and tests.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         MBG_DRIFT,
+        UNEXPECTED_ROW_CHANGES,
         CHANGES_SEEN,
         ACTIONS,
         MBG_REQUEST_DURATION,
@@ -122,6 +126,10 @@ fn describe() {
     describe_counter!(
         names::MBG_DRIFT,
         "SIP users added, removed or changed on the MBG other than by this daemon (by hand, or a create whose answer was lost), found by each full reconcile."
+    );
+    describe_counter!(
+        names::UNEXPECTED_ROW_CHANGES,
+        "Extension rows found changed without the change log recording it (a write with the triggers off, a restore): such a change reaches the MBG at the next full reconcile only. Should stay 0."
     );
     describe_counter!(
         names::CONSOLE_SIGN_IN_REFUSED,
@@ -316,6 +324,11 @@ pub fn token_needs_attention(needs: bool) {
 /// A full reconcile found `n` SIP users changed on the MBG since the view it kept.
 pub fn mbg_drift(n: u64) {
     counter!(names::MBG_DRIFT).increment(n);
+}
+
+/// A pass found `n` extension rows changed behind the change log's back.
+pub fn unexpected_row_changes(n: u64) {
+    counter!(names::UNEXPECTED_ROW_CHANGES).increment(n);
 }
 
 /// A full reconcile finished without error at `at` (epoch seconds).

@@ -7,6 +7,7 @@
 //! leader's connection dies. The MBG, not the daemon, is the limit on throughput, so there is
 //! nothing to gain from sharing the work.
 
+mod rows;
 mod watch;
 mod worker;
 

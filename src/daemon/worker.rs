@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::rows::RowIndex;
 use crate::app::App;
 use crate::config::Config;
 use crate::console::Link;
@@ -49,6 +50,8 @@ pub(crate) struct Worker {
     link: Link,
     /// The MBG as last seen; `None` until a full pass read it.
     view: Option<MbgView>,
+    /// The extension rows as last read, to catch changes the change log never heard of.
+    rows: RowIndex,
     /// The client and the token generation it signs with.
     client: Option<(i64, MbgClient)>,
     /// The lease of the lock held (see [`crate::lease`]).
@@ -101,6 +104,7 @@ impl Worker {
             wake,
             link,
             view: None,
+            rows: RowIndex::default(),
             client: None,
             lease: None,
             settle_at: None,
@@ -119,6 +123,7 @@ impl Worker {
         // A new leader trusts nothing it saw before: full pass first, with a client that calls
         // only while this lock's lease holds.
         self.view = None;
+        self.rows = RowIndex::default();
         self.next_full = self.app.clock.instant();
         self.lease = Some(lock.lease());
         self.client = None;
@@ -292,6 +297,7 @@ impl Worker {
                 if let Some(applied) = &report.applied {
                     reconcile::count_outcomes(&applied.outcomes);
                 }
+                self.note_unlogged_changes(&report, full);
                 let settle_at = report
                     .uncertain_until()
                     .map(|at| self.app.clock.instant_of_real(at));
@@ -403,6 +409,31 @@ impl Worker {
         self.prune_audit(now).await;
         log_pass("full reconcile", &report);
         Ok(report)
+    }
+
+    /// Rows changed behind the change log's back (see [`RowIndex`]): counted, logged, and shown
+    /// in the health until a full reconcile finds none.
+    fn note_unlogged_changes(&mut self, report: &PassReport, full: bool) {
+        let unlogged = self.rows.fold(report.extensions.iter(), full);
+        telemetry::unexpected_row_changes(unlogged.len() as u64);
+        if unlogged.is_empty() {
+            if full {
+                self.health.update(|h| h.clear(Concern::UnloggedChanges));
+            }
+            return;
+        }
+        const NAMED: usize = 10;
+        let mut named = unlogged[..unlogged.len().min(NAMED)].join(", ");
+        if unlogged.len() > NAMED {
+            named += &format!(" and {} more", unlogged.len() - NAMED);
+        }
+        let why = format!(
+            "{} extension rows changed without the change log recording it (a write with the triggers off, or a restore?): {named}; changes like these reach the MBG only at the full reconcile",
+            unlogged.len()
+        );
+        warn!("{why}");
+        self.health
+            .update(|h| h.set(Concern::UnloggedChanges, Severity::Degraded, why));
     }
 
     /// Reads the MBG afresh, and records its ICPs for the console (a standby's too, which never

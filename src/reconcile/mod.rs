@@ -126,6 +126,11 @@ impl Planned {
         self.get(id).is_some()
     }
 
+    /// In id order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Extension> {
+        self.0.iter()
+    }
+
     /// Takes in a later pass's extensions: where both have one, the later copy.
     fn take_in(&mut self, later: Planned) {
         let mut all = std::mem::take(&mut self.0);

@@ -225,6 +225,7 @@ async fn metrics_has_every_family_and_the_latency_buckets() {
     telemetry::leader(true);
     telemetry::console_sign_in_refused("wrong_password");
     telemetry::mbg_drift(2);
+    telemetry::unexpected_row_changes(1);
 
     let text = server.metrics().await;
     for name in names::ALL {
