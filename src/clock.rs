@@ -1,7 +1,7 @@
 //! Time for what follows a schedule: "now" as epoch seconds (UTC), the monotonic instant the
 //! daemon's timers are set against, and the waits themselves. A daemon is handed one [`Clock`]
 //! in its [`App`](crate::app::App); tests hand it a manual one and move it, so that "nothing
-//! happens for twenty minutes" is proved in milliseconds, and proved for the whole twenty.
+//! happens in twenty minutes" is checked in milliseconds, at every step the test moves it by.
 //!
 //! Not on this clock, on purpose: times that another process or a human compares with its own
 //! wall clock (the lease and the create horizon other instances fence on, `/healthz`'s ages,
@@ -98,8 +98,9 @@ impl Clock {
 
     /// Waits (in real time, at most `limit`) until whatever waits on this manual clock has
     /// done what the last [`Clock::advance`] woke it for: something is parked on the clock
-    /// again, and nothing parked is due. A test that then sees no effect has proved there is
-    /// none up to [`Clock::instant`].
+    /// again, and nothing parked is due. Meant for one waiter, the leader's loop, which waits
+    /// on one timer at a time: with a second waiter parked, the first may still be busy. Wakes
+    /// that do not come from the clock (a PostgreSQL notification, a signal) are not seen.
     ///
     /// # Panics
     /// On the system clock, or when `limit` passes first (naming what is parked).

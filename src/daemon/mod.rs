@@ -16,7 +16,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::app::App;
-use crate::health::{HealthState, Role};
+use crate::health::{Concern, HealthState, Role};
 use crate::shutdown::Shutdown;
 use crate::store::{Backend, Holder, LeaseTerms, LockError, StoreError};
 use crate::telemetry::{self, Telemetry};
@@ -137,7 +137,11 @@ pub async fn run_with(
                 warn!(
                     "lost the leader lock (its database connection died): stopped calling the MBG"
                 );
-                health.update(|h| h.role = Role::Standby);
+                health.update(|h| {
+                    h.role = Role::Standby;
+                    // A leader's finding: the one that takes over reports its own.
+                    h.clear(Concern::UnloggedChanges);
+                });
                 drop(lock);
                 // Two standby polls before trying again, so that a standby that saw the lock
                 // free takes it rather than the instance that just lost its connection.

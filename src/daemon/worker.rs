@@ -4,6 +4,7 @@
 //! every MBG call in flight.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,7 +124,9 @@ impl Worker {
         // A new leader trusts nothing it saw before: full pass first, with a client that calls
         // only while this lock's lease holds.
         self.view = None;
+        // What a previous term found is no longer watched: found again by this one's passes.
         self.rows = RowIndex::default();
+        self.health.update(|h| h.clear(Concern::UnloggedChanges));
         self.next_full = self.app.clock.instant();
         self.lease = Some(lock.lease());
         self.client = None;
@@ -192,7 +195,7 @@ impl Worker {
     fn next_timer(&self) -> (Instant, Wake) {
         let clock = &self.app.clock;
         let now = clock.instant();
-        // Only timers in the future: a past `next_full` while blocked would spin the loop.
+        // While blocked, only the recheck: a past `next_full` would spin the loop.
         let due = match self.blocked {
             Some((_, recheck)) => recheck,
             None => self.next_full.min(self.retry_at),
@@ -414,7 +417,7 @@ impl Worker {
     /// Rows changed behind the change log's back (see [`RowIndex`]): counted, logged, and shown
     /// in the health until a full reconcile finds none.
     fn note_unlogged_changes(&mut self, report: &PassReport, full: bool) {
-        let unlogged = self.rows.fold(report.extensions.iter(), full);
+        let unlogged = self.rows.fold(&report.extensions, &report.changed, full);
         telemetry::unexpected_row_changes(unlogged.len() as u64);
         if unlogged.is_empty() {
             if full {
@@ -423,9 +426,13 @@ impl Worker {
             return;
         }
         const NAMED: usize = 10;
-        let mut named = unlogged[..unlogged.len().min(NAMED)].join(", ");
+        let mut named = String::new();
+        for (i, row) in unlogged.iter().take(NAMED).enumerate() {
+            let comma = if i == 0 { "" } else { ", " };
+            let _ = write!(named, "{comma}{} on {}", row.number, row.node_name);
+        }
         if unlogged.len() > NAMED {
-            named += &format!(" and {} more", unlogged.len() - NAMED);
+            let _ = write!(named, " and {} more", unlogged.len() - NAMED);
         }
         let why = format!(
             "{} extension rows changed without the change log recording it (a write with the triggers off, or a restore?): {named}; changes like these reach the MBG only at the full reconcile",
@@ -624,8 +631,18 @@ impl Worker {
                 return;
             }
         };
+        let schedule = self
+            .app
+            .config
+            .token
+            .renew_schedule
+            .expression()
+            .to_string();
         let needs_restart = self.app.config.reload(config);
-        self.renewal_due = next_renewal(&self.app.config, self.app.clock.utc());
+        // A run already due stays due (a SIGHUP during a pass across 03:00 must not skip it).
+        if self.app.config.token.renew_schedule.expression() != schedule {
+            self.renewal_due = next_renewal(&self.app.config, self.app.clock.utc());
+        }
         self.link
             .config
             .send_replace(Arc::new(self.app.config.clone()));

@@ -103,6 +103,8 @@ pub struct PassReport {
     pub waiting: Option<Waiting>,
     /// Rows that cannot be read (written by another program); marked `needs_attention`.
     pub bad_rows: Vec<BadRow>,
+    /// The extensions whose recorded changes the pass read before its rows, by id.
+    pub(crate) changed: Vec<i64>,
 }
 
 /// The extensions a pass planned, by id: a sorted list, not a hash map, which at 100,000 rows
@@ -169,6 +171,9 @@ impl PassReport {
         self.plan.actions.extend(later.plan.actions);
         self.bad_rows = later.bad_rows;
         self.extensions.take_in(later.extensions);
+        self.changed.extend(later.changed);
+        self.changed.sort_unstable();
+        self.changed.dedup();
         match (&mut self.applied, later.applied) {
             (Some(applied), Some(later)) => {
                 applied.outcomes.extend(later.outcomes);
@@ -362,12 +367,16 @@ pub async fn run_pass_with(
     };
     plan.actions.retain(|a| in_scope(a.extension_id()));
     plan.settled.retain(|s| in_scope(Some(s.extension_id)));
+    let mut changed: Vec<i64> = covered_changes.iter().map(|c| c.extension_id).collect();
+    changed.sort_unstable();
+    changed.dedup();
     let mut report = PassReport {
         plan,
         applied: None,
         extensions: by_id,
         waiting,
         bad_rows: rows.bad,
+        changed,
     };
     if mode == Mode::DryRun {
         return Ok(report);

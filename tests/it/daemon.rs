@@ -519,7 +519,7 @@ async fn a_change_behind_the_logs_back_is_applied_by_the_full_reconcile_and_name
         assert_eq!(named_now.len(), 1, "{named_now:?}");
         assert!(
             named_now[0].contains("1 extension rows changed without the change log")
-                && named_now[0].ends_with("3001; changes like these reach the MBG only at the full reconcile"),
+                && named_now[0].ends_with("3001 on pbx1; changes like these reach the MBG only at the full reconcile"),
             "{named_now:?}"
         );
 
