@@ -1,11 +1,12 @@
 //! Time for what follows a schedule: "now" as epoch seconds (UTC), the monotonic instant the
 //! daemon's timers are set against, and the waits themselves. A daemon is handed one [`Clock`]
-//! in its [`App`](crate::app::App); tests hand it a manual one and move it, so that "nothing
-//! happens in twenty minutes" is checked in milliseconds, at every step the test moves it by.
+//! in its [`App`](crate::app::App), which its console shares (token states, the next renewal);
+//! tests hand it a manual one and move it, so that "nothing happens in twenty minutes" is
+//! checked in milliseconds, at every step the test moves it by.
 //!
 //! Not on this clock, on purpose: times that another process or a human compares with its own
 //! wall clock (the lease and the create horizon other instances fence on, `/healthz`'s ages,
-//! audit times, OAuth timestamps the MBG checks). Moving those in a test would prove nothing
+//! audit and session times, console lock-outs, OAuth timestamps the MBG checks). Moving those in a test would prove nothing
 //! about the real fences.
 //!
 //! A manual clock does not pause tokio: the database, the simulator and the MBG calls run in

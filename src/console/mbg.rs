@@ -43,7 +43,7 @@ async fn render(
     checks: Option<Markup>,
 ) -> Result<Response, PageError> {
     let settings = console.0.store.mbg_settings().await?;
-    let now = chrono::Utc::now().timestamp();
+    let now = console.now();
     let status = TokenStatus::of(&settings, now);
     let pending = matches!(status, TokenStatus::PendingApproval { .. });
     let admin = user.role >= Role::Admin;
@@ -152,7 +152,7 @@ pub(crate) async fn request(
             form.consumer_name.trim(),
             form.consumer_id.trim(),
             SecretString::from(form.consumer_secret),
-            chrono::Utc::now().timestamp(),
+            console.now(),
         )
         .await
         {
@@ -189,7 +189,7 @@ pub(crate) async fn verify(
     Form(form): Form<VerifyForm>,
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Admin).await?;
-    let now = chrono::Utc::now().timestamp();
+    let now = console.now();
     let said = match token::verify(&console.0.store, &console.config(), &form.verifier, now).await {
         Ok(expires_at) => {
             console.0.link.token_stored.notify_one();
@@ -220,7 +220,7 @@ pub(crate) async fn renew(
     uri: Uri,
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Admin).await?;
-    let now = chrono::Utc::now().timestamp();
+    let now = console.now();
     let said = match token::renew_if_due(&console.0.store, &console.config(), now, None).await {
         Ok(Renewal::Renewed { expires_at, .. }) => {
             console.audit(&session.user.name, None, "token renew", "renewed").await?;
@@ -247,7 +247,7 @@ pub(crate) async fn renewed(
     uri: Uri,
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Admin).await?;
-    let now = chrono::Utc::now().timestamp();
+    let now = console.now();
     let said = match token::record_renewal(&console.0.store, &console.config(), None, now).await {
         Ok((expires_at, _)) => {
             console
@@ -278,7 +278,7 @@ pub(crate) async fn preflight(
     let options = crate::preflight::Options {
         clients: vec![Client::Desktop, Client::Mobile, Client::Phones69xx],
         stun: None,
-        now: chrono::Utc::now().timestamp(),
+        now: console.now(),
     };
     let report =
         crate::preflight::run(&console.config(), "the daemon's configuration", &options).await;

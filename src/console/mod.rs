@@ -27,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use crate::clock::Clock;
 use crate::config::{Config, HttpConfig};
 use crate::health::HealthState;
 use crate::store::{AuditEntry, Role, Session, SessionUse, Store};
@@ -61,15 +62,23 @@ struct Inner {
     store: Store,
     link: Link,
     health: HealthState,
+    /// The daemon's: token states and the renewal shown as the daemon judges them.
+    clock: Clock,
 }
 
 impl Console {
-    pub(crate) fn new(store: Store, health: HealthState, link: Link) -> Console {
+    pub(crate) fn new(store: Store, health: HealthState, link: Link, clock: Clock) -> Console {
         Console(Arc::new(Inner {
             store,
             link,
             health,
+            clock,
         }))
+    }
+
+    /// Epoch seconds on the daemon's clock.
+    fn now(&self) -> i64 {
+        self.0.clock.now()
     }
 
     /// The configuration as the daemon runs it now.

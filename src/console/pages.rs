@@ -199,7 +199,7 @@ pub(crate) async fn dashboard(
     let session = console.require(&headers, &uri, Role::Viewer).await?;
     let store = &console.0.store;
     let token = match store.mbg_settings().await {
-        Ok(settings) => TokenStatus::of(&settings, chrono::Utc::now().timestamp()).to_string(),
+        Ok(settings) => TokenStatus::of(&settings, console.now()).to_string(),
         Err(e) => format!("cannot be read: {e}"),
     };
     let health = console.0.health.snapshot();
@@ -220,7 +220,7 @@ pub(crate) async fn dashboard(
         .token
         .renew_schedule
         .schedule()
-        .after(&chrono::Utc::now())
+        .after(&console.0.clock.utc())
         .next()
         .map(|at| at.timestamp());
     let last_renewal = store

@@ -72,6 +72,7 @@ pub async fn run(app: App, shutdown: Shutdown) -> Result<(), DaemonError> {
             app.store.clone(),
             health.clone(),
             link.clone(),
+            app.clock.clone(),
         ))
     } else {
         warn!(listen = %app.config.http.listen, "the console is off: http.listen is not a loopback address and there is no TLS (set http.tls_cert and http.tls_key, or http.behind_tls_proxy), or reach a loopback http.listen through an SSH tunnel");
