@@ -113,30 +113,14 @@ fn merge(kept: Vec<Mark>, later: Vec<Mark>) -> Vec<Mark> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ExtensionKind, ExtensionState};
+    use crate::reconcile::plan::tests::extension;
+    use crate::store::ExtensionState;
     use secrecy::SecretString;
 
     fn row(id: i64, number: &str, version: i64) -> Extension {
-        Extension {
-            id,
-            node_id: 1,
-            node_name: "pbx1".into(),
-            node_address: "10.0.0.20".into(),
-            number: number.into(),
-            kind: ExtensionKind::Sip,
-            sip_password: SecretString::from("pbx-pass"),
-            use_remote_auth: false,
-            remote_auth_name: None,
-            remote_auth_password: None,
-            mbg_device_id: None,
-            provisioned_by_us: false,
-            state: ExtensionState::Pending,
-            last_error: None,
-            attempts: 0,
-            next_attempt_at: None,
-            version,
-            updated_at: 0,
-        }
+        let mut row = extension(id, number, "10.0.0.20", false);
+        row.version = version;
+        row
     }
 
     fn fold(index: &mut RowIndex, rows: &[Extension], whole: bool) -> Vec<String> {

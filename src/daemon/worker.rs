@@ -162,12 +162,9 @@ impl Worker {
                     }
                     Wake::Renew => {
                         // After the run due, even if the wall clock is a hair behind the timer.
-                        let ran = self
-                            .renewal_due
-                            .into_iter()
-                            .chain([self.app.clock.utc()])
-                            .max();
-                        self.renewal_due = ran.and_then(|ran| next_renewal(&self.app.config, ran));
+                        let now = self.app.clock.utc();
+                        let ran = self.renewal_due.map_or(now, |due| due.max(now));
+                        self.renewal_due = next_renewal(&self.app.config, ran);
                         self.renew().await;
                     }
                     Wake::Reload => self.reload().await,

@@ -899,4 +899,4 @@ impl<'a> Decider<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -19,7 +19,9 @@ fn icps() -> Vec<Icp> {
     vec![icp("MiVO250-1", "10.0.0.1"), icp("MiVO250-2", "10.0.0.2")]
 }
 
-fn extension(id: i64, number: &str, address: &str, wanted: bool) -> Extension {
+/// A row with remote credentials, on a node named after its address (also the row of other
+/// modules' tests).
+pub(crate) fn extension(id: i64, number: &str, address: &str, wanted: bool) -> Extension {
     Extension {
         id,
         node_id: 1,
