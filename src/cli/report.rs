@@ -24,10 +24,8 @@ pub fn describe(report: &PassReport, action: &Action) -> String {
     };
     match action {
         Action::Create {
-            extension_id,
-            device,
-            ..
-        } => format!("node {} -> ICP {}", node(extension_id), device.icp),
+            extension_id, icp, ..
+        } => format!("node {} -> ICP {icp}", node(extension_id)),
         Action::Update { guid, changes, .. } => {
             format!("SIP user {guid}: {}", changes.join(", "))
         }

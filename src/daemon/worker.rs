@@ -36,6 +36,9 @@ const NEVER: Duration = Duration::from_secs(365 * 86_400);
 const STATE_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// Most changes taken into one targeted pass; the rest wait for the next.
 const BATCH: u32 = 10_000;
+/// A pass of this many actions or more leaves memory in the database connections worth handing
+/// back (see [`crate::store::Store::release_idle_memory`]).
+const LARGE_PASS: usize = 1_000;
 
 pub(crate) enum Ended {
     Stopped,
@@ -292,6 +295,8 @@ impl Worker {
             result = pass => result,
             () = show_progress => unreachable!("the display never ends"),
         };
+        // Not after every change: a cleared statement cache costs the next passes a prepare.
+        let large = full || matches!(&result, Ok(r) if r.plan.actions.len() >= LARGE_PASS);
         match result {
             Ok(report) => {
                 if let Some(applied) = &report.applied {
@@ -348,6 +353,9 @@ impl Worker {
         self.report_queue().await;
         // The pass's rows, plan and report are dropped by now: what they held goes back to the
         // system rather than staying in an idle daemon's resident size.
+        if large {
+            self.app.store.release_idle_memory().await;
+        }
         crate::memory::release_free_heap();
     }
 
@@ -387,6 +395,7 @@ impl Worker {
             only: None,
             honour_backoff: true,
             progress: Some(progress),
+            count_done_only: true,
         };
         let report = reconcile::run_pass_with(
             &self.app.store,
@@ -516,6 +525,7 @@ impl Worker {
             only: Some(ids),
             honour_backoff: false,
             progress: Some(progress),
+            count_done_only: true,
         };
         let mut view = match self.view.take() {
             Some(view) => view,
@@ -628,18 +638,14 @@ impl Worker {
                 return;
             }
         };
-        let schedule = self
-            .app
-            .config
-            .token
-            .renew_schedule
-            .expression()
-            .to_string();
+        let schedule = self.app.config.token.renew_schedule.clone();
         let needs_restart = self.app.config.reload(config);
-        // A run already due stays due (a SIGHUP during a pass across 03:00 must not skip it).
-        if self.app.config.token.renew_schedule.expression() != schedule {
-            self.renewal_due = next_renewal(&self.app.config, self.app.clock.utc());
-        }
+        self.renewal_due = renewal_after_reload(
+            self.renewal_due,
+            &schedule,
+            &self.app.config,
+            self.app.clock.utc(),
+        );
         self.link
             .config
             .send_replace(Arc::new(self.app.config.clone()));
@@ -829,6 +835,22 @@ fn next_renewal(config: &Config, after: DateTime<Utc>) -> Option<DateTime<Utc>> 
     config.token.renew_schedule.schedule().after(&after).next()
 }
 
+/// The renewal run to wait for once the configuration is read again: a run already due stays
+/// due (a SIGHUP during a pass that crossed 03:00 must not skip the day's run), unless the
+/// schedule itself changed.
+fn renewal_after_reload(
+    due: Option<DateTime<Utc>>,
+    schedule_before: &crate::config::CronSchedule,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if config.token.renew_schedule.expression() == schedule_before.expression() {
+        due
+    } else {
+        next_renewal(config, now)
+    }
+}
+
 /// SIGHUP, when it could be subscribed to.
 pub(crate) type Hangups = Option<tokio::signal::unix::Signal>;
 
@@ -845,13 +867,46 @@ fn log_pass(what: &str, report: &PassReport) {
     let Some(applied) = &report.applied else {
         return;
     };
-    if applied.outcomes.is_empty() && report.bad_rows.is_empty() {
+    let outcomes = applied.outcomes.len() + applied.done_not_kept;
+    if outcomes == 0 && report.bad_rows.is_empty() {
         return;
     }
     info!(
-        outcomes = applied.outcomes.len(),
+        outcomes,
+        done = applied.done_not_kept,
         calls = applied.calls,
         bad_rows = report.bad_rows.len(),
         "{what}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_a_renewal_run_already_due_unless_the_schedule_changed() {
+        let mut config = Config::default();
+        let daily = config.token.renew_schedule.clone();
+        let due = Some(at("2026-12-02T03:00:00Z"));
+        // A pass ran across 03:00; the SIGHUP comes at 03:00:05, before the leader's loop ran
+        // the job. Recomputing from "now" would give tomorrow's 03:00.
+        let now = at("2026-12-02T03:00:05Z");
+        assert_eq!(renewal_after_reload(due, &daily, &config, now), due);
+        assert_eq!(
+            next_renewal(&config, now),
+            Some(at("2026-12-03T03:00:00Z")),
+            "what a recomputation would have waited for"
+        );
+        config.token.renew_schedule = "0 30 4 * * *".parse().unwrap();
+        assert_eq!(
+            renewal_after_reload(due, &daily, &config, now),
+            Some(at("2026-12-02T04:30:00Z")),
+            "a new schedule runs at its own next time"
+        );
+    }
 }

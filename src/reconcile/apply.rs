@@ -50,6 +50,8 @@ pub struct ApplyOptions {
     pub now: i64,
     /// `mbg.timeout`: how long after its sending an unanswered create may still land.
     pub mbg_timeout: Duration,
+    /// See [`super::Scope::count_done_only`].
+    pub keep_done: bool,
 }
 
 /// How one action ended.
@@ -115,7 +117,11 @@ pub enum DeviceEffect {
 
 #[derive(Debug, Default)]
 pub struct ApplyReport {
+    /// Every outcome, or with [`ApplyOptions::keep_done`] off all but those done.
     pub outcomes: Vec<Outcome>,
+    /// The outcomes done that were counted in the actions metric and not kept.
+    pub done_not_kept: usize,
+    keep_done: bool,
     /// What the MBG confirmed, for the view (see [`super::MbgView::absorb`]).
     pub mbg_changes: MbgChanges,
     /// Set when the MBG answered 401: the token is gone and the pass stopped calling it.
@@ -137,7 +143,12 @@ impl ApplyReport {
         if let Some(effect) = outcome.effect.take() {
             self.mbg_changes.take(*effect);
         }
-        self.outcomes.push(outcome);
+        if outcome.status == Status::Done && !self.keep_done {
+            count_outcomes(std::slice::from_ref(&outcome));
+            self.done_not_kept += 1;
+        } else {
+            self.outcomes.push(outcome);
+        }
     }
 }
 
@@ -224,8 +235,13 @@ async fn call_and_record(
     plan: &Plan,
 ) -> Result<ApplyReport, StoreError> {
     let mut report = ApplyReport {
-        outcomes: Vec::with_capacity(plan.actions.len()),
+        outcomes: Vec::with_capacity(if cx.options.keep_done {
+            plan.actions.len()
+        } else {
+            0
+        }),
         mbg_changes: MbgChanges::expecting(plan.creates()),
+        keep_done: cx.options.keep_done,
         ..ApplyReport::default()
     };
     let refused = std::sync::atomic::AtomicBool::new(false);
@@ -291,7 +307,7 @@ async fn call_and_record(
                         return (Step::Recorded(recorded(action, Err(e))), false);
                     }
                     let sent_at = Instant::now();
-                    let answer = call(cx.client, action).await;
+                    let answer = call(cx, action).await;
                     drop(slot);
                     if let (Action::Create { .. }, Err(error)) = (action, &answer)
                         && answer_may_be_lost(error)
@@ -427,11 +443,9 @@ async fn call_and_record(
                     again.push(*action);
                     continue;
                 }
-                let Action::Create { device, .. } = action else {
-                    unreachable!("only creates are looked up")
-                };
+                let device = new_device(cx, action);
                 match &found {
-                    Ok(devices) => match devices.iter().find(|d| carries(d, device)) {
+                    Ok(devices) => match devices.iter().find(|d| carries(d, &device)) {
                         Some(made) => {
                             info!(extension = %action.number(), guid = %made.guid, "the SIP user this create asked for is on the MBG already: taken as ours");
                             let result =
@@ -537,18 +551,37 @@ fn outcome(action: &Action, status: Status, detail: String) -> Outcome {
     }
 }
 
+/// The SIP user a create asks for, made from the row the plan was made from.
+///
+/// # Panics
+/// When `action` is not a create of a row in [`Context::planned`]: every plan is made from the
+/// rows its pass then applies it with.
+fn new_device(cx: &Context<'_>, action: &Action) -> NewSipDevice {
+    let Action::Create {
+        extension_id, icp, ..
+    } = action
+    else {
+        unreachable!("only a create makes a SIP user")
+    };
+    let extension = cx
+        .planned
+        .get(extension_id)
+        .expect("a create's row is among the rows planned");
+    super::plan::wanted_device(extension, icp)
+}
+
 /// What a successful action changed on the MBG.
-fn effect_of(action: &Action, created: Option<&str>) -> Option<DeviceEffect> {
+fn effect_of(cx: &Context<'_>, action: &Action, created: Option<&str>) -> Option<DeviceEffect> {
     match action {
-        Action::Create { device, .. } => {
-            created.map(|guid| DeviceEffect::Created(device.created(guid)))
+        Action::Create { .. } => {
+            created.map(|guid| DeviceEffect::Created(new_device(cx, action).created(guid)))
         }
         Action::Update { guid, patch, .. } | Action::Adopt { guid, patch, .. }
             if !patch.is_empty() =>
         {
             Some(DeviceEffect::Patched {
                 guid: guid.clone(),
-                patch: patch.clone(),
+                patch: (**patch).clone(),
             })
         }
         Action::Delete { guid, .. } => Some(DeviceEffect::Removed(guid.clone())),
@@ -557,9 +590,13 @@ fn effect_of(action: &Action, created: Option<&str>) -> Option<DeviceEffect> {
 }
 
 /// The MBG call of an action; `Ok(Some(guid))` for a created device.
-async fn call(client: &MbgClient, action: &Action) -> Result<Option<String>, MbgError> {
+async fn call(cx: &Context<'_>, action: &Action) -> Result<Option<String>, MbgError> {
+    let client = cx.client;
     match action {
-        Action::Create { device, .. } => client.create_device(device).await.map(Some),
+        Action::Create { .. } => client
+            .create_device(&new_device(cx, action))
+            .await
+            .map(Some),
         Action::Update { guid, patch, .. } | Action::Adopt { guid, patch, .. } => {
             if patch.is_empty() {
                 Ok(None)
@@ -640,7 +677,7 @@ async fn record_success(
     action: &Action,
     created: Option<String>,
 ) -> Result<Outcome, StoreError> {
-    let effect = effect_of(action, created.as_deref());
+    let effect = effect_of(cx, action, created.as_deref());
     let provisioned = settled(ExtensionState::Provisioned);
     let (row, detail) = match action {
         Action::Create { extension_id, .. } => {

@@ -114,8 +114,9 @@ pub struct Planned(Vec<Extension>);
 
 impl Planned {
     pub fn new(mut extensions: Vec<Extension>) -> Planned {
+        // Not shrunk: that would copy the rows at a pass's busiest moment, for a list that is
+        // dropped with its report.
         extensions.sort_unstable_by_key(|e| e.id);
-        extensions.shrink_to_fit();
         Planned(extensions)
     }
 
@@ -177,6 +178,7 @@ impl PassReport {
         match (&mut self.applied, later.applied) {
             (Some(applied), Some(later)) => {
                 applied.outcomes.extend(later.outcomes);
+                applied.done_not_kept += later.done_not_kept;
                 applied.calls += later.calls;
                 applied.interrupted |= later.interrupted;
                 applied.uncertain_until = later.uncertain_until;
@@ -213,6 +215,10 @@ pub struct Scope {
     pub honour_backoff: bool,
     /// Counted as the pass goes, for whoever shows progress.
     pub progress: Option<std::sync::Arc<Progress>>,
+    /// Outcomes that are done are counted in the actions metric as they come instead of kept
+    /// in the report: the daemon logs only the others, and a first pass of 100,000 creates
+    /// held some 20 MB of their texts to its end. `sync` keeps them all, to print.
+    pub count_done_only: bool,
 }
 
 /// How far a pass has got: its MBG changes planned, and those finished (done, failed or
@@ -419,6 +425,7 @@ pub async fn run_pass_with(
         retry_until,
         now,
         mbg_timeout: config.mbg.timeout,
+        keep_done: !scope.count_done_only,
     };
     if let Some(progress) = &scope.progress {
         progress.plan(report.plan.changes().count());

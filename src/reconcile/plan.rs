@@ -18,6 +18,7 @@
 
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -149,10 +150,14 @@ impl fmt::Display for Problem {
 
 #[derive(Debug, Clone)]
 pub enum Action {
+    /// Create the SIP user [`wanted_device`] makes of the extension's row under this ICP. The
+    /// device itself is made when it is sent: 100,000 creates holding theirs (seven strings
+    /// each) were the largest part of a first pass's memory.
     Create {
         extension_id: i64,
         number: String,
-        device: NewSipDevice,
+        /// Shared by every create under this ICP.
+        icp: Arc<str>,
     },
     /// Change the fields in `changes` of a device we own.
     Update {
@@ -160,7 +165,8 @@ pub enum Action {
         number: String,
         guid: String,
         changes: Vec<&'static str>,
-        patch: SipDevicePatch,
+        /// Boxed, as in `Adopt`: six optional strings would make every action of a plan as large.
+        patch: Box<SipDevicePatch>,
     },
     /// Take over a device: a foreign one with exactly this number under the right ICP, or one
     /// of ours whose guid never reached the database.
@@ -169,7 +175,7 @@ pub enum Action {
         number: String,
         guid: String,
         changes: Vec<&'static str>,
-        patch: SipDevicePatch,
+        patch: Box<SipDevicePatch>,
         proof: Adoption,
     },
     /// Remove a device we own.
@@ -358,10 +364,10 @@ fn check_wanted(extension: &Extension) -> Result<(), Problem> {
 }
 
 /// The device the database asks for, of a row [`check_wanted`] passed.
-fn wanted_device(extension: &Extension, icp: &Icp) -> NewSipDevice {
+pub(crate) fn wanted_device(extension: &Extension, icp: &str) -> NewSipDevice {
     let same = |field: &Option<_>| field.clone().unwrap_or_default();
     NewSipDevice {
-        icp: icp.name.clone(),
+        icp: icp.to_string(),
         setside_username: same(&extension.remote_auth_name),
         setside_password: extension
             .remote_auth_password
@@ -512,7 +518,10 @@ pub fn plan(
         .collect();
     let claims = Claims::build(extensions, released, devices, &index_of, &by_priority);
     let foreign = Foreign::of(devices, &claims);
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        actions: Vec::with_capacity(extensions.len()),
+        ..Plan::default()
+    };
     let unwanted: Vec<usize> = ordered.iter().copied().filter(|p| !wants(p)).collect();
     let deleted = deletions(&mut plan, extensions, &unwanted, released, devices, &claims);
     let wanted: Vec<(usize, Target)> = ordered
@@ -532,6 +541,7 @@ pub fn plan(
         budget,
         licences_left: budget
             .map(|b| (b as usize).saturating_sub(devices.len().saturating_sub(deleted))),
+        icp_names: HashMap::default(),
     };
     for (p, target) in wanted {
         if let Some(action) = decider.decide(p, &extensions[p], target, &mut plan.settled) {
@@ -740,6 +750,7 @@ struct Decider<'a> {
     name_holders: HashMap<&'a str, &'a str>,
     budget: Option<u32>,
     licences_left: Option<usize>,
+    icp_names: HashMap<&'a str, Arc<str>>,
 }
 
 impl<'a> Decider<'a> {
@@ -748,7 +759,7 @@ impl<'a> Decider<'a> {
         &mut self,
         p: usize,
         extension: &'a Extension,
-        target: Target,
+        target: Target<'a>,
         settled: &mut Vec<Settled>,
     ) -> Option<Action> {
         let report = |problem| {
@@ -805,7 +816,7 @@ impl<'a> Decider<'a> {
             settled.push(provisioned);
             return None;
         }
-        let (patch, changes) = diff(device, &wanted_device(extension, icp));
+        let (patch, changes) = diff(device, &wanted_device(extension, &icp.name));
         let (extension_id, number, guid) =
             (extension.id, extension.number.clone(), device.guid.clone());
         if let Some(problem) = patch
@@ -824,7 +835,7 @@ impl<'a> Decider<'a> {
                 number,
                 guid,
                 changes,
-                patch,
+                patch: Box::new(patch),
                 proof: Adoption::OwnCredentials,
             })
         } else if changes.is_empty() {
@@ -836,14 +847,14 @@ impl<'a> Decider<'a> {
                 number,
                 guid,
                 changes,
-                patch,
+                patch: Box::new(patch),
             })
         }
     }
 
     /// An extension that holds no device: adopt the foreign one chosen for it, else create one,
     /// unless its name or number is taken or the licences are used up.
-    fn decide_unheld(&mut self, extension: &Extension, icp: &Icp) -> Option<Action> {
+    fn decide_unheld(&mut self, extension: &Extension, icp: &'a Icp) -> Option<Action> {
         let report = |problem| {
             Some(Action::Report {
                 extension_id: extension.id,
@@ -851,8 +862,8 @@ impl<'a> Decider<'a> {
                 problem,
             })
         };
-        let wanted = wanted_device(extension, icp);
-        if let Some(problem) = self.name_taken(&wanted.setside_username) {
+        let setside_username = extension.remote_auth_name.as_deref().unwrap_or_default();
+        if let Some(problem) = self.name_taken(setside_username) {
             return report(problem);
         }
         let adopted = self
@@ -861,13 +872,13 @@ impl<'a> Decider<'a> {
             .and_then(|guid| self.index_of.get(guid))
             .map(|&d| &self.devices[d]);
         if let Some(device) = adopted {
-            let (patch, changes) = diff(device, &wanted);
+            let (patch, changes) = diff(device, &wanted_device(extension, &icp.name));
             return Some(Action::Adopt {
                 extension_id: extension.id,
                 number: extension.number.clone(),
                 guid: device.guid.clone(),
                 changes,
-                patch,
+                patch: Box::new(patch),
                 proof: Adoption::ExactMatch,
             });
         }
@@ -890,10 +901,15 @@ impl<'a> Decider<'a> {
             Some(left) => *left -= 1,
             None => {}
         }
+        let icp = self
+            .icp_names
+            .entry(&icp.name)
+            .or_insert_with(|| Arc::from(icp.name.as_str()))
+            .clone();
         Some(Action::Create {
             extension_id: extension.id,
             number: extension.number.clone(),
-            device: wanted,
+            icp,
         })
     }
 }

@@ -18,6 +18,7 @@ crate::on_both_backends!(
     adopts_an_exact_match_and_heals_a_crash_without_duplicates,
     licence_limits_and_name_clashes_are_reported_on_the_right_extensions,
     a_dry_run_changes_nothing,
+    a_pass_that_counts_done_outcomes_keeps_only_the_others,
     busy_reads_and_writes_are_retried_within_the_pass,
     a_create_whose_answer_is_lost_is_found_not_posted_twice,
     an_outcome_for_a_row_changed_meanwhile_is_left_for_the_next_pass,
@@ -428,6 +429,48 @@ async fn a_dry_run_changes_nothing(db: TestDb) {
     );
 }
 
+/// The daemon's passes: what is done is counted, not kept; what needs a human is kept whole.
+async fn a_pass_that_counts_done_outcomes_keeps_only_the_others(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    let created = set(store, "1001", "pbx1", true).await;
+    let unplaceable = set(store, "1002", "pbx3", true).await;
+    let client = h.client().await;
+    let shutdown = Shutdown::new();
+    let mut view = reconcile::read_view_and_fill(store, &client, &h.config, &shutdown, Mode::Apply)
+        .await
+        .unwrap();
+    let scope = reconcile::Scope {
+        count_done_only: true,
+        ..reconcile::Scope::default()
+    };
+    let report = reconcile::run_pass_with(
+        store,
+        &client,
+        &h.config,
+        Mode::Apply,
+        &shutdown,
+        now(),
+        &mut view,
+        &scope,
+    )
+    .await
+    .unwrap();
+    let applied = report.applied.as_ref().unwrap();
+    assert_eq!(applied.done_not_kept, 1);
+    let kept: Vec<_> = applied
+        .outcomes
+        .iter()
+        .map(|o| (o.extension_id, o.status.clone()))
+        .collect();
+    assert_eq!(kept, [(Some(unplaceable), Status::NeedsAttention)]);
+    assert!(report.needs_attention() && report.succeeded());
+    let ext = store.extension(created).await.unwrap();
+    assert_eq!(ext.state, ExtensionState::Provisioned);
+    assert_eq!(by_number(&h.sim.devices(), "1001").len(), 1);
+}
+
 /// Applies a plan made from `extensions`, retrying for at most `retry_for`.
 async fn apply_planned(
     store: &Store,
@@ -444,6 +487,7 @@ async fn apply_planned(
         retry_until: Instant::now() + retry_for,
         now,
         mbg_timeout: Duration::from_secs(5),
+        keep_done: true,
     };
     let shutdown = Shutdown::new();
     let cx = reconcile::apply::Context {

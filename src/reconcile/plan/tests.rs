@@ -85,13 +85,11 @@ fn apply_all(
         };
         match action {
             Action::Create {
-                extension_id,
-                device,
-                ..
+                extension_id, icp, ..
             } => {
                 let guid = format!("created-{n}-{extension_id}");
-                devices.push(as_created(&guid, device));
                 let i = ext(extensions, Some(*extension_id)).unwrap();
+                devices.push(as_created(&guid, &wanted_device(&extensions[i], icp)));
                 extensions[i].mbg_device_id = Some(guid);
                 extensions[i].provisioned_by_us = true;
             }
@@ -144,7 +142,7 @@ fn released_row(id: i64, number: &str, guid: Option<&str>) -> Released {
 
 /// A device that one of our creates made for `e`, whose guid never reached the database.
 fn made_for(guid: &str, e: &Extension, icp: &str) -> SipDevice {
-    let mut d = as_created(guid, &wanted_device(e, &icps()[0]));
+    let mut d = as_created(guid, &wanted_device(e, &icps()[0].name));
     d.icp = icp.into();
     d
 }
@@ -153,9 +151,10 @@ fn made_for(guid: &str, e: &Extension, icp: &str) -> SipDevice {
 fn creates_under_the_icp_of_the_node_with_the_contract_fields() {
     let extensions = [extension(1, "1001", "10.0.0.2", true)];
     let plan = plan(&extensions, &[], &icps(), &[], None);
-    let [Action::Create { device, .. }] = plan.actions.as_slice() else {
+    let [Action::Create { icp, .. }] = plan.actions.as_slice() else {
         panic!("{plan:?}")
     };
+    let device = wanted_device(&extensions[0], icp);
     assert_eq!(device.icp, "MiVO250-2");
     assert_eq!(device.icpside_username, "1001");
     assert_eq!(device.setside_username, "remote1001");
@@ -166,7 +165,7 @@ fn creates_under_the_icp_of_the_node_with_the_contract_fields() {
 #[test]
 fn a_node_move_updates_only_the_icp() {
     let extensions = [owned(extension(1, "1001", "10.0.0.2", true), "g1")];
-    let mut on_old = as_created("g1", &wanted_device(&extensions[0], &icps()[1]));
+    let mut on_old = as_created("g1", &wanted_device(&extensions[0], &icps()[1].name));
     on_old.icp = "MiVO250-1".into();
     let plan = plan(&extensions, &[], &icps(), &[on_old], None);
     let [Action::Update { changes, patch, .. }] = plan.actions.as_slice() else {
@@ -354,7 +353,7 @@ fn second_copies_of_our_device_are_deleted_and_the_recorded_one_kept() {
 fn a_guid_claimed_by_two_rows_is_never_deleted_while_one_wants_it() {
     let wanted = owned(extension(1, "1001", "10.0.0.1", true), "g1");
     let copy = owned(extension(2, "1002", "10.0.0.1", false), "g1");
-    let d = as_created("g1", &wanted_device(&wanted, &icps()[0]));
+    let d = as_created("g1", &wanted_device(&wanted, &icps()[0].name));
     let plan = plan(&[copy, wanted], &[], &icps(), &[d], Some(1));
     assert!(
         matches!(
@@ -373,7 +372,7 @@ fn two_wanted_rows_never_share_a_set_side_login() {
     let first = owned(extension(1, "1001", "10.0.0.1", true), "g1");
     let mut copy = extension(2, "1002", "10.0.0.1", true);
     copy.remote_auth_name = first.remote_auth_name.clone();
-    let d = as_created("g1", &wanted_device(&first, &icps()[0]));
+    let d = as_created("g1", &wanted_device(&first, &icps()[0].name));
     let plan = plan(&[first, copy], &[], &icps(), &[d], None);
     assert!(
         matches!(&plan.actions[..], [Action::Report { number, problem: Problem::SetsideNameShared { number: holder, .. }, .. }]
@@ -442,7 +441,7 @@ fn values_the_mbg_would_refuse_are_reported_not_sent() {
 #[test]
 fn in_sync_extensions_settle_without_actions() {
     let e = owned(extension(1, "1001", "10.0.0.1", true), "g1");
-    let d = as_created("g1", &wanted_device(&e, &icps()[0]));
+    let d = as_created("g1", &wanted_device(&e, &icps()[0].name));
     let off = extension(2, "1002", "10.0.0.1", false);
     let plan = plan(&[e, off], &[], &icps(), &[d], None);
     assert!(plan.actions.is_empty(), "{plan:?}");
@@ -648,9 +647,9 @@ proptest! {
 fn the_settled_shortcut_agrees_with_diff() {
     let e = extension(1, "1001", "10.0.0.1", true);
     let icp = &icps()[0];
-    let created = as_created("g1", &wanted_device(&e, icp));
+    let created = as_created("g1", &wanted_device(&e, &icp.name));
     assert!(is_as_wanted(&created, &e, icp));
-    assert!(diff(&created, &wanted_device(&e, icp)).1.is_empty());
+    assert!(diff(&created, &wanted_device(&e, &icp.name)).1.is_empty());
     let changes: [fn(&mut SipDevice); 8] = [
         |d| d.icp = "MiVO250-2".into(),
         |d| d.setside_username = "other".into(),
@@ -666,7 +665,7 @@ fn the_settled_shortcut_agrees_with_diff() {
         change(&mut device);
         assert!(!is_as_wanted(&device, &e, icp), "change {i}");
         assert!(
-            !diff(&device, &wanted_device(&e, icp)).1.is_empty(),
+            !diff(&device, &wanted_device(&e, &icp.name)).1.is_empty(),
             "change {i}"
         );
     }
@@ -708,7 +707,7 @@ fn devices_sort_by_their_whole_guid() {
     ];
     let devices: Vec<SipDevice> = guids
         .iter()
-        .map(|g| as_created(g, &wanted_device(&e, &icps()[0])))
+        .map(|g| as_created(g, &wanted_device(&e, &icps()[0].name)))
         .collect();
     let mut positions: Vec<usize> = (0..devices.len()).collect();
     sort_by_guid(&mut positions, &devices);
