@@ -45,7 +45,8 @@ impl Store {
                 "DELETE FROM extension_changes WHERE seq IN ({})",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql)).persistent(self.backend.keeps_list_statements());
             for seq in chunk {
                 query = query.bind(*seq);
             }

@@ -1128,7 +1128,7 @@ async fn write_batch(
          ON CONFLICT (node_id, number) {on_conflict}",
         values.join(", ")
     );
-    let mut query = sqlx::query(AssertSqlSafe(sql));
+    let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(backend.keeps_list_statements());
     for row in batch {
         query = query
             .bind(row.node_id)

@@ -137,6 +137,17 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// Whether a statement built over a list of rows (its text changes with their count) is
+    /// kept in the connection's statement cache. Not on SQLite: a large pass's groups filled
+    /// every connection's cache (100 statements each), some 3 MB that an idle daemon held on
+    /// to, and preparing one again costs microseconds. On PostgreSQL, where the cache is the
+    /// server's and a statement not kept costs a round trip for its parameter types, yes.
+    pub(crate) fn keeps_list_statements(self) -> bool {
+        self == Backend::Postgres
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,

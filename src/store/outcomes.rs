@@ -100,7 +100,8 @@ impl Store {
                   WHERE extensions.id = fill.id",
                 values(self.backend, chunk.len(), &["BIGINT", "TEXT", "TEXT"])
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql)).persistent(self.backend.keeps_list_statements());
             for fill in chunk {
                 query = query
                     .bind(fill.extension_id)
@@ -170,6 +171,7 @@ const GROUP_CHUNK: usize = 100;
 /// `rows` parenthesised tuples of placeholders, for a `VALUES` list: `?` on SQLite (see
 /// `extensions::write_batch` for why), `$N::TYPE` on PostgreSQL, which cannot infer the types
 /// of parameters in a `VALUES` list.
+/// See [`Backend::keeps_list_statements`] for whether the statement is kept prepared.
 fn values(backend: Backend, rows: usize, types: &[&str]) -> String {
     let mut next = 0;
     let tuples: Vec<String> = (0..rows)
@@ -228,7 +230,8 @@ async fn extend_failure_streaks(
             &["TEXT", "TEXT", "TEXT", "TEXT", "BIGINT"]
         )
     );
-    let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+    let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
+        .persistent(backend.keeps_list_statements());
     for entry in &failures {
         query = query
             .bind(entry.extension.as_deref())
@@ -282,7 +285,7 @@ pub(super) async fn write_chunk(
               WHERE extensions.id = fact.id{fenced}",
             values(backend, facts.len(), &["BIGINT", "TEXT"])
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(backend.keeps_list_statements());
         for (outcome, guid) in &facts {
             query = query.bind(outcome.extension_id).bind(*guid);
         }
@@ -311,7 +314,8 @@ pub(super) async fn write_chunk(
                 &["BIGINT", "BIGINT", "TEXT", "TEXT", "BIGINT", "BIGINT"]
             )
         );
-        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql));
+        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+            .persistent(backend.keeps_list_statements());
         for outcome in &outcomes {
             let update = &outcome.state;
             query = query
@@ -352,7 +356,7 @@ pub(super) async fn write_chunk(
                 &["BIGINT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT"]
             )
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(backend.keeps_list_statements());
         for entry in &audits {
             query = query
                 .bind(entry.at)
@@ -379,7 +383,7 @@ pub(super) async fn write_chunk(
             "DELETE FROM released_extensions WHERE id IN (VALUES {})",
             values(backend, released.len(), &["BIGINT"])
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(backend.keeps_list_statements());
         for id in &released {
             query = query.bind(*id);
         }
