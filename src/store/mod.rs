@@ -301,12 +301,15 @@ impl Store {
     }
 
     /// Hands back what the idle connections hold from the pass that just ended: their prepared
-    /// statements (sqlx keeps up to 100 per connection, a pass's multi-row writes among them)
-    /// and, on SQLite, their page caches: some 11 MB after a first pass of 100,000. The pool
-    /// reuses its idle connections in turn, so an idle daemon's one-second poll keeps every one
-    /// of them open and `idle_timeout` never closes one. Best effort: a connection that fails
-    /// here is simply closed by the pool when it is next used.
+    /// statements and, on SQLite, their page caches (up to 2 MB each). The pool reuses its idle
+    /// connections in turn, so an idle daemon's one-second poll keeps every one of them open
+    /// and `idle_timeout` never closes one. Best effort, and bounded in time: on PostgreSQL
+    /// clearing statements is a round trip, and a frozen server must not hold the leader here.
     pub(crate) async fn release_idle_memory(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.release_idle_connections()).await;
+    }
+
+    async fn release_idle_connections(&self) {
         for _ in 0..self.pool.num_idle() {
             let Some(mut connection) = self.pool.try_acquire() else {
                 break;

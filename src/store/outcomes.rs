@@ -171,6 +171,7 @@ const GROUP_CHUNK: usize = 100;
 /// `rows` parenthesised tuples of placeholders, for a `VALUES` list: `?` on SQLite (see
 /// `extensions::write_batch` for why), `$N::TYPE` on PostgreSQL, which cannot infer the types
 /// of parameters in a `VALUES` list.
+///
 /// See [`Backend::keeps_list_statements`] for whether the statement is kept prepared.
 fn values(backend: Backend, rows: usize, types: &[&str]) -> String {
     let mut next = 0;
