@@ -72,7 +72,7 @@ pub enum Command {
     },
     /// Go-live checks, each pass, warn or fail with its fix: configuration, database, the MBG's
     /// certificate, the token, the consumer's permissions, node to ICP mapping, licences,
-    /// ICP-side names, the daemon's health
+    /// ICP-side names, whose each SIP user is, the daemon's health
     ///
     /// Changes nothing. Exit code 0: all passed; 2: a warning; 1: a failure.
     #[command(

@@ -10,12 +10,13 @@ use anyhow::{Context, Result, bail};
 use mbg_provision::app::App;
 use mbg_provision::credentials;
 use mbg_provision::import;
+use mbg_provision::mbg::SipDevice;
+use mbg_provision::reconcile::{self, OnTheMbg, Row, Whose};
 use mbg_provision::store::{AuditEntry, Extension, ExtensionKind, ExtensionSpec, StoreError};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::args::{ExtensionCommand, Kind, Switch};
-use super::context::{record_refusal, signed_client};
 use super::files::{self, read_secret_file};
 use super::output::{attention_if, print_bad_rows, print_json};
 
@@ -32,9 +33,53 @@ struct ShowView<'a> {
     /// Where the phone registers: the node's NAT address (the MBG's external address).
     registrar_address: Option<&'a str>,
     registrar_port: u16,
+    /// The SIP users on the MBG with its number, its set-side name or its recorded guid, and
+    /// whose each is; empty when the MBG could not be asked.
+    sip_users: Vec<SipUserView>,
     /// Only with `--reveal`.
     #[serde(skip_serializing_if = "Option::is_none")]
     remote_auth_password: Option<&'a str>,
+}
+
+/// A SIP user in `extension show`: its names, and whose it is by the rule every pass applies.
+#[derive(Serialize)]
+struct SipUserView {
+    guid: String,
+    icp: String,
+    icpside_username: String,
+    setside_username: String,
+    /// `recorded`, `proven`, `duplicate` (ours) or `foreign` (added by hand; never touched).
+    owner: &'static str,
+    /// The number of the row it belongs to (a deleted extension's, when `released` is true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    belongs_to: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    released: bool,
+    /// Why, in words.
+    whose: String,
+}
+
+impl SipUserView {
+    fn of(device: &SipDevice, whose: &Whose) -> SipUserView {
+        let (owner, row) = match whose {
+            Whose::Recorded(row) => ("recorded", Some(row)),
+            Whose::Proven(row) => ("proven", Some(row)),
+            Whose::Duplicate(row) => ("duplicate", Some(row)),
+            Whose::Foreign => ("foreign", None),
+        };
+        SipUserView {
+            guid: device.guid.clone(),
+            icp: device.icp.clone(),
+            icpside_username: device.icpside_username.clone(),
+            setside_username: device.setside_username.clone(),
+            owner,
+            belongs_to: row.map(|row| match row {
+                Row::Extension { number, .. } | Row::Released { number } => number.clone(),
+            }),
+            released: matches!(row, Some(Row::Released { .. })),
+            whose: whose.to_string(),
+        }
+    }
 }
 
 /// One extension in `extension set --json` and `extension list --json` (a list of these):
@@ -292,16 +337,24 @@ async fn show(
     }
     let extension = find(app, number, node).await?;
     let node = app.store.node_by_name(&extension.node_name).await?;
-    let (icp, icp_unknown) = match icp_of(app, &extension.node_address).await {
-        Ok(Some(icp)) => (Some(icp), None),
-        Ok(None) => (
+    let asked = reconcile::ask_the_mbg(&app.store, &app.config, &extension, app.clock.now()).await;
+    let (icp, icp_unknown, sip_users) = match asked {
+        Ok(OnTheMbg {
+            icp: Some(icp),
+            sip_users,
+        }) => (Some(icp), None, Some(sip_users)),
+        Ok(OnTheMbg {
+            icp: None,
+            sip_users,
+        }) => (
             None,
             Some(format!(
                 "no ICP on the MBG has the node's address {}",
                 extension.node_address
             )),
+            Some(sip_users),
         ),
-        Err(why) => (None, Some(why)),
+        Err(why) => (None, Some(why.to_string()), None),
     };
     if reveal {
         app.store
@@ -324,6 +377,11 @@ async fn show(
         icp_unknown,
         registrar_address: node.nat_address.as_deref(),
         registrar_port: node.registrar_port(),
+        sip_users: sip_users
+            .iter()
+            .flatten()
+            .map(|(device, whose)| SipUserView::of(device, whose))
+            .collect(),
         remote_auth_password: password,
     };
     if json {
@@ -355,6 +413,17 @@ async fn show(
             e.node_name, e.node_name
         ),
     }
+    if sip_users.is_some() {
+        if view.sip_users.is_empty() {
+            println!("on the MBG     no SIP user has its number, set-side name or recorded guid");
+        }
+        for user in &view.sip_users {
+            println!(
+                "on the MBG     {} under {} ({} / {}): {}",
+                user.guid, user.icp, user.icpside_username, user.setside_username, user.whose
+            );
+        }
+    }
     if let Some(error) = &e.last_error {
         println!("last error     {error}");
     }
@@ -364,21 +433,6 @@ async fn show(
         println!("next retry     {when}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The name of the ICP whose address is `address`, asking the MBG; why not, as text.
-async fn icp_of(app: &App, address: &str) -> Result<Option<String>, String> {
-    let (client, generation) = signed_client(app).await.map_err(|e| format!("{e:#}"))?;
-    match client.icps().await {
-        Ok(icps) => Ok(icps
-            .into_iter()
-            .find(|icp| icp.address == address)
-            .map(|icp| icp.name)),
-        Err(e) => {
-            record_refusal(app, generation, &e).await.ok();
-            Err(e.to_string())
-        }
-    }
 }
 
 fn print_extensions(extensions: &[Extension]) {

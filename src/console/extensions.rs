@@ -315,6 +315,27 @@ pub(crate) async fn live(
     .into_response())
 }
 
+/// `/extensions/N/mbg`: asks the MBG, on a click, not on every view of the form (it reads the
+/// whole list of SIP users).
+pub(crate) async fn on_the_mbg(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(number): Path<String>,
+    Query(query): Query<FormQuery>,
+) -> Result<Response, PageError> {
+    let session = console.require(&headers, &uri, Role::Viewer).await?;
+    let extension = existing(&console, &number, query.node.as_deref()).await?;
+    let asked = crate::reconcile::ask_the_mbg(
+        &console.0.store,
+        &console.config(),
+        &extension,
+        console.now(),
+    )
+    .await;
+    Ok(pages::extension_on_the_mbg(&session.user, &extension, &asked).into_response())
+}
+
 /// [`find`], for a request about an extension that must exist: 404 otherwise.
 async fn existing(
     console: &Console,

@@ -100,6 +100,7 @@ impl Console {
                 get(extensions::form).post(extensions::save),
             )
             .route("/extensions/{number}/live", get(extensions::live))
+            .route("/extensions/{number}/mbg", get(extensions::on_the_mbg))
             .route("/extensions/{number}/reveal", post(extensions::reveal))
             .route("/extensions/{number}/rotate", post(extensions::rotate))
             .route("/nodes", get(nodes::list).post(nodes::add))

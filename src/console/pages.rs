@@ -8,6 +8,7 @@ use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 
 use super::{Console, PageError};
+use crate::reconcile::{AskError, OnTheMbg};
 use crate::store::{
     AuditEntry, ConsoleUser, Extension, ExtensionFilter, ExtensionState, RecordedIcp, Role,
 };
@@ -449,10 +450,69 @@ pub(crate) fn extension_form(user: &ConsoleUser, view: &FormView<'_>) -> Html<St
                         dt { "ICP" } dd { @if let Some(address) = &view.node_address { (icp_cell(&view.icps, address)) } }
                         dt { "The phone registers at" } dd data-field="registrar" { (view.registrar.as_deref().unwrap_or("(the node has no NAT address)")) }
                     }
+                    p {
+                        a data-field="ask_the_mbg" href={ "/extensions/" (view.number) "/mbg" (view.node_query()) } {
+                            "Ask the MBG whose SIP users carry this number"
+                        }
+                        " (reads its whole list of SIP users)"
+                    }
                 }
                 section {
                     h2 { "History" }
                     (audit_table(&view.audit))
+                }
+            }
+        },
+    )
+}
+
+/// `/extensions/N/mbg`: the SIP users on the MBG that bear on one extension, and whose each is,
+/// by the rule every pass applies; or why the MBG could not be asked.
+pub(crate) fn extension_on_the_mbg(
+    user: &ConsoleUser,
+    extension: &Extension,
+    asked: &Result<OnTheMbg, AskError>,
+) -> Html<String> {
+    let back = format!(
+        "/extensions/{}?node={}",
+        extension.number,
+        super::percent(&extension.node_name)
+    );
+    layout(
+        &format!("Extension {} on the MBG", extension.number),
+        user,
+        html! {
+            p { a href=(back) { "Back to extension " (extension.number) } }
+            @match asked {
+                Err(why) => p role="alert" class="error" data-field="error" { (why.to_string()) },
+                Ok(on_the_mbg) => {
+                    dl {
+                        dt { "ICP of node " (extension.node_name) }
+                        dd data-field="icp" {
+                            (on_the_mbg.icp.as_deref().map_or_else(
+                                || format!("none: no ICP on the MBG has the address {}", extension.node_address),
+                                str::to_string,
+                            ))
+                        }
+                    }
+                    @if on_the_mbg.sip_users.is_empty() {
+                        p data-field="no_sip_users" { "No SIP user on the MBG has its number, its set-side name or its recorded ID." }
+                    } @else {
+                        table class="sip-users" {
+                            thead { tr { th { "MBG ID" } th { "ICP" } th { "ICP-side name" } th { "Set-side name" } th { "Whose" } } }
+                            tbody {
+                                @for (device, whose) in &on_the_mbg.sip_users {
+                                    tr data-guid=(device.guid) {
+                                        td { (device.guid) }
+                                        td { (device.icp) }
+                                        td { (device.icpside_username) }
+                                        td { (device.setside_username) }
+                                        td data-field="whose" { (whose.to_string()) }
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
             }
         },

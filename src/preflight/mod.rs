@@ -12,8 +12,10 @@ use serde::Serialize;
 
 use crate::config::{Config, MbgUrl};
 use crate::mbg::{Icp, MbgClient, MbgError, MbgErrorKind, SipDevice};
+use crate::reconcile::plan::whose;
+use crate::reconcile::{Row, Whose};
 use crate::secrets::{self, SecretKey};
-use crate::store::{Extension, OpenOptions, Store, StoreError};
+use crate::store::{Extension, ExtensionRows, OpenOptions, Store, StoreError};
 use crate::stun;
 use crate::token::{self, TokenStatus};
 
@@ -142,13 +144,14 @@ pub async fn run(config: &Config, config_source: &str, options: &Options) -> Rep
     match (&mbg, &store) {
         (Some(mbg), Some(store)) => {
             mapping(store, &mbg.icps, &mut report).await;
-            if let Some(extensions) = &extensions {
-                licences(config, extensions, &mbg.devices, &mut report);
-                icpside_names(extensions, &mbg.devices, &mut report);
+            if let Some(rows) = &extensions {
+                licences(config, &rows.good, &mbg.devices, &mut report);
+                icpside_names(&rows.good, &mbg.devices, &mut report);
+                owners(store, rows, &mbg.devices, &mut report).await;
             }
         }
         _ => {
-            for name in ["nodes and ICPs", "licences", "ICP-side names"] {
+            for name in ["nodes and ICPs", "licences", "ICP-side names", OWNERS] {
                 report.skip(name, "needs the database and the MBG's answers");
             }
         }
@@ -324,7 +327,7 @@ async fn key_file(config: &Config, store: &Store, report: &mut Report) {
     }
 }
 
-async fn extensions(store: &Store, report: &mut Report) -> Option<Vec<Extension>> {
+async fn extensions(store: &Store, report: &mut Report) -> Option<ExtensionRows> {
     const NAME: &str = "extensions";
     match store.extension_rows().await {
         Err(e) => {
@@ -359,7 +362,7 @@ async fn extensions(store: &Store, report: &mut Report) -> Option<Vec<Extension>
                     "correct those rows in the phone system; `mbg-provision status` lists them all",
                 );
             }
-            Some(rows.good)
+            Some(rows)
         }
     }
 }
@@ -872,6 +875,82 @@ fn icpside_names(extensions: &[Extension], devices: &[SipDevice], report: &mut R
         );
     } else {
         report.pass(NAME, format!("{checked} SIP users of ours checked"));
+    }
+}
+
+const OWNERS: &str = "SIP users' owners";
+
+/// Whose the MBG's SIP users are, by the rule every pass applies. Ours that a pass has still to
+/// record or delete are a warning; those added by hand are counted, and never a fault.
+async fn owners(store: &Store, rows: &ExtensionRows, devices: &[SipDevice], report: &mut Report) {
+    let released = match store.released().await {
+        Ok(released) => released,
+        Err(e) => {
+            report.problem(
+                OWNERS,
+                Status::Fail,
+                format!("cannot read the deleted extensions' SIP users: {e}"),
+                "run `mbg-provision migrate`",
+            );
+            return;
+        }
+    };
+    // A row that cannot be read still holds its SIP user, as in a pass.
+    let held_by_bad_rows: HashSet<&str> = rows
+        .bad
+        .iter()
+        .filter_map(|b| b.mbg_device_id.as_deref())
+        .collect();
+    let devices: Vec<SipDevice> = devices
+        .iter()
+        .filter(|d| !held_by_bad_rows.contains(d.guid.as_str()))
+        .cloned()
+        .collect();
+    let whose = whose(&rows.good, &released, &devices);
+    let mut ours = 0;
+    let mut foreign = 0;
+    let mut unsettled = Vec::new();
+    for (device, whose) in devices.iter().zip(&whose) {
+        match whose {
+            Whose::Foreign => foreign += 1,
+            Whose::Recorded(Row::Extension { .. }) => ours += 1,
+            other => {
+                ours += 1;
+                unsettled.push(format!("{} ({other})", device.guid));
+            }
+        }
+    }
+    let detail = format!(
+        "{} SIP users: {ours} ours, {foreign} added by hand (left alone){}",
+        devices.len() + held_by_bad_rows.len(),
+        if held_by_bad_rows.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} held by rows that cannot be read",
+                held_by_bad_rows.len()
+            )
+        }
+    );
+    if unsettled.is_empty() {
+        report.pass(OWNERS, detail);
+    } else {
+        let shown = unsettled
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        report.problem(
+            OWNERS,
+            Status::Warn,
+            format!(
+                "{detail}; {} of ours not recorded or to delete: {shown}{}",
+                unsettled.len(),
+                if unsettled.len() > 5 { "; ..." } else { "" }
+            ),
+            "run `mbg-provision sync` (or let the daemon's next pass settle them)",
+        );
     }
 }
 

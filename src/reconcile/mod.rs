@@ -15,14 +15,14 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::credentials;
-use crate::mbg::{MbgClient, MbgError, MbgErrorKind};
+use crate::mbg::{MbgClient, MbgError, MbgErrorKind, SipDevice};
 use crate::shutdown::Shutdown;
 use crate::store::{
     BadRow, CredentialFill, DeviceFact, Extension, ExtensionRows, ExtensionState, OutcomeWrite,
-    PassWrite, Released, RowKeys, StateUpdate, Store, StoreError,
+    PassWrite, Released, StateUpdate, Store, StoreError,
 };
 pub use apply::{ApplyOptions, ApplyReport, DeviceEffect, Outcome, Status, count_outcomes};
-pub use plan::{Action, Adoption, Owner, Plan, Problem};
+pub use plan::{Action, Adoption, Owner, Plan, Problem, Row, Whose};
 pub use view::MbgView;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,15 +345,7 @@ pub async fn run_pass_with(
         }
     }
     let waiting = waiting_retries(&extensions, now);
-    let mut devices = view.devices_for(devices.as_deref(), &extensions, &released);
-    // A row that cannot be read still holds its SIP user: keep it out of the plan's reach (it
-    // would look like nobody's), but count its licence.
-    let held_by_bad_rows: HashSet<&str> = rows
-        .bad
-        .iter()
-        .filter_map(|b| b.mbg_device_id.as_deref())
-        .collect();
-    devices.retain(|d| !held_by_bad_rows.contains(d.guid.as_str()));
+    let devices = plannable_devices(view, devices.as_deref(), &extensions, &rows.bad, &released);
     // The licences used by SIP users the plan does not see: those of bad rows, and outside a
     // targeted pass's neighbourhood.
     let unseen = u32::try_from(view.len() - devices.len()).unwrap_or(u32::MAX);
@@ -483,6 +475,113 @@ pub async fn run_pass_with(
     Ok(report)
 }
 
+/// The SIP users at `positions` of the view (all when `None`) that a plan may weigh: a row that
+/// cannot be read still holds its SIP user, which is kept out of the plan's reach (it would
+/// look like nobody's) but counts as a licence used.
+fn plannable_devices(
+    view: &MbgView,
+    positions: Option<&[usize]>,
+    rows: &[Extension],
+    bad_rows: &[BadRow],
+    released: &[Released],
+) -> Vec<SipDevice> {
+    let mut devices = view.devices_for(positions, rows, released);
+    let held_by_bad_rows: HashSet<&str> = bad_rows
+        .iter()
+        .filter_map(|b| b.mbg_device_id.as_deref())
+        .collect();
+    devices.retain(|d| !held_by_bad_rows.contains(d.guid.as_str()));
+    devices
+}
+
+/// The SIP users that bear on `extension` (its number, its set-side name, its recorded guid, or
+/// proven its own), each with whose it is, judged as a pass judges them: from the extension's
+/// neighbourhood (see [`near`]), not from every row.
+async fn sip_users_of(
+    store: &Store,
+    view: &MbgView,
+    extension: &Extension,
+) -> Result<Vec<(SipDevice, Whose)>, StoreError> {
+    let scope = Scope {
+        only: Some(HashSet::from([extension.id])),
+        ..Scope::default()
+    };
+    let Read {
+        rows,
+        released,
+        devices,
+    } = read_rows(store, &scope, view).await?;
+    let devices = plannable_devices(view, devices.as_deref(), &rows.good, &rows.bad, &released);
+    let whose = plan::whose(&rows.good, &released, &devices);
+    let bears_on = |device: &SipDevice, whose: &Whose| {
+        device.icpside_username == extension.number
+            || extension.mbg_device_id.as_deref() == Some(device.guid.as_str())
+            || extension.remote_auth_name.as_deref() == Some(device.setside_username.as_str())
+            || matches!(whose, Whose::Recorded(Row::Extension { id, .. })
+                | Whose::Proven(Row::Extension { id, .. })
+                | Whose::Duplicate(Row::Extension { id, .. }) if *id == extension.id)
+    };
+    Ok(devices
+        .into_iter()
+        .zip(whose)
+        .filter(|(device, whose)| bears_on(device, whose))
+        .collect())
+}
+
+/// What the MBG holds for one extension: the ICP of its node, and the SIP users that bear on it
+/// with whose each is. For a human asking: `extension show`, the console's extension page.
+pub struct OnTheMbg {
+    pub icp: Option<String>,
+    pub sip_users: Vec<(SipDevice, Whose)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("the MBG access token is {0}")]
+    Token(crate::token::TokenStatus),
+    #[error(transparent)]
+    Client(#[from] crate::token::TokenError),
+    #[error("cannot ask the MBG: {0}")]
+    Mbg(MbgError),
+    #[error(transparent)]
+    Read(ReconcileError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Reads the MBG once (a human is waiting: no retries over `mbg.retry_deadline`); a 401 marks
+/// the token rejected, as in a pass.
+pub async fn ask_the_mbg(
+    store: &Store,
+    config: &Config,
+    extension: &Extension,
+    now: i64,
+) -> Result<OnTheMbg, AskError> {
+    let settings = store.mbg_settings().await?;
+    let status = crate::token::TokenStatus::of(&settings, now);
+    if !status.is_usable() {
+        return Err(AskError::Token(status));
+    }
+    let client = crate::token::client(config, &settings)?;
+    let mut once = config.clone();
+    once.mbg.retry_deadline = Duration::ZERO;
+    let view = match MbgView::read(&client, &once, &Shutdown::new()).await {
+        Ok(view) => view,
+        Err(ReconcileError::Mbg(said) | ReconcileError::GaveUp { last: said, .. }) => {
+            crate::token::record_refusal(store, settings.token_generation, &said, now).await?;
+            return Err(AskError::Mbg(said));
+        }
+        Err(other) => return Err(AskError::Read(other)),
+    };
+    let icp = view
+        .icps
+        .iter()
+        .find(|icp| icp.address == extension.node_address)
+        .map(|icp| icp.name.clone());
+    let sip_users = sip_users_of(store, &view, extension).await?;
+    Ok(OnTheMbg { icp, sip_users })
+}
+
 /// What a pass plans from.
 struct Read {
     rows: ExtensionRows,
@@ -497,11 +596,10 @@ struct Read {
 async fn read_rows(store: &Store, scope: &Scope, view: &MbgView) -> Result<Read, StoreError> {
     if let Some(ids) = &scope.only {
         let mut near = near::Near::new(ids.iter().copied());
-        let read = async |keys: &RowKeys| store.extension_rows_matching(keys).await;
-        if near.close(view, read).await? {
+        if close(&mut near, store, view).await? {
             let released = store.released().await?;
             near.add_released(&released);
-            if near.close(view, read).await? {
+            if close(&mut near, store, view).await? {
                 let (rows, devices) = near.into_parts();
                 return Ok(Read {
                     rows,
@@ -522,6 +620,18 @@ async fn read_rows(store: &Store, scope: &Scope, view: &MbgView) -> Result<Read,
         released,
         devices: None,
     })
+}
+
+/// Reads rows until the neighbourhood is closed: `false` when that took more than
+/// [`near::MAX_ROUNDS`] rounds.
+async fn close(near: &mut near::Near, store: &Store, view: &MbgView) -> Result<bool, StoreError> {
+    loop {
+        match near.step(view) {
+            near::Step::Read(keys) => near.add_rows(store.extension_rows_matching(&keys).await?),
+            near::Step::Closed => return Ok(true),
+            near::Step::TooFar => return Ok(false),
+        }
+    }
 }
 
 /// Reads the MBG's state while, in [`Mode::Apply`], the remote credentials lacking are

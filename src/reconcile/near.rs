@@ -21,6 +21,16 @@ use super::view::{MbgView, key};
 /// follows one more link, and a real site's links end after two or three.
 pub(crate) const MAX_ROUNDS: usize = 32;
 
+/// What closing a neighbourhood needs next.
+pub(crate) enum Step {
+    /// The rows matching these keys.
+    Read(RowKeys),
+    /// Nothing: no new key turned up.
+    Closed,
+    /// More than [`MAX_ROUNDS`] rounds: the caller plans from every row.
+    TooFar,
+}
+
 #[derive(Default)]
 pub(crate) struct Near {
     asked: Asked,
@@ -60,25 +70,20 @@ impl Near {
         near
     }
 
-    /// Reads rows and looks at `devices` until no new key turns up: `false` when that took
-    /// more than [`MAX_ROUNDS`] (the caller then plans from every row).
-    pub(crate) async fn close<E>(
-        &mut self,
-        view: &MbgView,
-        mut read: impl AsyncFnMut(&RowKeys) -> Result<ExtensionRows, E>,
-    ) -> Result<bool, E> {
-        loop {
-            self.add_devices(view);
-            let keys = std::mem::take(&mut self.next);
-            if keys.is_empty() {
-                return Ok(true);
-            }
-            self.rounds += 1;
-            if self.rounds > MAX_ROUNDS {
-                return Ok(false);
-            }
-            self.add_rows(read(&keys).await?);
+    /// Looks at the view's SIP users for the keys met so far, then says which rows to read
+    /// next (give them to [`Near::add_rows`]). No I/O here: the caller reads, so that the
+    /// rules are tested without a database and the reading future stays `Send`.
+    pub(crate) fn step(&mut self, view: &MbgView) -> Step {
+        self.add_devices(view);
+        let keys = std::mem::take(&mut self.next);
+        if keys.is_empty() {
+            return Step::Closed;
         }
+        self.rounds += 1;
+        if self.rounds > MAX_ROUNDS {
+            return Step::TooFar;
+        }
+        Step::Read(keys)
     }
 
     /// Released rows are always planned (their SIP users are deleted by any pass); their keys
@@ -91,7 +96,7 @@ impl Near {
         }
     }
 
-    fn add_rows(&mut self, rows: ExtensionRows) {
+    pub(crate) fn add_rows(&mut self, rows: ExtensionRows) {
         for e in rows.good {
             if self.good.contains_key(&e.id) || self.bad.contains_key(&e.id) {
                 continue;

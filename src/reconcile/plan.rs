@@ -28,6 +28,7 @@ use crate::store::{Extension, ExtensionState, Released};
 mod claims;
 use claims::Claims;
 pub(super) use claims::carries_credentials;
+pub use claims::{Row, Whose};
 
 /// The plan's maps hash with FxHash (rustc's own), not SipHash: their keys are guids, numbers and
 /// names from our database and the MBG, not chosen by an attacker, and SipHash was a third of the
@@ -498,24 +499,12 @@ pub fn plan(
     devices: &[SipDevice],
     budget: Option<u32>,
 ) -> Plan {
-    // Devices are named by their position in `devices` from here on: one hash of each guid,
-    // not one per question asked about it.
-    let index_of: HashMap<&str, usize> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.guid.as_str(), i))
-        .collect();
-    // Extensions too are named by their position in `extensions`, in number order.
-    let mut ordered: Vec<usize> = (0..extensions.len()).collect();
-    ordered.sort_by_cached_key(|&p| (number_order(&extensions[p].number), extensions[p].id));
+    let Positions {
+        index_of,
+        ordered,
+        by_priority,
+    } = Positions::of(extensions, devices);
     let wants = |p: &usize| extensions[*p].use_remote_auth;
-    // Wanted rows first: a guid that two rows claim goes to the row that wants it.
-    let by_priority: Vec<usize> = ordered
-        .iter()
-        .copied()
-        .filter(wants)
-        .chain(ordered.iter().copied().filter(|p| !wants(p)))
-        .collect();
     let claims = Claims::build(extensions, released, devices, &index_of, &by_priority);
     let foreign = Foreign::of(devices, &claims);
     let mut plan = Plan {
@@ -551,6 +540,57 @@ pub fn plan(
     // Kept for the whole pass: a first pass's 100,000 actions would keep a quarter more room.
     plan.actions.shrink_to_fit();
     plan
+}
+
+/// Devices are named by their position in `devices`: one hash of each guid, not one per
+/// question asked about it. Extensions too are named by their position in `extensions`.
+struct Positions<'a> {
+    index_of: HashMap<&'a str, usize>,
+    /// In number order.
+    ordered: Vec<usize>,
+    /// Wanted rows first, each part in number order: a guid that two rows claim goes to the row
+    /// that wants it.
+    by_priority: Vec<usize>,
+}
+
+impl<'a> Positions<'a> {
+    fn of(extensions: &[Extension], devices: &'a [SipDevice]) -> Positions<'a> {
+        let index_of: HashMap<&str, usize> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.guid.as_str(), i))
+            .collect();
+        let mut ordered: Vec<usize> = (0..extensions.len()).collect();
+        ordered.sort_by_cached_key(|&p| (number_order(&extensions[p].number), extensions[p].id));
+        let wants = |p: &usize| extensions[*p].use_remote_auth;
+        let by_priority: Vec<usize> = ordered
+            .iter()
+            .copied()
+            .filter(wants)
+            .chain(ordered.iter().copied().filter(|p| !wants(p)))
+            .collect();
+        Positions {
+            index_of,
+            ordered,
+            by_priority,
+        }
+    }
+}
+
+/// Whose each of `devices` is, and why, by the rule every plan applies: what `extension show`
+/// and preflight tell a human.
+pub fn whose(extensions: &[Extension], released: &[Released], devices: &[SipDevice]) -> Vec<Whose> {
+    let positions = Positions::of(extensions, devices);
+    let claims = Claims::build(
+        extensions,
+        released,
+        devices,
+        &positions.index_of,
+        &positions.by_priority,
+    );
+    (0..devices.len())
+        .map(|d| claims.whose(d, devices, extensions, released))
+        .collect()
 }
 
 /// The ICP a wanted row's SIP user belongs under, once the row passed [`check_wanted`].

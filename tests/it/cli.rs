@@ -1393,6 +1393,135 @@ async fn extension_show_reveal_and_rotate() {
     );
 }
 
+/// Issue 19, item 1: `extension show` says whose each SIP user bearing on the extension is, by
+/// the rule a pass applies: recorded, proven by its credentials (a create whose answer was
+/// lost), or added by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_show_says_whose_each_sip_user_is() {
+    let (sim, db, dir, env) = with_cli_token(crate::mbg::sim_config()).await;
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cmd = |args: &[&str]| run_with(dir.path(), &db.url, &env_ref, args);
+    ok(cmd(&["sync"]));
+    let recorded = db
+        .store
+        .extension_by_number("1001")
+        .await
+        .unwrap()
+        .mbg_device_id
+        .unwrap();
+    let by_hand = sim
+        .add_device(mbg_provision::sim::DeviceFields {
+            icp: Some("MiVO250-2".into()),
+            setside_username: Some("by-hand-1001".into()),
+            setside_password: Some("a-long-password-1".into()),
+            icpside_username: Some("1001".into()),
+            icpside_password: Some("another-password-1".into()),
+            description: None,
+            enabled: Some(true),
+        })
+        .unwrap();
+    // 1002's credentials were stored and a create made its SIP user, whose answer was lost.
+    ok(cmd(&[
+        "extension",
+        "set",
+        "1002",
+        "--node",
+        "pbx1",
+        "--remote",
+        "on",
+    ]));
+    let id = db.store.extension_by_number("1002").await.unwrap().id;
+    db.store
+        .fill_remote_credentials(
+            id,
+            "lostanswer1002",
+            &secrecy::SecretString::from("lost-answer-password"),
+        )
+        .await
+        .unwrap();
+    let lost = sim
+        .add_device(mbg_provision::sim::DeviceFields {
+            icp: Some("MiVO250-1".into()),
+            setside_username: Some("lostanswer1002".into()),
+            setside_password: Some("lost-answer-password".into()),
+            icpside_username: Some("1002".into()),
+            icpside_password: Some("another-password-2".into()),
+            description: None,
+            enabled: Some(true),
+        })
+        .unwrap();
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(cmd(&["extension", "show", "1001", "--json"]))).unwrap();
+    let users = shown["sip_users"].as_array().unwrap();
+    assert_eq!(users.len(), 2, "{shown:#}");
+    let user = |guid: &str| {
+        users
+            .iter()
+            .find(|u| u["guid"] == guid)
+            .unwrap_or_else(|| panic!("{guid} in {shown:#}"))
+    };
+    assert_eq!(user(&recorded)["owner"], "recorded");
+    assert_eq!(user(&recorded)["belongs_to"], "1001");
+    assert_eq!(user(&by_hand)["owner"], "foreign");
+    assert_eq!(user(&by_hand)["icp"], "MiVO250-2");
+    assert!(user(&by_hand).get("belongs_to").is_none(), "{shown:#}");
+    let text = ok(cmd(&["extension", "show", "1001"]));
+    assert!(
+        text.contains(&format!(
+            "on the MBG     {by_hand} under MiVO250-2 (1001 / by-hand-1001): not ours (added by hand"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{recorded} under MiVO250-1 (1001 / {}): ours, recorded against extension 1001",
+            shown["remote_auth_name"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(cmd(&["extension", "show", "1002", "--json"]))).unwrap();
+    assert_eq!(shown["sip_users"][0]["guid"], lost.as_str(), "{shown:#}");
+    assert_eq!(shown["sip_users"][0]["owner"], "proven", "{shown:#}");
+    assert_eq!(shown["sip_users"].as_array().unwrap().len(), 1, "{shown:#}");
+    assert!(
+        shown["sip_users"][0]["whose"]
+            .as_str()
+            .unwrap()
+            .contains("the next pass records it"),
+        "{shown:#}"
+    );
+
+    // The pass does as `show` said: records the lost create, leaves the one added by hand.
+    ok(cmd(&["sync"]));
+    let after = db.store.extension_by_number("1002").await.unwrap();
+    assert_eq!(after.mbg_device_id.as_deref(), Some(lost.as_str()));
+    assert!(sim.devices().iter().any(|d| d.guid == by_hand));
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(cmd(&["extension", "show", "1002", "--json"]))).unwrap();
+    assert_eq!(shown["sip_users"][0]["owner"], "recorded", "{shown:#}");
+
+    // Without an MBG to ask, the rest is still shown and the list is empty.
+    let away: Vec<(&str, &str)> = env_ref
+        .iter()
+        .map(|&(k, v)| match k {
+            "MBG_PROVISION_MBG__BASE_URL" => (k, "https://127.0.0.1:9"),
+            _ => (k, v),
+        })
+        .collect();
+    let shown: serde_json::Value = serde_json::from_str(&ok(run_with(
+        dir.path(),
+        &db.url,
+        &away,
+        &["extension", "show", "1001", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(shown["sip_users"], serde_json::json!([]), "{shown:#}");
+    assert!(shown["icp_unknown"].as_str().is_some(), "{shown:#}");
+}
+
 /// Issue 10, item 5: completions and the man page come from the clap definitions.
 #[test]
 fn completions_and_the_man_page_generate() {

@@ -520,7 +520,39 @@ async fn tick_save_and_the_mbg_id_appears_untick_and_it_is_gone() {
         candidate_password
     );
 
-    // Untick: the SIP user goes.
+    // Whose the SIP users with its number are, asked of the MBG on a click: ours, and one
+    // added by hand under the other ICP.
+    let by_hand = site
+        .h
+        .sim
+        .add_device(mbg_provision::sim::DeviceFields {
+            icp: Some("MiVO250-2".into()),
+            setside_username: Some("by-hand-1001".into()),
+            setside_password: Some("a-long-password-1".into()),
+            icpside_username: Some("1001".into()),
+            icpside_password: Some("another-password-1".into()),
+            description: None,
+            enabled: Some(true),
+        })
+        .unwrap();
+    browser.click("[data-field=ask_the_mbg]").await;
+    let whose = |guid: &str| format!("tr[data-guid='{guid}'] [data-field=whose]");
+    assert_eq!(
+        browser.text(&whose(&shown)).await,
+        "ours, recorded against extension 1001"
+    );
+    assert!(
+        browser
+            .text(&whose(&by_hand))
+            .await
+            .starts_with("not ours (added by hand on the MBG)"),
+        "{}",
+        browser.text(&whose(&by_hand)).await
+    );
+    assert_eq!(browser.text("[data-field=icp]").await, "MiVO250-1");
+    browser.screenshot("extension-on-the-mbg").await;
+
+    // Untick: our SIP user goes, the one added by hand stays.
     browser.go(&format!("{}/extensions/1001", site.url)).await;
     browser.click("#use_remote_auth").await;
     browser
@@ -529,7 +561,10 @@ async fn tick_save_and_the_mbg_id_appears_untick_and_it_is_gone() {
     eventually(
         "the SIP user removed",
         Duration::from_secs(10),
-        async || (site.h.sim.devices().is_empty()).then_some(()),
+        async || {
+            let guids: Vec<String> = site.h.sim.devices().into_iter().map(|d| d.guid).collect();
+            (guids == [by_hand.clone()]).then_some(())
+        },
     )
     .await;
     eventually("idle on the page", Duration::from_secs(5), async || {
@@ -1160,6 +1195,7 @@ async fn every_page_passes_axe_and_the_form_works_from_the_keyboard() {
         "/",
         "/extensions",
         "/extensions/1001",
+        "/extensions/1001/mbg",
         "/nodes",
         "/mbg",
         "/audit",

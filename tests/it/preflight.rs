@@ -96,6 +96,7 @@ async fn a_good_setup_passes_every_check() {
         "permission MBG/v1/icps",
         "permission MBG/v1/devices",
         "ICP-side names",
+        "SIP users' owners",
         "key file",
     ] {
         assert_eq!(check(&report, name)["status"], "pass", "{name}: {report:#}");
@@ -142,6 +143,88 @@ async fn a_good_setup_passes_every_check() {
 }
 
 /// Each failure: its check fails with a fix, and the exit code is 1.
+/// Issue 19, item 1: preflight counts whose the SIP users are by the rule a pass applies; one
+/// added by hand is never a fault, one of ours not recorded yet is a warning that `sync` settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sip_users_owners_are_counted_and_unsettled_ones_named() {
+    let site = Site::new(crate::mbg::sim_config()).await;
+    ok(site.run(&["sync"]));
+    let fields = |setside: &str, password: &str| mbg_provision::sim::DeviceFields {
+        icp: Some("MiVO250-2".into()),
+        setside_username: Some(setside.into()),
+        setside_password: Some(password.into()),
+        icpside_username: Some("1001".into()),
+        icpside_password: Some("another-password-1".into()),
+        description: None,
+        enabled: Some(true),
+    };
+    site.sim
+        .add_device(fields("by-hand-1001", "a-long-password-1"))
+        .unwrap();
+    let output = site.run(&["preflight", "--json"]);
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(0), "{report:#}");
+    let owners = check(&report, "SIP users' owners");
+    assert_eq!(owners["status"], "pass", "{owners:#}");
+    assert_eq!(
+        owners["detail"], "2 SIP users: 1 ours, 1 added by hand (left alone)",
+        "{owners:#}"
+    );
+
+    // 1002's credentials were stored and a create made its SIP user, whose answer was lost.
+    ok(site.run(&[
+        "extension",
+        "set",
+        "1002",
+        "--node",
+        "pbx1",
+        "--remote",
+        "on",
+    ]));
+    let id = site.db.store.extension_by_number("1002").await.unwrap().id;
+    site.db
+        .store
+        .fill_remote_credentials(
+            id,
+            "lostanswer1002",
+            &secrecy::SecretString::from("lost-answer-password"),
+        )
+        .await
+        .unwrap();
+    let lost = site
+        .sim
+        .add_device(mbg_provision::sim::DeviceFields {
+            icpside_username: Some("1002".into()),
+            ..fields("lostanswer1002", "lost-answer-password")
+        })
+        .unwrap();
+    let output = site.run(&["preflight", "--json"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    let report = json(&output);
+    let owners = check(&report, "SIP users' owners");
+    assert_eq!(owners["status"], "warn", "{owners:#}");
+    let detail = owners["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("3 SIP users: 2 ours, 1 added by hand (left alone); 1 of ours")
+            && detail.contains(&format!(
+                "{lost} (ours, carrying extension 1002's remote credentials"
+            )),
+        "{detail}"
+    );
+    assert!(
+        owners["fix"]
+            .as_str()
+            .unwrap()
+            .contains("mbg-provision sync"),
+        "{owners:#}"
+    );
+    ok(site.run(&["sync"]));
+    let recorded = site.db.store.extension_by_number("1002").await.unwrap();
+    assert_eq!(recorded.mbg_device_id.as_deref(), Some(lost.as_str()));
+    let report = json(&site.run(&["preflight", "--json"]));
+    assert_eq!(check(&report, "SIP users' owners")["status"], "pass");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failure_is_named_with_its_fix() {
     let mut site = Site::new(crate::mbg::sim_config()).await;

@@ -5,6 +5,8 @@
 //! creates made it); a further device carrying the credentials of a row that already holds one
 //! is a duplicate. Every other device is nobody's: foreign, never updated or deleted.
 
+use std::fmt;
+
 use crate::mbg::SipDevice;
 use crate::store::{Extension, Released};
 
@@ -26,8 +28,9 @@ pub(super) struct Claims {
     /// Per extension position: the device it holds, and whether by its recorded guid.
     of_extension: Vec<Option<(usize, bool)>>,
     of_released: HashMap<usize, usize>,
-    /// Devices carrying the credentials of a row that holds another: (priority, position).
-    duplicates: Vec<(usize, usize)>,
+    /// Devices carrying the credentials of a row that holds another: (priority, position, the
+    /// row).
+    duplicates: Vec<(usize, usize, Claim)>,
     released_with_duplicates: HashSet<usize>,
 }
 
@@ -140,7 +143,7 @@ impl Claims {
                 self.of_device[d] = Some(owner);
             } else {
                 self.of_device[d] = Some(Claim::Duplicate);
-                self.duplicates.push((priority, d));
+                self.duplicates.push((priority, d, owner));
                 if let Claim::Released(i) = owner {
                     self.released_with_duplicates.insert(i);
                 }
@@ -174,8 +177,113 @@ impl Claims {
 
     /// The duplicates' positions, in priority order.
     pub(super) fn duplicates(&self) -> impl Iterator<Item = usize> + '_ {
-        self.duplicates.iter().map(|&(_, d)| d)
+        self.duplicates.iter().map(|&(_, d, _)| d)
     }
+
+    /// Whose the device at position `d` is, in words a human reads.
+    pub(super) fn whose(
+        &self,
+        d: usize,
+        devices: &[SipDevice],
+        extensions: &[Extension],
+        released: &[Released],
+    ) -> Whose {
+        let row = |claim| match claim {
+            Claim::Extension(p) => Row::Extension {
+                id: extensions[p].id,
+                number: extensions[p].number.clone(),
+            },
+            Claim::Released(i) => Row::Released {
+                number: released[i].number.clone(),
+            },
+            Claim::Duplicate => unreachable!("a duplicate is held by nobody"),
+        };
+        match self.of_device[d] {
+            None => Whose::Foreign,
+            Some(Claim::Extension(p)) => match self.of_extension[p] {
+                Some((_, true)) => Whose::Recorded(row(Claim::Extension(p))),
+                _ => Whose::Proven(row(Claim::Extension(p))),
+            },
+            Some(Claim::Released(i)) => {
+                if released[i].mbg_device_id.as_deref() == Some(devices[d].guid.as_str()) {
+                    Whose::Recorded(row(Claim::Released(i)))
+                } else {
+                    Whose::Proven(row(Claim::Released(i)))
+                }
+            }
+            Some(Claim::Duplicate) => {
+                let holder = self
+                    .duplicates
+                    .iter()
+                    .find(|&&(_, duplicate, _)| duplicate == d)
+                    .map(|&(_, _, holder)| holder)
+                    .expect("every duplicate is listed with its holder");
+                Whose::Duplicate(row(holder))
+            }
+        }
+    }
+}
+
+/// Whose a SIP user is, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Whose {
+    /// Recorded against the row (its `mbg_device_id`): ours.
+    Recorded(Row),
+    /// Carries the row's number and remote credentials: ours, made by a create whose answer
+    /// never reached the database. A pass records it.
+    Proven(Row),
+    /// Carries the credentials of a row that holds another SIP user: ours, and deleted by
+    /// the next pass.
+    Duplicate(Row),
+    /// Nobody's: added by hand on the MBG (or by another program). Never updated or deleted;
+    /// adopted only by a wanted extension with exactly its number, under the node's ICP.
+    Foreign,
+}
+
+impl fmt::Display for Whose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Whose::Recorded(Row::Extension { number, .. }) => {
+                write!(f, "ours, recorded against extension {number}")
+            }
+            Whose::Recorded(Row::Released { number }) => write!(
+                f,
+                "ours, recorded against deleted extension {number}: the next pass deletes it"
+            ),
+            Whose::Proven(Row::Extension { number, .. }) => write!(
+                f,
+                "ours, carrying extension {number}'s remote credentials (a create whose answer was lost): the next pass records it"
+            ),
+            Whose::Proven(Row::Released { number }) => write!(
+                f,
+                "ours, carrying deleted extension {number}'s remote credentials: the next pass deletes it"
+            ),
+            Whose::Duplicate(Row::Extension { number, .. }) => write!(
+                f,
+                "ours, a second copy of extension {number}'s: the next pass deletes it"
+            ),
+            Whose::Duplicate(Row::Released { number }) => write!(
+                f,
+                "ours, a second copy of deleted extension {number}'s: the next pass deletes it"
+            ),
+            Whose::Foreign => f.write_str(
+                "not ours (added by hand on the MBG): never changed or deleted, unless a wanted extension with exactly its number under its node's ICP adopts it",
+            ),
+        }
+    }
+}
+
+/// The row a SIP user of ours belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Row {
+    Extension {
+        id: i64,
+        number: String,
+    },
+    /// A deleted extension's: its SIP user is deleted by the next pass.
+    Released {
+        number: String,
+    },
 }
 
 /// Whether `device` carries this number and these remote credentials: the proof that one of our

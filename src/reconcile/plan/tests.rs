@@ -4,6 +4,7 @@ use proptest::prelude::*;
 use secrecy::SecretString;
 
 use super::*;
+use crate::reconcile::near::Step;
 use crate::store::{ExtensionKind, ExtensionState};
 
 fn icp(name: &str, address: &str) -> Icp {
@@ -324,6 +325,47 @@ fn a_device_carrying_an_extensions_credentials_is_ours_wherever_it_is() {
 }
 
 #[test]
+fn whose_names_the_row_and_the_reason() {
+    let recorded = owned(extension(1, "1001", "10.0.0.1", true), "recorded");
+    let lost = extension(2, "1002", "10.0.0.1", true);
+    let mut gone = released_row(7, "1003", Some("released"));
+    gone.remote_auth_name = Some("remote1003".into());
+    let devices = [
+        made_for("recorded", &recorded, "MiVO250-1"),
+        made_for("copy", &recorded, "MiVO250-2"),
+        made_for("lost", &lost, "MiVO250-1"),
+        device("released", "1003", "MiVO250-1", "remote1003"),
+        device("by-hand", "1001", "MiVO250-2", "by-hand-1001"),
+    ];
+    let row = |id, number: &str| Row::Extension {
+        id,
+        number: number.into(),
+    };
+    assert_eq!(
+        whose(&[recorded, lost], &[gone], &devices),
+        [
+            Whose::Recorded(row(1, "1001")),
+            Whose::Duplicate(row(1, "1001")),
+            Whose::Proven(row(2, "1002")),
+            Whose::Recorded(Row::Released {
+                number: "1003".into()
+            }),
+            Whose::Foreign,
+        ]
+    );
+    assert!(
+        Whose::Foreign
+            .to_string()
+            .starts_with("not ours (added by hand")
+    );
+    assert!(
+        Whose::Proven(row(2, "1002"))
+            .to_string()
+            .contains("extension 1002's remote credentials")
+    );
+}
+
+#[test]
 fn second_copies_of_our_device_are_deleted_and_the_recorded_one_kept() {
     let e = owned(extension(1, "1001", "10.0.0.1", true), "b-recorded");
     let devices = [
@@ -603,6 +645,42 @@ proptest! {
         }
     }
 
+    /// What `extension show` and preflight say of a SIP user is what the plan does with it:
+    /// it touches only ours (or adopts one nobody holds), and deletes as duplicates exactly
+    /// those it calls duplicates.
+    #[test]
+    fn whose_says_what_the_plan_does(
+        (extensions, released, devices, budget) in arb_state()
+    ) {
+        let whose = whose(&extensions, &released, &devices);
+        let plan = plan(&extensions, &released, &icps(), &devices, budget);
+        let mut duplicates_deleted = 0;
+        for action in &plan.actions {
+            let Some(guid) = action.target_guid() else { continue };
+            let d = devices.iter().position(|d| d.guid == guid).unwrap();
+            let fits = match (action, &whose[d]) {
+                (Action::Adopt { .. }, Whose::Foreign) => true,
+                (Action::Delete { owner: Owner::Duplicate, .. }, Whose::Duplicate(_)) => {
+                    duplicates_deleted += 1;
+                    true
+                }
+                (
+                    Action::Delete { owner: Owner::Released { .. }, .. },
+                    Whose::Recorded(Row::Released { .. }) | Whose::Proven(Row::Released { .. }),
+                ) => true,
+                (
+                    action,
+                    Whose::Recorded(Row::Extension { id, .. })
+                    | Whose::Proven(Row::Extension { id, .. }),
+                ) => action.extension_id() == Some(*id),
+                _ => false,
+            };
+            prop_assert!(fits, "{action:?} on a SIP user that is {:?}", whose[d]);
+        }
+        let duplicates = whose.iter().filter(|w| matches!(w, Whose::Duplicate(_))).count();
+        prop_assert_eq!(duplicates, duplicates_deleted);
+    }
+
     #[test]
     fn a_wanted_rows_device_is_never_deleted(
         (extensions, released, devices, budget) in arb_state()
@@ -781,22 +859,29 @@ proptest! {
         prop_assume!(!extensions.is_empty());
         let changed: HashSet<i64> =
             picks.iter().map(|i| extensions[i.index(extensions.len())].id).collect();
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let view = crate::reconcile::MbgView::new(icps(), devices.clone());
-        let (rows, near_devices) = runtime.block_on(async {
-            let mut near = crate::reconcile::near::Near::new(changed.iter().copied());
-            let read = async |keys: &crate::store::RowKeys| {
-                Ok::<_, ()>(matching(&extensions, keys))
-            };
-            assert!(near.close(&view, read).await.unwrap());
-            near.add_released(&released);
-            assert!(near.close(&view, read).await.unwrap());
-            near.into_parts()
-        });
+        let mut near = crate::reconcile::near::Near::new(changed.iter().copied());
+        let close = |near: &mut crate::reconcile::near::Near| loop {
+            match near.step(&view) {
+                Step::Read(keys) => near.add_rows(matching(&extensions, &keys)),
+                Step::Closed => break,
+                Step::TooFar => panic!("a neighbourhood of a few rows takes a few rounds"),
+            }
+        };
+        close(&mut near);
+        near.add_released(&released);
+        close(&mut near);
+        let (rows, near_devices) = near.into_parts();
         let subset = view.devices_for(Some(&near_devices), &rows.good, &released);
         let whole = plan(&extensions, &released, &icps(), &devices, None);
         let part = plan(&rows.good, &released, &icps(), &subset, None);
         prop_assert_eq!(about(&whole, &changed), about(&part, &changed));
+        // And whose each SIP user near is (what `extension show` says) as from everything.
+        let whose_whole = whose(&extensions, &released, &devices);
+        for (device, near_whose) in subset.iter().zip(whose(&rows.good, &released, &subset)) {
+            let d = devices.iter().position(|d| d.guid == device.guid).unwrap();
+            prop_assert_eq!(&whose_whole[d], &near_whose, "{}", device.guid);
+        }
     }
 
     /// The view keeps hashes of the passwords and the description, restored from the rows
