@@ -10,13 +10,14 @@ use anyhow::{Context, Result, bail};
 use mbg_provision::app::App;
 use mbg_provision::credentials;
 use mbg_provision::import;
-use mbg_provision::mbg::SipDevice;
-use mbg_provision::reconcile::{self, OnTheMbg, Row, Whose};
+use mbg_provision::reconcile::{self, OnTheMbg, Row, SipUser, Whose};
 use mbg_provision::store::{AuditEntry, Extension, ExtensionKind, ExtensionSpec, StoreError};
+use mbg_provision::token::TokenStatus;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::args::{ExtensionCommand, Kind, Switch};
+use super::context::warn_about_token;
 use super::files::{self, read_secret_file};
 use super::output::{attention_if, print_bad_rows, print_json};
 
@@ -34,8 +35,9 @@ struct ShowView<'a> {
     registrar_address: Option<&'a str>,
     registrar_port: u16,
     /// The SIP users on the MBG with its number, its set-side name or its recorded guid, and
-    /// whose each is; empty when the MBG could not be asked.
-    sip_users: Vec<SipUserView>,
+    /// whose each is; `null` when the MBG could not be asked (then `sip_users_unknown` says why).
+    sip_users: Option<Vec<SipUserView<'a>>>,
+    sip_users_unknown: Option<String>,
     /// Only with `--reveal`.
     #[serde(skip_serializing_if = "Option::is_none")]
     remote_auth_password: Option<&'a str>,
@@ -43,41 +45,38 @@ struct ShowView<'a> {
 
 /// A SIP user in `extension show`: its names, and whose it is by the rule every pass applies.
 #[derive(Serialize)]
-struct SipUserView {
-    guid: String,
-    icp: String,
-    icpside_username: String,
-    setside_username: String,
+struct SipUserView<'a> {
+    guid: &'a str,
+    icp: &'a str,
+    icpside_username: &'a str,
+    setside_username: &'a str,
     /// `recorded`, `proven`, `duplicate` (ours) or `foreign` (added by hand; never touched).
     owner: &'static str,
-    /// The number of the row it belongs to (a deleted extension's, when `released` is true).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    belongs_to: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    /// The number of the row it is ours by; `null` for a foreign one.
+    belongs_to: Option<&'a str>,
+    /// That row was deleted.
     released: bool,
     /// Why, in words.
     whose: String,
 }
 
-impl SipUserView {
-    fn of(device: &SipDevice, whose: &Whose) -> SipUserView {
-        let (owner, row) = match whose {
+impl<'a> From<&'a SipUser> for SipUserView<'a> {
+    fn from(user: &'a SipUser) -> Self {
+        let (owner, row) = match &user.whose {
             Whose::Recorded(row) => ("recorded", Some(row)),
             Whose::Proven(row) => ("proven", Some(row)),
             Whose::Duplicate(row) => ("duplicate", Some(row)),
             Whose::Foreign => ("foreign", None),
         };
         SipUserView {
-            guid: device.guid.clone(),
-            icp: device.icp.clone(),
-            icpside_username: device.icpside_username.clone(),
-            setside_username: device.setside_username.clone(),
+            guid: &user.guid,
+            icp: &user.icp,
+            icpside_username: &user.icpside_username,
+            setside_username: &user.setside_username,
             owner,
-            belongs_to: row.map(|row| match row {
-                Row::Extension { number, .. } | Row::Released { number } => number.clone(),
-            }),
+            belongs_to: row.map(Row::number),
             released: matches!(row, Some(Row::Released { .. })),
-            whose: whose.to_string(),
+            whose: user.whose.to_string(),
         }
     }
 }
@@ -337,24 +336,20 @@ async fn show(
     }
     let extension = find(app, number, node).await?;
     let node = app.store.node_by_name(&extension.node_name).await?;
+    let settings = app.store.mbg_settings().await?;
+    warn_about_token(&TokenStatus::of(&settings, app.clock.now()), &app.config);
     let asked = reconcile::ask_the_mbg(&app.store, &app.config, &extension, app.clock.now()).await;
     let (icp, icp_unknown, sip_users) = match asked {
-        Ok(OnTheMbg {
-            icp: Some(icp),
-            sip_users,
-        }) => (Some(icp), None, Some(sip_users)),
-        Ok(OnTheMbg {
-            icp: None,
-            sip_users,
-        }) => (
-            None,
-            Some(format!(
-                "no ICP on the MBG has the node's address {}",
-                extension.node_address
-            )),
-            Some(sip_users),
-        ),
-        Err(why) => (None, Some(why.to_string()), None),
+        Ok(OnTheMbg { icp, sip_users }) => {
+            let unknown = icp.is_none().then(|| {
+                format!(
+                    "no ICP on the MBG has the node's address {}",
+                    extension.node_address
+                )
+            });
+            (icp, unknown, sip_users.map_err(|why| why.to_string()))
+        }
+        Err(why) => (None, Some(why.to_string()), Err(why.to_string())),
     };
     if reveal {
         app.store
@@ -378,10 +373,10 @@ async fn show(
         registrar_address: node.nat_address.as_deref(),
         registrar_port: node.registrar_port(),
         sip_users: sip_users
-            .iter()
-            .flatten()
-            .map(|(device, whose)| SipUserView::of(device, whose))
-            .collect(),
+            .as_ref()
+            .ok()
+            .map(|users| users.iter().map(SipUserView::from).collect()),
+        sip_users_unknown: sip_users.as_ref().err().cloned(),
         remote_auth_password: password,
     };
     if json {
@@ -413,16 +408,19 @@ async fn show(
             e.node_name, e.node_name
         ),
     }
-    if sip_users.is_some() {
-        if view.sip_users.is_empty() {
+    match (&view.sip_users, &view.sip_users_unknown) {
+        (Some(users), _) if users.is_empty() => {
             println!("on the MBG     no SIP user has its number, set-side name or recorded guid");
         }
-        for user in &view.sip_users {
-            println!(
-                "on the MBG     {} under {} ({} / {}): {}",
-                user.guid, user.icp, user.icpside_username, user.setside_username, user.whose
-            );
+        (Some(users), _) => {
+            for user in users {
+                println!(
+                    "on the MBG     {} under {} ({} / {}): {}",
+                    user.guid, user.icp, user.icpside_username, user.setside_username, user.whose
+                );
+            }
         }
+        (None, why) => println!("on the MBG     unknown: {}", or_dash(why.as_deref())),
     }
     if let Some(error) = &e.last_error {
         println!("last error     {error}");

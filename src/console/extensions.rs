@@ -326,6 +326,15 @@ pub(crate) async fn on_the_mbg(
 ) -> Result<Response, PageError> {
     let session = console.require(&headers, &uri, Role::Viewer).await?;
     let extension = existing(&console, &number, query.node.as_deref()).await?;
+    // One list read at a time, whoever asks: a page reloaded in a loop must not keep the MBG
+    // sending its whole list.
+    let Ok(_reading) = console.0.reading_the_mbg.try_lock() else {
+        return Err(PageError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the MBG's list of SIP users is being read for another page: try again in a moment"
+                .to_string(),
+        ));
+    };
     let asked = crate::reconcile::ask_the_mbg(
         &console.0.store,
         &console.config(),

@@ -64,6 +64,8 @@ struct Inner {
     health: HealthState,
     /// The daemon's: token states and the renewal shown as the daemon judges them.
     clock: Clock,
+    /// Held while a page reads the MBG's whole list of SIP users.
+    reading_the_mbg: tokio::sync::Mutex<()>,
 }
 
 impl Console {
@@ -73,6 +75,7 @@ impl Console {
             link,
             health,
             clock,
+            reading_the_mbg: tokio::sync::Mutex::new(()),
         }))
     }
 

@@ -495,23 +495,27 @@ pub(crate) fn extension_on_the_mbg(
                             ))
                         }
                     }
-                    @if on_the_mbg.sip_users.is_empty() {
-                        p data-field="no_sip_users" { "No SIP user on the MBG has its number, its set-side name or its recorded ID." }
-                    } @else {
-                        table class="sip-users" {
-                            thead { tr { th { "MBG ID" } th { "ICP" } th { "ICP-side name" } th { "Set-side name" } th { "Whose" } } }
-                            tbody {
-                                @for (device, whose) in &on_the_mbg.sip_users {
-                                    tr data-guid=(device.guid) {
-                                        td { (device.guid) }
-                                        td { (device.icp) }
-                                        td { (device.icpside_username) }
-                                        td { (device.setside_username) }
-                                        td data-field="whose" { (whose.to_string()) }
+                    @match &on_the_mbg.sip_users {
+                        Err(why) => p role="alert" class="error" data-field="error" { (why.to_string()) },
+                        Ok(users) if users.is_empty() => {
+                            p data-field="no_sip_users" { "No SIP user on the MBG has its number, its set-side name or its recorded ID." }
+                        },
+                        Ok(users) => {
+                            table class="sip-users" {
+                                thead { tr { th { "MBG ID" } th { "ICP" } th { "ICP-side name" } th { "Set-side name" } th { "Whose" } } }
+                                tbody {
+                                    @for user in users {
+                                        tr data-guid=(user.guid) {
+                                            td { (user.guid) }
+                                            td { (user.icp) }
+                                            td { (user.icpside_username) }
+                                            td { (user.setside_username) }
+                                            td data-field="whose" { (user.whose.to_string()) }
+                                        }
                                     }
                                 }
                             }
-                        }
+                        },
                     }
                 }
             }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::config::{Config, MbgUrl};
 use crate::mbg::{Icp, MbgClient, MbgError, MbgErrorKind, SipDevice};
 use crate::reconcile::plan::whose;
-use crate::reconcile::{Row, Whose};
+use crate::reconcile::{Whose, held_by_bad_rows};
 use crate::secrets::{self, SecretKey};
 use crate::store::{Extension, ExtensionRows, OpenOptions, Store, StoreError};
 use crate::stun;
@@ -896,40 +896,34 @@ async fn owners(store: &Store, rows: &ExtensionRows, devices: &[SipDevice], repo
         }
     };
     // A row that cannot be read still holds its SIP user, as in a pass.
-    let held_by_bad_rows: HashSet<&str> = rows
-        .bad
+    let held = held_by_bad_rows(&rows.bad);
+    let judged: Vec<SipDevice> = devices
         .iter()
-        .filter_map(|b| b.mbg_device_id.as_deref())
-        .collect();
-    let devices: Vec<SipDevice> = devices
-        .iter()
-        .filter(|d| !held_by_bad_rows.contains(d.guid.as_str()))
+        .filter(|d| !held.contains(d.guid.as_str()))
         .cloned()
         .collect();
-    let whose = whose(&rows.good, &released, &devices);
+    let whose = whose(&rows.good, &released, &judged);
     let mut ours = 0;
     let mut foreign = 0;
     let mut unsettled = Vec::new();
-    for (device, whose) in devices.iter().zip(&whose) {
+    for (device, whose) in judged.iter().zip(&whose) {
         match whose {
             Whose::Foreign => foreign += 1,
-            Whose::Recorded(Row::Extension { .. }) => ours += 1,
+            settled if settled.is_settled() => ours += 1,
             other => {
                 ours += 1;
                 unsettled.push(format!("{} ({other})", device.guid));
             }
         }
     }
+    let hidden = devices.len() - judged.len();
     let detail = format!(
         "{} SIP users: {ours} ours, {foreign} added by hand (left alone){}",
-        devices.len() + held_by_bad_rows.len(),
-        if held_by_bad_rows.is_empty() {
+        devices.len(),
+        if hidden == 0 {
             String::new()
         } else {
-            format!(
-                ", {} held by rows that cannot be read",
-                held_by_bad_rows.len()
-            )
+            format!(", {hidden} held by rows that cannot be read")
         }
     );
     if unsettled.is_empty() {

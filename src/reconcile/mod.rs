@@ -486,12 +486,18 @@ fn plannable_devices(
     released: &[Released],
 ) -> Vec<SipDevice> {
     let mut devices = view.devices_for(positions, rows, released);
-    let held_by_bad_rows: HashSet<&str> = bad_rows
+    let held = held_by_bad_rows(bad_rows);
+    devices.retain(|d| !held.contains(d.guid.as_str()));
+    devices
+}
+
+/// The guids that rows which cannot be read record: no plan, and no report of whose a SIP user
+/// is, may take those SIP users for nobody's.
+pub(crate) fn held_by_bad_rows(bad_rows: &[BadRow]) -> HashSet<&str> {
+    bad_rows
         .iter()
         .filter_map(|b| b.mbg_device_id.as_deref())
-        .collect();
-    devices.retain(|d| !held_by_bad_rows.contains(d.guid.as_str()));
-    devices
+        .collect()
 }
 
 /// The SIP users that bear on `extension` (its number, its set-side name, its recorded guid, or
@@ -501,7 +507,7 @@ async fn sip_users_of(
     store: &Store,
     view: &MbgView,
     extension: &Extension,
-) -> Result<Vec<(SipDevice, Whose)>, StoreError> {
+) -> Result<Vec<SipUser>, StoreError> {
     let scope = Scope {
         only: Some(HashSet::from([extension.id])),
         ..Scope::default()
@@ -525,14 +531,32 @@ async fn sip_users_of(
         .into_iter()
         .zip(whose)
         .filter(|(device, whose)| bears_on(device, whose))
+        .map(|(device, whose)| SipUser {
+            guid: device.guid,
+            icp: device.icp,
+            icpside_username: device.icpside_username,
+            setside_username: device.setside_username,
+            whose,
+        })
         .collect())
 }
 
 /// What the MBG holds for one extension: the ICP of its node, and the SIP users that bear on it
-/// with whose each is. For a human asking: `extension show`, the console's extension page.
+/// with whose each is. For a person asking: `extension show`, the console's extension page.
 pub struct OnTheMbg {
     pub icp: Option<String>,
-    pub sip_users: Vec<(SipDevice, Whose)>,
+    /// Asked after the ICPs, and alone in failing when the consumer may read the ICPs but not
+    /// the SIP users, or their list takes longer than `mbg.timeout`.
+    pub sip_users: Result<Vec<SipUser>, AskError>,
+}
+
+/// A SIP user as a person is shown it: its names and whose it is, never its passwords.
+pub struct SipUser {
+    pub guid: String,
+    pub icp: String,
+    pub icpside_username: String,
+    pub setside_username: String,
+    pub whose: Whose,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -541,6 +565,7 @@ pub enum AskError {
     Token(crate::token::TokenStatus),
     #[error(transparent)]
     Client(#[from] crate::token::TokenError),
+    // Not `#[source]`: the message already quotes the MBG's.
     #[error("cannot ask the MBG: {0}")]
     Mbg(MbgError),
     #[error(transparent)]
@@ -549,7 +574,7 @@ pub enum AskError {
     Store(#[from] StoreError),
 }
 
-/// Reads the MBG once (a human is waiting: no retries over `mbg.retry_deadline`); a 401 marks
+/// Asks the MBG once (a person is waiting: no retries over `mbg.retry_deadline`); a 401 marks
 /// the token rejected, as in a pass.
 pub async fn ask_the_mbg(
     store: &Store,
@@ -563,22 +588,32 @@ pub async fn ask_the_mbg(
         return Err(AskError::Token(status));
     }
     let client = crate::token::client(config, &settings)?;
+    let refused = async |said: MbgError| {
+        if let Err(e) =
+            crate::token::record_refusal(store, settings.token_generation, &said, now).await
+        {
+            warn!(error = %e, "cannot record the MBG's answer to the token");
+        }
+        AskError::Mbg(said)
+    };
+    let icp = match client.icps().await {
+        Ok(icps) => icps
+            .into_iter()
+            .find(|icp| icp.address == extension.node_address)
+            .map(|icp| icp.name),
+        Err(said) => return Err(refused(said).await),
+    };
     let mut once = config.clone();
     once.mbg.retry_deadline = Duration::ZERO;
-    let view = match MbgView::read(&client, &once, &Shutdown::new()).await {
-        Ok(view) => view,
+    let sip_users = match MbgView::read(&client, &once, &Shutdown::new()).await {
+        Ok(view) => sip_users_of(store, &view, extension)
+            .await
+            .map_err(AskError::from),
         Err(ReconcileError::Mbg(said) | ReconcileError::GaveUp { last: said, .. }) => {
-            crate::token::record_refusal(store, settings.token_generation, &said, now).await?;
-            return Err(AskError::Mbg(said));
+            Err(refused(said).await)
         }
-        Err(other) => return Err(AskError::Read(other)),
+        Err(other) => Err(AskError::Read(other)),
     };
-    let icp = view
-        .icps
-        .iter()
-        .find(|icp| icp.address == extension.node_address)
-        .map(|icp| icp.name.clone());
-    let sip_users = sip_users_of(store, &view, extension).await?;
     Ok(OnTheMbg { icp, sip_users })
 }
 

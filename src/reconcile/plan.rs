@@ -579,7 +579,11 @@ impl<'a> Positions<'a> {
 
 /// Whose each of `devices` is, and why, by the rule every plan applies: what `extension show`
 /// and preflight tell a human.
-pub fn whose(extensions: &[Extension], released: &[Released], devices: &[SipDevice]) -> Vec<Whose> {
+pub(crate) fn whose(
+    extensions: &[Extension],
+    released: &[Released],
+    devices: &[SipDevice],
+) -> Vec<Whose> {
     let positions = Positions::of(extensions, devices);
     let claims = Claims::build(
         extensions,

@@ -1465,7 +1465,8 @@ async fn extension_show_says_whose_each_sip_user_is() {
     assert_eq!(user(&recorded)["belongs_to"], "1001");
     assert_eq!(user(&by_hand)["owner"], "foreign");
     assert_eq!(user(&by_hand)["icp"], "MiVO250-2");
-    assert!(user(&by_hand).get("belongs_to").is_none(), "{shown:#}");
+    assert!(user(&by_hand)["belongs_to"].is_null(), "{shown:#}");
+    assert_eq!(user(&recorded)["released"], false);
     let text = ok(cmd(&["extension", "show", "1001"]));
     assert!(
         text.contains(&format!(
@@ -1503,7 +1504,7 @@ async fn extension_show_says_whose_each_sip_user_is() {
         serde_json::from_str(&ok(cmd(&["extension", "show", "1002", "--json"]))).unwrap();
     assert_eq!(shown["sip_users"][0]["owner"], "recorded", "{shown:#}");
 
-    // Without an MBG to ask, the rest is still shown and the list is empty.
+    // Without an MBG to ask, the rest is still shown, and the list is unknown, not empty.
     let away: Vec<(&str, &str)> = env_ref
         .iter()
         .map(|&(k, v)| match k {
@@ -1518,8 +1519,16 @@ async fn extension_show_says_whose_each_sip_user_is() {
         &["extension", "show", "1001", "--json"],
     )))
     .unwrap();
-    assert_eq!(shown["sip_users"], serde_json::json!([]), "{shown:#}");
+    assert!(shown["sip_users"].is_null(), "{shown:#}");
+    assert!(
+        shown["sip_users_unknown"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot ask the MBG"),
+        "{shown:#}"
+    );
     assert!(shown["icp_unknown"].as_str().is_some(), "{shown:#}");
+    assert_eq!(shown["number"], "1001", "the rest is shown");
 }
 
 /// Issue 10, item 5: completions and the man page come from the clap definitions.

@@ -207,7 +207,7 @@ async fn the_sip_users_owners_are_counted_and_unsettled_ones_named() {
     assert!(
         detail.starts_with("3 SIP users: 2 ours, 1 added by hand (left alone); 1 of ours")
             && detail.contains(&format!(
-                "{lost} (ours, carrying extension 1002's remote credentials"
+                "{lost} (ours, carrying the remote credentials of extension 1002"
             )),
         "{detail}"
     );

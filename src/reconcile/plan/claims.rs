@@ -192,6 +192,7 @@ impl Claims {
             Claim::Extension(p) => Row::Extension {
                 id: extensions[p].id,
                 number: extensions[p].number.clone(),
+                wanted: extensions[p].use_remote_auth,
             },
             Claim::Released(i) => Row::Released {
                 number: released[i].number.clone(),
@@ -242,29 +243,29 @@ pub enum Whose {
 
 impl fmt::Display for Whose {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const DELETED: &str = "the next pass deletes it";
         match self {
-            Whose::Recorded(Row::Extension { number, .. }) => {
-                write!(f, "ours, recorded against extension {number}")
+            Whose::Recorded(row) => {
+                write!(f, "ours, recorded against {}", row.named())?;
+                if !row.is_wanted() {
+                    write!(f, ": {DELETED}")?;
+                }
+                Ok(())
             }
-            Whose::Recorded(Row::Released { number }) => write!(
+            Whose::Proven(row) => write!(
                 f,
-                "ours, recorded against deleted extension {number}: the next pass deletes it"
+                "ours, carrying the remote credentials of {} (a create whose answer was lost): {}",
+                row.named(),
+                if row.is_wanted() {
+                    "the next pass records it"
+                } else {
+                    DELETED
+                }
             ),
-            Whose::Proven(Row::Extension { number, .. }) => write!(
+            Whose::Duplicate(row) => write!(
                 f,
-                "ours, carrying extension {number}'s remote credentials (a create whose answer was lost): the next pass records it"
-            ),
-            Whose::Proven(Row::Released { number }) => write!(
-                f,
-                "ours, carrying deleted extension {number}'s remote credentials: the next pass deletes it"
-            ),
-            Whose::Duplicate(Row::Extension { number, .. }) => write!(
-                f,
-                "ours, a second copy of extension {number}'s: the next pass deletes it"
-            ),
-            Whose::Duplicate(Row::Released { number }) => write!(
-                f,
-                "ours, a second copy of deleted extension {number}'s: the next pass deletes it"
+                "ours, a second copy of the SIP user of {}: {DELETED}",
+                row.named()
             ),
             Whose::Foreign => f.write_str(
                 "not ours (added by hand on the MBG): never changed or deleted, unless a wanted extension with exactly its number under its node's ICP adopts it",
@@ -273,17 +274,43 @@ impl fmt::Display for Whose {
     }
 }
 
+impl Whose {
+    /// Ours and as the database says: nothing for a pass to record or delete.
+    pub fn is_settled(&self) -> bool {
+        matches!(self, Whose::Recorded(row) if row.is_wanted())
+    }
+}
+
 /// The row a SIP user of ours belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
+    /// `wanted`: its "use remote authorization credentials" is on (else its SIP user goes).
     Extension {
         id: i64,
         number: String,
+        wanted: bool,
     },
     /// A deleted extension's: its SIP user is deleted by the next pass.
-    Released {
-        number: String,
-    },
+    Released { number: String },
+}
+
+impl Row {
+    pub fn number(&self) -> &str {
+        match self {
+            Row::Extension { number, .. } | Row::Released { number } => number,
+        }
+    }
+
+    fn is_wanted(&self) -> bool {
+        matches!(self, Row::Extension { wanted: true, .. })
+    }
+
+    fn named(&self) -> String {
+        match self {
+            Row::Extension { number, .. } => format!("extension {number}"),
+            Row::Released { number } => format!("deleted extension {number}"),
+        }
+    }
 }
 
 /// Whether `device` carries this number and these remote credentials: the proof that one of our

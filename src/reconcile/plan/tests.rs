@@ -340,6 +340,7 @@ fn whose_names_the_row_and_the_reason() {
     let row = |id, number: &str| Row::Extension {
         id,
         number: number.into(),
+        wanted: true,
     };
     assert_eq!(
         whose(&[recorded, lost], &[gone], &devices),
@@ -358,10 +359,26 @@ fn whose_names_the_row_and_the_reason() {
             .to_string()
             .starts_with("not ours (added by hand")
     );
+    assert_eq!(
+        Whose::Proven(row(2, "1002")).to_string(),
+        "ours, carrying the remote credentials of extension 1002 (a create whose answer was lost): the next pass records it"
+    );
+    // Switched off, the row's SIP user goes, whichever way it is ours.
+    let off = extension(2, "1002", "10.0.0.1", false);
+    let [proven_off] = &whose(std::slice::from_ref(&off), &[], &devices[2..3])[..] else {
+        panic!("one SIP user")
+    };
+    assert!(!proven_off.is_settled());
     assert!(
-        Whose::Proven(row(2, "1002"))
-            .to_string()
-            .contains("extension 1002's remote credentials")
+        proven_off.to_string().ends_with("the next pass deletes it"),
+        "{proven_off}"
+    );
+    let [recorded_off] = &whose(&[owned(off, "lost")], &[], &devices[2..3])[..] else {
+        panic!("one SIP user")
+    };
+    assert_eq!(
+        recorded_off.to_string(),
+        "ours, recorded against extension 1002: the next pass deletes it"
     );
 }
 
