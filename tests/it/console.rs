@@ -746,6 +746,44 @@ async fn roles_cross_site_posts_and_bad_input_are_refused_by_the_server() {
         "{history:?}"
     );
 
+    // Whose the SIP users with its number are: a viewer may ask, names and no password are
+    // shown, and the MBG's whole list is read for one page at a time.
+    let ask = |cookie: String| {
+        client
+            .get(format!("{}/extensions/1002/mbg", site.url))
+            .header("cookie", cookie)
+            .send()
+    };
+    let asked = ask(viewer.clone()).await.unwrap();
+    assert_eq!(asked.status(), 200);
+    let html = asked.text().await.unwrap();
+    assert!(
+        html.contains("ours, recorded against extension 1002"),
+        "{html}"
+    );
+    let password = rotated.remote_auth_password.as_ref().unwrap();
+    assert!(!html.contains(password.expose_secret()), "no password");
+    site.h.sim.set_faults(mbg_provision::sim::Faults {
+        latency_ms: 600,
+        ..Default::default()
+    });
+    let (first, second) = tokio::join!(ask(viewer.clone()), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ask(operator.clone()).await
+    });
+    site.h.sim.set_faults(Default::default());
+    assert_eq!(first.unwrap().status(), 200);
+    let second = second.unwrap();
+    assert_eq!(second.status(), 429);
+    assert!(
+        second
+            .text()
+            .await
+            .unwrap()
+            .contains("try again in a moment"),
+        "says why"
+    );
+
     // Signed out: the session is gone on the server, and the page asks to sign in again.
     let out = client
         .post(format!("{}/logout", site.url))
