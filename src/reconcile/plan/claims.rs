@@ -276,7 +276,7 @@ impl fmt::Display for Whose {
 
 impl Whose {
     /// Ours and as the database says: nothing for a pass to record or delete.
-    pub fn is_settled(&self) -> bool {
+    pub(crate) fn is_settled(&self) -> bool {
         matches!(self, Whose::Recorded(row) if row.is_wanted())
     }
 }
