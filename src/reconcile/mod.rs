@@ -596,16 +596,17 @@ pub async fn ask_the_mbg(
         }
         AskError::Mbg(said)
     };
-    let icp = match client.icps().await {
-        Ok(icps) => icps
-            .into_iter()
-            .find(|icp| icp.address == extension.node_address)
-            .map(|icp| icp.name),
+    let icps = match client.icps().await {
+        Ok(icps) => icps,
         Err(said) => return Err(refused(said).await),
     };
-    let mut once = config.clone();
-    once.mbg.retry_deadline = Duration::ZERO;
-    let sip_users = match MbgView::read(&client, &once, &Shutdown::new()).await {
+    let icp = icps
+        .iter()
+        .find(|icp| icp.address == extension.node_address)
+        .map(|icp| icp.name.clone());
+    let once = Instant::now();
+    let sip_users = match MbgView::read_devices(icps, &client, config, &Shutdown::new(), once).await
+    {
         Ok(view) => sip_users_of(store, &view, extension)
             .await
             .map_err(AskError::from),

@@ -208,10 +208,22 @@ impl MbgView {
         let retry_until = Instant::now() + config.mbg.retry_deadline;
         let cap = config.mbg.max_retry_after;
         let icps = read_with_retry(cap, shutdown, retry_until, || client.icps()).await?;
-        let KeptList(kept) = read_with_retry(cap, shutdown, retry_until, || {
-            client.devices_as::<KeptList>()
-        })
-        .await?;
+        MbgView::read_devices(icps, client, config, shutdown, retry_until).await
+    }
+
+    /// The view of `icps` and the SIP users the MBG lists, retried until `retry_until`.
+    pub(crate) async fn read_devices(
+        icps: Vec<Icp>,
+        client: &MbgClient,
+        config: &Config,
+        shutdown: &Shutdown,
+        retry_until: Instant,
+    ) -> Result<MbgView, ReconcileError> {
+        let KeptList(kept) =
+            read_with_retry(config.mbg.max_retry_after, shutdown, retry_until, || {
+                client.devices_as::<KeptList>()
+            })
+            .await?;
         Ok(MbgView { icps, kept })
     }
 

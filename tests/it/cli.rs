@@ -465,8 +465,20 @@ pub(crate) async fn with_cli_token(
     tempfile::TempDir,
     Vec<(&'static str, String)>,
 ) {
+    with_cli_token_on(TestDb::sqlite().await, sim_config).await
+}
+
+/// [`with_cli_token`] on `db`.
+async fn with_cli_token_on(
+    db: TestDb,
+    sim_config: mbg_provision::sim::SimConfig,
+) -> (
+    mbg_provision::sim::SimHandle,
+    TestDb,
+    tempfile::TempDir,
+    Vec<(&'static str, String)>,
+) {
     let sim = crate::mbg::start_sim(sim_config).await;
-    let db = TestDb::sqlite().await;
     let dir = tempfile::tempdir().unwrap();
     let env = vec![
         ("MBG_PROVISION_MBG__BASE_URL", sim.base_url()),
@@ -1393,12 +1405,27 @@ async fn extension_show_reveal_and_rotate() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_show_says_whose_each_sip_user_is_on_sqlite() {
+    extension_show_says_whose_each_sip_user_is(TestDb::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL: set TEST_POSTGRES_URL (CI does)"
+)]
+async fn extension_show_says_whose_each_sip_user_is_on_postgres() {
+    if let Some(db) = TestDb::postgres("extension_show_says_whose_each_sip_user_is").await {
+        extension_show_says_whose_each_sip_user_is(db).await;
+    }
+}
+
 /// Issue 19, item 1: `extension show` says whose each SIP user bearing on the extension is, by
 /// the rule a pass applies: recorded, proven by its credentials (a create whose answer was
 /// lost), or added by hand.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extension_show_says_whose_each_sip_user_is() {
-    let (sim, db, dir, env) = with_cli_token(crate::mbg::sim_config()).await;
+async fn extension_show_says_whose_each_sip_user_is(db: TestDb) {
+    let (sim, db, dir, env) = with_cli_token_on(db, crate::mbg::sim_config()).await;
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let cmd = |args: &[&str]| run_with(dir.path(), &db.url, &env_ref, args);
     ok(cmd(&["sync"]));
@@ -1410,15 +1437,12 @@ async fn extension_show_says_whose_each_sip_user_is() {
         .mbg_device_id
         .unwrap();
     let by_hand = sim
-        .add_device(mbg_provision::sim::DeviceFields {
-            icp: Some("MiVO250-2".into()),
-            setside_username: Some("by-hand-1001".into()),
-            setside_password: Some("a-long-password-1".into()),
-            icpside_username: Some("1001".into()),
-            icpside_password: Some("another-password-1".into()),
-            description: None,
-            enabled: Some(true),
-        })
+        .add_device(crate::mbg::sip_user(
+            "MiVO250-2",
+            "1001",
+            "by-hand-1001",
+            "a-long-password-1",
+        ))
         .unwrap();
     // 1002's credentials were stored and a create made its SIP user, whose answer was lost.
     ok(cmd(&[
@@ -1430,26 +1454,7 @@ async fn extension_show_says_whose_each_sip_user_is() {
         "--remote",
         "on",
     ]));
-    let id = db.store.extension_by_number("1002").await.unwrap().id;
-    db.store
-        .fill_remote_credentials(
-            id,
-            "lostanswer1002",
-            &secrecy::SecretString::from("lost-answer-password"),
-        )
-        .await
-        .unwrap();
-    let lost = sim
-        .add_device(mbg_provision::sim::DeviceFields {
-            icp: Some("MiVO250-1".into()),
-            setside_username: Some("lostanswer1002".into()),
-            setside_password: Some("lost-answer-password".into()),
-            icpside_username: Some("1002".into()),
-            icpside_password: Some("another-password-2".into()),
-            description: None,
-            enabled: Some(true),
-        })
-        .unwrap();
+    let lost = crate::mbg::lost_create(&db.store, &sim, "1002").await;
 
     let shown: serde_json::Value =
         serde_json::from_str(&ok(cmd(&["extension", "show", "1001", "--json"]))).unwrap();

@@ -525,15 +525,12 @@ async fn tick_save_and_the_mbg_id_appears_untick_and_it_is_gone() {
     let by_hand = site
         .h
         .sim
-        .add_device(mbg_provision::sim::DeviceFields {
-            icp: Some("MiVO250-2".into()),
-            setside_username: Some("by-hand-1001".into()),
-            setside_password: Some("a-long-password-1".into()),
-            icpside_username: Some("1001".into()),
-            icpside_password: Some("another-password-1".into()),
-            description: None,
-            enabled: Some(true),
-        })
+        .add_device(crate::mbg::sip_user(
+            "MiVO250-2",
+            "1001",
+            "by-hand-1001",
+            "a-long-password-1",
+        ))
         .unwrap();
     browser.click("[data-field=ask_the_mbg]").await;
     let whose = |guid: &str| format!("tr[data-guid='{guid}'] [data-field=whose]");

@@ -31,6 +31,38 @@ pub async fn start_sim(config: SimConfig) -> SimHandle {
         .expect("simulator starts")
 }
 
+/// The fields of a SIP user made on the MBG by hand (or by a create of ours, given our
+/// credentials): `number` under `icp`, set-side name `setside`.
+pub fn sip_user(icp: &str, number: &str, setside: &str, setside_password: &str) -> DeviceFields {
+    DeviceFields {
+        icp: Some(icp.into()),
+        setside_username: Some(setside.into()),
+        setside_password: Some(setside_password.into()),
+        icpside_username: Some(number.into()),
+        icpside_password: Some("another-password-1".into()),
+        description: None,
+        enabled: Some(true),
+    }
+}
+
+/// What a create whose answer was lost leaves behind for the wanted extension `number` on
+/// MiVO250-1: its remote credentials stored (written ahead) and a SIP user carrying them whose
+/// guid no row records. Returns that guid.
+pub async fn lost_create(
+    store: &mbg_provision::store::Store,
+    sim: &SimHandle,
+    number: &str,
+) -> String {
+    let (name, password) = (format!("lostanswer{number}"), "lost-answer-password");
+    let id = store.extension_by_number(number).await.unwrap().id;
+    store
+        .fill_remote_credentials(id, &name, &SecretString::from(password))
+        .await
+        .unwrap();
+    sim.add_device(sip_user("MiVO250-1", number, &name, password))
+        .unwrap()
+}
+
 pub fn sim_config() -> SimConfig {
     SimConfig {
         consumers: vec![SimConsumer::new(CONSUMER, SECRET)],

@@ -149,17 +149,13 @@ async fn a_good_setup_passes_every_check() {
 async fn the_sip_users_owners_are_counted_and_unsettled_ones_named() {
     let site = Site::new(crate::mbg::sim_config()).await;
     ok(site.run(&["sync"]));
-    let fields = |setside: &str, password: &str| mbg_provision::sim::DeviceFields {
-        icp: Some("MiVO250-2".into()),
-        setside_username: Some(setside.into()),
-        setside_password: Some(password.into()),
-        icpside_username: Some("1001".into()),
-        icpside_password: Some("another-password-1".into()),
-        description: None,
-        enabled: Some(true),
-    };
     site.sim
-        .add_device(fields("by-hand-1001", "a-long-password-1"))
+        .add_device(crate::mbg::sip_user(
+            "MiVO250-2",
+            "1001",
+            "by-hand-1001",
+            "a-long-password-1",
+        ))
         .unwrap();
     let output = site.run(&["preflight", "--json"]);
     let report = json(&output);
@@ -181,23 +177,7 @@ async fn the_sip_users_owners_are_counted_and_unsettled_ones_named() {
         "--remote",
         "on",
     ]));
-    let id = site.db.store.extension_by_number("1002").await.unwrap().id;
-    site.db
-        .store
-        .fill_remote_credentials(
-            id,
-            "lostanswer1002",
-            &secrecy::SecretString::from("lost-answer-password"),
-        )
-        .await
-        .unwrap();
-    let lost = site
-        .sim
-        .add_device(mbg_provision::sim::DeviceFields {
-            icpside_username: Some("1002".into()),
-            ..fields("lostanswer1002", "lost-answer-password")
-        })
-        .unwrap();
+    let lost = crate::mbg::lost_create(&site.db.store, &site.sim, "1002").await;
     let output = site.run(&["preflight", "--json"]);
     assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
     let report = json(&output);
