@@ -355,6 +355,7 @@ impl Worker {
         // system rather than staying in an idle daemon's resident size.
         if large {
             self.app.store.release_idle_memory().await;
+            crate::memory::release_code_pages();
         }
         crate::memory::release_free_heap();
     }
