@@ -155,7 +155,7 @@ impl Near {
             let (guid, number, name) = view.device_texts(d);
             self.meet_number(number);
             self.meet_name(Some(name));
-            self.meet_guid(Some(guid));
+            self.meet_guid(Some(&guid.to_string()));
         }
     }
 

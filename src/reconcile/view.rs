@@ -53,6 +53,8 @@ struct Kept {
 #[derive(Clone, Copy)]
 struct KeptDevice {
     texts: TextSpan,
+    /// The guid when it is a UUID in its usual form (16 bytes instead of 36 of text).
+    uuid: Option<[u8; 16]>,
     setside_password: u64,
     icpside_password: u64,
     description: u64,
@@ -60,9 +62,24 @@ struct KeptDevice {
     enabled: bool,
 }
 
-/// Where a SIP user's guid, ICP-side name (the number) and set-side name are in
-/// [`Kept::texts`], one after the other.
+// 100,000 of them in an idle daemon: each byte here is 100 kB.
+const _: () = assert!(size_of::<KeptDevice>() == 56);
+
+impl KeptDevice {
+    fn parts(self, texts: &str) -> (Guid<'_>, &str, &str) {
+        let (guid, number, name) = self.texts.parts(texts);
+        match self.uuid {
+            Some(uuid) => (Guid::Uuid(uuid), number, name),
+            None => (Guid::Text(guid), number, name),
+        }
+    }
+}
+
+/// Where a SIP user's guid (unless kept as a UUID), ICP-side name (the number) and set-side
+/// name are in [`Kept::texts`], one after the other. Aligned to 2 bytes, so that a device
+/// record has no padding.
 #[derive(Clone, Copy)]
+#[repr(C, packed(2))]
 struct TextSpan {
     at: u32,
     guid: u16,
@@ -84,6 +101,56 @@ impl TextSpan {
             &rest[guid..guid + number],
             &rest[guid + number..],
         )
+    }
+}
+
+/// A SIP user's guid as the view keeps it: the MBG's guids are UUIDs written in lower-case
+/// hex (8-4-4-4-12), kept as their 16 bytes; any other text is kept as it is. Each text has
+/// one form, so equal guids compare equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Guid<'a> {
+    Uuid([u8; 16]),
+    Text(&'a str),
+}
+
+impl<'a> Guid<'a> {
+    pub(crate) fn of(text: &'a str) -> Guid<'a> {
+        Guid::uuid(text).map_or(Guid::Text(text), Guid::Uuid)
+    }
+
+    fn uuid(text: &str) -> Option<[u8; 16]> {
+        let text = text.as_bytes();
+        if text.len() != 36 || [8, 13, 18, 23].iter().any(|&at| text[at] != b'-') {
+            return None;
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut digits = text.iter().filter(|&&c| c != b'-').map(|&c| digit(c));
+        let mut uuid = [0; 16];
+        for byte in &mut uuid {
+            *byte = (digits.next()?? << 4) | digits.next()??;
+        }
+        Some(uuid)
+    }
+}
+
+impl fmt::Display for Guid<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Guid::Text(text) => f.write_str(text),
+            Guid::Uuid(uuid) => {
+                for (i, byte) in uuid.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -237,8 +304,8 @@ impl MbgView {
     }
 
     /// The guid, number and set-side name of the SIP user at `position`.
-    pub(crate) fn device_texts(&self, position: usize) -> (&str, &str, &str) {
-        self.kept.devices[position].texts.parts(&self.kept.texts)
+    pub(crate) fn device_texts(&self, position: usize) -> (Guid<'_>, &str, &str) {
+        self.kept.devices[position].parts(&self.kept.texts)
     }
 
     /// The SIP users at `positions` (all of them when `None`), with each hashed field restored
@@ -255,7 +322,7 @@ impl MbgView {
         let known = Known::of(rows, released);
         let kept = &self.kept;
         let restore = |device: &KeptDevice| {
-            let (guid, number, name) = device.texts.parts(&kept.texts);
+            let (guid, number, name) = device.parts(&kept.texts);
             SipDevice {
                 guid: guid.to_string(),
                 icp: kept.icp_names[device.icp as usize].to_string(),
@@ -282,19 +349,19 @@ impl MbgView {
     /// field changed.
     pub(crate) fn drift_from(&self, earlier: &MbgView) -> usize {
         let (now, then) = (&self.kept, &earlier.kept);
-        let before: HashMap<&str, &KeptDevice> = then
+        let before: HashMap<Guid<'_>, &KeptDevice> = then
             .devices
             .iter()
-            .map(|d| (d.texts.parts(&then.texts).0, d))
+            .map(|d| (d.parts(&then.texts).0, d))
             .collect();
         let mut kept = 0;
         let mut changed = 0;
         for device in &now.devices {
-            let texts = device.texts.parts(&now.texts);
-            match before.get(texts.0) {
+            let texts = device.parts(&now.texts);
+            match before.get(&texts.0) {
                 Some(was) => {
                     kept += 1;
-                    let same = was.texts.parts(&then.texts) == texts
+                    let same = was.parts(&then.texts) == texts
                         && (was.setside_password, was.icpside_password, was.description)
                             == (
                                 device.setside_password,
@@ -322,27 +389,22 @@ impl MbgView {
     /// values before the MBG sees them).
     pub(crate) fn absorb(&mut self, changes: MbgChanges) {
         let created = &changes.created;
-        let mut replaced: HashSet<&str> = changes.removed.iter().map(String::as_str).collect();
-        replaced.extend(
-            created
-                .devices
-                .iter()
-                .map(|d| d.texts.parts(&created.texts).0),
-        );
-        let patches: HashMap<&str, &SipDevicePatch> = changes
+        let mut replaced: HashSet<Guid<'_>> = changes.removed.iter().map(|g| Guid::of(g)).collect();
+        replaced.extend(created.devices.iter().map(|d| d.parts(&created.texts).0));
+        let patches: HashMap<Guid<'_>, &SipDevicePatch> = changes
             .patched
             .iter()
-            .map(|(g, p)| (g.as_str(), p))
+            .map(|(g, p)| (Guid::of(g), p))
             .collect();
         if replaced.is_empty() && patches.is_empty() {
             return;
         }
         let kept = &mut self.kept;
-        kept.remove(|guid| replaced.contains(guid));
+        kept.remove(|guid| replaced.contains(&guid));
         if !patches.is_empty() {
             for d in 0..kept.devices.len() {
-                let guid = kept.devices[d].texts.parts(&kept.texts).0;
-                if let Some(patch) = patches.get(guid) {
+                let guid = kept.devices[d].parts(&kept.texts).0;
+                if let Some(patch) = patches.get(&guid) {
                     kept.patch(d, patch).expect("patched texts under 64 KiB");
                 }
             }
@@ -380,13 +442,14 @@ impl fmt::Debug for MbgChanges {
 }
 
 impl MbgChanges {
-    /// Room for `creates` SIP users made (their texts at a guess of 64 bytes each).
+    /// Room for `creates` SIP users made (their number and set-side name at a guess of 32
+    /// bytes; guids are UUIDs, kept apart).
     pub(crate) fn expecting(creates: usize) -> MbgChanges {
         MbgChanges {
             created: Kept {
                 devices: Vec::with_capacity(creates),
                 keys: Vec::with_capacity(creates),
-                texts: String::with_capacity(creates * 64),
+                texts: String::with_capacity(creates * 32),
                 ..Kept::default()
             },
             ..MbgChanges::default()
@@ -417,14 +480,15 @@ struct TooLong {
 
 impl Kept {
     fn push(&mut self, device: &Listed<'_>) -> Result<(), TooLong> {
-        let texts = self.add_texts(
-            &device.guid,
-            &device.icpside_username,
-            &device.setside_username,
-        )?;
+        let guid = Guid::of(&device.guid);
+        let texts = self.add_texts(guid, &device.icpside_username, &device.setside_username)?;
         let icp = self.icp_position(&device.icp);
         self.devices.push(KeptDevice {
             texts,
+            uuid: match guid {
+                Guid::Uuid(uuid) => Some(uuid),
+                Guid::Text(_) => None,
+            },
             setside_password: hash(&device.setside_password),
             icpside_password: hash(&device.icpside_password),
             description: hash(&device.description),
@@ -439,9 +503,14 @@ impl Kept {
         Ok(())
     }
 
-    fn add_texts(&mut self, guid: &str, number: &str, name: &str) -> Result<TextSpan, TooLong> {
+    /// Adds the texts of a SIP user (its guid's only when it is not a UUID).
+    fn add_texts(&mut self, guid: Guid<'_>, number: &str, name: &str) -> Result<TextSpan, TooLong> {
         let too_long = || TooLong {
-            guid: guid.chars().take(64).collect(),
+            guid: guid.to_string().chars().take(64).collect(),
+        };
+        let guid = match guid {
+            Guid::Text(text) => text,
+            Guid::Uuid(_) => "",
         };
         let span = TextSpan {
             at: u32::try_from(self.texts.len()).map_err(|_| too_long())?,
@@ -467,11 +536,11 @@ impl Kept {
     }
 
     /// Drops the SIP users whose guid `gone` names, keeping the others' order.
-    fn remove(&mut self, gone: impl Fn(&str) -> bool) {
+    fn remove(&mut self, gone: impl Fn(Guid<'_>) -> bool) {
         let mut left = 0;
         for d in 0..self.devices.len() {
             let device = self.devices[d];
-            if gone(device.texts.parts(&self.texts).0) {
+            if gone(device.parts(&self.texts).0) {
                 self.unused += device.texts.len();
             } else {
                 self.devices[left] = device;
@@ -486,7 +555,7 @@ impl Kept {
     fn patch(&mut self, d: usize, patch: &SipDevicePatch) -> Result<(), TooLong> {
         let mut device = self.devices[d];
         if patch.setside_username.is_some() || patch.icpside_username.is_some() {
-            let (guid, number, name) = device.texts.parts(&self.texts);
+            let (guid, number, name) = device.parts(&self.texts);
             let number = patch
                 .icpside_username
                 .as_deref()
@@ -499,7 +568,7 @@ impl Kept {
                 .to_string();
             let guid = guid.to_string();
             self.unused += device.texts.len();
-            device.texts = self.add_texts(&guid, &number, &name)?;
+            device.texts = self.add_texts(Guid::of(&guid), &number, &name)?;
             self.keys[d].number = key(&number);
             self.keys[d].name = key(&name);
         }
@@ -534,7 +603,7 @@ impl Kept {
             .reserve_exact(room(self.texts.len(), other.texts.len()));
         self.keys.extend_from_slice(&other.keys);
         for device in &other.devices {
-            let (guid, number, name) = device.texts.parts(&other.texts);
+            let (guid, number, name) = device.parts(&other.texts);
             let texts = self
                 .add_texts(guid, number, name)
                 .expect("texts kept once fit again");
@@ -793,8 +862,91 @@ mod tests {
         let (guid, number, name) = view.device_texts(1);
         assert_eq!(
             (guid, number, name),
-            ("guid-7", "107", "a much longer set-side name than before")
+            (
+                Guid::Text("guid-7"),
+                "107",
+                "a much longer set-side name than before"
+            )
         );
         assert_eq!(view.device_keys()[1].name, key(name));
+    }
+
+    const UUID: &str = "0f8e2a4c-9b1d-4e7f-a3c5-6d2b8e0f1a9c";
+
+    /// A guid in the MBG's usual form is kept as 16 bytes and reads back as the same text; any
+    /// other text (upper case, braces, one digit short, not hex) is kept as it is.
+    #[test]
+    fn uuids_are_kept_as_bytes_and_read_back_as_they_came() {
+        let uuid = Guid::of(UUID);
+        assert!(matches!(uuid, Guid::Uuid(_)), "{uuid:?}");
+        assert_eq!(uuid.to_string(), UUID);
+        for other in [
+            "0F8E2A4C-9B1D-4E7F-A3C5-6D2B8E0F1A9C",
+            "{0f8e2a4c-9b1d-4e7f-a3c5-6d2b8e0f1a9}",
+            "0f8e2a4c-9b1d-4e7f-a3c5-6d2b8e0f1a9",
+            "0f8e2a4c9b1d-4e7f-a3c5-6d2b8e0f1a9c0",
+            "0f8e2a4c-9b1d-4e7f-a3c5-6d2b8e0f1a9g",
+            "0f8e2a4c-9b1d-4e7f-a3c5-6d2b8e0f1aé",
+            "",
+        ] {
+            assert_eq!(Guid::of(other), Guid::Text(other));
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the MBG calls a SIP user, the view gives the same text back, and two
+        /// guids are kept equal exactly when their texts are.
+        #[test]
+        fn every_guid_reads_back_as_it_came(
+            a in "[0-9a-f-]{36}|[0-9a-fA-F]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|.{0,40}",
+            b in "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        ) {
+            proptest::prop_assert_eq!(Guid::of(&a).to_string(), a.clone());
+            proptest::prop_assert_eq!(Guid::of(&b).to_string(), b.clone());
+            proptest::prop_assert!(matches!(Guid::of(&b), Guid::Uuid(_)));
+            proptest::prop_assert_eq!(Guid::of(&a) == Guid::of(&b), a == b);
+        }
+    }
+
+    /// SIP users with UUIDs keep no guid text, and creating, renaming, removing and
+    /// restoring them works on the bytes as it does on text.
+    #[test]
+    fn sip_users_with_uuids_keep_only_their_names_as_text() {
+        let uuid = |i: u8| format!("{}{i:x}", &UUID[..35]);
+        let mut devices: Vec<SipDevice> = (0..8)
+            .map(|i| device(&uuid(i), &format!("10{i}")))
+            .collect();
+        let mut view = MbgView::new(Vec::new(), devices.clone());
+        let names: usize = devices
+            .iter()
+            .map(|d| d.icpside_username.len() + d.setside_username.len())
+            .sum();
+        assert_eq!(view.kept.texts.len(), names, "no guid among the texts");
+        let renamed = SipDevicePatch {
+            setside_username: Some("renamed".into()),
+            ..Default::default()
+        };
+        let mut changes = MbgChanges::default();
+        changes.take(DeviceEffect::Removed(uuid(1)));
+        changes.take(DeviceEffect::Patched {
+            guid: uuid(5),
+            patch: renamed.clone(),
+        });
+        changes.take(DeviceEffect::Created(device(&uuid(9), "109")));
+        view.absorb(changes);
+        devices.remove(1);
+        renamed.apply_to(&mut devices[4]);
+        devices.push(device(&uuid(9), "109"));
+        let fresh = MbgView::new(Vec::new(), devices.clone());
+        assert_eq!(view.drift_from(&fresh), 0);
+        let restored: Vec<String> = view
+            .devices_for(None, &[], &[])
+            .into_iter()
+            .map(|d| d.guid)
+            .collect();
+        let wanted: Vec<String> = devices.into_iter().map(|d| d.guid).collect();
+        assert_eq!(restored, wanted);
+        assert_eq!(view.device_texts(4).2, "renamed");
+        assert_eq!(view.device_keys()[4].guid, key(&uuid(5)));
     }
 }
