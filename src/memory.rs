@@ -24,64 +24,108 @@ pub fn limit_arenas() {
     }
 }
 
-/// Asks the kernel to reclaim the pages of this program's own file that only this process
-/// maps (`MADV_PAGEOUT`, Linux 5.4 and later): a large pass runs code an idle daemon does not
-/// (the first reconcile, the list parser, the writes of 100,000 rows), and the kernel leaves
-/// those pages mapped, so counted in the daemon's resident size, until memory runs short. Only a
-/// hint: clean pages are dropped and read again from the file when next run, pages another
-/// process also maps are left alone, and a kernel that does not know the advice refuses it.
+/// Unmaps the pages of this program's own code and read-only data: a large pass runs code an
+/// idle daemon never does (the first reconcile, the list parser, the writes of 100,000 rows),
+/// and the kernel leaves each page it faulted in mapped, so counted in the daemon's resident
+/// size, for as long as memory lasts. Only mappings that cannot be written and hold no private
+/// copy of a page (none relocated, none patched by a debugger, none swapped) are unmapped: each
+/// of their pages equals the file's, so the next access maps it again from the OS's cache (or
+/// reads it from the file), and nothing changes but where the page is counted. The pages stay
+/// in that cache, which the kernel empties first when memory runs short.
 pub(crate) fn release_code_pages() {
     #[cfg(target_os = "linux")]
     {
-        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
             return;
         };
-        for range in mappings_of_the_file_holding(&maps, release_code_pages as *const () as usize) {
-            // SAFETY: MADV_PAGEOUT changes neither the content nor the protection of a mapping
-            // (unlike MADV_DONTNEED, which would drop private copies such as relocated data);
-            // the range is a whole mapping of this process as /proc/self/maps lists it.
+        let here = release_code_pages as *const () as usize;
+        for range in clean_read_only_mappings_of_the_file_holding(&smaps, here) {
+            // SAFETY: the range is a whole mapping of this process's own file, not writable
+            // and without a private page (so without content that is not the file's): a
+            // mapping MADV_DONTNEED cannot change, only unmap. A page written since smaps was
+            // read would need a writable mapping, which is excluded.
             unsafe {
                 libc::madvise(
                     range.start as *mut libc::c_void,
                     range.end - range.start,
-                    libc::MADV_PAGEOUT,
+                    libc::MADV_DONTNEED,
                 );
             }
         }
     }
 }
 
-/// The address ranges in `maps` (as /proc/self/maps reads) that map the same file as the
-/// mapping holding `address`.
-fn mappings_of_the_file_holding(maps: &str, address: usize) -> Vec<std::ops::Range<usize>> {
-    let mappings: Vec<Mapping<'_>> = maps.lines().filter_map(Mapping::parse).collect();
+/// The address ranges in `smaps` (as /proc/self/smaps reads) that map the same file as the
+/// mapping holding `address`, read-only and without private (anonymous or swapped) pages.
+fn clean_read_only_mappings_of_the_file_holding(
+    smaps: &str,
+    address: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mappings = Mapping::all(smaps);
     let Some(file) = mappings.iter().find(|m| m.range.contains(&address)) else {
         return Vec::new();
     };
     mappings
         .iter()
         .filter(|m| (m.device, m.inode) == (file.device, file.inode))
+        .filter(|m| !m.writable && m.private_kb == 0)
         .map(|m| m.range.clone())
         .collect()
 }
 
-/// A line of /proc/self/maps that maps a file: `start-end perms offset device inode path`.
+/// A mapping of a file, from its /proc/self/smaps entry: the line `start-end perms offset
+/// device inode path`, then fields such as `Anonymous: 0 kB`.
 struct Mapping<'a> {
     range: std::ops::Range<usize>,
+    writable: bool,
     device: &'a str,
     inode: u64,
+    /// Anonymous and swapped pages: private copies that differ from the file.
+    private_kb: u64,
 }
 
 impl<'a> Mapping<'a> {
+    fn all(smaps: &'a str) -> Vec<Mapping<'a>> {
+        let mut mappings: Vec<Mapping<'a>> = Vec::new();
+        // Whether the fields being read are those of the last mapping kept (a mapping of no
+        // file, such as the heap, is not kept, and its fields are not its predecessor's).
+        let mut in_last = false;
+        for line in smaps.lines() {
+            if Mapping::range(line).is_some() {
+                let mapping = Mapping::parse(line);
+                in_last = mapping.is_some();
+                mappings.extend(mapping);
+            } else if let (true, Some((field, value))) = (in_last, line.split_once(':'))
+                && matches!(field, "Anonymous" | "Swap")
+                && let Some(last) = mappings.last_mut()
+            {
+                // A figure that does not read counts as private: such a mapping is kept.
+                let kb = value.trim().trim_end_matches("kB").trim().parse::<u64>();
+                last.private_kb += kb.unwrap_or(1);
+            }
+        }
+        mappings
+    }
+
+    /// The address range a mapping's first line starts with.
+    fn range(line: &str) -> Option<std::ops::Range<usize>> {
+        let (start, end) = line.split_ascii_whitespace().next()?.split_once('-')?;
+        Some(usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?)
+    }
+
+    /// The first line of a mapping of a file.
     fn parse(line: &'a str) -> Option<Mapping<'a>> {
-        let mut fields = line.split_ascii_whitespace();
-        let (start, end) = fields.next()?.split_once('-')?;
-        let device = fields.nth(2)?;
+        let range = Mapping::range(line)?;
+        let mut fields = line.split_ascii_whitespace().skip(1);
+        let perms = fields.next()?;
+        let device = fields.nth(1)?;
         let inode = fields.next()?.parse().ok().filter(|&inode| inode != 0)?;
         Some(Mapping {
-            range: usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?,
+            range,
+            writable: perms.contains('w'),
             device,
             inode,
+            private_kb: 0,
         })
     }
 }
@@ -90,57 +134,85 @@ impl<'a> Mapping<'a> {
 mod tests {
     use super::*;
 
-    const MAPS: &str = "\
-5581a0000000-5581a0534000 r--p 00000000 fe:01 1234 /usr/bin/mbg-provision
-5581a0535000-5581a14cf000 r-xp 00534000 fe:01 1234 /usr/bin/mbg-provision
-5581a14cf000-5581a1545000 r--p 014cd000 fe:01 1234 /usr/bin/mbg-provision
-5581a1545000-5581a154b000 rw-p 01542000 fe:01 1234 /usr/bin/mbg-provision
+    const SMAPS: &str = "\
+5581a0000000-5581a0534000 r--p 00000000 fe:01 1234 /usr/bin/mbg provision
+Rss:                1200 kB
+Anonymous:             0 kB
+Swap:                  0 kB
 5581a2000000-5581a3000000 rw-p 00000000 00:00 0 [heap]
+Anonymous:         16000 kB
+5581a0535000-5581a14cf000 r-xp 00534000 fe:01 1234 /usr/bin/mbg provision
+Rss:               14000 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+5581a14cf000-5581a1545000 r--p 014cd000 fe:01 1234 /usr/bin/mbg provision
+Rss:                 460 kB
+Anonymous:           460 kB
+Swap:                  0 kB
+5581a1545000-5581a154b000 rw-p 01542000 fe:01 1234 /usr/bin/mbg provision
+Anonymous:             0 kB
+5581a154b000-5581a154c000 r--p 01548000 fe:01 1234 /usr/bin/mbg provision
+Anonymous:             0 kB
+Swap:                  4 kB
 7f0000000000-7f0000028000 r--p 00000000 fe:01 5678 /usr/lib/x86_64-linux-gnu/libc.so.6
+Anonymous:             0 kB
 7f0000028000-7f000019d000 r-xp 00028000 fe:02 1234 /usr/lib/x86_64-linux-gnu/libc.so.6
+Anonymous:             0 kB
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+Anonymous:           132 kB
 ";
 
-    /// Every mapping of the program's file, and nothing else: not the heap, not a library with
-    /// the same inode number on another device, not an anonymous mapping.
+    /// The program's code and read-only data, and nothing else: not the relocated data (its
+    /// pages are private copies), not a writable mapping, not a mapping with pages in swap, not
+    /// the heap, not a library with the same inode number on another device.
     #[test]
-    fn the_programs_own_mappings_are_found_from_an_address_in_its_code() {
+    fn only_the_programs_clean_read_only_mappings_are_released() {
         let in_code = 0x5581a0600000;
-        let found = mappings_of_the_file_holding(MAPS, in_code);
+        let found = clean_read_only_mappings_of_the_file_holding(SMAPS, in_code);
         assert_eq!(
             found,
             vec![
                 0x5581a0000000..0x5581a0534000,
-                0x5581a0535000..0x5581a14cf000,
-                0x5581a14cf000..0x5581a1545000,
-                0x5581a1545000..0x5581a154b000,
+                0x5581a0535000..0x5581a14cf000
             ]
         );
-        assert!(
-            mappings_of_the_file_holding(MAPS, 0x5581a2000100).is_empty(),
-            "the heap"
-        );
-        assert!(
-            mappings_of_the_file_holding(MAPS, 0x1000).is_empty(),
-            "nothing there"
-        );
+        let heap = 0x5581a2000100;
+        assert!(clean_read_only_mappings_of_the_file_holding(SMAPS, heap).is_empty());
+        assert!(clean_read_only_mappings_of_the_file_holding(SMAPS, 0x1000).is_empty());
     }
 
-    /// On this machine: the mapping that holds this very function is found, and asking the
-    /// kernel to reclaim it leaves the program running, its mappings unchanged.
+    /// The resident pages of the mapping that holds `address`, in kB.
+    #[cfg(target_os = "linux")]
+    fn resident_kb_at(address: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some(mapping) = Mapping::parse(line) {
+                inside = mapping.range.contains(&address);
+            } else if inside && let Some(rss) = line.strip_prefix("Rss:") {
+                return rss.trim().trim_end_matches("kB").trim().parse().unwrap();
+            }
+        }
+        panic!("no mapping holds {address:#x}")
+    }
+
+    /// On this machine: the code that runs here is unmapped, found again at its next use,
+    /// and the program goes on as before.
     #[cfg(target_os = "linux")]
     #[test]
-    fn this_programs_code_is_found_and_survives_being_paged_out() {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let here = this_programs_code_is_found_and_survives_being_paged_out as *const () as usize;
-        let found = mappings_of_the_file_holding(&maps, here);
-        assert!(found.iter().any(|r| r.contains(&here)), "{maps}");
+    fn this_programs_code_is_released_and_runs_on() {
+        let here = this_programs_code_is_released_and_runs_on as *const () as usize;
+        let before = resident_kb_at(here);
         release_code_pages();
-        let after = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let after = resident_kb_at(here);
+        assert!(
+            after < before,
+            "{before} kB resident before, {after} kB after"
+        );
         assert_eq!(
-            mappings_of_the_file_holding(&after, here),
-            found,
-            "the mappings stay as they were"
+            clean_read_only_mappings_of_the_file_holding(SMAPS, 0x5581a0600000).len(),
+            2,
+            "and the code that reads smaps runs as before"
         );
     }
 }
