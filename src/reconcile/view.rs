@@ -906,6 +906,74 @@ mod tests {
             proptest::prop_assert!(matches!(Guid::of(&b), Guid::Uuid(_)));
             proptest::prop_assert_eq!(Guid::of(&a) == Guid::of(&b), a == b);
         }
+
+        /// Passes that remove, rename and create SIP users with UUIDs, upper-case UUIDs (kept
+        /// as text) and other guids, absorbed one after the other, leave the view a fresh read
+        /// of the result would make: the same SIP users, texts and keys, and no text counted
+        /// wrongly as unused (compaction depends on it). Each pass touches a SIP user once,
+        /// as a pass's plan does.
+        #[test]
+        fn absorbing_passes_over_mixed_guids_keeps_what_a_fresh_read_would(
+            start in 0usize..12,
+            steps in proptest::collection::vec((0u8..4, 0usize..64, 0u8..3), 0..48),
+        ) {
+            let guid = |i: usize, kind: u8| match kind {
+                0 => format!("{}{i:04x}", &UUID[..32]),
+                1 => format!("{}{i:04X}", UUID[..32].to_uppercase()),
+                _ => format!("g{i}"),
+            };
+            let mut made = 0;
+            let mut make = |kind: u8| {
+                made += 1;
+                device(&guid(made, kind), &format!("{}", 100 + made))
+            };
+            let mut devices: Vec<SipDevice> = (0..start).map(|i| make((i % 3) as u8)).collect();
+            let mut view = MbgView::new(Vec::new(), devices.clone());
+            let mut changes = MbgChanges::default();
+            let mut touched: HashSet<String> = HashSet::default();
+            for (step, at, kind) in steps.into_iter().chain([(3, 0, 0)]) {
+                let untouched: Vec<usize> = (0..devices.len())
+                    .filter(|&d| !touched.contains(&devices[d].guid))
+                    .collect();
+                match (step, untouched.is_empty()) {
+                    (0, false) => {
+                        let gone = devices.remove(untouched[at % untouched.len()]);
+                        touched.insert(gone.guid.clone());
+                        changes.take(DeviceEffect::Removed(gone.guid));
+                    }
+                    (1, false) => {
+                        let d = untouched[at % untouched.len()];
+                        let patch = SipDevicePatch {
+                            setside_username: Some(format!("renamed {at}")),
+                            icpside_username: (kind == 0).then(|| format!("9{at}")),
+                            ..Default::default()
+                        };
+                        patch.apply_to(&mut devices[d]);
+                        touched.insert(devices[d].guid.clone());
+                        changes.take(DeviceEffect::Patched { guid: devices[d].guid.clone(), patch });
+                    }
+                    (3, _) => {
+                        view.absorb(std::mem::take(&mut changes));
+                        touched.clear();
+                        let fresh = MbgView::new(Vec::new(), devices.clone());
+                        proptest::prop_assert_eq!(view.drift_from(&fresh), 0);
+                        proptest::prop_assert_eq!(fresh.drift_from(&view), 0);
+                        proptest::prop_assert_eq!(texts_of(&view), texts_of(&fresh));
+                        proptest::prop_assert_eq!(view.device_keys(), fresh.device_keys());
+                        proptest::prop_assert_eq!(
+                            view.kept.texts.len() - view.kept.unused,
+                            fresh.kept.texts.len()
+                        );
+                    }
+                    _ => {
+                        let created = make(kind);
+                        touched.insert(created.guid.clone());
+                        devices.push(created.clone());
+                        changes.take(DeviceEffect::Created(created));
+                    }
+                }
+            }
+        }
     }
 
     /// SIP users with UUIDs keep no guid text, and creating, renaming, removing and
