@@ -32,8 +32,9 @@ encoded=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.arg
 verifier=$(curl -s -X POST "http://127.0.0.1:$PORT/sim/tokens/$encoded/approve" | tee approve.txt | grep -o '[0-9]\{4,\}' | head -1)
 "$B" token verify "$verifier" >/dev/null
 # The simulator and the commands above ran the same binary, so its every page is in the OS's
-# cache, and each page fault of `run` would map up to 64 KiB of them (fault-around). At a boot
-# nothing else has run it: `run` starts from a copy of the binary dropped from the cache.
+# cache, and each page fault of `run` would map up to 128 KiB of them (fault-around, as measured
+# here). At a boot nothing else has run it: `run` starts from a copy of the binary dropped from
+# the cache.
 cp "$B" daemon && sync daemon
 python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' daemon
 started=$(date +%s.%N)

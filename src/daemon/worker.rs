@@ -355,7 +355,6 @@ impl Worker {
         // system rather than staying in an idle daemon's resident size.
         if large {
             self.app.store.release_idle_memory().await;
-            crate::memory::release_code_pages();
         }
         crate::memory::release_free_heap();
     }
@@ -821,6 +820,11 @@ impl Worker {
             let _ = client.ping().await;
         }
         self.report_queue().await;
+        // Code run once (a large pass, a statement prepared again after the pass cleared the
+        // caches) or every few seconds stays mapped, counted in the resident size, until
+        // unmapped: an idle daemon keeps mapped only what its polls run between two checks.
+        crate::memory::release_code_pages();
+        crate::memory::release_free_heap();
     }
 }
 

@@ -208,6 +208,12 @@ const ANSWER_LIMIT: usize = 1 << 20;
 const DEVICE_ANSWER_BYTES: usize = 4 << 10;
 const LIST_SLACK: usize = 1_000;
 
+/// How long a connection to the MBG is kept open unused. A pass opens up to `max_in_flight` of
+/// them, each with its buffers (and its TLS state): kept 90 s (reqwest's default) they are an
+/// idle daemon's largest holding after the MBG view. A web server commonly closes an unused
+/// connection after a few seconds anyway; the next pass opens new ones at a round trip each.
+const IDLE_CONNECTION_KEPT: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct MbgClient {
     http: reqwest::Client,
@@ -247,6 +253,7 @@ impl MbgClient {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .pool_idle_timeout(IDLE_CONNECTION_KEPT)
             .user_agent(concat!("mbg-provision/", env!("CARGO_PKG_VERSION")));
         if let Some(ca_file) = ca_file {
             let pem = std::fs::read(ca_file).map_err(|e| {
