@@ -36,15 +36,27 @@ pub fn limit_arenas() {
 pub(crate) fn release_code_pages() {
     #[cfg(target_os = "linux")]
     {
+        // A debugger writes its breakpoints into private copies of code pages, which
+        // MADV_DONTNEED would drop: not while one is attached (or when that cannot be read).
+        let untraced = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+            status
+                .lines()
+                .any(|line| line.split_whitespace().eq(["TracerPid:", "0"]))
+        });
+        if !untraced {
+            return;
+        }
         let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
             return;
         };
         let here = release_code_pages as *const () as usize;
         for range in clean_read_only_mappings_of_the_file_holding(&smaps, here) {
             // SAFETY: the range is a whole mapping of this process's own file, not writable
-            // and without a private page (so without content that is not the file's): a
-            // mapping MADV_DONTNEED cannot change, only unmap. A page written since smaps was
-            // read would need a writable mapping, which is excluded.
+            // and without a private page when smaps was read (so without content that is not
+            // the file's): MADV_DONTNEED only unmaps it, and the program reads the same bytes
+            // at the next fault. The program never writes its own code; a private copy made
+            // from outside since smaps was read (a debugger attached meanwhile, a uprobe set in
+            // those microseconds) would be dropped, losing that breakpoint, not program data.
             unsafe {
                 libc::madvise(
                     range.start as *mut libc::c_void,

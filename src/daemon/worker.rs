@@ -823,6 +823,9 @@ impl Worker {
         // Code run once (a large pass, a statement prepared again after the pass cleared the
         // caches) or every few seconds stays mapped, counted in the resident size, until
         // unmapped: an idle daemon keeps mapped only what its polls run between two checks.
+        // The pages stay in the OS's cache (charged to the service's cgroup all the same);
+        // short of memory, the kernel may drop them sooner than mapped code, and the next
+        // check reads back from the disk what it runs.
         crate::memory::release_code_pages();
         crate::memory::release_free_heap();
     }

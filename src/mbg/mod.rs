@@ -210,8 +210,8 @@ const LIST_SLACK: usize = 1_000;
 
 /// How long a connection to the MBG is kept open unused. A pass opens up to `max_in_flight` of
 /// them, each with its buffers (and its TLS state): kept 90 s (reqwest's default) they are an
-/// idle daemon's largest holding after the MBG view. Longer than the daemon's idle check (15 s
-/// by default), which so keeps one open for the next change.
+/// idle daemon's largest holding after the MBG view. Longer than the daemon's idle check at its
+/// default interval (15 s), which so keeps one open for the next change.
 const IDLE_CONNECTION_KEPT: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]

@@ -165,7 +165,7 @@ fn with_latency_the_bench_times_a_bare_loop_and_the_cpu_per_create() {
     }
     assert_eq!(
         floor["cpu_target_met"].as_bool(),
-        Some(cpu_ratio.is_some_and(|r| r <= floor["cpu_ratio_target"].as_f64().unwrap())),
+        cpu_ratio.map(|r| r <= floor["cpu_ratio_target"].as_f64().unwrap()),
         "{floor}"
     );
 }
