@@ -193,8 +193,42 @@ pub struct SyncFigure {
     pub created: usize,
     /// Actions that changed something (0 for a no-change pass).
     pub changes: usize,
+    /// Where the time went, as the simulator saw the creates; `None` when there were none.
+    pub creates: Option<CreateSpan>,
     #[serde(flatten)]
     pub figure: Figure,
+}
+
+/// A creating pass's time in three parts: before the MBG received its first create (the
+/// reads, the credentials, the plan), the creates themselves, and after the MBG answered the
+/// last (the last outcomes and acknowledgements). What a pass costs beyond a bare loop is in
+/// the first and the last, or in creates sent more slowly than the loop sends its POSTs.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateSpan {
+    pub before_first_ms: f64,
+    pub creating_seconds: f64,
+    pub after_last_ms: f64,
+}
+
+impl CreateSpan {
+    /// From the simulator's log of the pass's requests, the pass having run from `started` to
+    /// `ended`.
+    fn of(
+        requests: &[crate::sim::LoggedRequest],
+        started: Instant,
+        ended: Instant,
+    ) -> Option<Self> {
+        let creates = requests
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/devices/sip/"));
+        let first = creates.clone().filter_map(|r| r.received_at).min()?;
+        let last = creates.filter_map(|r| r.answered_at).max()?;
+        Some(CreateSpan {
+            before_first_ms: first.saturating_duration_since(started).as_secs_f64() * 1000.0,
+            creating_seconds: last.saturating_duration_since(first).as_secs_f64(),
+            after_last_ms: ended.saturating_duration_since(last).as_secs_f64() * 1000.0,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -612,7 +646,9 @@ impl<'a> World<'a> {
         .await;
         lock.release().await;
         let pass = pass?;
-        let elapsed = started.elapsed();
+        let ended = Instant::now();
+        let elapsed = ended - started;
+        let creates = CreateSpan::of(&self.sim.requests(), started, ended);
         let mbg_requests = usize::try_from(self.sim.request_count()).unwrap_or(usize::MAX);
         let changes = pass.plan.changes().count();
         let outcomes = pass.applied.as_ref().map_or(&[][..], |a| &a.outcomes[..]);
@@ -679,6 +715,7 @@ impl<'a> World<'a> {
             mbg_requests,
             created,
             changes,
+            creates,
             figure,
         })
     }

@@ -124,6 +124,12 @@ fn sync_row(what: &str, sync: &SyncFigure) {
         "{:<34} {} MBG requests, {} created",
         "", sync.mbg_requests, sync.created
     );
+    if let Some(span) = &sync.creates {
+        println!(
+            "{:<34} {:.0} ms before the first create, {:.2} s of creates, {:.0} ms after the last answer",
+            "", span.before_first_ms, span.creating_seconds, span.after_last_ms
+        );
+    }
 }
 
 fn row(what: &str, figure: &Figure) {

@@ -186,6 +186,51 @@ pub struct Context<'a> {
     pub options: &'a ApplyOptions,
     pub progress: Option<&'a super::Progress>,
     pub superseded: &'a Superseded,
+    pub covered: &'a Covered,
+}
+
+/// The changes recorded before a pass that it covers. An outcome takes its extension's as its
+/// row write is made, and they are acknowledged in the transaction that writes it: the pass's
+/// end acknowledges only what is left (extensions with nothing to call), instead of every
+/// change once the last MBG answer is in.
+#[derive(Debug, Default)]
+pub struct Covered {
+    /// (extension id, seq, taken), sorted by extension.
+    changes: std::sync::Mutex<Vec<(i64, i64, bool)>>,
+}
+
+impl Covered {
+    pub(crate) fn new(changes: &[crate::store::Change]) -> Covered {
+        let mut changes: Vec<(i64, i64, bool)> = changes
+            .iter()
+            .map(|c| (c.extension_id, c.seq, false))
+            .collect();
+        changes.sort_unstable();
+        Covered {
+            changes: std::sync::Mutex::new(changes),
+        }
+    }
+
+    /// The seqs of `extension_id`'s changes not yet taken.
+    fn take(&self, extension_id: i64) -> Vec<i64> {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let from = changes.partition_point(|c| c.0 < extension_id);
+        changes[from..]
+            .iter_mut()
+            .take_while(|c| c.0 == extension_id)
+            .filter_map(|c| (!std::mem::replace(&mut c.2, true)).then_some(c.1))
+            .collect()
+    }
+
+    /// The changes no outcome took, as (extension id, seq).
+    pub(crate) fn rest(self) -> Vec<(i64, i64)> {
+        let changes = self.changes.into_inner().unwrap_or_else(|e| e.into_inner());
+        changes
+            .into_iter()
+            .filter(|c| !c.2)
+            .map(|(extension_id, seq, _)| (extension_id, seq))
+            .collect()
+    }
 }
 
 /// Extensions changed in the database since the pass planned them, as the pass learns of them.
@@ -643,6 +688,7 @@ fn row_write(
             planned_version: planned.version,
             device,
             state,
+            answers: cx.covered.take(extension_id),
         })),
         None => RowWrite::NotPlanned,
     }

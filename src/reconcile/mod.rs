@@ -287,9 +287,10 @@ pub async fn run_pass(
 
 /// A pass against a known view of the MBG: credentials first (committed before any MBG call),
 /// the plan, and in [`Mode::Apply`] its execution, with `view` corrected by the answers.
-/// Changes recorded before the pass for extensions in scope are acknowledged after it, except
-/// those of extensions that changed meanwhile or were not reached (stopped, token refused): the
-/// next pass takes them.
+/// Changes recorded before the pass for extensions in scope are acknowledged with their
+/// extension's outcome (see [`apply::Covered`]) or, for those with nothing to call, after it;
+/// never those of extensions that changed meanwhile or were not reached (stopped, token
+/// refused): the next pass takes them.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_pass_with(
     store: &Store,
@@ -398,6 +399,7 @@ pub async fn run_pass_with(
                     attempts: 0,
                     next_attempt_at: None,
                 },
+                answers: Vec::new(),
             }))
         })
         .collect();
@@ -422,6 +424,9 @@ pub async fn run_pass_with(
     if let Some(progress) = &scope.progress {
         progress.plan(report.plan.changes().count());
     }
+    let planned_after = covered_changes.iter().map(|c| c.seq).max().unwrap_or(0);
+    let covered = apply::Covered::new(&covered_changes);
+    drop(covered_changes);
     let superseded = apply::Superseded::default();
     let cx = apply::Context {
         store,
@@ -431,9 +436,9 @@ pub async fn run_pass_with(
         options: &options,
         progress: scope.progress.as_deref(),
         superseded: &superseded,
+        covered: &covered,
     };
     // Beside the calls: which extensions change while they are made.
-    let planned_after = covered_changes.iter().map(|c| c.seq).max().unwrap_or(0);
     let watch_changes = async {
         loop {
             tokio::time::sleep(config.watch.poll_interval).await;
@@ -458,17 +463,18 @@ pub async fn run_pass_with(
     // A deleted row's change is covered once its released row is handled; keep it when the pass
     // was cut short, to be safe.
     let cut_short = applied.token_refused.is_some() || applied.interrupted;
-    let seqs: Vec<i64> = covered_changes
-        .iter()
-        .filter(|c| {
+    let seqs: Vec<i64> = covered
+        .rest()
+        .into_iter()
+        .filter(|(extension_id, _)| {
             scope
                 .only
                 .as_ref()
-                .is_none_or(|ids| ids.contains(&c.extension_id))
+                .is_none_or(|ids| ids.contains(extension_id))
         })
-        .filter(|c| !stale.contains(&c.extension_id))
-        .filter(|c| !cut_short || report.extensions.contains_key(&c.extension_id))
-        .map(|c| c.seq)
+        .filter(|(extension_id, _)| !stale.contains(extension_id))
+        .filter(|(extension_id, _)| !cut_short || report.extensions.contains_key(extension_id))
+        .map(|(_, seq)| seq)
         .collect();
     store.acknowledge_changes(&seqs).await?;
     report.applied = Some(applied);

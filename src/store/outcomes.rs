@@ -334,6 +334,25 @@ pub(super) async fn write_chunk(
                 .map_err(StoreError::Database)?,
         );
     }
+    let answered: Vec<i64> = outcomes
+        .iter()
+        .filter(|o| written_ids.contains(&o.extension_id))
+        .flat_map(|o| o.answers.iter().copied())
+        .collect();
+    for seqs in answered.chunks(GROUP_CHUNK) {
+        let sql = format!(
+            "DELETE FROM extension_changes WHERE seq IN (VALUES {})",
+            values(backend, seqs.len(), &["BIGINT"])
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(backend.keeps_list_statements());
+        for seq in seqs {
+            query = query.bind(*seq);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::Database)?;
+    }
     let audits: Vec<&AuditEntry> = chunk
         .iter()
         .filter_map(|w| match w {

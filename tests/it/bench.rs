@@ -147,6 +147,21 @@ fn with_latency_the_bench_times_a_bare_loop_and_the_cpu_per_create() {
         "the bare loop took {seconds} s, below N × L / C = {bound} s"
     );
     let sync = report["sync"]["seconds"].as_f64().unwrap();
+    // The three parts of the creating sync, as the simulator saw its creates: with 4 ms per
+    // answer the creates take at least N × L / C, and the parts add up to the whole.
+    let span = &report["sync"]["creates"];
+    let part = |name: &str| span[name].as_f64().unwrap_or_else(|| panic!("{span}"));
+    let creating = part("creating_seconds");
+    assert!(creating >= bound, "{span}");
+    let parts = part("before_first_ms") / 1000.0 + creating + part("after_last_ms") / 1000.0;
+    assert!(
+        parts <= sync + 1e-6 && parts >= sync - 0.004 - 1e-3,
+        "the parts ({parts} s) are not the sync's {sync} s: {span}"
+    );
+    assert!(
+        report["no_change_sync"]["creates"].is_null(),
+        "a pass that creates nothing has no creates span"
+    );
     let ratio = floor["sync_ratio"].as_f64().unwrap();
     assert!((ratio - sync / seconds).abs() < 1e-9, "{floor}");
     assert_eq!(

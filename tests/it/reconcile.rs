@@ -498,6 +498,7 @@ async fn apply_planned(
         options: &options,
         progress: None,
         superseded: &Default::default(),
+        covered: &Default::default(),
     };
     reconcile::apply::apply(&cx, plan).await.unwrap()
 }

@@ -1658,11 +1658,26 @@ async fn outcome_writes_follow_the_planned_version(db: TestDb) {
         attempts: 0,
         next_attempt_at: None,
     };
+    let (other, _) = store
+        .set_extension(&spec("1002", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let seqs_of = async |id: i64| -> Vec<i64> {
+        let pending = store.pending_changes(u32::MAX).await.unwrap();
+        pending
+            .iter()
+            .filter(|c| c.extension_id == id)
+            .map(|c| c.seq)
+            .collect()
+    };
+    let answered = seqs_of(ext.id).await;
+    assert!(!answered.is_empty());
     let write = |version, device| OutcomeWrite {
         extension_id: ext.id,
         planned_version: version,
         device,
         state: provisioned.clone(),
+        answers: answered.clone(),
     };
     // The row changes after the plan: the state is not written, the SIP user is recorded.
     let mut changed = spec("1001", "pbx1");
@@ -1674,8 +1689,27 @@ async fn outcome_writes_follow_the_planned_version(db: TestDb) {
     assert_eq!(now.state, ExtensionState::Idle);
     assert_eq!(now.mbg_device_id.as_deref(), Some("guid-9"));
     assert!(now.version > ext.version);
+    for seq in &answered {
+        assert!(
+            seqs_of(ext.id).await.contains(seq),
+            "a change answered by an outcome not written stays"
+        );
+    }
     let current = write(now.version, DeviceFact::Unchanged);
     assert!(store.write_outcome(&current).await.unwrap());
+    let left = seqs_of(ext.id).await;
+    assert!(
+        answered.iter().all(|seq| !left.contains(seq)),
+        "the changes a written outcome answers are acknowledged with it"
+    );
+    assert!(
+        !left.is_empty(),
+        "the change made after the plan is not among them, and stays"
+    );
+    assert!(
+        !seqs_of(other.id).await.is_empty(),
+        "another extension's change stays"
+    );
     assert_eq!(
         store.extension(ext.id).await.unwrap().state,
         ExtensionState::Provisioned
