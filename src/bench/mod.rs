@@ -648,7 +648,14 @@ impl<'a> World<'a> {
         let pass = pass?;
         let ended = Instant::now();
         let elapsed = ended - started;
-        let creates = CreateSpan::of(&self.sim.requests(), started, ended);
+        // From a log that kept every request of the pass; the first creates of a pass larger
+        // than the simulator's ring have left it.
+        let requests = self.sim.requests();
+        let whole_log = u64::try_from(requests.len()).is_ok_and(|n| n == self.sim.request_count());
+        let creates = whole_log
+            .then(|| CreateSpan::of(&requests, started, ended))
+            .flatten();
+        drop(requests);
         let mbg_requests = usize::try_from(self.sim.request_count()).unwrap_or(usize::MAX);
         let changes = pass.plan.changes().count();
         let outcomes = pass.applied.as_ref().map_or(&[][..], |a| &a.outcomes[..]);

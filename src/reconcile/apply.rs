@@ -222,6 +222,25 @@ impl Covered {
             .collect()
     }
 
+    /// Puts back what `extension_id`'s outcome took: its write failed, and its changes are
+    /// left to the pass's end, as those of any outcome the database could not take.
+    fn give_back(&self, extension_id: i64) {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let from = changes.partition_point(|c| c.0 < extension_id);
+        for change in changes[from..]
+            .iter_mut()
+            .take_while(|c| c.0 == extension_id)
+        {
+            change.2 = false;
+        }
+    }
+
+    /// How many changes outcomes took.
+    pub(crate) fn taken(&self) -> usize {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        changes.iter().filter(|c| c.2).count()
+    }
+
     /// The changes no outcome took, as (extension id, seq).
     pub(crate) fn rest(self) -> Vec<(i64, i64)> {
         let changes = self.changes.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -349,7 +368,7 @@ async fn call_and_record(
                     if matches!(action, Action::Create { .. })
                         && let Err(e) = horizon.before_post(cx.store).await
                     {
-                        return (Step::Recorded(recorded(action, Err(e))), false);
+                        return (Step::Recorded(recorded(cx, action, Err(e))), false);
                     }
                     let sent_at = Instant::now();
                     let answer = call(cx, action).await;
@@ -364,7 +383,7 @@ async fn call_and_record(
                     // Recorded as soon as the MBG answers: a guid must reach the database even
                     // if the process dies before the rest of the round is done.
                     let step = match answer {
-                        Ok(created) => Step::Recorded(recorded(action, record_success(cx, rec, action, created).await)),
+                        Ok(created) => Step::Recorded(recorded(cx, action, record_success(cx, rec, action, created).await)),
                         Err(error) => {
                             if let MbgErrorKind::NotLeading(_) = error.kind {
                                 // Nothing was sent, and the row may be another leader's now:
@@ -385,7 +404,7 @@ async fn call_and_record(
                                 }
                                 Step::Retry(action, error)
                             } else {
-                                Step::Recorded(recorded(action, record_failure(cx, rec, action, &error).await))
+                                Step::Recorded(recorded(cx, action, record_failure(cx, rec, action, &error).await))
                             }
                         }
                     };
@@ -455,6 +474,7 @@ async fn call_and_record(
             if give_up || cx.shutdown.is_triggered() {
                 for (action, error) in retry {
                     report.take(recorded(
+                        cx,
                         action,
                         record_failure(cx, rec, action, &error).await,
                     ));
@@ -495,10 +515,11 @@ async fn call_and_record(
                             info!(extension = %action.number(), guid = %made.guid, "the SIP user this create asked for is on the MBG already: taken as ours");
                             let result =
                                 record_success(cx, rec, action, Some(made.guid.clone())).await;
-                            report.take(recorded(action, result));
+                            report.take(recorded(cx, action, result));
                         }
                         // Refused, and not there with our credentials: the MBG's reason stands.
                         None if refused_create(action, error) => report.take(recorded(
+                            cx,
                             action,
                             record_failure(cx, rec, action, error).await,
                         )),
@@ -507,6 +528,7 @@ async fn call_and_record(
                     // Unknown whether it went through: never post twice. The next pass sees the
                     // device, if there is one, and takes it back by its credentials.
                     Err(_) => report.take(recorded(
+                        cx,
                         action,
                         record_failure(cx, rec, action, error).await,
                     )),
@@ -578,8 +600,11 @@ fn carries(device: &crate::mbg::SipDevice, wanted: &NewSipDevice) -> bool {
 
 /// An outcome, or the database error that kept it from being stored: said loudly; the next pass
 /// reads the MBG again and converges (a created device is taken back by its credentials).
-fn recorded(action: &Action, result: Result<Outcome, StoreError>) -> Outcome {
+fn recorded(cx: &Context<'_>, action: &Action, result: Result<Outcome, StoreError>) -> Outcome {
     result.unwrap_or_else(|e| {
+        if let Some(id) = action.extension_id() {
+            cx.covered.give_back(id);
+        }
         warn!(extension = %action.number(), error = %e, "cannot record the outcome in the database");
         outcome(action, Status::Failed, format!("database: {e}"))
     })
@@ -688,7 +713,7 @@ fn row_write(
             planned_version: planned.version,
             device,
             state,
-            answers: cx.covered.take(extension_id),
+            acknowledges: cx.covered.take(extension_id),
         })),
         None => RowWrite::NotPlanned,
     }

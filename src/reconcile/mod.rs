@@ -399,7 +399,7 @@ pub async fn run_pass_with(
                     attempts: 0,
                     next_attempt_at: None,
                 },
-                answers: Vec::new(),
+                acknowledges: Vec::new(),
             }))
         })
         .collect();
@@ -463,6 +463,7 @@ pub async fn run_pass_with(
     // A deleted row's change is covered once its released row is handled; keep it when the pass
     // was cut short, to be safe.
     let cut_short = applied.token_refused.is_some() || applied.interrupted;
+    let acknowledged_with_outcomes = covered.taken();
     let seqs: Vec<i64> = covered
         .rest()
         .into_iter()
@@ -476,7 +477,8 @@ pub async fn run_pass_with(
         .filter(|(extension_id, _)| !cut_short || report.extensions.contains_key(extension_id))
         .map(|(_, seq)| seq)
         .collect();
-    store.acknowledge_changes(&seqs).await?;
+    store.delete_changes(&seqs).await?;
+    store.vacuum_after(acknowledged_with_outcomes + seqs.len());
     report.applied = Some(applied);
     Ok(report)
 }

@@ -98,7 +98,7 @@ mod tests {
                 attempts: 0,
                 next_attempt_at: None,
             },
-            answers: Vec::new(),
+            acknowledges: Vec::new(),
         })]
     }
 

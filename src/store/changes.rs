@@ -39,6 +39,15 @@ impl Store {
     /// starts a vacuum of the tables such a pass leaves dead rows in). Never "everything up to seq N": on PostgreSQL a
     /// lower seq can commit after a higher one, and it must not be lost.
     pub async fn acknowledge_changes(&self, seqs: &[i64]) -> Result<()> {
+        self.delete_changes(seqs).await?;
+        self.vacuum_after(seqs.len());
+        Ok(())
+    }
+
+    /// [`Store::acknowledge_changes`] without the vacuum: for a pass, most of whose changes were
+    /// acknowledged with their outcomes (see `write_chunk`), which then calls
+    /// [`Store::vacuum_after`] with them all.
+    pub(crate) async fn delete_changes(&self, seqs: &[i64]) -> Result<()> {
         for chunk in seqs.chunks(500) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
@@ -55,12 +64,18 @@ impl Store {
                 .await
                 .map_err(StoreError::Database)?;
         }
+        Ok(())
+    }
+
+    /// Starts a vacuum on PostgreSQL when `acknowledged` changes were just removed (see
+    /// [`VACUUM_AFTER`]) and none is running.
+    pub(crate) fn vacuum_after(&self, acknowledged: usize) {
         let idle = || {
             !self
                 .vacuuming
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
         };
-        if self.backend == super::Backend::Postgres && seqs.len() >= VACUUM_AFTER && idle() {
+        if self.backend == super::Backend::Postgres && acknowledged >= VACUUM_AFTER && idle() {
             // A pass that handled this many left dead rows behind: the deleted changes, and in
             // `extensions` the old versions of rows whose credentials it filled, which stay in
             // the partial index of rows lacking credentials. Until autovacuum comes by (a minute
@@ -78,7 +93,6 @@ impl Store {
                 vacuuming.store(false, std::sync::atomic::Ordering::Release);
             });
         }
-        Ok(())
     }
 
     pub async fn released(&self) -> Result<Vec<Released>> {

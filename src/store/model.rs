@@ -279,9 +279,9 @@ pub struct OutcomeWrite {
     pub planned_version: i64,
     pub device: DeviceFact,
     pub state: StateUpdate,
-    /// The recorded changes (their `seq`) this outcome answers: acknowledged in the same
+    /// The recorded changes (their `seq`) this outcome answers, acknowledged in the same
     /// transaction when the state is written, kept when it is not (the row changed meanwhile).
-    pub answers: Vec<i64>,
+    pub acknowledges: Vec<i64>,
 }
 
 /// The outcome of an MBG call, written to the extension row.

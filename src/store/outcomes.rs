@@ -126,8 +126,8 @@ impl Store {
     }
 
     /// Writes `writes` in one transaction: all or none. One `bool` per write: for an outcome,
-    /// whether its state was written (the row still had the planned version); `true` for the
-    /// others.
+    /// whether its state was written (the row still had the planned version), and with it the
+    /// changes it acknowledges removed; `true` for the others.
     ///
     /// A few multi-row statements per [`GROUP_CHUNK`] writes rather than three per outcome: on
     /// PostgreSQL every statement is a round trip, and those, not the MBG, bounded a pass.
@@ -337,7 +337,7 @@ pub(super) async fn write_chunk(
     let answered: Vec<i64> = outcomes
         .iter()
         .filter(|o| written_ids.contains(&o.extension_id))
-        .flat_map(|o| o.answers.iter().copied())
+        .flat_map(|o| o.acknowledges.iter().copied())
         .collect();
     for seqs in answered.chunks(GROUP_CHUNK) {
         let sql = format!(

@@ -27,6 +27,7 @@ crate::on_both_backends!(
     a_stopped_pass_records_every_call_it_made,
     a_refused_create_of_a_sip_user_already_ours_is_taken_back,
     a_second_copy_is_gone_before_its_name_goes_to_the_one_kept,
+    a_large_pass_vacuums_the_changes_its_outcomes_acknowledged,
 );
 
 fn now() -> i64 {
@@ -1043,4 +1044,48 @@ async fn a_second_copy_is_gone_before_its_name_goes_to_the_one_kept(db: TestDb) 
         ext.remote_auth_name.as_ref()
     );
     assert_eq!(devices[0].icpside_username, "1001");
+}
+
+/// The changes a pass's outcomes acknowledge count towards the vacuum after a large pass on
+/// PostgreSQL, as those acknowledged at its end do: a first sync acknowledges nearly all of its
+/// changes with their outcomes.
+async fn a_large_pass_vacuums_the_changes_its_outcomes_acknowledged(db: TestDb) {
+    use mbg_provision::store::Backend;
+    use sqlx::Connection;
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    let store = &h.db.store;
+    nodes(store).await;
+    for i in 0..600 {
+        set(store, &(2000 + i).to_string(), "pbx1", true).await;
+    }
+    let vacuums = async || -> i64 {
+        let mut connection = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'extension_changes'",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
+    };
+    let postgres = store.backend() == Backend::Postgres;
+    if postgres {
+        assert_eq!(vacuums().await, 0, "vacuumed before the pass");
+    }
+    let report = pass(&h).await;
+    assert!(report.succeeded());
+    assert_eq!(h.sim.devices().len(), 600);
+    assert!(
+        store.pending_changes(10).await.unwrap().is_empty(),
+        "every change acknowledged"
+    );
+    if postgres {
+        let started = Instant::now();
+        while vacuums().await == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "extension_changes was not vacuumed after 1,200 changes were acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

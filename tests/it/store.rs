@@ -1677,7 +1677,7 @@ async fn outcome_writes_follow_the_planned_version(db: TestDb) {
         planned_version: version,
         device,
         state: provisioned.clone(),
-        answers: answered.clone(),
+        acknowledges: answered.clone(),
     };
     // The row changes after the plan: the state is not written, the SIP user is recorded.
     let mut changed = spec("1001", "pbx1");
