@@ -288,7 +288,8 @@ pub async fn run_pass(
 /// A pass against a known view of the MBG: credentials first (committed before any MBG call),
 /// the plan, and in [`Mode::Apply`] its execution, with `view` corrected by the answers.
 /// Changes recorded before the pass for extensions in scope are acknowledged with their
-/// extension's outcome (see [`apply::Covered`]) or, for those with nothing to call, after it;
+/// extension's outcome (see [`apply::Covered`]) or after the pass (those with nothing to call,
+/// and outcomes the database could not take);
 /// never those of extensions that changed meanwhile or were not reached (stopped, token
 /// refused): the next pass takes them.
 #[allow(clippy::too_many_arguments)]
