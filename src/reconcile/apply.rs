@@ -211,28 +211,32 @@ impl Covered {
         }
     }
 
-    /// The seqs of `extension_id`'s changes not yet taken.
-    fn take(&self, extension_id: i64) -> Vec<i64> {
+    /// `f` over `extension_id`'s entries, under the lock.
+    fn of<R>(&self, extension_id: i64, f: impl FnOnce(&mut [(i64, i64, bool)]) -> R) -> R {
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let from = changes.partition_point(|c| c.0 < extension_id);
-        changes[from..]
-            .iter_mut()
-            .take_while(|c| c.0 == extension_id)
-            .filter_map(|c| (!std::mem::replace(&mut c.2, true)).then_some(c.1))
-            .collect()
+        let to = from + changes[from..].partition_point(|c| c.0 == extension_id);
+        f(&mut changes[from..to])
+    }
+
+    /// The seqs of `extension_id`'s changes not yet taken.
+    fn take(&self, extension_id: i64) -> Vec<i64> {
+        self.of(extension_id, |entries| {
+            entries
+                .iter_mut()
+                .filter_map(|c| (!std::mem::replace(&mut c.2, true)).then_some(c.1))
+                .collect()
+        })
     }
 
     /// Puts back what `extension_id`'s outcome took: its write failed, and its changes are
     /// left to the pass's end, as those of any outcome the database could not take.
     fn give_back(&self, extension_id: i64) {
-        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let from = changes.partition_point(|c| c.0 < extension_id);
-        for change in changes[from..]
-            .iter_mut()
-            .take_while(|c| c.0 == extension_id)
-        {
-            change.2 = false;
-        }
+        self.of(extension_id, |entries| {
+            for change in entries {
+                change.2 = false;
+            }
+        });
     }
 
     /// How many changes outcomes took.
