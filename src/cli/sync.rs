@@ -205,8 +205,8 @@ pub async fn run(
     };
     let previous_uncertain = lock.as_ref().and_then(|l| l.previous_uncertain_until());
     let one_pass = async || {
-        let mut view =
-            reconcile::read_view_and_fill(store, &client, &app.config, &shutdown, mode).await?;
+        let (mut view, full) =
+            reconcile::read_full(store, &client, &app.config, &shutdown, mode).await?;
         let scope = Scope {
             progress: Some(progress.clone()),
             ..Scope::default()
@@ -221,6 +221,7 @@ pub async fn run(
             now,
             &mut view,
             &scope,
+            Some(full),
         );
         tokio::select! {
             result = pass => result,
@@ -265,8 +266,12 @@ pub async fn run(
             ),
         },
     };
-    if let Some(lock) = lock {
-        lock.release().await;
+    match (lock, &result) {
+        // A create of the failed pass may still land: the lock is left as a killed holder
+        // leaves it, so that the next holder waits for that and reads the MBG again.
+        (Some(lock), Err(e)) if e.uncertain_until().is_some() => drop(lock),
+        (Some(lock), _) => lock.release().await,
+        (None, _) => {}
     }
     let report = match result {
         Ok(report) => report,

@@ -8,8 +8,8 @@
 //!
 //! Kept small: per row its id, the low half of its version and 32 bits of a keyed hash of the
 //! watched columns (16 bytes; 1.6 MB at 100,000 rows). Not told apart from a logged change: a
-//! row inserted or deleted with the triggers off, and one the pass itself writes before reading
-//! (credentials filled for a row switched on behind the log's back bump its version).
+//! row inserted or deleted with the triggers off, and one switched on that way that lacks
+//! credentials (the pass fills them, and the version it plans with is the filled row's).
 
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::LazyLock;

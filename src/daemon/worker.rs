@@ -325,6 +325,10 @@ impl Worker {
             }
             Err(ReconcileError::Interrupted) => {}
             Err(e) => {
+                if let Some(at) = e.uncertain_until() {
+                    let at = self.app.clock.instant_of_real(at);
+                    self.settle_at = self.settle_at.max(Some(at));
+                }
                 if let Some(mbg) = e.mbg()
                     && matches!(mbg.kind, MbgErrorKind::Unauthorized(_))
                 {
@@ -379,7 +383,15 @@ impl Worker {
         progress: Arc<Progress>,
     ) -> Result<PassReport, ReconcileError> {
         let kept = self.view.take();
-        let mut view = self.read_view(client).await?;
+        let (mut view, full) = reconcile::read_full(
+            &self.app.store,
+            client,
+            &self.app.config,
+            &self.shutdown,
+            Mode::Apply,
+        )
+        .await?;
+        self.record_icps(&view).await;
         if let Some(kept) = kept {
             let drift = view.drift_from(&kept);
             if drift > 0 {
@@ -406,6 +418,7 @@ impl Worker {
             now,
             &mut view,
             &scope,
+            Some(full),
         )
         .await;
         let interval = config.reconcile.interval;
@@ -449,17 +462,16 @@ impl Worker {
             .update(|h| h.set(Concern::UnloggedChanges, Severity::Degraded, why));
     }
 
-    /// Reads the MBG afresh, and records its ICPs for the console (a standby's too, which never
-    /// asks the MBG). A failed record costs the console its ICP column, not the pass.
+    /// Reads the MBG afresh, and records its ICPs (see [`Worker::record_icps`]).
     async fn read_view(&self, client: &MbgClient) -> Result<MbgView, ReconcileError> {
-        let view = reconcile::read_view_and_fill(
-            &self.app.store,
-            client,
-            &self.app.config,
-            &self.shutdown,
-            Mode::Apply,
-        )
-        .await?;
+        let view = reconcile::MbgView::read(client, &self.app.config, &self.shutdown).await?;
+        self.record_icps(&view).await;
+        Ok(view)
+    }
+
+    /// Records the MBG's ICPs for the console (a standby's too, which never asks the MBG). A
+    /// failed record costs the console its ICP column, not the pass.
+    async fn record_icps(&self, view: &MbgView) {
         let seen_at = self.app.clock.now();
         let icps: Vec<RecordedIcp> = view
             .icps
@@ -474,7 +486,6 @@ impl Worker {
         if let Err(e) = self.app.store.record_icps(&icps).await {
             warn!(error = %e, "cannot record the MBG's ICPs for the console");
         }
-        Ok(view)
     }
 
     /// Deletes audit entries past `audit.keep` / `audit.keep_security`. A failure is logged and
@@ -540,6 +551,7 @@ impl Worker {
             now,
             &mut view,
             &scope,
+            None,
         )
         .await;
         let report = self.keep_if_current(view, report)?;

@@ -12,6 +12,7 @@
 //! through: before it is posted again, one device list per round (not one per create: the MBG is
 //! already struggling) shows which did.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -187,6 +188,8 @@ pub struct Context<'a> {
     pub progress: Option<&'a super::Progress>,
     pub superseded: &'a Superseded,
     pub covered: &'a Covered,
+    /// When the credentials drawn for an extension are stored: its call waits for that.
+    pub fill: &'a super::fill::Gate,
 }
 
 /// The changes recorded before a pass that it covers. An outcome takes its extension's as its
@@ -319,14 +322,7 @@ async fn call_and_record(
     // Bounds the MBG calls in flight, not the bookkeeping after them: a call's slot is free as
     // soon as the MBG answers, while its outcome waits for the writer's next group.
     let in_flight = Semaphore::new(cx.options.max_in_flight.max(1));
-    // Removals finish before anything else starts: the copy a pass deletes may hold the set-side
-    // name that the SIP user it keeps is given, and an MBG that refuses a name in use would
-    // refuse the update sent while the delete is still in flight.
-    let (removals, rest): (Vec<&Action>, Vec<&Action>) = plan
-        .actions
-        .iter()
-        .partition(|a| matches!(a, Action::Delete { .. }));
-    for mut pending in [removals, rest] {
+    for mut pending in in_call_order(plan) {
         for round in 1.. {
             let throttled: std::sync::Mutex<Option<MbgError>> = std::sync::Mutex::new(None);
             let mut steps = futures_util::stream::iter(pending)
@@ -335,32 +331,40 @@ async fn call_and_record(
                 let (refused, deposed, throttled, in_flight) = (&refused, &deposed, &throttled, &in_flight);
                 let (horizon, uncertain) = (&horizon, &uncertain);
                 async move {
+                    let stored = match action.extension_id() {
+                        Some(id) => cx.fill.stored(id).await,
+                        None => true,
+                    };
                     let called = action.is_mbg_call();
                     let slot = if called {
                         Some(in_flight.acquire().await.expect("the semaphore is never closed"))
                     } else {
                         None
                     };
-                    if action.is_change() {
+                    if action.is_change() || !stored {
                         let why = if refused.load(std::sync::atomic::Ordering::SeqCst) {
                             Some("not attempted: the MBG refused the token")
                         } else if deposed.load(std::sync::atomic::Ordering::SeqCst) {
                             Some("not attempted: this instance's lease lapsed (another may lead)")
                         } else if cx.shutdown.is_triggered() {
                             Some("not attempted: stopped by a signal")
+                        } else if !stored || cx.fill.halted() {
+                            Some("not attempted: the database could not store the remote credentials drawn for this pass")
                         } else {
                             None
                         };
                         if let Some(why) = why {
                             return (Step::Recorded(outcome(action, Status::Skipped, why.into())), false);
                         }
-                        if action.extension_id().is_some_and(|id| cx.superseded.contains(id)) {
-                            if let Some(progress) = cx.progress {
-                                progress.step();
-                            }
-                            let why = "not sent: the extension changed after the pass planned it; the next pass acts on what it is now";
-                            return (Step::Recorded(outcome(action, Status::Stale, why.into())), false);
+                    }
+                    // A report too: its outcome write might meet the changed row at the very
+                    // version the plan expected (a fill not stored, then one change by another).
+                    if action.extension_id().is_some_and(|id| cx.superseded.contains(id)) {
+                        if let Some(progress) = cx.progress.filter(|_| action.is_change()) {
+                            progress.step();
                         }
+                        let why = "not sent: the extension changed after the pass planned it; the next pass acts on what it is now";
+                        return (Step::Recorded(outcome(action, Status::Stale, why.into())), false);
                     }
                     // The MBG asked us to slow down: what has not started waits for the next
                     // round (after its Retry-After) instead of meeting the same 429.
@@ -546,6 +550,30 @@ async fn call_and_record(
     }
     report.uncertain_until = uncertain.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(report)
+}
+
+/// The plan's actions in the order they are sent: removals finish before anything else starts,
+/// because the copy a pass deletes may hold the set-side name that the SIP user it keeps is
+/// given, and an MBG that refuses a name in use would refuse the update sent while the delete
+/// is still in flight.
+fn in_call_order(plan: &Plan) -> [Vec<&Action>; 2] {
+    let (removals, rest) = plan
+        .actions
+        .iter()
+        .partition(|a| matches!(a, Action::Delete { .. }));
+    [removals, rest]
+}
+
+/// Each extension's place in the order its first call is sent: the credential fill stores
+/// them in this order, so that no call waits long for its own.
+pub(crate) fn call_order(plan: &Plan) -> HashMap<i64, usize> {
+    let mut order = HashMap::with_capacity(plan.actions.len());
+    for (position, action) in in_call_order(plan).iter().flatten().enumerate() {
+        if let Some(id) = action.extension_id() {
+            order.entry(id).or_insert(position);
+        }
+    }
+    order
 }
 
 /// Keeps `pass_epoch.creating_until_ms` ahead of every create posted, a write every

@@ -2,6 +2,7 @@
 //! [`run_pass`] ties them to the database and the MBG.
 
 pub mod apply;
+mod fill;
 mod near;
 pub mod plan;
 mod recorder;
@@ -11,15 +12,15 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::config::Config;
 use crate::credentials;
-use crate::mbg::{MbgClient, MbgError, MbgErrorKind, SipDevice};
+use crate::mbg::{MbgClient, MbgError, SipDevice};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    BadRow, CredentialFill, DeviceFact, Extension, ExtensionRows, ExtensionState, OutcomeWrite,
-    PassWrite, Released, StateUpdate, Store, StoreError,
+    BadRow, Change, DeviceFact, Extension, ExtensionRows, ExtensionState, OutcomeWrite, PassWrite,
+    Released, StateUpdate, Store, StoreError,
 };
 pub use apply::{ApplyOptions, ApplyReport, DeviceEffect, Outcome, Status, count_outcomes};
 pub use plan::{Action, Adoption, Owner, Plan, Problem, Row, Whose};
@@ -48,15 +49,25 @@ pub enum ReconcileError {
     },
     #[error("stopped by a signal before the MBG's state was read")]
     Interrupted,
-    #[error(
-        "cannot store the remote credentials generated for {extensions} extension(s), so the MBG was not called: {error}"
-    )]
-    CredentialsNotStored {
-        extensions: usize,
-        error: StoreError,
-    },
+    #[error(transparent)]
+    CredentialsNotStored(Box<CredentialsNotStored>),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The database refused the remote credentials a pass drew (see [`fill`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot store the remote credentials generated for {extensions} extension(s), so the MBG was not called{}: {error}",
+    if *.during_calls { " for them (the pass stopped there)" } else { "" }
+)]
+pub struct CredentialsNotStored {
+    extensions: usize,
+    /// Whether the calls for extensions whose credentials were stored had begun.
+    during_calls: bool,
+    /// Until when a create of those calls whose answer was lost may still land.
+    uncertain_until: Option<Instant>,
+    error: StoreError,
 }
 
 impl ReconcileError {
@@ -68,12 +79,20 @@ impl ReconcileError {
         }
     }
 
+    /// Until when a create the failed pass sent, whose answer was lost, may still land on the
+    /// MBG: the next pass must read the MBG again after it.
+    pub fn uncertain_until(&self) -> Option<Instant> {
+        match self {
+            ReconcileError::CredentialsNotStored(e) => e.uncertain_until,
+            _ => None,
+        }
+    }
+
     /// The database's error, when the pass failed on one.
     pub(crate) fn store(&self) -> Option<&StoreError> {
         match self {
-            ReconcileError::Store(e) | ReconcileError::CredentialsNotStored { error: e, .. } => {
-                Some(e)
-            }
+            ReconcileError::Store(e) => Some(e),
+            ReconcileError::CredentialsNotStored(e) => Some(&e.error),
             _ => None,
         }
     }
@@ -271,7 +290,7 @@ pub async fn run_pass(
     shutdown: &Shutdown,
     now: i64,
 ) -> Result<PassReport, ReconcileError> {
-    let mut view = read_view_and_fill(store, client, config, shutdown, mode).await?;
+    let (mut view, full) = read_full(store, client, config, shutdown, mode).await?;
     run_pass_with(
         store,
         client,
@@ -281,12 +300,14 @@ pub async fn run_pass(
         now,
         &mut view,
         &Scope::default(),
+        Some(full),
     )
     .await
 }
 
-/// A pass against a known view of the MBG: credentials first (committed before any MBG call),
-/// the plan, and in [`Mode::Apply`] its execution, with `view` corrected by the answers.
+/// A pass against a known view of the MBG: the rows, remote credentials drawn for those that
+/// lack them, the plan, and in [`Mode::Apply`] its execution, with `view` corrected by the
+/// answers. Drawn credentials are stored before any call for their extension (see [`fill`]).
 /// Changes recorded before the pass for extensions in scope are acknowledged with their
 /// extension's outcome (see [`apply::Covered`]) or after the pass (those with nothing to call,
 /// and outcomes the database could not take);
@@ -302,36 +323,23 @@ pub async fn run_pass_with(
     now: i64,
     view: &mut MbgView,
     scope: &Scope,
+    full: Option<FullRead>,
 ) -> Result<PassReport, ReconcileError> {
     let retry_until = Instant::now() + config.mbg.retry_deadline;
-    let new_credentials = || new_credentials(config);
-    // Credentials first, then the changes this pass covers, then the rows it plans from. A flag
-    // switched on between the fill and the reads would leave a wanted row without credentials
-    // whose change is already covered: reported as a problem and acknowledged, it would wait
-    // for the next full pass. So the fill is repeated until the rows read need none (a few
-    // rounds at most; only a steady stream of new flags keeps it going, and then the last
-    // round's rows are reported as before).
-    let mut rounds = 0;
-    let (covered_changes, read) = loop {
-        rounds += 1;
-        if mode == Mode::Apply {
-            fill_credentials(store, &new_credentials).await?;
-        }
-        let covered_changes = match mode {
-            Mode::Apply => store.pending_changes(u32::MAX).await?,
-            Mode::DryRun => Vec::new(),
-        };
-        let read = read_rows(store, scope, view).await?;
-        let lacking = read.rows.good.iter().any(needs_credentials);
-        if mode == Mode::DryRun || !lacking || rounds >= CREDENTIAL_ROUNDS {
-            break (covered_changes, read);
-        }
+    let FullRead {
+        covered_changes,
+        read: Read {
+            rows,
+            released,
+            devices,
+        },
+    } = match full {
+        Some(full) if scope.only.is_none() => full,
+        _ => FullRead {
+            covered_changes: covered_changes(store, mode).await?,
+            read: read_rows(store, scope, view).await?,
+        },
     };
-    let Read {
-        rows,
-        released,
-        devices,
-    } = read;
     for bad in &rows.bad {
         warn!(row = bad.id, column = bad.column, "{bad}");
         if mode == Mode::Apply {
@@ -339,13 +347,15 @@ pub async fn run_pass_with(
         }
     }
     let mut extensions = rows.good;
-    if mode == Mode::DryRun {
-        for extension in extensions.iter_mut().filter(|e| needs_credentials(e)) {
-            let (name, password) = new_credentials();
-            extension.remote_auth_name.get_or_insert(name);
-            extension.remote_auth_password.get_or_insert(password);
-        }
-    }
+    let mut random = credentials::Draw::default();
+    let lengths = &config.credentials;
+    let drawn = fill::draw(&mut extensions, || {
+        (
+            random.auth_name(lengths.name_length),
+            random.password(lengths.password_length),
+        )
+    });
+    drop(random);
     let waiting = waiting_retries(&extensions, now);
     let devices = plannable_devices(view, devices.as_deref(), &extensions, &rows.bad, &released);
     // The licences used by SIP users the plan does not see: those of bad rows, and outside a
@@ -429,6 +439,22 @@ pub async fn run_pass_with(
     let covered = apply::Covered::new(&covered_changes);
     drop(covered_changes);
     let superseded = apply::Superseded::default();
+    let call_order = apply::call_order(&report.plan);
+    let (gate, mut fill) = fill::prepare(
+        drawn,
+        |id| call_order.get(&id).copied().unwrap_or(usize::MAX),
+        config.mbg.max_in_flight,
+    );
+    drop(call_order);
+    fill.first(store, &superseded)
+        .await
+        .map_err(|e| not_stored(e, None))?;
+    // The rows were read beside the MBG's lists, which may have taken long: what changed
+    // meanwhile is not sent (the watch below looks again every poll interval).
+    match store.changed_after(planned_after).await {
+        Ok(ids) => superseded.extend(ids),
+        Err(e) => warn!(error = %e, "cannot look for changes made during the pass"),
+    }
     let cx = apply::Context {
         store,
         client,
@@ -438,6 +464,7 @@ pub async fn run_pass_with(
         progress: scope.progress.as_deref(),
         superseded: &superseded,
         covered: &covered,
+        fill: &gate,
     };
     // Beside the calls: which extensions change while they are made.
     let watch_changes = async {
@@ -449,10 +476,18 @@ pub async fn run_pass_with(
             }
         }
     };
-    let mut applied = tokio::select! {
-        applied = apply::apply(&cx, &report.plan) => applied?,
+    let calls = async {
+        tokio::join!(
+            apply::apply(&cx, &report.plan),
+            fill.rest(store, &superseded, shutdown)
+        )
+    };
+    let (applied, filled) = tokio::select! {
+        both = calls => both,
         () = watch_changes => unreachable!("the watch never ends"),
     };
+    let mut applied = applied?;
+    filled.map_err(|e| not_stored(e, Some(&applied)))?;
     view.absorb(std::mem::take(&mut applied.mbg_changes));
     stale.extend(
         applied
@@ -479,7 +514,7 @@ pub async fn run_pass_with(
         .map(|(_, seq)| seq)
         .collect();
     store.delete_changes(&seqs).await?;
-    store.vacuum_after(acknowledged_with_outcomes + seqs.len());
+    store.vacuum_after(acknowledged_with_outcomes + seqs.len() + fill.stored());
     report.applied = Some(applied);
     Ok(report)
 }
@@ -658,6 +693,10 @@ async fn read_rows(store: &Store, scope: &Scope, view: &MbgView) -> Result<Read,
             near::MAX_ROUNDS
         );
     }
+    read_every_row(store).await
+}
+
+async fn read_every_row(store: &Store) -> Result<Read, StoreError> {
     let rows = store.extension_rows().await?;
     let released = store.released().await?;
     Ok(Read {
@@ -665,6 +704,42 @@ async fn read_rows(store: &Store, scope: &Scope, view: &MbgView) -> Result<Read,
         released,
         devices: None,
     })
+}
+
+/// The changes a pass covers, read before its rows: a change recorded after that read is
+/// reflected in the rows, or left for the next pass.
+async fn covered_changes(store: &Store, mode: Mode) -> Result<Vec<Change>, StoreError> {
+    match mode {
+        Mode::Apply => store.pending_changes(u32::MAX).await,
+        Mode::DryRun => Ok(Vec::new()),
+    }
+}
+
+/// What a full pass reads from the database before it plans: the changes it covers, then
+/// every row. See [`read_full`].
+pub struct FullRead {
+    covered_changes: Vec<Change>,
+    read: Read,
+}
+
+/// The MBG's state and, at the same time, what a full pass reads from the database: neither
+/// waits for the other (at 10,000 rows the rows take longer than the MBG's two lists).
+pub async fn read_full(
+    store: &Store,
+    client: &MbgClient,
+    config: &Config,
+    shutdown: &Shutdown,
+    mode: Mode,
+) -> Result<(MbgView, FullRead), ReconcileError> {
+    let rows = async {
+        Ok::<_, StoreError>(FullRead {
+            covered_changes: covered_changes(store, mode).await?,
+            read: read_every_row(store).await?,
+        })
+    };
+    let (view, rows) = tokio::join!(MbgView::read(client, config, shutdown), rows);
+    // The MBG's error says more (a refused token stops the daemon's calls), then the database.
+    Ok((view?, rows?))
 }
 
 /// Reads rows until the neighbourhood is closed: `false` when that took more than
@@ -679,79 +754,14 @@ async fn close(near: &mut near::Near, store: &Store, view: &MbgView) -> Result<b
     }
 }
 
-/// Reads the MBG's state while, in [`Mode::Apply`], the remote credentials lacking are
-/// generated and stored (write-ahead): neither waits for the other, and nothing is written to
-/// the MBG before both are done. A pass's own fill then finds nothing left to do.
-pub async fn read_view_and_fill(
-    store: &Store,
-    client: &MbgClient,
-    config: &Config,
-    shutdown: &Shutdown,
-    mode: Mode,
-) -> Result<MbgView, ReconcileError> {
-    let fill = async {
-        match mode {
-            Mode::Apply => fill_credentials(store, &|| new_credentials(config)).await,
-            Mode::DryRun => Ok(()),
-        }
-    };
-    let (view, filled) = tokio::join!(MbgView::read(client, config, shutdown), fill);
-    // A refused token says the most (the daemon stops calling until a new one), then the
-    // database, then the MBG.
-    match (view, filled) {
-        (Err(e), _)
-            if e.mbg()
-                .is_some_and(|m| matches!(m.kind, MbgErrorKind::Unauthorized(_))) =>
-        {
-            Err(e)
-        }
-        (_, Err(e)) => Err(e),
-        (view, Ok(())) => view,
-    }
-}
-
-fn new_credentials(config: &Config) -> (String, secrecy::SecretString) {
-    (
-        credentials::random_auth_name(config.credentials.name_length),
-        credentials::random_password(config.credentials.password_length),
-    )
-}
-
-/// Fill-then-read rounds of a pass, at most (see `run_pass_with`).
-const CREDENTIAL_ROUNDS: u32 = 3;
-
-/// Generates and stores remote credentials for every wanted extension that lacks them.
-async fn fill_credentials(
-    store: &Store,
-    new_credentials: &impl Fn() -> (String, secrecy::SecretString),
-) -> Result<(), ReconcileError> {
-    let fills: Vec<CredentialFill> = store
-        .extensions_lacking_credentials()
-        .await?
-        .into_iter()
-        .map(|extension_id| {
-            let (name, password) = new_credentials();
-            CredentialFill {
-                extension_id,
-                name,
-                password,
-            }
-        })
-        .collect();
-    store
-        .fill_remote_credentials_all(&fills)
-        .await
-        .map_err(|error| ReconcileError::CredentialsNotStored {
-            extensions: fills.len(),
-            error,
-        })?;
-    if !fills.is_empty() {
-        info!(
-            extensions = fills.len(),
-            "remote credentials generated and stored"
-        );
-    }
-    Ok(())
+/// The fill failed, before the calls began or (`calls`) during them.
+fn not_stored(e: fill::NotStored, calls: Option<&ApplyReport>) -> ReconcileError {
+    ReconcileError::CredentialsNotStored(Box::new(CredentialsNotStored {
+        extensions: e.extensions,
+        during_calls: calls.is_some(),
+        uncertain_until: calls.and_then(|a| a.uncertain_until),
+        error: e.error,
+    }))
 }
 
 /// Reads the MBG's state, retrying a 429, a 503 or a lost connection with backoff (honouring
@@ -806,9 +816,4 @@ fn waiting_retries(extensions: &[Extension], now: i64) -> Option<Waiting> {
         due_from: *due.iter().min()?,
         due_until: *due.iter().max()?,
     })
-}
-
-fn needs_credentials(extension: &Extension) -> bool {
-    extension.use_remote_auth
-        && (extension.remote_auth_name.is_none() || extension.remote_auth_password.is_none())
 }

@@ -99,8 +99,8 @@ pub enum Problem {
     LicenceBudget {
         budget: u32,
     },
-    /// Remote credentials are not set (they are generated before planning; seen only if that
-    /// failed).
+    /// Remote credentials are not set. A pass draws them before it plans, so only a plan made
+    /// from rows as stored meets this.
     MissingCredentials,
     /// Another wanted extension has the same remote auth name: two phones would log in as one.
     SetsideNameShared {

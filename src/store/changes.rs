@@ -76,12 +76,10 @@ impl Store {
                 .swap(true, std::sync::atomic::Ordering::AcqRel)
         };
         if self.backend == super::Backend::Postgres && acknowledged >= VACUUM_AFTER && idle() {
-            // A pass that handled this many left dead rows behind: the deleted changes, and in
-            // `extensions` the old versions of rows whose credentials it filled, which stay in
-            // the partial index of rows lacking credentials. Until autovacuum comes by (a minute
-            // or more), every change query and every pass's credential check walked them: 1 to
-            // 6 ms each at 100,000 extensions. Vacuumed now, beside the work (it blocks no read
-            // or write); a failed vacuum costs only that time.
+            // A pass that handled this many left dead rows behind: the deleted changes. Until
+            // autovacuum comes by (a minute or more), every change query walked them: 1 to 6 ms
+            // each at 100,000 extensions. Vacuumed now, beside the work (it blocks no read or
+            // write); a failed vacuum costs only that time.
             let (pool, vacuuming) = (self.pool.clone(), self.vacuuming.clone());
             tokio::spawn(async move {
                 if let Err(e) = sqlx::raw_sql("VACUUM (ANALYZE) extension_changes, extensions")

@@ -8,9 +8,9 @@ use sqlx::{AssertSqlSafe, Row, ValueRef};
 use super::error::{classify, quote};
 use super::transaction::{Durability, Transaction};
 use super::{
-    AuditEntry, Backend, BadRow, CredentialFill, Extension, ExtensionFilter, ExtensionKind,
-    ExtensionRows, ExtensionSpec, ExtensionState, NotFound, Result, RowKeys, StateUpdate, Store,
-    StoreError, get_bool, now,
+    AuditEntry, Backend, BadRow, Extension, ExtensionFilter, ExtensionKind, ExtensionRows,
+    ExtensionSpec, ExtensionState, NotFound, Result, RowKeys, StateUpdate, Store, StoreError,
+    get_bool, now,
 };
 
 // A LEFT JOIN, so that an extension whose node was deleted behind our back (foreign keys off in a
@@ -744,23 +744,6 @@ impl Store {
             .await
             .map_err(StoreError::Database)?;
         Ok(())
-    }
-
-    /// Write-ahead for provisioning, one extension: see [`Store::fill_remote_credentials_all`].
-    /// Returns the row as stored.
-    pub async fn fill_remote_credentials(
-        &self,
-        id: i64,
-        name: &str,
-        password: &SecretString,
-    ) -> Result<Extension> {
-        self.fill_remote_credentials_all(&[CredentialFill {
-            extension_id: id,
-            name: name.to_string(),
-            password: password.clone(),
-        }])
-        .await?;
-        self.extension(id).await
     }
 
     /// A rotation: replaces the remote credentials, with its audit row, in one transaction. The

@@ -108,6 +108,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0011_targeted_reads.sql"),
         include_str!("../../migrations/postgres/0011_targeted_reads.sql"),
     ),
+    (
+        12,
+        "fill reads rows",
+        include_str!("../../migrations/sqlite/0012_fill_reads_rows.sql"),
+        include_str!("../../migrations/postgres/0012_fill_reads_rows.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

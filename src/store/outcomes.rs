@@ -15,7 +15,7 @@ use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::error::classify;
 use super::transaction::{Durability, Transaction};
-use super::{AuditEntry, Backend, DeviceFact, OutcomeWrite, Result, Store, StoreError};
+use super::{AuditEntry, Backend, DeviceFact, Extension, OutcomeWrite, Result, Store, StoreError};
 
 /// Rows per multi-row credential statement. Small enough that a statement stays well under
 /// 16 KB: sqlx 0.9 does not set `TCP_NODELAY`, and a larger message leaves the socket in two
@@ -23,15 +23,41 @@ use super::{AuditEntry, Backend, DeviceFact, OutcomeWrite, Result, Store, StoreE
 /// server's delayed ACK, 40 ms. Measured on PostgreSQL: 500-row statements made a group of 256
 /// outcomes take 60 to 170 ms, 100-row ones 25 to 35 ms.
 const FILL_CHUNK: usize = 100;
-/// Concurrent credential-fill transactions on PostgreSQL.
-const PG_FILL_TRANSACTIONS: usize = 2;
 
-/// Generated remote credentials for an extension that lacks them.
+/// Remote credentials for an extension that lacks one or both, as its row was read: the fields
+/// it had, and drawn ones for the others. Stored only if the row is still as read.
 #[derive(Debug, Clone)]
 pub struct CredentialFill {
     pub extension_id: i64,
+    /// The row's version when it was read.
+    pub read_version: i64,
     pub name: String,
     pub password: SecretString,
+    /// Whether `name` / `password` are the row's own (read), not drawn.
+    pub(crate) name_was_stored: bool,
+    pub(crate) password_was_stored: bool,
+}
+
+impl CredentialFill {
+    /// What `row` holds, with `name` and `password` where it holds none.
+    pub(crate) fn for_row(row: &Extension, name: String, password: SecretString) -> Self {
+        CredentialFill {
+            extension_id: row.id,
+            read_version: row.version,
+            name_was_stored: row.remote_auth_name.is_some(),
+            password_was_stored: row.remote_auth_password.is_some(),
+            name: row.remote_auth_name.clone().unwrap_or(name),
+            password: row.remote_auth_password.clone().unwrap_or(password),
+        }
+    }
+}
+
+/// Whether a credential fill removes the change records it makes (see
+/// [`Store::store_drawn_credentials`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnChanges {
+    Remove,
+    Keep,
 }
 
 /// One write of a pass's bookkeeping. A group of them commits together.
@@ -44,76 +70,127 @@ pub enum PassWrite {
 }
 
 impl Store {
-    /// Write-ahead for provisioning: stores generated remote credentials before any MBG call, but
-    /// only into fields that are empty, so credentials already in the database (typed by an
-    /// admin, or from an earlier attempt) are never replaced.
+    /// Write-ahead for provisioning: stores remote credentials a pass drew for rows that lack
+    /// them, in one transaction, before any MBG call for those rows. A row is written only if it
+    /// is still as the pass read it (its version, and its credential fields, which a write with
+    /// the triggers off changes without a new version), and for a pass holder only while its
+    /// epoch is the current one; only fields still empty are filled: credentials already stored
+    /// (typed by an admin, from an earlier attempt) are never replaced. Returns the ids written; any
+    /// other row changed after the pass read it, which must then not act on what it read.
     ///
-    /// One transaction on SQLite (one writer at a time anyway); on PostgreSQL the rows are split
-    /// between [`PG_FILL_TRANSACTIONS`] transactions on their own connections, run at once: the
-    /// server's work (row versions, triggers) then uses more than one core. All are committed
-    /// before this returns; one that fails leaves the others' credentials stored, which is what
-    /// a later pass would store anyway.
-    pub(crate) async fn fill_remote_credentials_all(&self, fills: &[CredentialFill]) -> Result<()> {
+    /// The change records the write makes are removed with it: the pass that stores the
+    /// credentials is the one that acts on them, and its watch for rows changed meanwhile must
+    /// not take its own write for someone else's.
+    pub(crate) async fn store_drawn_credentials(
+        &self,
+        fills: &[CredentialFill],
+    ) -> Result<Vec<i64>> {
+        self.fill_in_one_transaction(fills, OwnChanges::Remove)
+            .await
+    }
+
+    /// Stores remote credentials for one extension as another program would (its change is
+    /// recorded), but only into fields that are empty: see [`Store::store_drawn_credentials`].
+    /// Returns the row as stored.
+    pub async fn fill_remote_credentials(
+        &self,
+        id: i64,
+        name: &str,
+        password: &SecretString,
+    ) -> Result<Extension> {
+        let read = self.extension(id).await?;
+        self.fill_in_one_transaction(
+            &[CredentialFill::for_row(
+                &read,
+                name.to_string(),
+                password.clone(),
+            )],
+            OwnChanges::Keep,
+        )
+        .await?;
+        self.extension(id).await
+    }
+
+    async fn fill_in_one_transaction(
+        &self,
+        fills: &[CredentialFill],
+        own_changes: OwnChanges,
+    ) -> Result<Vec<i64>> {
         if fills.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let parts = match self.backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => PG_FILL_TRANSACTIONS,
-        };
-        let per_part = fills.len().div_ceil(parts);
-        let results = futures_util::future::join_all(
-            fills
-                .chunks(per_part)
-                .map(|part| self.fill_in_one_transaction(part)),
-        )
-        .await;
-        results.into_iter().collect()
-    }
-
-    /// The extensions that want remote credentials and lack one or both: what
-    /// [`Store::fill_remote_credentials_all`] is for. Ids only, so a pass does not decode every
-    /// row twice.
-    pub(crate) async fn extensions_lacking_credentials(&self) -> Result<Vec<i64>> {
-        sqlx::query_scalar(
-            "SELECT id FROM extensions
-              WHERE use_remote_auth = TRUE
-                AND (COALESCE(remote_auth_name, '') = '' OR COALESCE(remote_auth_password, '') = '')
-              ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::Database)
-    }
-
-    async fn fill_in_one_transaction(&self, fills: &[CredentialFill]) -> Result<()> {
+        let fenced = fenced_by(self.fence());
         let mut tx = Transaction::begin(&self.pool, self.backend, Durability::Synced).await?;
+        let before: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM extension_changes")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::Database)?;
+        let mut written = Vec::with_capacity(fills.len());
         for chunk in fills.chunks(FILL_CHUNK) {
             // UPDATE … FROM (VALUES …): one statement per chunk on both backends.
             let sql = format!(
-                "WITH fill (id, name, password) AS (VALUES {})
+                "WITH fill (id, version, name, password, read_name, read_password) AS (VALUES {})
                  UPDATE extensions
                     SET remote_auth_name = COALESCE(NULLIF(extensions.remote_auth_name, ''), fill.name),
                         remote_auth_password =
                             COALESCE(NULLIF(extensions.remote_auth_password, ''), fill.password)
                    FROM fill
-                  WHERE extensions.id = fill.id",
-                values(self.backend, chunk.len(), &["BIGINT", "TEXT", "TEXT"])
+                  WHERE extensions.id = fill.id AND extensions.version = fill.version
+                    AND COALESCE(extensions.remote_auth_name, '') = COALESCE(fill.read_name, '')
+                    AND COALESCE(extensions.remote_auth_password, '')
+                        = COALESCE(fill.read_password, ''){fenced}
+                 RETURNING extensions.id",
+                values(
+                    self.backend,
+                    chunk.len(),
+                    &["BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT", "TEXT"]
+                )
             );
-            let mut query =
-                sqlx::query(AssertSqlSafe(sql)).persistent(self.backend.keeps_list_statements());
+            let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                .persistent(self.backend.keeps_list_statements());
             for fill in chunk {
                 query = query
                     .bind(fill.extension_id)
+                    .bind(fill.read_version)
                     .bind(fill.name.as_str())
-                    .bind(fill.password.expose_secret());
+                    .bind(fill.password.expose_secret())
+                    // As read: a write that bypassed the version trigger (triggers off) is
+                    // caught here, so the MBG never gets credentials the row does not hold.
+                    .bind(fill.name_was_stored.then_some(fill.name.as_str()))
+                    .bind(
+                        fill.password_was_stored
+                            .then_some(fill.password.expose_secret()),
+                    );
             }
-            query
-                .execute(&mut *tx)
+            let ids = query
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(StoreError::Database)?;
+            if own_changes == OwnChanges::Remove && !ids.is_empty() {
+                let after = match self.backend {
+                    Backend::Sqlite => "?".to_string(),
+                    Backend::Postgres => format!("${}::BIGINT", ids.len() + 1),
+                };
+                let sql = format!(
+                    "DELETE FROM extension_changes
+                      WHERE extension_id IN (VALUES {}) AND seq > {after}",
+                    values(self.backend, ids.len(), &["BIGINT"])
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql))
+                    .persistent(self.backend.keeps_list_statements());
+                for id in &ids {
+                    query = query.bind(*id);
+                }
+                query
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::Database)?;
+            }
+            written.extend(ids);
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(written)
     }
 
     /// Writes an outcome of a pass in one transaction. Returns `false` when the row changed
@@ -249,6 +326,16 @@ async fn extend_failure_streaks(
         .collect())
 }
 
+/// A condition on an `UPDATE … FROM` of extensions: only while this process's epoch is the
+/// current one, so that a deposed holder's writes land nowhere (as a stale version's do). An
+/// integer of ours, so written into the statement; none when this process holds no lock.
+fn fenced_by(fence: i64) -> String {
+    match fence {
+        0 => String::new(),
+        epoch => format!(" AND EXISTS (SELECT 1 FROM pass_epoch WHERE id = 1 AND epoch = {epoch})"),
+    }
+}
+
 /// One chunk of a group, whose outcomes name distinct extensions.
 pub(super) async fn write_chunk(
     conn: &mut AnyConnection,
@@ -256,12 +343,7 @@ pub(super) async fn write_chunk(
     fence: i64,
     chunk: &[PassWrite],
 ) -> Result<Vec<bool>> {
-    // Only while this process's epoch is the current one: a deposed holder's outcomes land
-    // nowhere (as a stale version's do). An integer of ours, so written into the statement.
-    let fenced = match fence {
-        0 => String::new(),
-        epoch => format!(" AND EXISTS (SELECT 1 FROM pass_epoch WHERE id = 1 AND epoch = {epoch})"),
-    };
+    let fenced = fenced_by(fence);
     let outcomes: Vec<&OutcomeWrite> = chunk
         .iter()
         .filter_map(|w| match w {
@@ -419,4 +501,163 @@ pub(super) async fn write_chunk(
             _ => true,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ExtensionSpec, NewNode};
+
+    fn fill(extension: &Extension, name: &str) -> CredentialFill {
+        CredentialFill::for_row(
+            extension,
+            name.into(),
+            SecretString::from(format!("{name}-password")),
+        )
+    }
+
+    /// Credentials drawn for a row as read land only on that version of it, never over stored
+    /// ones; the write's own change records go with it, and nobody else's.
+    #[tokio::test]
+    async fn drawn_credentials_land_only_on_the_row_as_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&url.parse().unwrap()).await.unwrap();
+        store
+            .add_node(&NewNode {
+                name: "pbx1".into(),
+                address: "10.0.0.1".into(),
+                nat_address: None,
+                nat_sip_port: None,
+            })
+            .await
+            .unwrap();
+        let mut rows = Vec::new();
+        for number in ["1001", "1002", "1003"] {
+            let spec = ExtensionSpec {
+                number: number.into(),
+                node: "pbx1".into(),
+                kind: None,
+                use_remote_auth: Some(true),
+                sip_password: None,
+            };
+            let (row, _) = store
+                .set_extension(&spec, &SecretString::from("pw"))
+                .await
+                .unwrap();
+            rows.push(row);
+        }
+        let pending_seqs = async || -> Vec<i64> {
+            store
+                .pending_changes(u32::MAX)
+                .await
+                .unwrap()
+                .iter()
+                .map(|c| c.seq)
+                .collect()
+        };
+        let pending_before = pending_seqs().await;
+        // 1002 changes after the pass read it; 1003 already has a name someone typed.
+        let changed = ExtensionSpec {
+            number: "1002".into(),
+            node: "pbx1".into(),
+            kind: None,
+            use_remote_auth: Some(true),
+            sip_password: Some(SecretString::from("changed")),
+        };
+        store
+            .set_extension(&changed, &SecretString::from("pw"))
+            .await
+            .unwrap();
+        let typed = store
+            .fill_remote_credentials(rows[2].id, "typedname", &SecretString::from(""))
+            .await
+            .unwrap();
+        let after_others = pending_seqs().await;
+
+        let written = store
+            .store_drawn_credentials(&[
+                fill(&rows[0], "drawnone"),
+                fill(&rows[1], "drawntwo"),
+                fill(&typed, "drawnthree"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            written,
+            vec![rows[0].id, typed.id],
+            "1002 changed after the read"
+        );
+
+        let one = store.extension(rows[0].id).await.unwrap();
+        assert_eq!(one.remote_auth_name.as_deref(), Some("drawnone"));
+        assert_eq!(
+            one.version,
+            rows[0].version + 1,
+            "the outcome is planned on this"
+        );
+        let two = store.extension(rows[1].id).await.unwrap();
+        assert_eq!(two.remote_auth_name, None, "nothing lands on a changed row");
+        let three = store.extension(typed.id).await.unwrap();
+        assert_eq!(
+            three.remote_auth_name.as_deref(),
+            Some("typedname"),
+            "a stored name is never replaced"
+        );
+        assert_eq!(
+            three
+                .remote_auth_password
+                .as_ref()
+                .map(|p| p.expose_secret().to_string()),
+            Some("drawnthree-password".to_string()),
+            "the empty field is filled"
+        );
+        let pending = pending_seqs().await;
+        assert!(pending_before.len() == 3 && after_others.len() == 5);
+        assert_eq!(
+            pending, after_others,
+            "the fill's own change records are gone; the earlier ones (answered by outcomes) stay"
+        );
+
+        // A password written with the triggers off (the version stays): the row is not as
+        // read, and the drawn password must not reach the MBG as if it were stored.
+        let (behind, _) = store
+            .set_extension(
+                &ExtensionSpec {
+                    number: "1004".into(),
+                    node: "pbx1".into(),
+                    kind: None,
+                    use_remote_auth: Some(true),
+                    sip_password: None,
+                },
+                &SecretString::from("pw"),
+            )
+            .await
+            .unwrap();
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP TRIGGER extensions_record_update;
+             UPDATE extensions SET remote_auth_password = 'typed-behind-1' WHERE id = {}",
+            behind.id
+        )))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            store.extension(behind.id).await.unwrap().version,
+            behind.version
+        );
+        let written = store
+            .store_drawn_credentials(&[fill(&behind, "drawnfour")])
+            .await
+            .unwrap();
+        assert!(written.is_empty(), "not the row as read");
+        let four = store.extension(behind.id).await.unwrap();
+        assert_eq!(four.remote_auth_name, None);
+        assert_eq!(
+            four.remote_auth_password
+                .as_ref()
+                .map(|p| p.expose_secret().to_string()),
+            Some("typed-behind-1".to_string())
+        );
+    }
 }

@@ -53,7 +53,14 @@ impl Transaction {
             connection: Some(connection),
             restore_normal: synced,
         };
-        sqlx::raw_sql("BEGIN")
+        // Every transaction here writes. On SQLite one that read first and wrote later would
+        // fail outright (SQLITE_BUSY_SNAPSHOT, no busy wait) when another connection wrote in
+        // between; taking the write lock at BEGIN waits for it instead.
+        let begin = match backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        sqlx::raw_sql(begin)
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::Database)?;

@@ -28,6 +28,7 @@ crate::on_both_backends!(
     a_refused_create_of_a_sip_user_already_ours_is_taken_back,
     a_second_copy_is_gone_before_its_name_goes_to_the_one_kept,
     a_large_pass_vacuums_the_changes_its_outcomes_acknowledged,
+    a_fill_that_fails_midway_stops_the_pass_and_sends_nothing_uncommitted,
 );
 
 fn now() -> i64 {
@@ -439,7 +440,7 @@ async fn a_pass_that_counts_done_outcomes_keeps_only_the_others(db: TestDb) {
     let unplaceable = set(store, "1002", "pbx3", true).await;
     let client = h.client().await;
     let shutdown = Shutdown::new();
-    let mut view = reconcile::read_view_and_fill(store, &client, &h.config, &shutdown, Mode::Apply)
+    let mut view = reconcile::MbgView::read(&client, &h.config, &shutdown)
         .await
         .unwrap();
     let scope = reconcile::Scope {
@@ -455,6 +456,7 @@ async fn a_pass_that_counts_done_outcomes_keeps_only_the_others(db: TestDb) {
         now(),
         &mut view,
         &scope,
+        None,
     )
     .await
     .unwrap();
@@ -500,6 +502,7 @@ async fn apply_planned(
         progress: None,
         superseded: &Default::default(),
         covered: &Default::default(),
+        fill: &Default::default(),
     };
     reconcile::apply::apply(&cx, plan).await.unwrap()
 }
@@ -984,6 +987,7 @@ async fn a_refused_create_of_a_sip_user_already_ours_is_taken_back(db: TestDb) {
         now(),
         &mut stale,
         &Default::default(),
+        None,
     )
     .await
     .unwrap();
@@ -1088,4 +1092,117 @@ async fn a_large_pass_vacuums_the_changes_its_outcomes_acknowledged(db: TestDb) 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The credentials a pass draws are stored in chunks while its calls go on, each call waiting
+/// for its own chunk. A chunk the database refuses (here a trigger planted on one row, as a
+/// full disk would) stops the pass: it says how many extensions' credentials were not stored,
+/// every SIP user on the MBG carries credentials the database committed, and the next pass
+/// does the rest without a duplicate.
+async fn a_fill_that_fails_midway_stops_the_pass_and_sends_nothing_uncommitted(db: TestDb) {
+    use mbg_provision::store::Backend;
+    let mut h = Harness::new(db, sim_config()).await.with_token().await;
+    // Chunks of 4, 8, 16, 32, then 40: the refused row, the 31st, is in the fourth.
+    h.config.mbg.max_in_flight = 4;
+    let store = &h.db.store;
+    nodes(store).await;
+    for i in 0..100 {
+        set(store, &(2000 + i).to_string(), "pbx1", true).await;
+    }
+    let plant = match store.backend() {
+        Backend::Sqlite => {
+            "CREATE TRIGGER planted_failure BEFORE UPDATE OF remote_auth_name ON extensions
+             WHEN NEW.number = '2030' AND NEW.remote_auth_name IS NOT NULL
+             BEGIN SELECT RAISE(ABORT, 'planted: no room left'); END;"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION planted_failure() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.number = '2030' AND NEW.remote_auth_name IS NOT NULL THEN
+                     RAISE EXCEPTION 'planted: no room left';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER planted_failure BEFORE UPDATE ON extensions
+             FOR EACH ROW EXECUTE FUNCTION planted_failure();"
+        }
+    };
+    crate::service::sql(&h.db.url, plant).await;
+    let mbg_carries_what_was_committed = async || {
+        let rows: HashMap<String, mbg_provision::store::Extension> = store
+            .extensions()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.number.clone(), e))
+            .collect();
+        for device in h.sim.devices() {
+            let row = &rows[&device.icpside_username];
+            assert_eq!(
+                row.remote_auth_name.as_deref(),
+                Some(device.setside_username.as_str()),
+                "{}: a set-side name the database never committed",
+                row.number
+            );
+            assert_eq!(
+                row.remote_auth_password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_string()),
+                Some(device.setside_password.clone()),
+                "{}: a set-side password the database never committed",
+                row.number
+            );
+        }
+        rows
+    };
+
+    let client = h.client().await;
+    let error = reconcile::run_pass(
+        store,
+        &client,
+        &h.config,
+        Mode::Apply,
+        &Shutdown::new(),
+        now(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("for 72 extension(s)")
+            && error.contains("(the pass stopped there)")
+            && error.contains("planted: no room left"),
+        "{error}"
+    );
+    let rows = mbg_carries_what_was_committed().await;
+    let without: Vec<&str> = rows
+        .values()
+        .filter(|e| e.remote_auth_name.is_none())
+        .map(|e| e.number.as_str())
+        .collect();
+    assert_eq!(without.len(), 72, "the refused chunk and those after it");
+    assert!(without.contains(&"2030"));
+    assert!(
+        h.sim.devices().len() <= 28,
+        "only extensions of the stored chunks may have been created: {}",
+        h.sim.devices().len()
+    );
+
+    let unplant = match store.backend() {
+        Backend::Sqlite => "DROP TRIGGER planted_failure",
+        Backend::Postgres => "DROP TRIGGER planted_failure ON extensions",
+    };
+    crate::service::sql(&h.db.url, unplant).await;
+    let report = pass(&h).await;
+    assert!(report.succeeded());
+    mbg_carries_what_was_committed().await;
+    let devices = h.sim.devices();
+    assert_eq!(devices.len(), 100);
+    let mut numbers: Vec<&str> = devices
+        .iter()
+        .map(|d| d.icpside_username.as_str())
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), 100, "no extension created twice");
 }
