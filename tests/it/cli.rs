@@ -1973,3 +1973,90 @@ async fn the_demo_keeps_the_console_open_with_a_printed_sign_in() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// A sync whose credential fill failed while its creates were under way, one of them with its
+/// answer lost, must not say "no create of mine may still land" by releasing the lock: the next
+/// holder waits out the MBG's timeout and reads the MBG again, and every extension ends with one
+/// SIP user carrying what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_whose_fill_failed_midway_leaves_the_lock_for_the_next_one_to_wait_out() {
+    let (sim, db, dir, env) = with_cli_token(crate::mbg::sim_config()).await;
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Chunks of 4, 8, 16, then the rest: 2030, the 32nd in call order, is in the fourth.
+    env.push(("MBG_PROVISION_MBG__MAX_IN_FLIGHT", "4"));
+    let cmd = |args: &[&str]| run_with(dir.path(), &db.url, &env, args);
+    for number in 2000..2040 {
+        let spec = mbg_provision::store::ExtensionSpec {
+            number: number.to_string(),
+            node: "pbx1".into(),
+            kind: None,
+            use_remote_auth: Some(true),
+            sip_password: None,
+        };
+        db.store
+            .set_extension(&spec, &secrecy::SecretString::from("pbx-sip-password"))
+            .await
+            .unwrap();
+    }
+    crate::service::sql(
+        &db.url,
+        "CREATE TRIGGER planted_failure BEFORE UPDATE OF remote_auth_name ON extensions
+         WHEN NEW.number = '2030' AND NEW.remote_auth_name IS NOT NULL
+         BEGIN SELECT RAISE(ABORT, 'planted: no room left'); END;",
+    )
+    .await;
+    let unclean = "did not release it cleanly";
+    sim.set_faults(mbg_provision::sim::Faults {
+        lose_answer_next: 1,
+        ..Default::default()
+    });
+
+    let failed = cmd(&["sync"]);
+    assert_ne!(failed.status.code(), Some(0));
+    let text = stderr(&failed);
+    assert!(
+        text.contains("(the pass stopped there)") && text.contains("planted: no room left"),
+        "{text}"
+    );
+    let created = sim.devices().len();
+    assert!(
+        (1..=28).contains(&created),
+        "the stored chunks' creates went out, no other: {created}"
+    );
+
+    crate::service::sql(&db.url, "DROP TRIGGER planted_failure").await;
+    let next = cmd(&["sync"]);
+    let text = format!("{}{}", stdout(&next), stderr(&next));
+    assert!(next.status.success(), "{text}");
+    assert!(
+        text.contains(unclean),
+        "the failed sync released the lock:\n{text}"
+    );
+    let clean = cmd(&["sync"]);
+    let text = format!("{}{}", stdout(&clean), stderr(&clean));
+    assert!(clean.status.success(), "{text}");
+    assert!(
+        !text.contains(unclean),
+        "a sync that ended cleanly released the lock:\n{text}"
+    );
+
+    let rows: std::collections::HashMap<String, mbg_provision::store::Extension> = db
+        .store
+        .extensions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.number.clone(), e))
+        .collect();
+    let devices = sim.devices();
+    assert_eq!(devices.len(), 41, "1001 and 2000..2039, once each");
+    for device in devices {
+        let row = &rows[&device.icpside_username];
+        assert_eq!(
+            row.remote_auth_name.as_deref(),
+            Some(device.setside_username.as_str()),
+            "{}",
+            row.number
+        );
+    }
+}
