@@ -28,6 +28,16 @@ use crate::{systemd, telemetry};
 
 /// After a full pass fails (the MBG unreachable past `mbg.retry_deadline`), try again this soon.
 const FULL_PASS_RETRY: Duration = Duration::from_secs(30);
+
+/// The wait before the next pass after `failed_in_a_row` failed ones: the poll interval, doubled
+/// for each failure after the first, at most [`FULL_PASS_RETRY`]. A failed pass takes the MBG
+/// view with it, so the next one reads the MBG's lists afresh (100,000 SIP users at a large
+/// site): while the database cannot be written (a full disk) or the MBG fails, that must not
+/// happen at every poll.
+fn pass_backoff(poll: Duration, failed_in_a_row: u32) -> Duration {
+    let doublings = failed_in_a_row.saturating_sub(1).min(16);
+    poll.saturating_mul(1 << doublings).min(FULL_PASS_RETRY)
+}
 /// How often a running pass's progress reaches `queue_depth`.
 const QUEUE_DEPTH_EVERY: Duration = Duration::from_millis(500);
 /// A timer that is not set.
@@ -78,6 +88,9 @@ pub(crate) struct Worker {
     database_writes_failing: bool,
     /// Why the last pass failed, if it did.
     last_failure: Option<String>,
+    /// Passes failed in a row, and no pass before the instant (see [`pass_backoff`]).
+    failed_in_a_row: u32,
+    no_pass_before: Instant,
     /// When the extensions were last counted by state (see [`Worker::report_queue`]).
     states_counted: Option<Instant>,
 }
@@ -119,6 +132,8 @@ impl Worker {
             blocked: None,
             database_writes_failing: false,
             last_failure: None,
+            failed_in_a_row: 0,
+            no_pass_before: now,
             states_counted: None,
         }
     }
@@ -131,6 +146,7 @@ impl Worker {
         self.rows = RowIndex::default();
         self.health.update(|h| h.clear(Concern::UnloggedChanges));
         self.next_full = self.app.clock.instant();
+        (self.failed_in_a_row, self.no_pass_before) = (0, self.app.clock.instant());
         self.lease = Some(lock.lease());
         self.client = None;
         // The first pass checks both; the idle check comes after it.
@@ -248,6 +264,9 @@ impl Worker {
             self.client = None;
             self.next_full = self.app.clock.instant();
         }
+        if self.app.clock.instant() < self.no_pass_before {
+            return;
+        }
         let full = self.app.clock.instant() >= self.next_full;
         // The common case, every poll: one query, and nothing to do.
         let targets = if full {
@@ -309,6 +328,7 @@ impl Worker {
                 if let Some(at) = settle_at.max(self.settle_at.take()) {
                     self.next_full = self.next_full.min(at);
                 }
+                self.failed_in_a_row = 0;
                 // The pass read and wrote the database: it works, writes included.
                 if self.last_failure.take().is_some() {
                     info!("passes work again");
@@ -335,6 +355,9 @@ impl Worker {
                     self.token_refused(generation, mbg).await;
                     return;
                 }
+                self.failed_in_a_row += 1;
+                self.no_pass_before = self.app.clock.instant()
+                    + pass_backoff(self.app.config.watch.poll_interval, self.failed_in_a_row);
                 // Once per kind of failure, not once per poll while it lasts.
                 let message = e.to_string();
                 if self.last_failure.as_deref() == Some(message.as_str()) {
@@ -927,6 +950,19 @@ mod tests {
             renewal_after_reload(due, &daily, &config, now),
             Some(at("2026-12-02T04:30:00Z")),
             "a new schedule runs at its own next time"
+        );
+    }
+
+    #[test]
+    fn failed_passes_in_a_row_wait_longer_up_to_the_full_pass_retry() {
+        let poll = Duration::from_secs(1);
+        let waits: Vec<u64> = (1..=8).map(|n| pass_backoff(poll, n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(pass_backoff(poll, u32::MAX), FULL_PASS_RETRY);
+        assert_eq!(
+            pass_backoff(Duration::from_millis(200), 1),
+            Duration::from_millis(200),
+            "the first retry comes at the next poll, as before"
         );
     }
 }

@@ -1998,13 +1998,8 @@ async fn a_sync_whose_fill_failed_midway_leaves_the_lock_for_the_next_one_to_wai
             .await
             .unwrap();
     }
-    crate::service::sql(
-        &db.url,
-        "CREATE TRIGGER planted_failure BEFORE UPDATE OF remote_auth_name ON extensions
-         WHEN NEW.number = '2030' AND NEW.remote_auth_name IS NOT NULL
-         BEGIN SELECT RAISE(ABORT, 'planted: no room left'); END;",
-    )
-    .await;
+    let (plant, unplant) = crate::reconcile::planted_fill_failure(db.store.backend(), "2030");
+    crate::service::sql(&db.url, &plant).await;
     let unclean = "did not release it cleanly";
     sim.set_faults(mbg_provision::sim::Faults {
         lose_answer_next: 1,
@@ -2024,7 +2019,7 @@ async fn a_sync_whose_fill_failed_midway_leaves_the_lock_for_the_next_one_to_wai
         "the stored chunks' creates went out, no other: {created}"
     );
 
-    crate::service::sql(&db.url, "DROP TRIGGER planted_failure").await;
+    crate::service::sql(&db.url, &unplant).await;
     let next = cmd(&["sync"]);
     let text = format!("{}{}", stdout(&next), stderr(&next));
     assert!(next.status.success(), "{text}");

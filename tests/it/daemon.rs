@@ -23,6 +23,7 @@ crate::on_both_backends!(
     a_refused_token_stops_the_calls_until_a_new_one_is_stored,
     the_renewal_job_renews_at_its_scheduled_time_and_not_before,
     a_change_behind_the_logs_back_is_applied_by_the_full_reconcile_and_named,
+    a_late_create_of_a_pass_whose_fill_failed_is_not_left_as_a_copy,
 );
 
 /// How long the daemon may take, in real time, to finish what a move of its clock woke it for.
@@ -534,4 +535,110 @@ async fn a_change_behind_the_logs_back_is_applied_by_the_full_reconcile_and_name
         assert_eq!(named(&daemon), Vec::<String>::new());
     })
     .await;
+}
+
+/// A pass whose credential fill fails midway while one of its creates is held by the MBG beyond
+/// the client's timeout (carried out later, with no answer seen): after the fill works again,
+/// the daemon must end with one SIP user per extension, the one the database records, even on an
+/// MBG that takes a second SIP user with the same set-side name. While the fill fails, the
+/// passes that retry it back off rather than read the MBG at every poll. (Here the passes after
+/// the failure read the MBG afresh and see the late create; the settle time the failed pass
+/// hands on is not what this test exercises.)
+async fn a_late_create_of_a_pass_whose_fill_failed_is_not_left_as_a_copy(db: TestDb) {
+    let h = Harness::new(db, crate::guarantees::lenient_sim(0))
+        .await
+        .with_token()
+        .await;
+    let numbers: Vec<String> = (2000..2040).map(|n| n.to_string()).collect();
+    let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    node_and_extensions(&h, &refs).await;
+    let (plant, unplant) = crate::reconcile::planted_fill_failure(h.db.store.backend(), "2030");
+    let h = &h;
+    with_daemon(
+        h,
+        Clock::system(),
+        |c| {
+            c.mbg.max_in_flight = 4;
+            c.mbg.timeout = Duration::from_secs(2);
+        },
+        |daemon| async move {
+            eventually("leading", Duration::from_secs(10), || {
+                daemon.health.snapshot().role == Role::Leader
+            })
+            .await;
+            sql(&h.db, &plant).await;
+            h.sim.set_faults(mbg_provision::sim::Faults {
+                slow_changes_next: 1,
+                spike_ms: 3_000,
+                ..Default::default()
+            });
+            sql(
+                &h.db,
+                "UPDATE extensions SET use_remote_auth = true WHERE number >= '2000'",
+            )
+            .await;
+            eventually("the first create", Duration::from_secs(10), || {
+                h.sim.requests().iter().any(|r| r.method == "POST")
+            })
+            .await;
+            let lists = || {
+                h.sim
+                    .requests()
+                    .iter()
+                    .filter(|r| r.path.ends_with("/devices/sip/all/"))
+                    .count()
+            };
+            let before = lists();
+            // The held create lands 3 s after it was sent.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            // Each failed pass takes the MBG view with it, so the pass that retries reads the
+            // whole list again. Polled every 200 ms, that was 17 reads in 6 s here (measured with
+            // the backoff taken out); backing off from the poll interval (0.2 + 0.4 + 0.8 + 1.6
+            // + 3.2 s), 5.
+            let read = lists() - before;
+            assert!(
+                read <= 7,
+                "{read} reads of the device list in 6 s while the database failed"
+            );
+            assert!(
+                daemon
+                    .health
+                    .snapshot()
+                    .database
+                    .error
+                    .is_some_and(|e| e.contains("planted")),
+                "the database's failure is what the health says"
+            );
+            sql(&h.db, &unplant).await;
+            eventually(
+                "one SIP user per extension",
+                Duration::from_secs(30),
+                || {
+                    let devices = h.sim.devices();
+                    let mut numbers: Vec<String> =
+                        devices.into_iter().map(|d| d.icpside_username).collect();
+                    numbers.sort();
+                    numbers.dedup();
+                    numbers.len() == 40 && h.sim.devices().len() == 40
+                },
+            )
+            .await;
+        },
+    )
+    .await;
+    let recorded: std::collections::HashMap<String, String> =
+        h.db.store
+            .extensions()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| Some((e.mbg_device_id?, e.number)))
+            .collect();
+    for device in h.sim.devices() {
+        assert_eq!(
+            recorded.get(&device.guid),
+            Some(&device.icpside_username),
+            "a SIP user the database does not record"
+        );
+    }
 }

@@ -1094,13 +1094,45 @@ async fn a_large_pass_vacuums_the_changes_its_outcomes_acknowledged(db: TestDb) 
     }
 }
 
+/// SQL that makes the database refuse to store remote credentials for `number` (as a full disk
+/// would, but for one row), and SQL that takes that back.
+pub(crate) fn planted_fill_failure(
+    backend: mbg_provision::store::Backend,
+    number: &str,
+) -> (String, String) {
+    use mbg_provision::store::Backend;
+    match backend {
+        Backend::Sqlite => (
+            format!(
+                "CREATE TRIGGER planted_failure BEFORE UPDATE OF remote_auth_name ON extensions
+                 WHEN NEW.number = '{number}' AND NEW.remote_auth_name IS NOT NULL
+                 BEGIN SELECT RAISE(ABORT, 'planted: no room left'); END;"
+            ),
+            "DROP TRIGGER planted_failure".into(),
+        ),
+        Backend::Postgres => (
+            format!(
+                "CREATE FUNCTION planted_failure() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     IF NEW.number = '{number}' AND NEW.remote_auth_name IS NOT NULL THEN
+                         RAISE EXCEPTION 'planted: no room left';
+                     END IF;
+                     RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER planted_failure BEFORE UPDATE ON extensions
+                 FOR EACH ROW EXECUTE FUNCTION planted_failure();"
+            ),
+            "DROP TRIGGER planted_failure ON extensions; DROP FUNCTION planted_failure();".into(),
+        ),
+    }
+}
+
 /// The credentials a pass draws are stored in chunks while its calls go on, each call waiting
 /// for its own chunk. A chunk the database refuses (here a trigger planted on one row, as a
 /// full disk would) stops the pass: it says how many extensions' credentials were not stored,
 /// every SIP user on the MBG carries credentials the database committed, and the next pass
 /// does the rest without a duplicate.
 async fn a_fill_that_fails_midway_stops_the_pass_and_sends_nothing_uncommitted(db: TestDb) {
-    use mbg_provision::store::Backend;
     let mut h = Harness::new(db, sim_config()).await.with_token().await;
     // Chunks of 4, 8, 16, 32, then 40: the refused row, the 31st, is in the fourth.
     h.config.mbg.max_in_flight = 4;
@@ -1109,25 +1141,8 @@ async fn a_fill_that_fails_midway_stops_the_pass_and_sends_nothing_uncommitted(d
     for i in 0..100 {
         set(store, &(2000 + i).to_string(), "pbx1", true).await;
     }
-    let plant = match store.backend() {
-        Backend::Sqlite => {
-            "CREATE TRIGGER planted_failure BEFORE UPDATE OF remote_auth_name ON extensions
-             WHEN NEW.number = '2030' AND NEW.remote_auth_name IS NOT NULL
-             BEGIN SELECT RAISE(ABORT, 'planted: no room left'); END;"
-        }
-        Backend::Postgres => {
-            "CREATE FUNCTION planted_failure() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 IF NEW.number = '2030' AND NEW.remote_auth_name IS NOT NULL THEN
-                     RAISE EXCEPTION 'planted: no room left';
-                 END IF;
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER planted_failure BEFORE UPDATE ON extensions
-             FOR EACH ROW EXECUTE FUNCTION planted_failure();"
-        }
-    };
-    crate::service::sql(&h.db.url, plant).await;
+    let (plant, unplant) = planted_fill_failure(store.backend(), "2030");
+    crate::service::sql(&h.db.url, &plant).await;
     let mbg_carries_what_was_committed = async || {
         let rows: HashMap<String, mbg_provision::store::Extension> = store
             .extensions()
@@ -1188,11 +1203,7 @@ async fn a_fill_that_fails_midway_stops_the_pass_and_sends_nothing_uncommitted(d
         h.sim.devices().len()
     );
 
-    let unplant = match store.backend() {
-        Backend::Sqlite => "DROP TRIGGER planted_failure",
-        Backend::Postgres => "DROP TRIGGER planted_failure ON extensions",
-    };
-    crate::service::sql(&h.db.url, unplant).await;
+    crate::service::sql(&h.db.url, &unplant).await;
     let report = pass(&h).await;
     assert!(report.succeeded());
     mbg_carries_what_was_committed().await;
