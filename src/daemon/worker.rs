@@ -146,7 +146,7 @@ impl Worker {
         self.rows = RowIndex::default();
         self.health.update(|h| h.clear(Concern::UnloggedChanges));
         self.next_full = self.app.clock.instant();
-        (self.failed_in_a_row, self.no_pass_before) = (0, self.app.clock.instant());
+        self.retry_passes_now();
         self.lease = Some(lock.lease());
         self.client = None;
         // The first pass checks both; the idle check comes after it.
@@ -211,10 +211,11 @@ impl Worker {
     fn next_timer(&self) -> (Instant, Wake) {
         let clock = &self.app.clock;
         let now = clock.instant();
-        // While blocked, only the recheck: a past `next_full` would spin the loop.
+        // While blocked, only the recheck: a past `next_full` would spin the loop. Likewise
+        // nothing is due before the backoff after a failed pass ends.
         let due = match self.blocked {
             Some((_, recheck)) => recheck,
-            None => self.next_full.min(self.retry_at),
+            None => self.next_full.min(self.retry_at).max(self.no_pass_before),
         };
         // Pinged from this loop, not from a timer of its own: a loop that hangs must get the
         // daemon restarted.
@@ -263,6 +264,7 @@ impl Worker {
             self.blocked = None;
             self.client = None;
             self.next_full = self.app.clock.instant();
+            self.retry_passes_now();
         }
         if self.app.clock.instant() < self.no_pass_before {
             return;
@@ -686,6 +688,8 @@ impl Worker {
             .send_replace(Arc::new(self.app.config.clone()));
         self.health.set_grace(self.app.config.health.grace);
         self.client = None;
+        // What the operator changed may be what the failed passes needed.
+        self.retry_passes_now();
         if needs_restart.is_empty() {
             info!("configuration reloaded");
             self.health.update(|h| h.clear(Concern::RestartPending));
@@ -703,6 +707,11 @@ impl Worker {
                 )
             });
         }
+    }
+
+    /// Forgets the failed passes' backoff: something changed that they may have been waiting for.
+    fn retry_passes_now(&mut self) {
+        (self.failed_in_a_row, self.no_pass_before) = (0, self.app.clock.instant());
     }
 
     /// The client for the stored token, rebuilt when the token changes.

@@ -24,6 +24,7 @@ crate::on_both_backends!(
     the_renewal_job_renews_at_its_scheduled_time_and_not_before,
     a_change_behind_the_logs_back_is_applied_by_the_full_reconcile_and_named,
     a_late_create_of_a_pass_whose_fill_failed_is_not_left_as_a_copy,
+    failing_passes_back_off_with_the_loop_parked_between_them,
 );
 
 /// How long the daemon may take, in real time, to finish what a move of its clock woke it for.
@@ -595,6 +596,7 @@ async fn a_late_create_of_a_pass_whose_fill_failed_is_not_left_as_a_copy(db: Tes
             // whole list again. Polled every 200 ms, that was 17 reads in 6 s here (measured with
             // the backoff taken out); backing off from the poll interval (0.2 + 0.4 + 0.8 + 1.6
             // + 3.2 s), 5.
+            assert_eq!(h.sim.injected().spikes, 1, "a create was held");
             let read = lists() - before;
             assert!(
                 read <= 7,
@@ -641,4 +643,67 @@ async fn a_late_create_of_a_pass_whose_fill_failed_is_not_left_as_a_copy(db: Tes
             "a SIP user the database does not record"
         );
     }
+}
+
+/// Passes that keep failing (the database refuses the credentials, as a full disk would) wait
+/// longer after each failure, and the loop sleeps meanwhile rather than spin on a retry time
+/// that falls inside the backoff: on a manual clock, the loop must park after each step. Once
+/// the database takes the credentials again, the extension is provisioned.
+async fn failing_passes_back_off_with_the_loop_parked_between_them(db: TestDb) {
+    let h = Harness::new(db, sim_config()).await.with_token().await;
+    node_and_extensions(&h, &["1001"]).await;
+    let (plant, unplant) = crate::reconcile::planted_fill_failure(h.db.store.backend(), "1001");
+    let h = &h;
+    let clock = Clock::manual();
+    with_daemon(
+        h,
+        clock.clone(),
+        // A full reconcile falls due while the targeted passes back off.
+        |c| c.reconcile.interval = Duration::from_secs(5),
+        |daemon| async move {
+            eventually("leading", Duration::from_secs(10), || {
+                daemon.health.snapshot().role == Role::Leader
+            })
+            .await;
+            clock.settled(SETTLE).await;
+            sql(&h.db, &plant).await;
+            sql(
+                &h.db,
+                "UPDATE extensions SET use_remote_auth = true WHERE number = '1001'",
+            )
+            .await;
+            let lists = || {
+                h.sim
+                    .requests()
+                    .iter()
+                    .filter(|r| r.path.ends_with("/devices/sip/all/"))
+                    .count()
+            };
+            let before = lists();
+            // 30 s of the daemon's time, a second at a time. Without the backoff each step
+            // retried and read the whole list (30 reads, measured); backing off, 7. (A loop
+            // that spins on a retry time inside the backoff never settles: the test hangs.)
+            for _ in 0..30 {
+                clock.advance(Duration::from_secs(1));
+                clock.settled(SETTLE).await;
+            }
+            let read = lists() - before;
+            assert!(
+                (3..=10).contains(&read),
+                "{read} reads of the device list in 30 s of failing passes"
+            );
+            assert!(!has(h, "1001"));
+            let health = daemon.health.snapshot();
+            assert!(
+                health.database.error.is_some_and(|e| e.contains("planted")),
+                "the database's failure is what the health says"
+            );
+
+            sql(&h.db, &unplant).await;
+            clock.advance(Duration::from_secs(31));
+            clock.settled(SETTLE).await;
+            eventually("provisioned", Duration::from_secs(10), || has(h, "1001")).await;
+        },
+    )
+    .await;
 }
