@@ -38,6 +38,7 @@ fn pass_backoff(poll: Duration, failed_in_a_row: u32) -> Duration {
     let doublings = failed_in_a_row.saturating_sub(1).min(16);
     poll.saturating_mul(1 << doublings).min(FULL_PASS_RETRY)
 }
+
 /// How often a running pass's progress reaches `queue_depth`.
 const QUEUE_DEPTH_EVERY: Duration = Duration::from_millis(500);
 /// A timer that is not set.

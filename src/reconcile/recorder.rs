@@ -82,10 +82,7 @@ async fn write_groups(store: &Store, mut queue: mpsc::Receiver<Request>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{
-        AuditEntry, DeviceFact, ExtensionSpec, ExtensionState, NewNode, OutcomeWrite, StateUpdate,
-    };
-    use secrecy::SecretString;
+    use crate::store::{AuditEntry, DeviceFact, ExtensionState, OutcomeWrite, StateUpdate};
 
     fn holds(extension_id: i64, guid: &str) -> Vec<PassWrite> {
         vec![PassWrite::Outcome(OutcomeWrite {
@@ -107,32 +104,8 @@ mod tests {
     #[tokio::test]
     async fn a_refused_write_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::open(&url.parse().unwrap()).await.unwrap();
-        store
-            .add_node(&NewNode {
-                name: "pbx1".into(),
-                address: "10.0.0.1".into(),
-                nat_address: None,
-                nat_sip_port: None,
-            })
-            .await
-            .unwrap();
-        let mut ids = Vec::new();
-        for number in ["1001", "1002", "1003"] {
-            let spec = ExtensionSpec {
-                number: number.into(),
-                node: "pbx1".into(),
-                kind: None,
-                use_remote_auth: Some(true),
-                sip_password: None,
-            };
-            let (ext, _) = store
-                .set_extension(&spec, &SecretString::from("pw"))
-                .await
-                .unwrap();
-            ids.push(ext.id);
-        }
+        let (store, rows) = crate::store::testing::store_with_three_extensions(dir.path()).await;
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
         let (rec, writer) = recorder(&store);
         let work = async move {
             let audit = vec![PassWrite::Audit(AuditEntry {

@@ -16,6 +16,9 @@ mod outcomes;
 mod settings;
 mod transaction;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 use std::str::FromStr;
 use std::time::Duration;
 

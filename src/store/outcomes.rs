@@ -506,7 +506,7 @@ pub(super) async fn write_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ExtensionSpec, NewNode};
+    use crate::store::ExtensionSpec;
 
     fn fill(extension: &Extension, name: &str) -> CredentialFill {
         CredentialFill::for_row(
@@ -521,32 +521,7 @@ mod tests {
     #[tokio::test]
     async fn drawn_credentials_land_only_on_the_row_as_read() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::open(&url.parse().unwrap()).await.unwrap();
-        store
-            .add_node(&NewNode {
-                name: "pbx1".into(),
-                address: "10.0.0.1".into(),
-                nat_address: None,
-                nat_sip_port: None,
-            })
-            .await
-            .unwrap();
-        let mut rows = Vec::new();
-        for number in ["1001", "1002", "1003"] {
-            let spec = ExtensionSpec {
-                number: number.into(),
-                node: "pbx1".into(),
-                kind: None,
-                use_remote_auth: Some(true),
-                sip_password: None,
-            };
-            let (row, _) = store
-                .set_extension(&spec, &SecretString::from("pw"))
-                .await
-                .unwrap();
-            rows.push(row);
-        }
+        let (store, rows) = crate::store::testing::store_with_three_extensions(dir.path()).await;
         let pending_seqs = async || -> Vec<i64> {
             store
                 .pending_changes(u32::MAX)

@@ -114,6 +114,15 @@ async fn node_and_extensions(h: &Harness, numbers: &[&str]) {
     }
 }
 
+/// How many times the MBG's whole SIP user list was read.
+fn device_list_reads(h: &Harness) -> usize {
+    h.sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/devices/sip/all/"))
+        .count()
+}
+
 fn has(h: &Harness, number: &str) -> bool {
     h.sim.devices().iter().any(|d| d.icpside_username == number)
 }
@@ -582,14 +591,7 @@ async fn a_late_create_of_a_pass_whose_fill_failed_is_not_left_as_a_copy(db: Tes
                 h.sim.requests().iter().any(|r| r.method == "POST")
             })
             .await;
-            let lists = || {
-                h.sim
-                    .requests()
-                    .iter()
-                    .filter(|r| r.path.ends_with("/devices/sip/all/"))
-                    .count()
-            };
-            let before = lists();
+            let before = device_list_reads(h);
             // The held create lands 3 s after it was sent.
             tokio::time::sleep(Duration::from_secs(6)).await;
             // Each failed pass takes the MBG view with it, so the pass that retries reads the
@@ -597,7 +599,7 @@ async fn a_late_create_of_a_pass_whose_fill_failed_is_not_left_as_a_copy(db: Tes
             // the backoff taken out); backing off from the poll interval (0.2 + 0.4 + 0.8 + 1.6
             // + 3.2 s), 5.
             assert_eq!(h.sim.injected().spikes, 1, "a create was held");
-            let read = lists() - before;
+            let read = device_list_reads(h) - before;
             assert!(
                 read <= 7,
                 "{read} reads of the device list in 6 s while the database failed"
@@ -672,14 +674,7 @@ async fn failing_passes_back_off_with_the_loop_parked_between_them(db: TestDb) {
                 "UPDATE extensions SET use_remote_auth = true WHERE number = '1001'",
             )
             .await;
-            let lists = || {
-                h.sim
-                    .requests()
-                    .iter()
-                    .filter(|r| r.path.ends_with("/devices/sip/all/"))
-                    .count()
-            };
-            let before = lists();
+            let before = device_list_reads(h);
             // 30 s of the daemon's time, a second at a time. Without the backoff each step
             // retried and read the whole list (30 reads, measured); backing off, 7. (A loop
             // that spins on a retry time inside the backoff never settles: the test hangs.)
@@ -687,7 +682,7 @@ async fn failing_passes_back_off_with_the_loop_parked_between_them(db: TestDb) {
                 clock.advance(Duration::from_secs(1));
                 clock.settled(SETTLE).await;
             }
-            let read = lists() - before;
+            let read = device_list_reads(h) - before;
             assert!(
                 (3..=10).contains(&read),
                 "{read} reads of the device list in 30 s of failing passes"
