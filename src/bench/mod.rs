@@ -5,6 +5,8 @@
 //! the token exchange, then: an import of N extensions through the import path, a `sync` that
 //! creates them all, a `sync` with nothing to do, and the same creating `sync` at
 //! `max_in_flight = 1` on a database of its own, so that the speed-up of concurrency shows.
+//! With latency, the creating sync is also compared with a bare HTTP loop over several rounds,
+//! each on a database and simulator of its own (see [`floor`]).
 //!
 //! The bound of a creating sync is what the MBG's latency alone allows: (N + 3) requests (the ICP
 //! list, the device count that bounds the device list's answer, the device list, one create per
@@ -188,6 +190,8 @@ pub struct SyncFigure {
     pub max_in_flight: usize,
     /// CPU seconds (user + system) of this process's threads but the simulator's.
     pub cpu_seconds: f64,
+    /// CPU seconds of the simulator's thread during the pass.
+    pub simulator_cpu_seconds: f64,
     /// Requests the simulator received during the pass.
     pub mbg_requests: usize,
     pub created: usize,
@@ -251,19 +255,27 @@ pub struct BenchReport {
     pub floor: Option<FloorFigure>,
 }
 
-/// The bare loop of [`floor`]: the median of its runs, and the creating sync's ratio to it.
+/// The creating sync against the bare loop of [`floor`], over [`floor::FLOOR_RUNS`] rounds.
 #[derive(Debug, Clone, Serialize)]
 pub struct FloorFigure {
     pub requests: usize,
+    /// Rounds, each one sync and one bare loop.
     pub runs: usize,
+    /// The bare loop's median, in seconds.
     pub seconds: f64,
-    /// The creating sync's seconds over the floor's.
+    /// Each round's bare loop and creating sync, in seconds, in the order run.
+    pub bare_runs: Vec<f64>,
+    pub sync_runs: Vec<f64>,
+    /// The creating sync's median over the bare loop's: the judged ratio.
     pub sync_ratio: f64,
+    /// The median of each round's sync over its own loop, beside it: drift between rounds
+    /// moves it less.
+    pub paired_ratio: f64,
     pub sync_ratio_target: f64,
     pub sync_ratio_met: bool,
-    /// The creating sync's CPU per created extension, in milliseconds.
+    /// The creating sync's CPU per created extension, in milliseconds (median of the rounds).
     pub cpu_ms_per_create: f64,
-    /// The bare loop's CPU per request, in milliseconds: the HTTP stack's share.
+    /// The bare loop's CPU per request, in milliseconds: the HTTP stack's share (median).
     pub bare_cpu_ms_per_request: f64,
     /// `cpu_ms_per_create` over `bare_cpu_ms_per_request`; `None` when the bare loop ran too
     /// briefly for its CPU time to register (counted in 10 ms ticks).
@@ -271,6 +283,69 @@ pub struct FloorFigure {
     pub cpu_ratio_target: f64,
     /// `None` with no ratio: not measured, neither met nor missed.
     pub cpu_target_met: Option<bool>,
+    /// The simulator's CPU per create, and per refused bare POST, in milliseconds (medians).
+    pub simulator_cpu_ms_per_create: f64,
+    pub simulator_cpu_ms_per_bare_request: f64,
+}
+
+impl FloorFigure {
+    fn of(n: usize, rounds: &[(SyncFigure, BareRun)]) -> FloorFigure {
+        let per = |seconds: f64, count: usize| seconds * 1000.0 / count.max(1) as f64;
+        let bare_runs: Vec<f64> = rounds.iter().map(|(_, b)| b.seconds).collect();
+        let sync_runs: Vec<f64> = rounds.iter().map(|(s, _)| s.figure.seconds).collect();
+        let seconds = floor::median(bare_runs.clone());
+        let sync_ratio = floor::median(sync_runs.clone()) / seconds;
+        let paired_ratio = floor::median(
+            rounds
+                .iter()
+                .map(|(s, b)| s.figure.seconds / b.seconds)
+                .collect(),
+        );
+        let cpu_ms_per_create = floor::median(
+            rounds
+                .iter()
+                .map(|(s, _)| per(s.cpu_seconds, s.created))
+                .collect(),
+        );
+        let bare_cpu_ms_per_request =
+            floor::median(rounds.iter().map(|(_, b)| per(b.cpu.client, n)).collect());
+        let cpu_ratio =
+            (bare_cpu_ms_per_request > 0.0).then(|| cpu_ms_per_create / bare_cpu_ms_per_request);
+        FloorFigure {
+            requests: n,
+            runs: rounds.len(),
+            seconds,
+            bare_runs,
+            sync_runs,
+            sync_ratio,
+            paired_ratio,
+            sync_ratio_target: SYNC_OVER_BARE,
+            sync_ratio_met: sync_ratio <= SYNC_OVER_BARE,
+            cpu_ms_per_create,
+            bare_cpu_ms_per_request,
+            cpu_ratio,
+            cpu_ratio_target: CPU_PER_CREATE_OVER_BARE,
+            cpu_target_met: cpu_ratio.map(|r| r <= CPU_PER_CREATE_OVER_BARE),
+            simulator_cpu_ms_per_create: floor::median(
+                rounds
+                    .iter()
+                    .map(|(s, _)| per(s.simulator_cpu_seconds, s.created))
+                    .collect(),
+            ),
+            simulator_cpu_ms_per_bare_request: floor::median(
+                rounds
+                    .iter()
+                    .map(|(_, b)| per(b.cpu.simulator, n))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// One run of the bare loop.
+struct BareRun {
+    seconds: f64,
+    cpu: floor::CpuSpent,
 }
 
 /// The console's extension list at the bench's size: the slowest of its page queries (the
@@ -296,20 +371,38 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let l = options.latency_ms;
     let c = options.in_flight;
 
-    let main = with_database(&options.database, |store| async move {
-        let world = World::start(&store, l, c).await?;
-        let import = world.import(n).await?;
-        let sync = world.sync(n, true).await?;
-        let floor = match l {
-            0 => None,
-            _ => Some(world.floor(n, &sync).await?),
-        };
-        let no_change_sync = world.sync(n, false).await?;
-        let console_page = world.console_page(n).await?;
-        Ok((import, sync, no_change_sync, console_page, floor))
-    })
-    .await?;
-    let (import, sync, no_change_sync, console_page, floor) = main;
+    let (import, first, no_change_sync, console_page) =
+        with_database(&options.database, |store| async move {
+            let world = World::start(&store, l, c).await?;
+            let import = world.import(n).await?;
+            let first = world.round(n, 0).await?;
+            let no_change_sync = world.sync(n, false).await?;
+            let console_page = world.console_page(n).await?;
+            Ok((import, first, no_change_sync, console_page))
+        })
+        .await?;
+    let (sync, floor) = match first {
+        Round::Sync(sync) => (sync, None),
+        Round::Compared(sync, bare) => {
+            let mut rounds = vec![(sync, bare)];
+            for index in 1..floor::FLOOR_RUNS {
+                let round = with_database(&options.database, |store| async move {
+                    let world = World::start(&store, l, c).await?;
+                    world.import(n).await?;
+                    world.round(n, index).await
+                })
+                .await?;
+                if let Round::Compared(sync, bare) = round {
+                    rounds.push((sync, bare));
+                }
+            }
+            let floor = FloorFigure::of(n, &rounds);
+            // The report's sync is the round whose time is the median.
+            rounds.sort_by(|a, b| a.0.figure.seconds.total_cmp(&b.0.figure.seconds));
+            let (sync, _) = rounds.swap_remove(rounds.len() / 2);
+            (sync, Some(floor))
+        }
+    };
 
     let serial_n = options.serial_size();
     let serial_sync = if serial_n == 0 {
@@ -406,6 +499,13 @@ async fn admin(url: &str, statement: &str) -> Result<(), BenchError> {
         .map_err(BenchError::Postgres)?;
     connection.close().await.map_err(BenchError::Postgres)?;
     Ok(())
+}
+
+/// What one round of the bench measured.
+enum Round {
+    /// Without latency there is no floor to compare with.
+    Sync(SyncFigure),
+    Compared(SyncFigure, BareRun),
 }
 
 /// One database with a node and a token, and the simulator it talks to.
@@ -580,8 +680,26 @@ impl<'a> World<'a> {
         })
     }
 
-    /// The bare loop for `n` creates beside the creating `sync` just measured.
-    async fn floor(&self, n: usize, sync: &SyncFigure) -> Result<FloorFigure, BenchError> {
+    /// A creating sync of the `n` extensions just imported and, with latency, a bare loop of
+    /// `n` POSTs against the same simulator: the loop first in odd rounds, last in even ones.
+    async fn round(&self, n: usize, index: usize) -> Result<Round, BenchError> {
+        if self.latency_ms == 0 {
+            return Ok(Round::Sync(self.sync(n, true).await?));
+        }
+        let loop_first = index % 2 == 1;
+        let before = match loop_first {
+            true => Some(self.bare_loop(n).await?),
+            false => None,
+        };
+        let sync = self.sync(n, true).await?;
+        let bare = match before {
+            Some(bare) => bare,
+            None => self.bare_loop(n).await?,
+        };
+        Ok(Round::Compared(sync, bare))
+    }
+
+    async fn bare_loop(&self, n: usize) -> Result<BareRun, BenchError> {
         let settings = self.store.mbg_settings().await?;
         let client = token::client(&self.config, &settings)?;
         let url = self
@@ -591,29 +709,14 @@ impl<'a> World<'a> {
             .as_ref()
             .map(|base| base.join("mbg/v1/devices/sip/"))
             .ok_or_else(|| wrong("bare loop", "no mbg.base_url".into()))?;
-        let (seconds, bare_cpu) = floor::client_cpu(
+        let (seconds, cpu) = floor::cpu_spent(
             &self.sim,
             floor::bare_loop(client.http(), &url, n, self.config.mbg.max_in_flight),
         )
         .await;
-        let seconds = seconds?;
-        let cpu_ms_per_create = sync.cpu_seconds * 1000.0 / sync.created.max(1) as f64;
-        let bare_cpu_ms_per_request = bare_cpu * 1000.0 / (n * floor::FLOOR_RUNS) as f64;
-        let sync_ratio = sync.figure.seconds / seconds.as_secs_f64();
-        let cpu_ratio =
-            (bare_cpu_ms_per_request > 0.0).then(|| cpu_ms_per_create / bare_cpu_ms_per_request);
-        Ok(FloorFigure {
-            requests: n,
-            runs: floor::FLOOR_RUNS,
-            seconds: seconds.as_secs_f64(),
-            sync_ratio,
-            sync_ratio_target: SYNC_OVER_BARE,
-            sync_ratio_met: sync_ratio <= SYNC_OVER_BARE,
-            cpu_ms_per_create,
-            bare_cpu_ms_per_request,
-            cpu_ratio,
-            cpu_ratio_target: CPU_PER_CREATE_OVER_BARE,
-            cpu_target_met: cpu_ratio.map(|r| r <= CPU_PER_CREATE_OVER_BARE),
+        Ok(BareRun {
+            seconds: seconds?.as_secs_f64(),
+            cpu,
         })
     }
 
@@ -632,7 +735,7 @@ impl<'a> World<'a> {
                 |_| {},
             )
             .await?;
-        let (pass, cpu_seconds) = floor::client_cpu(
+        let (pass, cpu) = floor::cpu_spent(
             &self.sim,
             reconcile::run_pass(
                 self.store,
@@ -718,7 +821,8 @@ impl<'a> World<'a> {
         Ok(SyncFigure {
             extensions: n,
             max_in_flight: c,
-            cpu_seconds,
+            cpu_seconds: cpu.client,
+            simulator_cpu_seconds: cpu.simulator,
             mbg_requests,
             created,
             changes,

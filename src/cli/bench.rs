@@ -60,19 +60,31 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     );
     println!("{:<34} slowest: {}", "", report.console_page.slowest);
     if let Some(floor) = &report.floor {
+        let seconds = |runs: &[f64]| {
+            let runs: Vec<String> = runs.iter().map(|s| format!("{s:.2}")).collect();
+            runs.join(", ")
+        };
         println!(
-            "\nbare HTTP loop, {} POSTs at C={} (median of {}): {:.2} s; the creating sync takes {:.3} × that; target ≤ {} ×: {}",
+            "\n{} rounds, each on a fresh database and simulator, alternating which runs first:",
+            floor.runs
+        );
+        println!(
+            "  creating sync, s: {}\n  bare HTTP loop ({} POSTs at C={}), s: {}",
+            seconds(&floor.sync_runs),
             floor.requests,
             report.in_flight,
-            floor.runs,
-            floor.seconds,
+            seconds(&floor.bare_runs),
+        );
+        println!(
+            "the creating sync's median is {:.3} × the bare loop's median ({:.2} s; each round's own ratio, median: {:.3} ×); target ≤ {} ×: {}",
             floor.sync_ratio,
+            floor.seconds,
+            floor.paired_ratio,
             floor.sync_ratio_target,
             met(floor.sync_ratio_met)
         );
         println!(
-            "CPU of the creating sync (simulator excepted): {:.2} s, {:.3} ms per created extension, {} × the bare loop's {:.3} ms per request; target ≤ {} ×: {}",
-            report.sync.cpu_seconds,
+            "CPU of the creating sync (simulator excepted), medians: {:.3} ms per created extension, {} × the bare loop's {:.3} ms per request; target ≤ {} ×: {}",
             floor.cpu_ms_per_create,
             floor
                 .cpu_ratio
@@ -80,6 +92,10 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             floor.bare_cpu_ms_per_request,
             floor.cpu_ratio_target,
             floor.cpu_target_met.map_or("not measured (too short)", met)
+        );
+        println!(
+            "CPU of the simulator: {:.3} ms per create, {:.3} ms per refused bare POST",
+            floor.simulator_cpu_ms_per_create, floor.simulator_cpu_ms_per_bare_request
         );
     }
     if let Some(speedup) = report.speedup {

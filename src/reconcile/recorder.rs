@@ -30,10 +30,11 @@ pub(crate) struct Recorder {
 }
 
 /// A recorder, and the writer to run beside the work that uses it; the writer ends once every
-/// clone of the recorder is dropped and all it was given is committed.
-pub(crate) fn recorder(store: &Store) -> (Recorder, impl Future<Output = ()> + '_) {
+/// clone of the recorder is dropped and all it was given is committed. The writer owns what it
+/// needs, so that it can run on a task of its own.
+pub(crate) fn recorder(store: &Store) -> (Recorder, impl Future<Output = ()> + Send + 'static) {
     let (requests, queue) = mpsc::channel(MAX_GROUP * 4);
-    (Recorder { requests }, write_groups(store, queue))
+    (Recorder { requests }, write_groups(store.clone(), queue))
 }
 
 impl Recorder {
@@ -49,7 +50,7 @@ impl Recorder {
     }
 }
 
-async fn write_groups(store: &Store, mut queue: mpsc::Receiver<Request>) {
+async fn write_groups(store: Store, mut queue: mpsc::Receiver<Request>) {
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         let writes: Vec<PassWrite> = group
