@@ -531,15 +531,21 @@ impl MbgClient {
                 .map_err(|lapsed| fail(MbgErrorKind::NotLeading(lapsed)))?;
         }
         // Parsed once, so that what is signed is exactly what is sent.
-        let url = self
-            .resources
-            .join(path.trim_start_matches('/'))
-            .map_err(|e| {
-                fail(MbgErrorKind::Setup(format!(
-                    "cannot build the URL of {}: {e}",
-                    endpoint()
-                )))
-            })?;
+        let path = path.trim_start_matches('/');
+        let url = self.resources.join(path).map_err(|e| {
+            fail(MbgErrorKind::Setup(format!(
+                "cannot build the URL of {}: {e}",
+                endpoint()
+            )))
+        })?;
+        // A guid of `.` or `..` (encoded or not) is a dot segment, which URL parsing resolves
+        // away: a DELETE of it would address the collection or its parent. Whatever the MBG or
+        // a row says a guid is, a path that does not stay as given is not sent.
+        if url.path().strip_prefix(self.resources.path()) != Some(path) {
+            return Err(fail(MbgErrorKind::Malformed(
+                "a guid of \".\" or \"..\" names no single SIP user or ICP: not sent".into(),
+            )));
+        }
         let authorization =
             oauth::authorization(method.as_str(), &url, &self.consumer, grant, None);
         let mut request = self

@@ -294,17 +294,37 @@ pub async fn apply(cx: &Context<'_>, plan: &Plan) -> Result<ApplyReport, StoreEr
     // A task of its own: in one task with the calls, the writer's statements and their answers
     // took some two fifths of the pass's samples on the thread that also turns each MBG answer
     // into the next call (`perf`, a 10,000-create sync); on a runtime with more than one thread
-    // the two now go on side by side. Dropped unfinished, the writer still commits what it was
-    // given.
-    let writer = tokio::spawn(writer);
-    let report = call_and_record(cx, &recorder, plan).await;
-    drop(recorder); // lets the writer finish
-    if let Err(failed) = writer.await
-        && failed.is_panic()
-    {
-        std::panic::resume_unwind(failed.into_panic());
-    }
+    // the two now go on side by side. It still lives and dies with the pass (see `WriterTask`).
+    let mut writer = WriterTask(tokio::spawn(writer));
+    let calls = async move {
+        let report = call_and_record(cx, &recorder, plan).await;
+        drop(recorder); // lets the writer finish
+        report
+    };
+    let (report, ()) = tokio::join!(calls, writer.finished());
     report
+}
+
+/// The outcome writer's task, tied to the pass as if it ran in the pass's own task: a pass
+/// dropped midway (the daemon's lease lost) aborts it, rolling back the group it was writing
+/// rather than committing it for a holder that may no longer lead; and a panic in it unwinds
+/// the pass at once, before more calls are made whose outcomes nothing would record.
+struct WriterTask(tokio::task::JoinHandle<()>);
+
+impl WriterTask {
+    async fn finished(&mut self) {
+        if let Err(failed) = (&mut self.0).await
+            && failed.is_panic()
+        {
+            std::panic::resume_unwind(failed.into_panic());
+        }
+    }
+}
+
+impl Drop for WriterTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn call_and_record(
@@ -978,6 +998,37 @@ fn audit(cx: &Context<'_>, action: &Action, outcome: &str, detail: &str) -> Audi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pass dropped midway takes its writer with it: nothing the writer had yet to do is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_pass_aborts_its_writer() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (wrote, written) = tokio::sync::oneshot::channel::<()>();
+        let writer = WriterTask(tokio::spawn(async move {
+            if wait.await.is_ok() {
+                let _ = wrote.send(());
+            }
+        }));
+        drop(writer);
+        let _ = go.send(());
+        let outcome = tokio::time::timeout(Duration::from_secs(1), written).await;
+        assert!(
+            matches!(outcome, Ok(Err(_))),
+            "the writer went on after the pass was dropped: {outcome:?}"
+        );
+    }
+
+    /// A writer that panics ends the pass at once, not after the calls it could not record.
+    #[tokio::test]
+    #[should_panic(expected = "the writer failed")]
+    async fn a_panic_in_the_writer_unwinds_the_pass_at_once() {
+        let mut writer = WriterTask(tokio::spawn(async { panic!("the writer failed") }));
+        let calls_that_never_end = std::future::pending::<()>();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(calls_that_never_end, writer.finished())
+        })
+        .await;
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_honours_retry_after() {

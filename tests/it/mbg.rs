@@ -648,6 +648,26 @@ async fn devices_and_icps_follow_the_contract() {
         client.icp("no-such-guid").await.unwrap_err().kind,
         MbgErrorKind::NotFound
     );
+    // A guid that is a dot segment would be resolved away, and a DELETE of it would address
+    // the collection: refused before anything is sent.
+    let sent = h.sim.request_count();
+    for guid in [".", ".."] {
+        for error in [
+            client.delete_device(guid).await.unwrap_err(),
+            client.icp(guid).await.unwrap_err(),
+        ] {
+            assert!(
+                matches!(&error.kind, MbgErrorKind::Malformed(why) if why.contains("not sent")),
+                "{guid}: {error}"
+            );
+        }
+    }
+    assert_eq!(h.sim.request_count(), sent, "nothing reached the MBG");
+    // A guid that only looks like one once decoded is a guid like any other.
+    assert_eq!(
+        client.delete_device("%2e").await.unwrap_err().kind,
+        MbgErrorKind::NotFound
+    );
 
     let guid = client
         .create_device(&device("alice01", "1001", "MiVO250-1"))
