@@ -266,7 +266,8 @@ impl MbgView {
         MbgView { icps, kept }
     }
 
-    /// Reads both lists, retrying a busy MBG until `mbg.retry_deadline`.
+    /// Reads both lists at once (neither depends on the other, and each costs a round trip
+    /// before the first create), retrying a busy MBG until `mbg.retry_deadline`.
     pub async fn read(
         client: &MbgClient,
         config: &Config,
@@ -274,8 +275,10 @@ impl MbgView {
     ) -> Result<MbgView, ReconcileError> {
         let retry_until = Instant::now() + config.mbg.retry_deadline;
         let cap = config.mbg.max_retry_after;
-        let icps = read_with_retry(cap, shutdown, retry_until, || client.icps()).await?;
-        MbgView::read_devices(icps, client, config, shutdown, retry_until).await
+        let icps = read_with_retry(cap, shutdown, retry_until, || client.icps());
+        let devices = MbgView::read_devices(Vec::new(), client, config, shutdown, retry_until);
+        let (icps, view) = tokio::try_join!(icps, devices)?;
+        Ok(MbgView { icps, ..view })
     }
 
     /// The view of `icps` and the SIP users the MBG lists, retried until `retry_until`.

@@ -234,20 +234,20 @@ impl Store {
     ) -> Result<Option<PassLock>, LockError> {
         let hold = match self.backend {
             Backend::Postgres => {
-                let mut connection = AnyConnection::connect(self.url.expose())
-                    .await
-                    .map_err(StoreError::Database)?;
+                // A pooled connection: a new one would cost a TCP and TLS handshake before the
+                // first call. It leaves the pool once it holds the lock, which lasts as long as
+                // its session; one that did not get it goes back.
+                let mut connection = self.pool.acquire().await.map_err(StoreError::Database)?;
                 let taken: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS taken")
                     .bind(ADVISORY_KEY)
-                    .fetch_one(&mut connection)
+                    .fetch_one(&mut *connection)
                     .await
                     .and_then(|row| row.try_get("taken"))
                     .map_err(StoreError::Database)?;
                 if !taken {
-                    let _ = connection.close().await;
                     return Ok(None);
                 }
-                Hold::Postgres(connection)
+                Hold::Postgres(connection.detach())
             }
             Backend::Sqlite => match self.url.sqlite_file() {
                 None => Hold::Nothing,

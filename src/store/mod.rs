@@ -117,6 +117,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0012_fill_reads_rows.sql"),
         include_str!("../../migrations/postgres/0012_fill_reads_rows.sql"),
     ),
+    (
+        13,
+        "version trigger columns",
+        include_str!("../../migrations/sqlite/0013_version_trigger_columns.sql"),
+        include_str!("../../migrations/postgres/0013_version_trigger_columns.sql"),
+    ),
 ];
 
 fn migrator(backend: Backend) -> Migrator {

@@ -336,6 +336,87 @@ fn fenced_by(fence: i64) -> String {
     }
 }
 
+/// The outcomes of a chunk, in one statement: the device fact of each (whatever the row's
+/// version: it is a fact about the MBG), and its state where the row still has the planned
+/// version. Returns the ids whose state was written.
+async fn write_outcomes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    fenced: &str,
+    outcomes: &[&OutcomeWrite],
+) -> Result<std::collections::HashSet<i64>> {
+    if outcomes.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql =
+        format!(
+        "WITH outcome (id, version, has_fact, guid, state, last_error, attempts, next_attempt_at)
+              AS (VALUES {})
+         UPDATE extensions
+            SET mbg_device_id =
+                    CASE WHEN outcome.has_fact THEN outcome.guid ELSE extensions.mbg_device_id END,
+                provisioned_by_us = CASE WHEN outcome.has_fact THEN outcome.guid IS NOT NULL
+                                         ELSE extensions.provisioned_by_us END,
+                state = CASE WHEN extensions.version = outcome.version THEN outcome.state
+                             ELSE extensions.state END,
+                last_error = CASE WHEN extensions.version = outcome.version
+                                  THEN outcome.last_error ELSE extensions.last_error END,
+                attempts = CASE WHEN extensions.version = outcome.version THEN outcome.attempts
+                                ELSE extensions.attempts END,
+                next_attempt_at = CASE WHEN extensions.version = outcome.version
+                                       THEN outcome.next_attempt_at
+                                       ELSE extensions.next_attempt_at END
+           FROM outcome
+          WHERE extensions.id = outcome.id
+            AND (outcome.has_fact OR extensions.version = outcome.version){fenced}
+         RETURNING extensions.id, extensions.version",
+        values(
+            backend,
+            outcomes.len(),
+            &["BIGINT", "BIGINT", "BOOLEAN", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT"]
+        )
+    );
+    let mut query = sqlx::query_as::<_, (i64, i64)>(AssertSqlSafe(sql))
+        .persistent(backend.keeps_list_statements());
+    for outcome in outcomes {
+        let (has_fact, guid) = match &outcome.device {
+            DeviceFact::Unchanged => (false, None),
+            DeviceFact::Holds(guid) => (true, Some(guid.as_str())),
+            DeviceFact::Gone => (true, None),
+        };
+        let update = &outcome.state;
+        query = query
+            .bind(outcome.extension_id)
+            .bind(outcome.planned_version)
+            .bind(has_fact)
+            .bind(guid)
+            .bind(update.state.as_str())
+            .bind(update.last_error.as_deref())
+            .bind(i64::from(update.attempts))
+            .bind(update.next_attempt_at);
+    }
+    let rows = query.fetch_all(&mut *conn).await.map_err(|e| {
+        // Which row a constraint refused is known only for a group of one; the outcome writer
+        // writes a failed group again outcome by outcome, which names the guid.
+        classify(e, |_| match outcomes {
+            [one] => match &one.device {
+                DeviceFact::Holds(guid) => guid.clone(),
+                _ => String::new(),
+            },
+            _ => format!("(one of {} in this group)", outcomes.len()),
+        })
+    })?;
+    let planned: std::collections::HashMap<i64, i64> = outcomes
+        .iter()
+        .map(|o| (o.extension_id, o.planned_version))
+        .collect();
+    Ok(rows
+        .into_iter()
+        .filter(|(id, version)| planned.get(id) == Some(version))
+        .map(|(id, _)| id)
+        .collect())
+}
+
 /// One chunk of a group, whose outcomes name distinct extensions.
 pub(super) async fn write_chunk(
     conn: &mut AnyConnection,
@@ -351,71 +432,7 @@ pub(super) async fn write_chunk(
             _ => None,
         })
         .collect();
-    let facts: Vec<(&OutcomeWrite, Option<&str>)> = outcomes
-        .iter()
-        .filter_map(|o| match &o.device {
-            DeviceFact::Unchanged => None,
-            DeviceFact::Holds(guid) => Some((*o, Some(guid.as_str()))),
-            DeviceFact::Gone => Some((*o, None)),
-        })
-        .collect();
-    if !facts.is_empty() {
-        let sql = format!(
-            "WITH fact (id, guid) AS (VALUES {})
-             UPDATE extensions
-                SET mbg_device_id = fact.guid, provisioned_by_us = fact.guid IS NOT NULL
-               FROM fact
-              WHERE extensions.id = fact.id{fenced}",
-            values(backend, facts.len(), &["BIGINT", "TEXT"])
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(backend.keeps_list_statements());
-        for (outcome, guid) in &facts {
-            query = query.bind(outcome.extension_id).bind(*guid);
-        }
-        query.execute(&mut *conn).await.map_err(|e| {
-            // Which row a constraint refused is known only for a group of one; the outcome
-            // writer writes a failed group again outcome by outcome, which names the guid.
-            classify(e, |_| match facts.as_slice() {
-                [(_, guid)] => guid.unwrap_or_default().to_string(),
-                _ => format!("(one of {} in this group)", facts.len()),
-            })
-        })?;
-    }
-    let mut written_ids = std::collections::HashSet::new();
-    if !outcomes.is_empty() {
-        let sql = format!(
-            "WITH outcome (id, version, state, last_error, attempts, next_attempt_at) AS (VALUES {})
-             UPDATE extensions
-                SET state = outcome.state, last_error = outcome.last_error,
-                    attempts = outcome.attempts, next_attempt_at = outcome.next_attempt_at
-               FROM outcome
-              WHERE extensions.id = outcome.id AND extensions.version = outcome.version{fenced}
-             RETURNING extensions.id",
-            values(
-                backend,
-                outcomes.len(),
-                &["BIGINT", "BIGINT", "TEXT", "TEXT", "BIGINT", "BIGINT"]
-            )
-        );
-        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
-            .persistent(backend.keeps_list_statements());
-        for outcome in &outcomes {
-            let update = &outcome.state;
-            query = query
-                .bind(outcome.extension_id)
-                .bind(outcome.planned_version)
-                .bind(update.state.as_str())
-                .bind(update.last_error.as_deref())
-                .bind(i64::from(update.attempts))
-                .bind(update.next_attempt_at);
-        }
-        written_ids.extend(
-            query
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(StoreError::Database)?,
-        );
-    }
+    let written_ids = write_outcomes(conn, backend, &fenced, &outcomes).await?;
     let answered: Vec<i64> = outcomes
         .iter()
         .filter(|o| written_ids.contains(&o.extension_id))

@@ -630,21 +630,7 @@ async fn a_late_create_of_a_pass_whose_fill_failed_is_not_left_as_a_copy(db: Tes
         },
     )
     .await;
-    let recorded: std::collections::HashMap<String, String> =
-        h.db.store
-            .extensions()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|e| Some((e.mbg_device_id?, e.number)))
-            .collect();
-    for device in h.sim.devices() {
-        assert_eq!(
-            recorded.get(&device.guid),
-            Some(&device.icpside_username),
-            "a SIP user the database does not record"
-        );
-    }
+    crate::support::assert_every_sip_user_recorded(&h.db.store, &h.sim.devices()).await;
 }
 
 /// Passes that keep failing (the database refuses the credentials, as a full disk would) wait

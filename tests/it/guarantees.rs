@@ -348,20 +348,9 @@ async fn sigint_finishes_and_records_the_calls_in_flight(db: TestDb) {
     );
     assert!(stdout.contains("Applied:"), "prints its summary: {stdout}");
     let store: &Store = &h.db.store;
-    let extensions = store.extensions().await.unwrap();
-    let recorded: Vec<&str> = extensions
-        .iter()
-        .filter_map(|e| e.mbg_device_id.as_deref())
-        .collect();
     let devices = h.sim.devices();
     assert!(devices.len() < 100, "stopped before the end");
-    for device in &devices {
-        assert!(
-            recorded.contains(&device.guid.as_str()),
-            "SIP user of {} created but not recorded",
-            device.icpside_username
-        );
-    }
+    crate::support::assert_every_sip_user_recorded(store, &devices).await;
     // What was not reached is still to do.
     assert!(!store.pending_changes(1000).await.unwrap().is_empty());
     sync_ok(&h, dir.path()).await;
@@ -615,20 +604,7 @@ async fn late_creates_are_found_and_removed_before_sync_reports_success(db: Test
     );
     assert_eq!(duplicates, Vec::<String>::new(), "late copies left behind");
     assert_eq!(h.sim.devices().len(), 20);
-    let recorded: std::collections::HashSet<String> =
-        h.db.store
-            .extensions()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|e| e.mbg_device_id)
-            .collect();
-    for device in h.sim.devices() {
-        assert!(
-            recorded.contains(&device.guid),
-            "kept a copy the database does not hold"
-        );
-    }
+    crate::support::assert_every_sip_user_recorded(&h.db.store, &h.sim.devices()).await;
 }
 
 /// Killed while its creates are held by a slow MBG, then run again at once: the new sync must

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use mbg_provision::config::DatabaseUrl;
 use mbg_provision::secrets::SecretKey;
+use mbg_provision::sim::Device;
 use mbg_provision::store::{Backend, Store};
 use sqlx::{Connection, Executor};
 
@@ -21,6 +22,32 @@ pub fn binary() -> std::process::Command {
             .filter(|(name, _)| !name.to_string_lossy().starts_with("MBG_PROVISION_")),
     );
     command
+}
+
+/// Asserts that the database records every SIP user in `devices`, each against the extension
+/// it serves (its ICP-side name is the extension number): a SIP user made but not recorded is
+/// one the ownership rule would never clean up. Returns what is recorded, guid to number.
+pub async fn assert_every_sip_user_recorded(
+    store: &Store,
+    devices: &[Device],
+) -> std::collections::HashMap<String, String> {
+    let recorded: std::collections::HashMap<String, String> = store
+        .extensions()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| Some((e.mbg_device_id?, e.number)))
+        .collect();
+    for device in devices {
+        assert_eq!(
+            recorded.get(&device.guid),
+            Some(&device.icpside_username),
+            "SIP user {} of {} is not recorded against its extension",
+            device.guid,
+            device.icpside_username
+        );
+    }
+    recorded
 }
 
 pub struct TestDb {
