@@ -1,15 +1,18 @@
 //! One writer for the outcomes of a pass, committing them in groups.
 //!
 //! Every finished MBG call hands its bookkeeping (state, guid, audit row) to [`Recorder::record`]
-//! and waits for its commit. The writer takes whatever has queued up meanwhile, up to
-//! [`MAX_GROUP`] outcomes, and commits it in one transaction: while one group commits, the next
-//! one gathers, so groups grow with the load and cost nothing extra when it is light (no timer).
-//! Only the bookkeeping waits: the MBG call's slot is free again as soon as the MBG answers.
+//! and waits for its commit. The writer takes whatever queued up while the group before it
+//! committed, up to [`MAX_GROUP`] outcomes, and commits it in one transaction. Under load (more
+//! than one outcome came at once) it also waits [`GATHER`] for more; a lone outcome, such as a
+//! single change's, is committed at once. Only the bookkeeping waits: the MBG call's slot is
+//! free again as soon as the MBG answers.
 //!
 //! A group that fails (a constraint refusing one outcome) is written again outcome by outcome,
 //! so that one bad write fails only its own extension. When the pass ends, the writer finishes
 //! what is queued before [`write_groups`] returns: a clean shutdown loses nothing. A kill loses
 //! at most the groups not yet committed, which the ownership rule heals (see `store::outcomes`).
+
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
@@ -18,6 +21,11 @@ use crate::store::{PassWrite, Store, StoreError};
 
 /// Outcomes per transaction, at most.
 const MAX_GROUP: usize = 256;
+
+/// How long a group gathers after its first outcome. The calls do not wait for it (only their
+/// bookkeeping does), and each group costs a transaction: in a 10,000-create sync on SQLite,
+/// groups of 4–5 outcomes cost 0.30 ms of CPU per create, groups of about 24 (10 ms) 0.18 ms.
+const GATHER: Duration = Duration::from_millis(10);
 
 struct Request {
     writes: Vec<PassWrite>,
@@ -52,7 +60,17 @@ impl Recorder {
 
 async fn write_groups(store: Store, mut queue: mpsc::Receiver<Request>) {
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
+    let mut under_load = false;
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        under_load |= group.len() > 1;
+        if under_load && group.len() < MAX_GROUP {
+            tokio::time::sleep(GATHER).await;
+            while group.len() < MAX_GROUP {
+                let Ok(request) = queue.try_recv() else { break };
+                group.push(request);
+            }
+        }
+        under_load = group.len() > 1;
         let writes: Vec<PassWrite> = group
             .iter()
             .flat_map(|r| r.writes.iter().cloned())
