@@ -5,7 +5,7 @@ use mbg_provision::store::{
     SessionUse, StateUpdate, Store, StoreError, TemporaryToken, TokenState,
 };
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{Connection, Executor};
+use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::support::TestDb;
 
@@ -14,6 +14,7 @@ crate::on_both_backends!(
     extensions_are_created_changed_and_moved,
     bad_extensions_are_refused_with_the_field,
     changes_are_recorded_for_sql_written_by_others,
+    each_column_the_mbg_holds_and_only_those_bumps_the_version,
     acknowledging_removes_only_the_changes_handled,
     credentials_are_written_ahead_and_never_replaced,
     deleting_an_owned_extension_keeps_its_device_for_removal,
@@ -350,6 +351,71 @@ async fn changes_are_recorded_for_sql_written_by_others(db: TestDb) {
         2,
         "limit honoured"
     );
+    other.close().await.unwrap();
+}
+
+/// The version is what every outcome write is conditioned on: each of the seven columns the
+/// MBG holds bumps it (PostgreSQL's trigger names them since migration 13; a column left out
+/// would let a stale outcome land), and the pass's own bookkeeping columns do not.
+async fn each_column_the_mbg_holds_and_only_those_bumps_the_version(db: TestDb) {
+    let store = &db.store;
+    with_nodes(store).await;
+    let (ext, _) = store
+        .set_extension(&spec("1001", "pbx1"), &secret("p"))
+        .await
+        .unwrap();
+    let mut other = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    let flag_on = match store.backend() {
+        Backend::Sqlite => "use_remote_auth = 1",
+        Backend::Postgres => "use_remote_auth = true",
+    };
+    let mut version = ext.version;
+    for set in [
+        "node_id = (SELECT id FROM nodes WHERE name = 'pbx2')",
+        "number = '1002'",
+        "kind = 'sip_hot_desk'",
+        "sip_password = 'rotated'",
+        flag_on,
+        "remote_auth_name = 'alice01'",
+        "remote_auth_password = 'Secret-123456'",
+    ] {
+        other
+            .execute(AssertSqlSafe(format!(
+                "UPDATE extensions SET {set} WHERE id = {}",
+                ext.id
+            )))
+            .await
+            .unwrap();
+        let now = store.extension(ext.id).await.unwrap().version;
+        assert_eq!(now, version + 1, "SET {set}");
+        version = now;
+    }
+    let bookkeeping = match store.backend() {
+        Backend::Sqlite => "provisioned_by_us = 1",
+        Backend::Postgres => "provisioned_by_us = true",
+    };
+    for set in [
+        "mbg_device_id = 'guid-1'",
+        bookkeeping,
+        "state = 'failed'",
+        "last_error = 'refused'",
+        "attempts = 3",
+        "next_attempt_at = 12345",
+        "remote_auth_name = remote_auth_name",
+    ] {
+        other
+            .execute(AssertSqlSafe(format!(
+                "UPDATE extensions SET {set} WHERE id = {}",
+                ext.id
+            )))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.extension(ext.id).await.unwrap().version,
+            version,
+            "SET {set}"
+        );
+    }
     other.close().await.unwrap();
 }
 
