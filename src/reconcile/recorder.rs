@@ -62,8 +62,7 @@ async fn write_groups(store: Store, mut queue: mpsc::Receiver<Request>) {
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
     let mut under_load = false;
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        under_load |= group.len() > 1;
-        if under_load && group.len() < MAX_GROUP {
+        if (under_load || group.len() > 1) && group.len() < MAX_GROUP {
             tokio::time::sleep(GATHER).await;
             while group.len() < MAX_GROUP {
                 let Ok(request) = queue.try_recv() else { break };
